@@ -1,0 +1,265 @@
+//! A share that is a local directory: the embedded default, or an NFS share the OS mounted.
+//!
+//! Every operation resolves its path with `openat2(RESOLVE_BENEATH)` from a descriptor of
+//! the root, so the kernel itself refuses a walk that leaves the share through `..` or a
+//! symlink, even one planted after cvol checked the path.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+use crate::{DirEntry, FileKind, Metadata, Share, ShareError, SharePath};
+
+/// A share rooted at a local directory.
+#[derive(Debug)]
+pub struct LocalShare {
+    dir: PathBuf,
+    root: OwnedFd,
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+impl LocalShare {
+    /// Opens the share at `dir`, which must be an existing directory.
+    pub fn open(dir: &Path) -> Result<Self, ShareError> {
+        let root = rfs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| ShareError::Io {
+                path: SharePath::root(),
+                op: "open share directory",
+                source: std::io::Error::other(format!("{}: {}", dir.display(), std::io::Error::from(e))),
+            })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            root,
+        })
+    }
+
+    /// The directory the share is rooted at.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Opens `path` beneath the root, following symlinks only while they stay inside.
+    fn open_beneath(&self, path: &SharePath, flags: OFlags, op: &'static str) -> Result<OwnedFd, ShareError> {
+        let rel = if path.is_root() { "." } else { path.as_str() };
+        // openat2 refuses a mode unless it creates (EINVAL); this never creates.
+        rfs::openat2(&self.root, rel, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
+            .map_err(|e| ShareError::from_io(path, op, e.into()))
+    }
+
+    /// The parent directory of `path`, opened, and its last component.
+    fn parent<'p>(&self, path: &'p SharePath, op: &'static str) -> Result<(OwnedFd, &'p str), ShareError> {
+        let (parent, name) = path.split_last().ok_or_else(|| ShareError::InvalidPath {
+            path: String::new(),
+            reason: "the share's root cannot be the target of this operation",
+        })?;
+        let fd = self.open_beneath(&parent, OFlags::PATH | OFlags::DIRECTORY, op)?;
+        Ok((fd, name))
+    }
+
+    /// Writes `data` to a new file `name` in `dir` and syncs it.
+    fn write_new_file(dir: &OwnedFd, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let fd = rfs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let mut file = File::from(fd);
+        file.write_all(data)?;
+        file.sync_all()
+    }
+
+    /// Makes a change to `dir`'s entries durable.
+    fn sync_dir(dir: &OwnedFd) -> std::io::Result<()> {
+        let fd = rfs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        rfs::fsync(fd)?;
+        Ok(())
+    }
+}
+
+fn kind_of(file_type: FileType) -> FileKind {
+    match file_type {
+        FileType::RegularFile => FileKind::File,
+        FileType::Directory => FileKind::Dir,
+        FileType::Symlink => FileKind::Symlink,
+        _ => FileKind::Other,
+    }
+}
+
+fn metadata_of(stat: &rfs::Stat) -> Metadata {
+    let modified = SystemTime::UNIX_EPOCH
+        + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+    Metadata {
+        kind: kind_of(FileType::from_raw_mode(stat.st_mode)),
+        size: stat.st_size.max(0) as u64,
+        mode: stat.st_mode & 0o7777,
+        modified,
+    }
+}
+
+impl Share for LocalShare {
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn metadata(&self, path: &SharePath) -> Result<Metadata, ShareError> {
+        let stat = match path.split_last() {
+            None => rfs::fstat(&self.root),
+            Some(_) => {
+                let (dir, name) = self.parent(path, "stat")?;
+                rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            }
+        }
+        .map_err(|e| ShareError::from_io(path, "stat", e.into()))?;
+        Ok(metadata_of(&stat))
+    }
+
+    fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
+        let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, "list directory")?;
+        let mut dir = rfs::Dir::read_from(&fd).map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
+        let mut entries = Vec::new();
+        while let Some(entry) = dir.next() {
+            let entry = entry.map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
+            let name = entry.file_name().to_string_lossy();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                FileType::Unknown => rfs::statat(fd.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|s| kind_of(FileType::from_raw_mode(s.st_mode)))
+                    .map_err(|e| ShareError::from_io(path, "list directory", e.into()))?,
+                t => kind_of(t),
+            };
+            entries.push(DirEntry {
+                name: name.into_owned(),
+                kind,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
+        let fd = self.open_beneath(path, OFlags::RDONLY, "open")?;
+        let mut data = Vec::new();
+        File::from(fd)
+            .read_to_end(&mut data)
+            .map_err(|e| ShareError::from_io(path, "read", e))?;
+        Ok(data)
+    }
+
+    fn write_atomic(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "write")?;
+        let tmp = format!(".{name}.cvol-tmp-{}", uuid::Uuid::new_v4().simple());
+        let tmp = &tmp[..tmp.len().min(255)];
+        let result = Self::write_new_file(&dir, tmp, data)
+            .and_then(|()| rfs::renameat(&dir, tmp, &dir, name).map_err(Into::into))
+            .and_then(|()| Self::sync_dir(&dir));
+        if result.is_err() {
+            let _ = rfs::unlinkat(&dir, tmp, AtFlags::empty());
+        }
+        result.map_err(|e| ShareError::from_io(path, "write", e))
+    }
+
+    fn create_new(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "create")?;
+        Self::write_new_file(&dir, name, data)
+            .and_then(|()| Self::sync_dir(&dir))
+            .map_err(|e| ShareError::from_io(path, "create", e))
+    }
+
+    fn create_dir(&self, path: &SharePath) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "mkdir")?;
+        rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))
+            .map_err(std::io::Error::from)
+            .and_then(|()| Self::sync_dir(&dir))
+            .map_err(|e| ShareError::from_io(path, "mkdir", e))
+    }
+
+    fn remove_file(&self, path: &SharePath) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "remove")?;
+        rfs::unlinkat(&dir, name, AtFlags::empty()).map_err(|e| ShareError::from_io(path, "remove", e.into()))
+    }
+
+    fn remove_dir(&self, path: &SharePath) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "rmdir")?;
+        rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| ShareError::from_io(path, "rmdir", e.into()))
+    }
+
+    fn rename(&self, from: &SharePath, to: &SharePath) -> Result<(), ShareError> {
+        let (from_dir, from_name) = self.parent(from, "rename")?;
+        let (to_dir, to_name) = self.parent(to, "rename")?;
+        rfs::renameat(&from_dir, from_name, &to_dir, to_name)
+            .map_err(std::io::Error::from)
+            .and_then(|()| Self::sync_dir(&to_dir))
+            .map_err(|e| ShareError::from_io(from, "rename", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> SharePath {
+        SharePath::new(s).unwrap()
+    }
+
+    #[test]
+    fn file_operations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = LocalShare::open(tmp.path()).unwrap();
+        share.create_dir(&p("vm1")).unwrap();
+        assert!(matches!(share.create_dir(&p("vm1")), Err(ShareError::AlreadyExists(_))));
+        share.create_new(&p("vm1/a.vmx"), b"one").unwrap();
+        assert!(matches!(share.create_new(&p("vm1/a.vmx"), b"x"), Err(ShareError::AlreadyExists(_))));
+        share.write_atomic(&p("vm1/a.vmx"), b"two").unwrap();
+        assert_eq!(share.read(&p("vm1/a.vmx")).unwrap(), b"two");
+        let md = share.metadata(&p("vm1/a.vmx")).unwrap();
+        assert_eq!((md.kind, md.size), (FileKind::File, 3));
+        assert_eq!(share.metadata(&SharePath::root()).unwrap().kind, FileKind::Dir);
+        let names: Vec<_> = share.read_dir(&p("vm1")).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["a.vmx"], "no temporary file is left behind");
+        share.rename(&p("vm1/a.vmx"), &p("vm1/b.vmx")).unwrap();
+        assert!(share.read(&p("vm1/a.vmx")).unwrap_err().is_not_found());
+        share.remove_file(&p("vm1/b.vmx")).unwrap();
+        share.remove_dir(&p("vm1")).unwrap();
+        assert!(share.read_dir(&SharePath::root()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn symlinks_out_of_the_share_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("vm1")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("vm1/out")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("vm1/abs")).unwrap();
+        std::os::unix::fs::symlink("../../", tmp.path().join("vm1/up")).unwrap();
+        std::fs::write(tmp.path().join("vm1/real"), b"inside").unwrap();
+        std::os::unix::fs::symlink("real", tmp.path().join("vm1/in")).unwrap();
+        let share = LocalShare::open(tmp.path()).unwrap();
+
+        for path in ["vm1/out/secret", "vm1/abs", "vm1/up/etc/passwd"] {
+            let err = share.read(&p(path)).unwrap_err();
+            assert!(matches!(err, ShareError::Escapes(_)), "{path}: {err}");
+        }
+        assert!(matches!(share.write_atomic(&p("vm1/out/new"), b"x"), Err(ShareError::Escapes(_))));
+        assert!(!outside.path().join("new").exists());
+        assert!(matches!(share.create_dir(&p("vm1/out/d")), Err(ShareError::Escapes(_))));
+        assert_eq!(share.read(&p("vm1/in")).unwrap(), b"inside");
+        assert_eq!(share.metadata(&p("vm1/abs")).unwrap().kind, FileKind::Symlink);
+        // Replacing a symlink replaces the link, never the file it points to.
+        share.write_atomic(&p("vm1/abs"), b"x").unwrap();
+        assert_eq!(share.metadata(&p("vm1/abs")).unwrap().kind, FileKind::File);
+    }
+
+    #[test]
+    fn missing_share_directory_is_an_error() {
+        let err = LocalShare::open(Path::new("/nonexistent/cvol-share")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/cvol-share"), "{err}");
+    }
+}
