@@ -15,7 +15,8 @@ pub struct FormatError {
 }
 
 impl FormatError {
-    pub(crate) fn new(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
+    /// An error about `file`, at `line` when known.
+    pub fn new(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
         Self {
             file: file.to_string(),
             line,

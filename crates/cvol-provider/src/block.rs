@@ -1,0 +1,54 @@
+//! The data plane's one trait.
+
+use std::io;
+
+/// A failed block operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The range does not lie within the device.
+    #[error("range {offset}+{len} is beyond the end of the device ({size} bytes)")]
+    OutOfRange {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The device's size.
+        size: u64,
+    },
+    /// The device failed.
+    #[error("device I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// An attached volume: a fixed-size array of bytes.
+///
+/// Writes may be cached until [`BlockDevice::flush`]; a write that returned before a
+/// successful flush survives a crash of any cvol process.
+pub trait BlockDevice: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError>;
+
+    /// Writes `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError>;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), BlockError>;
+
+    /// Drops `len` bytes at `offset`; they read as zeros afterwards and may free space.
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError>;
+
+    /// Makes `len` bytes at `offset` read as zeros, keeping them allocated.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError>;
+
+    /// Checks that `offset..offset+len` lies within the device.
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(BlockError::OutOfRange { offset, len, size }),
+        }
+    }
+}

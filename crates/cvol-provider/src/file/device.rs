@@ -1,0 +1,79 @@
+//! The data plane of a file-pool volume: positioned I/O on its sparse file.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use rustix::fs::FallocateFlags;
+use rustix::io::Errno;
+
+use crate::{BlockDevice, BlockError};
+
+/// An attached file-pool volume.
+pub struct FileBlockDevice {
+    file: File,
+    size: u64,
+}
+
+impl FileBlockDevice {
+    /// Wraps the open volume file.
+    pub fn new(file: File) -> io::Result<Self> {
+        let size = file.metadata()?.len();
+        Ok(Self { file, size })
+    }
+
+    fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> Result<(), Errno> {
+        rustix::fs::fallocate(&self.file, flags | FallocateFlags::KEEP_SIZE, offset, len)
+    }
+}
+
+/// Zeros written per call when the file system cannot zero a range itself.
+const ZERO_CHUNK: usize = 1 << 20;
+
+impl BlockDevice for FileBlockDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len() as u64)?;
+        Ok(self.file.read_exact_at(buf, offset)?)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len() as u64)?;
+        Ok(self.file.write_all_at(buf, offset)?)
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        Ok(self.file.sync_data()?)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.check_range(offset, len)?;
+        match self.fallocate(FallocateFlags::PUNCH_HOLE, offset, len) {
+            Ok(()) => Ok(()),
+            // A discard is a hint; a file system that cannot punch still reads zeros
+            // after write_zeroes.
+            Err(Errno::OPNOTSUPP) => self.write_zeroes(offset, len),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.check_range(offset, len)?;
+        match self.fallocate(FallocateFlags::ZERO_RANGE, offset, len) {
+            Ok(()) => return Ok(()),
+            Err(Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
+        let zeros = vec![0u8; ZERO_CHUNK.min(len as usize)];
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = (offset + len - pos).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}

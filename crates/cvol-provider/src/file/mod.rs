@@ -1,0 +1,506 @@
+//! The `file` provider: a pool directory of sparse files (the embedded default).
+//!
+//! ```text
+//! <pool>/volumes/<vol-id>/data                 the volume's bytes, a sparse file
+//! <pool>/volumes/<vol-id>/volume.toml          owner and creation time
+//! <pool>/volumes/<vol-id>/snapshots/<name>     read-only copies (reflinks where possible)
+//! <pool>/volumes/<vol-id>/attachment           the host holding the volume, if any
+//! <pool>/.staging/                             work in progress, never visible as a volume
+//! ```
+//! A volume appears by one rename of a complete directory out of `.staging/`, and
+//! disappears by one rename into it, so a crash never leaves half a volume visible; what
+//! a crash leaves in `.staging/` is reclaimed by [`Provider::reclaim_interrupted`].
+
+mod copy;
+mod device;
+
+use std::fs::{self, File};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cvol_format::{ProviderId, SnapshotName, VolumeId, SECTOR_SIZE};
+use rustix::fs::{RenameFlags, StatVfsMountFlags};
+use serde::{Deserialize, Serialize};
+
+use device::FileBlockDevice;
+
+use crate::{Attachment, CopyProgress, Provider, ProviderError, Snapshot, Volume, VolumeSource};
+
+const VOLUMES: &str = "volumes";
+const STAGING: &str = ".staging";
+const DATA: &str = "data";
+const RECORD: &str = "volume.toml";
+const SNAPSHOTS: &str = "snapshots";
+const ATTACHMENT: &str = "attachment";
+
+/// Staged work older than this is taken to be from a crashed process.
+const STAGING_GRACE: Duration = Duration::from_secs(600);
+
+/// What `volume.toml` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct VolumeRecord {
+    owner: String,
+    created_unix: u64,
+}
+
+/// A pool directory of sparse files.
+#[derive(Debug)]
+pub struct FileProvider {
+    id: ProviderId,
+    pool: PathBuf,
+}
+
+impl FileProvider {
+    /// Opens the pool at `pool`, which must be an existing, writable directory.
+    pub fn open(id: &ProviderId, pool: &Path) -> Result<Self, ProviderError> {
+        let this = Self {
+            id: id.clone(),
+            pool: pool.to_path_buf(),
+        };
+        let refuse = |reason: String| ProviderError::Pool {
+            provider: id.to_string(),
+            path: pool.to_path_buf(),
+            reason,
+        };
+        let meta = fs::metadata(pool).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => refuse("does not exist".into()),
+            _ => refuse(e.to_string()),
+        })?;
+        if !meta.is_dir() {
+            return Err(refuse("is not a directory".into()));
+        }
+        let statvfs = rustix::fs::statvfs(pool).map_err(|e| refuse(io::Error::from(e).to_string()))?;
+        // Root may write into a directory without write bits; a pool with none is meant
+        // to be read-only all the same.
+        if statvfs.f_flag.contains(StatVfsMountFlags::RDONLY) || meta.permissions().mode() & 0o222 == 0 {
+            return Err(refuse("is read-only".into()));
+        }
+        for dir in [VOLUMES, STAGING] {
+            let path = pool.join(dir);
+            fs::create_dir_all(&path).map_err(|e| this.io("create", &path, e))?;
+        }
+        Ok(this)
+    }
+
+    fn io(&self, op: &'static str, path: &Path, source: io::Error) -> ProviderError {
+        ProviderError::Io {
+            provider: self.id.to_string(),
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn volume_dir(&self, id: &VolumeId) -> PathBuf {
+        self.pool.join(VOLUMES).join(id.as_str())
+    }
+
+    fn not_found(&self, id: &VolumeId) -> ProviderError {
+        ProviderError::VolumeNotFound {
+            provider: self.id.to_string(),
+            volume: id.to_string(),
+        }
+    }
+
+    /// The directory of an existing volume.
+    fn existing(&self, id: &VolumeId) -> Result<PathBuf, ProviderError> {
+        let dir = self.volume_dir(id);
+        match fs::symlink_metadata(dir.join(DATA)) {
+            Ok(m) if m.is_file() => Ok(dir),
+            Ok(_) => Err(self.corrupt(&dir.join(DATA), "is not a regular file")),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(id)),
+            Err(e) => Err(self.io("stat", &dir, e)),
+        }
+    }
+
+    fn corrupt(&self, path: &Path, message: &str) -> ProviderError {
+        ProviderError::Corrupt {
+            provider: self.id.to_string(),
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        }
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), ProviderError> {
+        if size == 0 || size % SECTOR_SIZE != 0 {
+            return Err(ProviderError::InvalidSize {
+                provider: self.id.to_string(),
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    fn snapshot_path(&self, id: &VolumeId, name: &SnapshotName) -> Result<PathBuf, ProviderError> {
+        let path = self.existing(id)?.join(SNAPSHOTS).join(name.as_str());
+        if !path.exists() {
+            return Err(ProviderError::SnapshotNotFound {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                snapshot: name.to_string(),
+            });
+        }
+        Ok(path)
+    }
+
+    fn read_volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
+        let dir = self.existing(id)?;
+        let record_path = dir.join(RECORD);
+        let text = fs::read_to_string(&record_path).map_err(|e| self.io("read", &record_path, e))?;
+        let record: VolumeRecord = toml::from_str(&text).map_err(|e| self.corrupt(&record_path, e.message()))?;
+        let data = dir.join(DATA);
+        let size = fs::metadata(&data).map_err(|e| self.io("stat", &data, e))?.len();
+        Ok(Volume {
+            id: id.clone(),
+            size,
+            owner: record.owner,
+            created: SystemTime::UNIX_EPOCH + Duration::from_secs(record.created_unix),
+            attached_to: self.attachment_holder(&dir)?,
+        })
+    }
+
+    /// A fresh directory under `.staging/` for work on `id`.
+    fn stage(&self, id: &VolumeId) -> Result<PathBuf, ProviderError> {
+        let dir = self.pool.join(STAGING).join(format!("{id}.{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir(&dir).map_err(|e| self.io("create", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Writes a complete volume into `staged`, then moves it into place.
+    fn build_volume(
+        &self,
+        id: &VolumeId,
+        staged: &Path,
+        source: &VolumeSource,
+        owner: &str,
+        progress: &dyn CopyProgress,
+    ) -> Result<(), ProviderError> {
+        let data_path = staged.join(DATA);
+        let data = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&data_path)
+            .map_err(|e| self.io("create", &data_path, e))?;
+        let copy_from = |src: PathBuf| -> Result<(), ProviderError> {
+            let src_file = File::open(&src).map_err(|e| self.io("open", &src, e))?;
+            let method = copy::copy_file(&src_file, &data, progress).map_err(|e| self.io("copy", &src, e))?;
+            tracing::debug!(provider = %self.id, volume = %id, ?method, "copied {}", src.display());
+            Ok(())
+        };
+        match source {
+            VolumeSource::Blank { size } => {
+                self.check_size(*size)?;
+                data.set_len(*size).map_err(|e| self.io("size", &data_path, e))?;
+            }
+            VolumeSource::Volume(src) => copy_from(self.existing(src)?.join(DATA))?,
+            VolumeSource::Snapshot(src, name) => copy_from(self.snapshot_path(src, name)?)?,
+        }
+        data.sync_all().map_err(|e| self.io("sync", &data_path, e))?;
+        let record = VolumeRecord {
+            owner: owner.to_string(),
+            created_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        };
+        let record_path = staged.join(RECORD);
+        let text = toml::to_string(&record).expect("a volume record serializes");
+        write_synced(&record_path, text.as_bytes()).map_err(|e| self.io("write", &record_path, e))?;
+        fs::create_dir(staged.join(SNAPSHOTS)).map_err(|e| self.io("create", staged, e))?;
+        sync_dir(staged).map_err(|e| self.io("sync", staged, e))?;
+        let target = self.volume_dir(id);
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            staged,
+            rustix::fs::CWD,
+            &target,
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(ProviderError::VolumeExists {
+                    provider: self.id.to_string(),
+                    volume: id.to_string(),
+                })
+            }
+            Err(e) => return Err(self.io("rename", &target, e.into())),
+        }
+        let volumes = self.pool.join(VOLUMES);
+        sync_dir(&volumes).map_err(|e| self.io("sync", &volumes, e))
+    }
+
+    fn attachment_holder(&self, dir: &Path) -> Result<Option<String>, ProviderError> {
+        let path = dir.join(ATTACHMENT);
+        match fs::read_to_string(&path) {
+            Ok(holder) => Ok(Some(holder.trim().to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("read", &path, e)),
+        }
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = File::options().write(true).create_new(true).open(path)?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn system_time(meta: &fs::Metadata) -> SystemTime {
+    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl Provider for FileProvider {
+    fn location(&self) -> String {
+        format!("file:{}", self.pool.display())
+    }
+
+    fn create_volume(
+        &self,
+        id: &VolumeId,
+        source: &VolumeSource,
+        owner: &str,
+        progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError> {
+        if self.volume_dir(id).exists() {
+            return Err(ProviderError::VolumeExists {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+            });
+        }
+        let staged = self.stage(id)?;
+        let result = self.build_volume(id, &staged, source, owner, progress);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staged);
+        }
+        result?;
+        self.read_volume(id)
+    }
+
+    fn volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
+        self.read_volume(id)
+    }
+
+    fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {
+        let dir = self.pool.join(VOLUMES);
+        let mut volumes = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| self.io("list", &dir, e))? {
+            let entry = entry.map_err(|e| self.io("list", &dir, e))?;
+            let name = entry.file_name();
+            let Ok(id) = VolumeId::new(&name.to_string_lossy()) else {
+                tracing::warn!(provider = %self.id, "ignoring {}: not a volume", entry.path().display());
+                continue;
+            };
+            volumes.push(self.read_volume(&id)?);
+        }
+        volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(volumes)
+    }
+
+    fn resize_volume(&self, id: &VolumeId, size: u64, allow_shrink: bool) -> Result<Volume, ProviderError> {
+        self.check_size(size)?;
+        let current = self.read_volume(id)?;
+        if size < current.size && !allow_shrink {
+            return Err(ProviderError::ShrinkRefused {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                from: current.size,
+                to: size,
+            });
+        }
+        let data = self.volume_dir(id).join(DATA);
+        let file = File::options().write(true).open(&data).map_err(|e| self.io("open", &data, e))?;
+        file.set_len(size)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| self.io("resize", &data, e))?;
+        self.read_volume(id)
+    }
+
+    fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError> {
+        let dir = self.existing(id)?;
+        if let Some(holder) = self.attachment_holder(&dir)? {
+            return Err(ProviderError::AttachedElsewhere {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                holder,
+            });
+        }
+        // One rename makes the volume disappear; the removal after it may be interrupted.
+        let doomed = self
+            .pool
+            .join(STAGING)
+            .join(format!("{id}.deleted-{}", uuid::Uuid::new_v4().simple()));
+        fs::rename(&dir, &doomed).map_err(|e| self.io("delete", &dir, e))?;
+        let volumes = self.pool.join(VOLUMES);
+        sync_dir(&volumes).map_err(|e| self.io("sync", &volumes, e))?;
+        fs::remove_dir_all(&doomed).map_err(|e| self.io("remove", &doomed, e))
+    }
+
+    fn create_snapshot(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        progress: &dyn CopyProgress,
+    ) -> Result<Snapshot, ProviderError> {
+        let dir = self.existing(id)?;
+        let snapshots = dir.join(SNAPSHOTS);
+        let target = snapshots.join(name.as_str());
+        let exists = || ProviderError::SnapshotExists {
+            provider: self.id.to_string(),
+            volume: id.to_string(),
+            snapshot: name.to_string(),
+        };
+        if target.exists() {
+            return Err(exists());
+        }
+        // Snapshot names never start with '.', so this cannot collide with one.
+        let staged = snapshots.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let src_path = dir.join(DATA);
+            let src = File::open(&src_path).map_err(|e| self.io("open", &src_path, e))?;
+            let dst = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&staged)
+                .map_err(|e| self.io("create", &staged, e))?;
+            copy::copy_file(&src, &dst, progress).map_err(|e| self.io("copy", &src_path, e))?;
+            match rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, &target, RenameFlags::NOREPLACE) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::EXIST) => return Err(exists()),
+                Err(e) => return Err(self.io("rename", &target, e.into())),
+            }
+            sync_dir(&snapshots).map_err(|e| self.io("sync", &snapshots, e))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&staged);
+        }
+        result?;
+        let meta = fs::metadata(&target).map_err(|e| self.io("stat", &target, e))?;
+        Ok(Snapshot {
+            name: name.clone(),
+            size: meta.len(),
+            created: system_time(&meta),
+        })
+    }
+
+    fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError> {
+        let dir = self.existing(id)?.join(SNAPSHOTS);
+        let mut snapshots = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| self.io("list", &dir, e))? {
+            let entry = entry.map_err(|e| self.io("list", &dir, e))?;
+            let Ok(name) = SnapshotName::new(&entry.file_name().to_string_lossy()) else {
+                continue; // staged work in progress, or foreign
+            };
+            let meta = entry.metadata().map_err(|e| self.io("stat", &entry.path(), e))?;
+            snapshots.push(Snapshot {
+                name,
+                size: meta.len(),
+                created: system_time(&meta),
+            });
+        }
+        snapshots.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
+        Ok(snapshots)
+    }
+
+    fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError> {
+        let path = self.snapshot_path(id, name)?;
+        fs::remove_file(&path).map_err(|e| self.io("remove", &path, e))
+    }
+
+    fn attach(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
+        let dir = self.existing(id)?;
+        let record = dir.join(ATTACHMENT);
+        // Written aside and hard-linked into place: the link fails if a record exists,
+        // and a record is never seen empty by a racing host.
+        let staged = self.pool.join(STAGING).join(format!("{id}.attach-{}", uuid::Uuid::new_v4().simple()));
+        write_synced(&staged, host.as_bytes()).map_err(|e| self.io("write", &staged, e))?;
+        let linked = fs::hard_link(&staged, &record);
+        let _ = fs::remove_file(&staged);
+        match linked {
+            Ok(()) => sync_dir(&dir).map_err(|e| self.io("sync", &dir, e))?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let holder = self.attachment_holder(&dir)?.unwrap_or_default();
+                if holder != host {
+                    return Err(ProviderError::AttachedElsewhere {
+                        provider: self.id.to_string(),
+                        volume: id.to_string(),
+                        holder,
+                    });
+                }
+            }
+            Err(e) => return Err(self.io("attach", &record, e)),
+        }
+        let data = dir.join(DATA);
+        let device = File::options()
+            .read(true)
+            .write(true)
+            .open(&data)
+            .and_then(FileBlockDevice::new)
+            .map_err(|e| self.io("open", &data, e))?;
+        Ok(Attachment {
+            volume: id.clone(),
+            host: host.to_string(),
+            device: Arc::new(device),
+        })
+    }
+
+    fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError> {
+        let mut stale = Vec::new();
+        let mut collect = |dir: &Path, only_hidden: bool| -> Result<(), ProviderError> {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(self.io("list", dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.io("list", dir, e))?;
+                if only_hidden && !entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                if age >= STAGING_GRACE {
+                    stale.push(entry.path());
+                }
+            }
+            Ok(())
+        };
+        collect(&self.pool.join(STAGING), false)?;
+        for volume in self.list_volumes()? {
+            collect(&self.volume_dir(&volume.id).join(SNAPSHOTS), true)?;
+        }
+        if apply {
+            for path in &stale {
+                let result = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+                result.map_err(|e| self.io("remove", path, e))?;
+            }
+        }
+        Ok(stale.iter().map(|p| p.display().to_string()).collect())
+    }
+
+    fn detach(&self, id: &VolumeId, host: &str) -> Result<(), ProviderError> {
+        let dir = match self.existing(id) {
+            Ok(dir) => dir,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if self.attachment_holder(&dir)?.as_deref() == Some(host) {
+            let record = dir.join(ATTACHMENT);
+            fs::remove_file(&record).map_err(|e| self.io("detach", &record, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Where virtual disks live (DESIGN.md, "Providers").
+//!
+//! A [`Provider`] is a storage pool's control plane: it creates, resizes, snapshots,
+//! clones, deletes and attaches volumes. Attaching gives a [`BlockDevice`], the data
+//! plane: everything that moves disk bytes (the file system container, NBD) takes a
+//! `BlockDevice` and nothing more, so none of it knows where the bytes are.
+
+mod block;
+mod error;
+mod file;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cvol_format::{ProviderConfig, SnapshotName, VolumeId};
+
+pub use block::{BlockDevice, BlockError};
+pub use error::ProviderError;
+pub use file::FileProvider;
+
+/// A volume as its provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// Its id.
+    pub id: VolumeId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Who created it, as given at creation: cvol puts the datastore uuid here, so a
+    /// pool shared by several datastores knows which volumes are whose.
+    pub owner: String,
+    /// When it was created.
+    pub created: SystemTime,
+    /// The host it is attached to, if any.
+    pub attached_to: Option<String>,
+}
+
+/// A read-only point-in-time copy of a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Its name, unique per volume.
+    pub name: SnapshotName,
+    /// Size in bytes of the volume when it was taken.
+    pub size: u64,
+    /// When it was taken.
+    pub created: SystemTime,
+}
+
+/// What a new volume is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A zeroed, sparse volume of this many bytes.
+    Blank {
+        /// Size in bytes, a multiple of 512.
+        size: u64,
+    },
+    /// A copy of a volume's current content.
+    Volume(VolumeId),
+    /// A copy of a snapshot's content.
+    Snapshot(VolumeId, SnapshotName),
+}
+
+/// Reports the progress of long copies (clone and snapshot without reflink).
+pub trait CopyProgress: Sync {
+    /// A copy of `total` bytes starts.
+    fn start(&self, total: u64);
+    /// `bytes` more bytes are done.
+    fn advance(&self, bytes: u64);
+    /// The copy is over.
+    fn finish(&self);
+}
+
+/// Progress that nobody watches.
+pub struct NoProgress;
+
+impl CopyProgress for NoProgress {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// A volume attached to this host: its data plane.
+#[derive(Clone)]
+pub struct Attachment {
+    /// The attached volume.
+    pub volume: VolumeId,
+    /// The host that holds it.
+    pub host: String,
+    /// The device that reads and writes it.
+    pub device: Arc<dyn BlockDevice>,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("volume", &self.volume)
+            .field("host", &self.host)
+            .field("size", &self.device.size())
+            .finish()
+    }
+}
+
+/// A storage pool's control plane.
+///
+/// Callers choose volume ids ([`VolumeId::generate`]) before creating, so that a crash
+/// between "create" and "record it" can be repaired by looking the id up.
+pub trait Provider: Send + Sync {
+    /// Where the pool is, for messages, e.g. `file:/srv/pool`.
+    fn location(&self) -> String;
+
+    /// Creates volume `id` from `source`, tagged with `owner`. Fails with
+    /// `VolumeExists` if `id` is taken. Copies report to `progress`.
+    fn create_volume(
+        &self,
+        id: &VolumeId,
+        source: &VolumeSource,
+        owner: &str,
+        progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError>;
+
+    /// The volume `id`.
+    fn volume(&self, id: &VolumeId) -> Result<Volume, ProviderError>;
+
+    /// Every volume in the pool.
+    fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError>;
+
+    /// Changes the size of volume `id`; shrinking loses data and needs `allow_shrink`.
+    fn resize_volume(&self, id: &VolumeId, size: u64, allow_shrink: bool) -> Result<Volume, ProviderError>;
+
+    /// Deletes volume `id` and its snapshots. Refused while it is attached.
+    fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError>;
+
+    /// Takes snapshot `name` of volume `id`.
+    fn create_snapshot(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        progress: &dyn CopyProgress,
+    ) -> Result<Snapshot, ProviderError>;
+
+    /// The snapshots of volume `id`, oldest first.
+    fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError>;
+
+    /// Deletes snapshot `name` of volume `id`.
+    fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError>;
+
+    /// Attaches volume `id` to `host`. A volume is attached to one host at a time: another
+    /// host gets `AttachedElsewhere` naming the holder. Attaching again from the same
+    /// host gives the same attachment.
+    fn attach(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError>;
+
+    /// Detaches volume `id` from `host`; a no-op if it is not attached there.
+    fn detach(&self, id: &VolumeId, host: &str) -> Result<(), ProviderError>;
+
+    /// Finds what interrupted operations left behind in the pool (half-built or
+    /// half-deleted volumes and snapshots) that is older than a grace period, so that it
+    /// cannot belong to an operation still running elsewhere; removes it when `apply`.
+    /// Returns a description of each leftover.
+    fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError>;
+}
+
+/// The provider kinds this build knows.
+pub const PROVIDER_KINDS: &[&str] = &["file"];
+
+/// Opens the provider a datastore configures.
+pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    match config.kind.as_str() {
+        "file" => {
+            let path = config.settings.get("path").ok_or_else(|| ProviderError::Setting {
+                provider: config.id.to_string(),
+                message: "setting 'path' (the pool directory) is missing".into(),
+            })?;
+            Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
+        }
+        other => Err(ProviderError::Setting {
+            provider: config.id.to_string(),
+            message: format!("unknown kind {other:?} (this cvol knows: {})", PROVIDER_KINDS.join(", ")),
+        }),
+    }
+}
