@@ -86,12 +86,19 @@ impl DatastoreConfig {
     /// Parses `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, FormatError> {
         check_text(file, text, MAX_CONFIG_LEN)?;
-        let line_at = |span: Option<Range<usize>>| span.map(|s| text[..s.start].matches('\n').count() + 1);
+        let line_at =
+            |span: Option<Range<usize>>| span.map(|s| text[..s.start].matches('\n').count() + 1);
         let spanned = toml_edit::Document::parse(text).map_err(|e| {
-            FormatError::new(file, line_at(e.span()), e.message().trim_end().replace('\n', "; "))
+            FormatError::new(
+                file,
+                line_at(e.span()),
+                e.message().trim_end().replace('\n', "; "),
+            )
         })?;
         let root = spanned.as_table();
-        let err = |item: Option<&Item>, msg: String| FormatError::new(file, line_at(item.and_then(Item::span)), msg);
+        let err = |item: Option<&Item>, msg: String| {
+            FormatError::new(file, line_at(item.and_then(Item::span)), msg)
+        };
         let string = |table: &Table, key: &str, ctx: &str| -> Result<String, FormatError> {
             let item = table.get(key);
             match item.and_then(Item::as_str) {
@@ -103,8 +110,14 @@ impl DatastoreConfig {
 
         let version_item = root.get("format_version");
         let format_version = match version_item.and_then(Item::as_integer) {
-            Some(v) => u32::try_from(v).map_err(|_| err(version_item, format!("format_version: {v} is out of range")))?,
-            None => return Err(err(version_item, "format_version: missing or not an integer".into())),
+            Some(v) => u32::try_from(v)
+                .map_err(|_| err(version_item, format!("format_version: {v} is out of range")))?,
+            None => {
+                return Err(err(
+                    version_item,
+                    "format_version: missing or not an integer".into(),
+                ))
+            }
         };
         if format_version != FORMAT_VERSION {
             return Err(err(
@@ -113,22 +126,37 @@ impl DatastoreConfig {
             ));
         }
         let uuid_text = string(root, "uuid", "")?;
-        let uuid = Uuid::parse_str(&uuid_text)
-            .map_err(|_| err(root.get("uuid"), format!("uuid: {uuid_text:?} is not a uuid")))?;
+        let uuid = Uuid::parse_str(&uuid_text).map_err(|_| {
+            err(
+                root.get("uuid"),
+                format!("uuid: {uuid_text:?} is not a uuid"),
+            )
+        })?;
         let name = string(root, "name", "")?;
 
         let providers_item = root.get("providers");
         let tables = match providers_item {
             Some(Item::ArrayOfTables(a)) => a,
-            Some(_) => return Err(err(providers_item, "providers: expected [[providers]] tables".into())),
-            None => return Err(err(None, "providers: missing; a datastore needs at least one".into())),
+            Some(_) => {
+                return Err(err(
+                    providers_item,
+                    "providers: expected [[providers]] tables".into(),
+                ))
+            }
+            None => {
+                return Err(err(
+                    None,
+                    "providers: missing; a datastore needs at least one".into(),
+                ))
+            }
         };
         let mut providers: Vec<ProviderConfig> = Vec::new();
         for (i, table) in tables.iter().enumerate() {
             let ctx = format!("providers[{i}].");
             let at = |key: &str| table.get(key).or(providers_item);
             let id_text = string(table, "id", &ctx)?;
-            let id = ProviderId::new(&id_text).map_err(|e| err(at("id"), format!("{ctx}id: {e}")))?;
+            let id =
+                ProviderId::new(&id_text).map_err(|e| err(at("id"), format!("{ctx}id: {e}")))?;
             if providers.iter().any(|p| p.id == id) {
                 return Err(err(at("id"), format!("{ctx}id: {id} is used twice")));
             }
@@ -139,17 +167,25 @@ impl DatastoreConfig {
                 Some(Item::Table(s)) => {
                     for (key, item) in s.iter() {
                         let value = item.as_str().ok_or_else(|| {
-                            err(Some(item), format!("{ctx}settings.{key}: expected a string"))
+                            err(
+                                Some(item),
+                                format!("{ctx}settings.{key}: expected a string"),
+                            )
                         })?;
                         settings.insert(key.to_string(), value.to_string());
                     }
                 }
-                Some(other) => return Err(err(Some(other), format!("{ctx}settings: expected a table"))),
+                Some(other) => {
+                    return Err(err(Some(other), format!("{ctx}settings: expected a table")))
+                }
             }
             providers.push(ProviderConfig { id, kind, settings });
         }
         if providers.is_empty() {
-            return Err(err(providers_item, "providers: empty; a datastore needs at least one".into()));
+            return Err(err(
+                providers_item,
+                "providers: empty; a datastore needs at least one".into(),
+            ));
         }
         Ok(Self {
             doc: spanned.into_mut(),
@@ -218,7 +254,10 @@ mod tests {
     fn unknown_content_survives() {
         let text = format!(
             "# my notes\n{}\n[future]\nkey = 1 # keep me\n",
-            sample().to_string().replace("name = \"ds1\"", "name = \"ds1\"   # inline\nfuture_key = [1, 2]")
+            sample().to_string().replace(
+                "name = \"ds1\"",
+                "name = \"ds1\"   # inline\nfuture_key = [1, 2]"
+            )
         );
         let parsed = DatastoreConfig::parse(&text, "d.toml").unwrap();
         assert_eq!(parsed.to_string(), text);
@@ -228,18 +267,47 @@ mod tests {
     fn errors_name_file_line_and_field() {
         let good = sample().to_string();
         let cases = [
-            (good.replace("format_version = 1", "format_version = 2"), "d.toml:4: format_version: 2 is not supported"),
-            (good.replace("uuid = \"", "uuid = \"x"), "d.toml:2: uuid: \"x"),
-            (good.replace("id = \"cold\"", "id = \"../x\""), "d.toml:14: providers[1].id: invalid provider id"),
-            (good.replace("id = \"cold\"", "id = \"pool\""), "d.toml:14: providers[1].id: pool is used twice"),
-            (good.replace("kind = \"file\"\n\n[providers.settings]", "\n[providers.settings]"), "d.toml"),
-            (good.replace("path = \"/srv/pool\"", "path = 7"), "d.toml:11: providers[0].settings.path: expected a string"),
+            (
+                good.replace("format_version = 1", "format_version = 2"),
+                "d.toml:4: format_version: 2 is not supported",
+            ),
+            (
+                good.replace("uuid = \"", "uuid = \"x"),
+                "d.toml:2: uuid: \"x",
+            ),
+            (
+                good.replace("id = \"cold\"", "id = \"../x\""),
+                "d.toml:14: providers[1].id: invalid provider id",
+            ),
+            (
+                good.replace("id = \"cold\"", "id = \"pool\""),
+                "d.toml:14: providers[1].id: pool is used twice",
+            ),
+            (
+                good.replace(
+                    "kind = \"file\"\n\n[providers.settings]",
+                    "\n[providers.settings]",
+                ),
+                "d.toml",
+            ),
+            (
+                good.replace("path = \"/srv/pool\"", "path = 7"),
+                "d.toml:11: providers[0].settings.path: expected a string",
+            ),
             (good.replace("name = \"ds1\"", "name = \"ds1"), "d.toml:3:"),
-            (good[..good.find("[[providers]]").unwrap()].to_string(), "d.toml: providers: missing"),
+            (
+                good[..good.find("[[providers]]").unwrap()].to_string(),
+                "d.toml: providers: missing",
+            ),
         ];
         for (text, expected) in cases {
-            let err = DatastoreConfig::parse(&text, "d.toml").unwrap_err().to_string();
-            assert!(err.starts_with(expected), "got {err:?}, expected {expected:?}\n{text}");
+            let err = DatastoreConfig::parse(&text, "d.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(expected),
+                "got {err:?}, expected {expected:?}\n{text}"
+            );
             assert!(!err.contains('\n'), "{err:?} is not one line");
         }
     }

@@ -74,7 +74,14 @@ pub struct Extent {
 
 impl fmt::Display for Extent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {} \"{}\"", self.access.as_str(), self.sectors, self.kind, self.file)?;
+        write!(
+            f,
+            "{} {} {} \"{}\"",
+            self.access.as_str(),
+            self.sectors,
+            self.kind,
+            self.file
+        )?;
         if let Some(offset) = self.offset {
             write!(f, " {offset}")?;
         }
@@ -110,7 +117,8 @@ impl Descriptor {
         let lines = raw_lines(text)
             .enumerate()
             .map(|(i, raw)| {
-                let kind = parse_line(raw).map_err(|msg| FormatError::new(file, Some(i + 1), msg))?;
+                let kind =
+                    parse_line(raw).map_err(|msg| FormatError::new(file, Some(i + 1), msg))?;
                 Ok(Line {
                     raw: raw.to_string(),
                     kind,
@@ -164,7 +172,11 @@ impl Descriptor {
             key: key.to_string(),
             value: value.to_string(),
         };
-        self.replace_or_push(|k| matches!(k, LineKind::Ddb { key: k, .. } if k == key), raw, kind);
+        self.replace_or_push(
+            |k| matches!(k, LineKind::Ddb { key: k, .. } if k == key),
+            raw,
+            kind,
+        );
     }
 
     /// Sets a header key (`CID`, …), rewriting its line or appending one.
@@ -174,13 +186,21 @@ impl Descriptor {
             key: key.to_string(),
             value: value.to_string(),
         };
-        self.replace_or_push(|k| matches!(k, LineKind::Header { key: k, .. } if k == key), raw, kind);
+        self.replace_or_push(
+            |k| matches!(k, LineKind::Header { key: k, .. } if k == key),
+            raw,
+            kind,
+        );
     }
 
     /// Replaces the only extent line. Callers edit single-extent descriptors only.
     pub fn set_extent(&mut self, extent: Extent) {
         let raw = extent.to_string();
-        self.replace_or_push(|k| matches!(k, LineKind::Extent(_)), raw, LineKind::Extent(extent));
+        self.replace_or_push(
+            |k| matches!(k, LineKind::Extent(_)),
+            raw,
+            LineKind::Extent(extent),
+        );
     }
 
     fn replace_or_push(&mut self, is_it: impl Fn(&LineKind) -> bool, raw: String, kind: LineKind) {
@@ -238,7 +258,9 @@ fn parse_line(raw: &str) -> Result<LineKind, String> {
     if key.is_empty() || key.contains(char::is_whitespace) {
         return Err(format!("invalid key {key:?}"));
     }
-    let value = unquote(value).map_err(|e| format!("{key}: {e}"))?.to_string();
+    let value = unquote(value)
+        .map_err(|e| format!("{key}: {e}"))?
+        .to_string();
     Ok(if key.starts_with("ddb.") {
         LineKind::Ddb {
             key: key.to_string(),
@@ -254,7 +276,9 @@ fn parse_line(raw: &str) -> Result<LineKind, String> {
 
 fn parse_extent(access: Access, line: &str) -> Result<Extent, String> {
     let rest = line[access.as_str().len()..].trim_start();
-    let (sectors, rest) = rest.split_once(char::is_whitespace).ok_or("extent: missing size and type")?;
+    let (sectors, rest) = rest
+        .split_once(char::is_whitespace)
+        .ok_or("extent: missing size and type")?;
     let sectors: u64 = sectors
         .parse()
         .map_err(|_| format!("extent: size {sectors:?} is not a number of sectors"))?;
@@ -267,7 +291,9 @@ fn parse_extent(access: Access, line: &str) -> Result<Extent, String> {
     let quoted = rest
         .strip_prefix('"')
         .ok_or("extent: the file name must be quoted")?;
-    let end = quoted.find('"').ok_or("extent: the file name has no closing quote")?;
+    let end = quoted
+        .find('"')
+        .ok_or("extent: the file name has no closing quote")?;
     let file = &quoted[..end];
     if file.is_empty() {
         return Err("extent: empty file name".into());
@@ -315,13 +341,22 @@ impl CvolDisk {
         let extents: Vec<&Extent> = descriptor.extents().collect();
         let extent = match extents.as_slice() {
             [one] => *one,
-            [] => return Err(FormatError::new(file, None, "extent: missing; a cVol disk has exactly one")),
+            [] => {
+                return Err(FormatError::new(
+                    file,
+                    None,
+                    "extent: missing; a cVol disk has exactly one",
+                ))
+            }
             _ => {
                 let line = descriptor.line_of(|k| matches!(k, LineKind::Extent(_)));
                 return Err(FormatError::new(
                     file,
                     line,
-                    format!("extent: {} extents; a cVol disk has exactly one", extents.len()),
+                    format!(
+                        "extent: {} extents; a cVol disk has exactly one",
+                        extents.len()
+                    ),
                 ));
             }
         };
@@ -330,17 +365,27 @@ impl CvolDisk {
             return Err(FormatError::new(
                 file,
                 extent_line,
-                format!("extent: type {} (offset {:?}) is not a flat extent at offset 0", extent.kind, extent.offset),
+                format!(
+                    "extent: type {} (offset {:?}) is not a flat extent at offset 0",
+                    extent.kind, extent.offset
+                ),
             ));
         }
         if extent.sectors == 0 {
-            return Err(FormatError::new(file, extent_line, "extent: size is 0 sectors"));
+            return Err(FormatError::new(
+                file,
+                extent_line,
+                "extent: size is 0 sectors",
+            ));
         }
         if DiskName::from_extent_file(&extent.file).is_none() {
             return Err(FormatError::new(
                 file,
                 extent_line,
-                format!("extent: file {:?} is not a '<disk>-flat.vmdk' name", extent.file),
+                format!(
+                    "extent: file {:?} is not a '<disk>-flat.vmdk' name",
+                    extent.file
+                ),
             ));
         }
         let size = extent
@@ -348,7 +393,8 @@ impl CvolDisk {
             .checked_mul(SECTOR_SIZE)
             .ok_or_else(|| FormatError::new(file, extent_line, "extent: size overflows"))?;
         let field = |key: &str| -> Result<(&str, Option<usize>), FormatError> {
-            let line = descriptor.line_of(|k| matches!(k, LineKind::Ddb { key: k, .. } if k == key));
+            let line =
+                descriptor.line_of(|k| matches!(k, LineKind::Ddb { key: k, .. } if k == key));
             descriptor
                 .ddb(key)
                 .map(|v| (v, line))
@@ -356,8 +402,9 @@ impl CvolDisk {
         };
         let parse_uuid = |key: &str| -> Result<Uuid, FormatError> {
             let (value, line) = field(key)?;
-            Uuid::parse_str(value)
-                .map_err(|_| FormatError::new(file, line, format!("{key}: {value:?} is not a uuid")))
+            Uuid::parse_str(value).map_err(|_| {
+                FormatError::new(file, line, format!("{key}: {value:?} is not a uuid"))
+            })
         };
         let (provider, provider_line) = field(DDB_PROVIDER)?;
         let provider = ProviderId::new(provider)
@@ -470,7 +517,10 @@ mod tests {
         assert!(text.contains("RW 131072 VMFS \"demo-flat.vmdk\"\n"));
         let parsed = Descriptor::parse(&text, "demo/demo.vmdk").unwrap();
         assert_eq!(parsed.to_string(), text);
-        assert_eq!(CvolDisk::from_descriptor(&parsed, "demo/demo.vmdk").unwrap(), disk);
+        assert_eq!(
+            CvolDisk::from_descriptor(&parsed, "demo/demo.vmdk").unwrap(),
+            disk
+        );
     }
 
     #[test]
@@ -484,7 +534,10 @@ mod tests {
         let extent = d.extents().next().unwrap();
         assert_eq!((extent.sectors, extent.offset), (2097152, Some(0)));
         let err = CvolDisk::from_descriptor(&d, "vm1/new.vmdk").unwrap_err();
-        assert!(err.to_string().contains("ddb.cvol.provider: missing"), "{err}");
+        assert!(
+            err.to_string().contains("ddb.cvol.provider: missing"),
+            "{err}"
+        );
         let mut d = d;
         let disk = CvolDisk {
             extent_file: "new-flat.vmdk".into(),
@@ -493,29 +546,64 @@ mod tests {
         };
         disk.apply_to(&mut d);
         assert_eq!(CvolDisk::from_descriptor(&d, "x").unwrap(), disk);
-        assert!(d.to_string().contains("ddb.geometry.cylinders = \"2080\"\n"));
+        assert!(d
+            .to_string()
+            .contains("ddb.geometry.cylinders = \"2080\"\n"));
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
         let good = sample_disk().to_descriptor().to_string();
         let cases = [
-            (good.replace("RW 131072 VMFS", "RW lots VMFS"), "demo.vmdk:9: extent: size \"lots\""),
-            (good.replace("ddb.cvol.object = \"vol-", "ddb.cvol.object = \"bad-"), "demo.vmdk:21: ddb.cvol.object: invalid volume id"),
-            (good.replace("ddb.cvol.provider", "ddb.cvol.providr"), "demo.vmdk: ddb.cvol.provider: missing"),
-            (good.replace("ddb.uuid = \"", "ddb.uuid = \"zz"), "demo.vmdk:22: ddb.uuid: \"zz"),
-            (good.replace("createType=\"vmfs\"\n", ""), "demo.vmdk: createType: missing"),
-            (good.replace("\"demo-flat.vmdk\"", "\"../../etc/passwd\""), "demo.vmdk:9: extent: file \"../../etc/passwd\""),
-            (good.replace("# Extent description", "garbage here"), "demo.vmdk:8: expected 'key=value'"),
-            (format!("{good}RW 1 VMFS \"x-flat.vmdk\"\n"), "demo.vmdk:9: extent: 2 extents"),
-            (good[..good.find("RW ").unwrap()].to_string(), "demo.vmdk: extent: missing"),
-            ("KDMV\0\0\0\x01".to_string(), "demo.vmdk:1: contains a NUL byte"),
+            (
+                good.replace("RW 131072 VMFS", "RW lots VMFS"),
+                "demo.vmdk:9: extent: size \"lots\"",
+            ),
+            (
+                good.replace("ddb.cvol.object = \"vol-", "ddb.cvol.object = \"bad-"),
+                "demo.vmdk:21: ddb.cvol.object: invalid volume id",
+            ),
+            (
+                good.replace("ddb.cvol.provider", "ddb.cvol.providr"),
+                "demo.vmdk: ddb.cvol.provider: missing",
+            ),
+            (
+                good.replace("ddb.uuid = \"", "ddb.uuid = \"zz"),
+                "demo.vmdk:22: ddb.uuid: \"zz",
+            ),
+            (
+                good.replace("createType=\"vmfs\"\n", ""),
+                "demo.vmdk: createType: missing",
+            ),
+            (
+                good.replace("\"demo-flat.vmdk\"", "\"../../etc/passwd\""),
+                "demo.vmdk:9: extent: file \"../../etc/passwd\"",
+            ),
+            (
+                good.replace("# Extent description", "garbage here"),
+                "demo.vmdk:8: expected 'key=value'",
+            ),
+            (
+                format!("{good}RW 1 VMFS \"x-flat.vmdk\"\n"),
+                "demo.vmdk:9: extent: 2 extents",
+            ),
+            (
+                good[..good.find("RW ").unwrap()].to_string(),
+                "demo.vmdk: extent: missing",
+            ),
+            (
+                "KDMV\0\0\0\x01".to_string(),
+                "demo.vmdk:1: contains a NUL byte",
+            ),
         ];
         for (text, expected) in cases {
             let err = Descriptor::parse(&text, "demo.vmdk")
                 .and_then(|d| CvolDisk::from_descriptor(&d, "demo.vmdk"))
                 .unwrap_err();
-            assert!(err.to_string().starts_with(expected), "got {err}, expected {expected}");
+            assert!(
+                err.to_string().starts_with(expected),
+                "got {err}, expected {expected}"
+            );
         }
     }
 

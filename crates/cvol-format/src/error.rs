@@ -47,12 +47,19 @@ pub(crate) fn check_text(file: &str, text: &str, max_len: usize) -> Result<(), F
         return Err(FormatError::new(
             file,
             None,
-            format!("{} bytes is too large for this file (at most {max_len})", text.len()),
+            format!(
+                "{} bytes is too large for this file (at most {max_len})",
+                text.len()
+            ),
         ));
     }
     if let Some(pos) = text.find('\0') {
         let line = text[..pos].matches('\n').count() + 1;
-        return Err(FormatError::new(file, Some(line), "contains a NUL byte: not a text file"));
+        return Err(FormatError::new(
+            file,
+            Some(line),
+            "contains a NUL byte: not a text file",
+        ));
     }
     Ok(())
 }

@@ -23,7 +23,9 @@ impl ProviderId {
     /// Validates and wraps a provider id.
     pub fn new(id: &str) -> Result<Self, IdError> {
         let ok = (1..=64).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(Self(id.to_string()))
         } else {
@@ -52,7 +54,10 @@ impl VolumeId {
     /// Validates and wraps a volume id.
     pub fn new(id: &str) -> Result<Self, IdError> {
         let ok = id.strip_prefix(VOLUME_PREFIX).is_some_and(|hex| {
-            hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
         if ok {
             Ok(Self(id.to_string()))
@@ -113,7 +118,12 @@ mod tests {
     #[test]
     fn volume_ids_cannot_traverse() {
         assert!(VolumeId::new(VolumeId::generate().as_str()).is_ok());
-        for bad in ["vol-../../etc", "vol-", "../vol-0", "vol-0123456789abcdef0123456789ABCDEF"] {
+        for bad in [
+            "vol-../../etc",
+            "vol-",
+            "../vol-0",
+            "vol-0123456789abcdef0123456789ABCDEF",
+        ] {
             assert!(VolumeId::new(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -30,7 +30,10 @@ fn check_component(what: &'static str, name: &str, max_len: usize) -> Result<(),
         return Err(refuse("it is empty".into()));
     }
     if name.len() > max_len {
-        return Err(refuse(format!("it is {} bytes long, at most {max_len} are allowed", name.len())));
+        return Err(refuse(format!(
+            "it is {} bytes long, at most {max_len} are allowed",
+            name.len()
+        )));
     }
     if name.contains('/') {
         return Err(refuse("it contains '/'".into()));
@@ -178,10 +181,18 @@ mod tests {
     fn vmware_disk_numbering() {
         let vm = VmName::new("demo").unwrap();
         assert_eq!(DiskName::nth(&vm, 0).unwrap().as_str(), "demo");
-        assert_eq!(DiskName::nth(&vm, 2).unwrap().descriptor_file(), "demo_2.vmdk");
-        assert_eq!(DiskName::nth(&vm, 1).unwrap().extent_file(), "demo_1-flat.vmdk");
         assert_eq!(
-            DiskName::from_extent_file("demo_1-flat.vmdk").unwrap().as_str(),
+            DiskName::nth(&vm, 2).unwrap().descriptor_file(),
+            "demo_2.vmdk"
+        );
+        assert_eq!(
+            DiskName::nth(&vm, 1).unwrap().extent_file(),
+            "demo_1-flat.vmdk"
+        );
+        assert_eq!(
+            DiskName::from_extent_file("demo_1-flat.vmdk")
+                .unwrap()
+                .as_str(),
             "demo_1"
         );
         assert_eq!(DiskName::from_descriptor_file("demo.vmx"), None);

@@ -55,7 +55,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     if bytes == 0 {
         return Err(SizeError::Zero(text.to_string()));
     }
-    if bytes % SECTOR_SIZE != 0 {
+    if !bytes.is_multiple_of(SECTOR_SIZE) {
         return Err(SizeError::Unaligned(text.to_string(), bytes));
     }
     Ok(bytes)
@@ -78,11 +78,17 @@ mod tests {
     #[test]
     fn refusals() {
         assert!(matches!(parse_size("0"), Err(SizeError::Zero(_))));
-        assert!(matches!(parse_size("1000"), Err(SizeError::Unaligned(_, 1000))));
+        assert!(matches!(
+            parse_size("1000"),
+            Err(SizeError::Unaligned(_, 1000))
+        ));
         assert!(matches!(parse_size("1X"), Err(SizeError::Syntax(_))));
         assert!(matches!(parse_size("-1G"), Err(SizeError::Syntax(_))));
         assert!(matches!(parse_size("G"), Err(SizeError::Syntax(_))));
-        assert!(matches!(parse_size("99999999P"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(
+            parse_size("99999999P"),
+            Err(SizeError::TooLarge(_))
+        ));
         assert!(matches!(
             parse_size("99999999999999999999999"),
             Err(SizeError::TooLarge(_))

@@ -33,7 +33,8 @@ impl Vmx {
         let lines = raw_lines(text)
             .enumerate()
             .map(|(i, raw)| {
-                let entry = parse_line(raw).map_err(|msg| FormatError::new(file, Some(i + 1), msg))?;
+                let entry =
+                    parse_line(raw).map_err(|msg| FormatError::new(file, Some(i + 1), msg))?;
                 Ok(VmxLine {
                     raw: raw.to_string(),
                     entry,
@@ -45,7 +46,10 @@ impl Vmx {
 
     /// The value of `key` (the last one, if it is repeated, as VMware reads it).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries().filter(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v).last()
+        self.entries()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+            .last()
     }
 
     /// All entries in file order.
@@ -61,11 +65,17 @@ impl Vmx {
         let raw = format!("{key} = \"{}\"\n", encode_value(value));
         let entry = Some((key.to_string(), value.to_string()));
         let existing = self.lines.iter_mut().rev().find(|l| {
-            l.entry.as_ref().is_some_and(|(k, _)| k.eq_ignore_ascii_case(key))
+            l.entry
+                .as_ref()
+                .is_some_and(|(k, _)| k.eq_ignore_ascii_case(key))
         });
         match existing {
             Some(line) => {
-                let ending = if line.raw.ends_with("\r\n") { "\r\n" } else { "\n" };
+                let ending = if line.raw.ends_with("\r\n") {
+                    "\r\n"
+                } else {
+                    "\n"
+                };
                 line.raw = format!("{}{ending}", raw.trim_end_matches('\n'));
                 line.entry = entry;
             }
@@ -82,7 +92,11 @@ impl Vmx {
 
     /// Removes every line that sets `key`.
     pub fn remove(&mut self, key: &str) {
-        self.lines.retain(|l| !l.entry.as_ref().is_some_and(|(k, _)| k.eq_ignore_ascii_case(key)));
+        self.lines.retain(|l| {
+            !l.entry
+                .as_ref()
+                .is_some_and(|(k, _)| k.eq_ignore_ascii_case(key))
+        });
     }
 }
 
@@ -192,7 +206,12 @@ unknown.future.key = \"x\"";
         let text = vmx.to_string();
         assert!(text.contains("MEMSIZE = \"4096\"\r\n"));
         assert!(text.ends_with("unknown.future.key = \"x\"\nnumvcpus = \"2\"\n"));
-        assert_eq!(text.replace("MEMSIZE = \"4096\"", "memSize = \"2048\"").replace("numvcpus = \"2\"\n", "").trim_end(), SAMPLE);
+        assert_eq!(
+            text.replace("MEMSIZE = \"4096\"", "memSize = \"2048\"")
+                .replace("numvcpus = \"2\"\n", "")
+                .trim_end(),
+            SAMPLE
+        );
         vmx.remove("numVCPUs");
         assert_eq!(vmx.get("numvcpus"), None);
     }
@@ -203,7 +222,11 @@ unknown.future.key = \"x\"";
         assert_eq!(err.line, Some(2));
         assert!(err.to_string().starts_with("vm1/vm1.vmx:2: "), "{err}");
         let err = Vmx::parse("a = \"1\nb = \"2\"\n", "x.vmx").unwrap_err();
-        assert!(err.to_string().contains("x.vmx:1: a: value has no closing quote"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("x.vmx:1: a: value has no closing quote"),
+            "{err}"
+        );
         assert!(Vmx::parse("a = \"|zz\"", "x.vmx").is_err());
         assert!(Vmx::parse("a = \"1\" junk", "x.vmx").is_err());
         assert!(Vmx::parse("= \"1\"", "x.vmx").is_err());

@@ -115,6 +115,9 @@ pub enum ProviderError {
 impl ProviderError {
     /// True when the volume (or snapshot) asked for does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::VolumeNotFound { .. } | Self::SnapshotNotFound { .. })
+        matches!(
+            self,
+            Self::VolumeNotFound { .. } | Self::SnapshotNotFound { .. }
+        )
     }
 }

@@ -124,7 +124,12 @@ pub trait Provider: Send + Sync {
     fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError>;
 
     /// Changes the size of volume `id`; shrinking loses data and needs `allow_shrink`.
-    fn resize_volume(&self, id: &VolumeId, size: u64, allow_shrink: bool) -> Result<Volume, ProviderError>;
+    fn resize_volume(
+        &self,
+        id: &VolumeId,
+        size: u64,
+        allow_shrink: bool,
+    ) -> Result<Volume, ProviderError>;
 
     /// Deletes volume `id` and its snapshots. Refused while it is attached.
     fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError>;
@@ -165,15 +170,21 @@ pub const PROVIDER_KINDS: &[&str] = &["file"];
 pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
     match config.kind.as_str() {
         "file" => {
-            let path = config.settings.get("path").ok_or_else(|| ProviderError::Setting {
-                provider: config.id.to_string(),
-                message: "setting 'path' (the pool directory) is missing".into(),
-            })?;
+            let path = config
+                .settings
+                .get("path")
+                .ok_or_else(|| ProviderError::Setting {
+                    provider: config.id.to_string(),
+                    message: "setting 'path' (the pool directory) is missing".into(),
+                })?;
             Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
         }
         other => Err(ProviderError::Setting {
             provider: config.id.to_string(),
-            message: format!("unknown kind {other:?} (this cvol knows: {})", PROVIDER_KINDS.join(", ")),
+            message: format!(
+                "unknown kind {other:?} (this cvol knows: {})",
+                PROVIDER_KINDS.join(", ")
+            ),
         }),
     }
 }

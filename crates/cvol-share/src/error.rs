@@ -39,7 +39,9 @@ impl ShareError {
     pub fn from_io(path: &SharePath, op: &'static str, source: io::Error) -> Self {
         match source.raw_os_error() {
             Some(e) if e == rustix::io::Errno::NOENT.raw_os_error() => Self::NotFound(path.clone()),
-            Some(e) if e == rustix::io::Errno::EXIST.raw_os_error() => Self::AlreadyExists(path.clone()),
+            Some(e) if e == rustix::io::Errno::EXIST.raw_os_error() => {
+                Self::AlreadyExists(path.clone())
+            }
             // openat2 with RESOLVE_BENEATH reports a walk that would leave the root as EXDEV.
             Some(e) if e == rustix::io::Errno::XDEV.raw_os_error() => Self::Escapes(path.clone()),
             _ => Self::Io {

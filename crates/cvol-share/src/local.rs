@@ -26,12 +26,20 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGIC
 impl LocalShare {
     /// Opens the share at `dir`, which must be an existing directory.
     pub fn open(dir: &Path) -> Result<Self, ShareError> {
-        let root = rfs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| ShareError::Io {
-                path: SharePath::root(),
-                op: "open share directory",
-                source: std::io::Error::other(format!("{}: {}", dir.display(), std::io::Error::from(e))),
-            })?;
+        let root = rfs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ShareError::Io {
+            path: SharePath::root(),
+            op: "open share directory",
+            source: std::io::Error::other(format!(
+                "{}: {}",
+                dir.display(),
+                std::io::Error::from(e)
+            )),
+        })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             root,
@@ -44,15 +52,30 @@ impl LocalShare {
     }
 
     /// Opens `path` beneath the root, following symlinks only while they stay inside.
-    fn open_beneath(&self, path: &SharePath, flags: OFlags, op: &'static str) -> Result<OwnedFd, ShareError> {
+    fn open_beneath(
+        &self,
+        path: &SharePath,
+        flags: OFlags,
+        op: &'static str,
+    ) -> Result<OwnedFd, ShareError> {
         let rel = if path.is_root() { "." } else { path.as_str() };
         // openat2 refuses a mode unless it creates (EINVAL); this never creates.
-        rfs::openat2(&self.root, rel, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(|e| ShareError::from_io(path, op, e.into()))
+        rfs::openat2(
+            &self.root,
+            rel,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| ShareError::from_io(path, op, e.into()))
     }
 
     /// The parent directory of `path`, opened, and its last component.
-    fn parent<'p>(&self, path: &'p SharePath, op: &'static str) -> Result<(OwnedFd, &'p str), ShareError> {
+    fn parent<'p>(
+        &self,
+        path: &'p SharePath,
+        op: &'static str,
+    ) -> Result<(OwnedFd, &'p str), ShareError> {
         let (parent, name) = path.split_last().ok_or_else(|| ShareError::InvalidPath {
             path: String::new(),
             reason: "the share's root cannot be the target of this operation",
@@ -76,7 +99,12 @@ impl LocalShare {
 
     /// Makes a change to `dir`'s entries durable.
     fn sync_dir(dir: &OwnedFd) -> std::io::Result<()> {
-        let fd = rfs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rfs::openat(
+            dir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         rfs::fsync(fd)?;
         Ok(())
     }
@@ -93,7 +121,10 @@ fn kind_of(file_type: FileType) -> FileKind {
 
 fn metadata_of(stat: &rfs::Stat) -> Metadata {
     let modified = SystemTime::UNIX_EPOCH
-        + Duration::new(stat.st_mtime.max(0) as u64, stat.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+        + Duration::new(
+            stat.st_mtime.max(0) as u64,
+            stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
     Metadata {
         kind: kind_of(FileType::from_raw_mode(stat.st_mode)),
         size: stat.st_size.max(0) as u64,
@@ -121,18 +152,21 @@ impl Share for LocalShare {
 
     fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
         let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, "list directory")?;
-        let mut dir = rfs::Dir::read_from(&fd).map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
+        let dir = rfs::Dir::read_from(&fd)
+            .map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
         let mut entries = Vec::new();
-        while let Some(entry) = dir.next() {
+        for entry in dir {
             let entry = entry.map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
             let name = entry.file_name().to_string_lossy();
             if name == "." || name == ".." {
                 continue;
             }
             let kind = match entry.file_type() {
-                FileType::Unknown => rfs::statat(fd.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map(|s| kind_of(FileType::from_raw_mode(s.st_mode)))
-                    .map_err(|e| ShareError::from_io(path, "list directory", e.into()))?,
+                FileType::Unknown => {
+                    rfs::statat(fd.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                        .map(|s| kind_of(FileType::from_raw_mode(s.st_mode)))
+                        .map_err(|e| ShareError::from_io(path, "list directory", e.into()))?
+                }
                 t => kind_of(t),
             };
             entries.push(DirEntry {
@@ -182,12 +216,14 @@ impl Share for LocalShare {
 
     fn remove_file(&self, path: &SharePath) -> Result<(), ShareError> {
         let (dir, name) = self.parent(path, "remove")?;
-        rfs::unlinkat(&dir, name, AtFlags::empty()).map_err(|e| ShareError::from_io(path, "remove", e.into()))
+        rfs::unlinkat(&dir, name, AtFlags::empty())
+            .map_err(|e| ShareError::from_io(path, "remove", e.into()))
     }
 
     fn remove_dir(&self, path: &SharePath) -> Result<(), ShareError> {
         let (dir, name) = self.parent(path, "rmdir")?;
-        rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| ShareError::from_io(path, "rmdir", e.into()))
+        rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
+            .map_err(|e| ShareError::from_io(path, "rmdir", e.into()))
     }
 
     fn rename(&self, from: &SharePath, to: &SharePath) -> Result<(), ShareError> {
@@ -213,15 +249,29 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let share = LocalShare::open(tmp.path()).unwrap();
         share.create_dir(&p("vm1")).unwrap();
-        assert!(matches!(share.create_dir(&p("vm1")), Err(ShareError::AlreadyExists(_))));
+        assert!(matches!(
+            share.create_dir(&p("vm1")),
+            Err(ShareError::AlreadyExists(_))
+        ));
         share.create_new(&p("vm1/a.vmx"), b"one").unwrap();
-        assert!(matches!(share.create_new(&p("vm1/a.vmx"), b"x"), Err(ShareError::AlreadyExists(_))));
+        assert!(matches!(
+            share.create_new(&p("vm1/a.vmx"), b"x"),
+            Err(ShareError::AlreadyExists(_))
+        ));
         share.write_atomic(&p("vm1/a.vmx"), b"two").unwrap();
         assert_eq!(share.read(&p("vm1/a.vmx")).unwrap(), b"two");
         let md = share.metadata(&p("vm1/a.vmx")).unwrap();
         assert_eq!((md.kind, md.size), (FileKind::File, 3));
-        assert_eq!(share.metadata(&SharePath::root()).unwrap().kind, FileKind::Dir);
-        let names: Vec<_> = share.read_dir(&p("vm1")).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            share.metadata(&SharePath::root()).unwrap().kind,
+            FileKind::Dir
+        );
+        let names: Vec<_> = share
+            .read_dir(&p("vm1"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, ["a.vmx"], "no temporary file is left behind");
         share.rename(&p("vm1/a.vmx"), &p("vm1/b.vmx")).unwrap();
         assert!(share.read(&p("vm1/a.vmx")).unwrap_err().is_not_found());
@@ -247,11 +297,20 @@ mod tests {
             let err = share.read(&p(path)).unwrap_err();
             assert!(matches!(err, ShareError::Escapes(_)), "{path}: {err}");
         }
-        assert!(matches!(share.write_atomic(&p("vm1/out/new"), b"x"), Err(ShareError::Escapes(_))));
+        assert!(matches!(
+            share.write_atomic(&p("vm1/out/new"), b"x"),
+            Err(ShareError::Escapes(_))
+        ));
         assert!(!outside.path().join("new").exists());
-        assert!(matches!(share.create_dir(&p("vm1/out/d")), Err(ShareError::Escapes(_))));
+        assert!(matches!(
+            share.create_dir(&p("vm1/out/d")),
+            Err(ShareError::Escapes(_))
+        ));
         assert_eq!(share.read(&p("vm1/in")).unwrap(), b"inside");
-        assert_eq!(share.metadata(&p("vm1/abs")).unwrap().kind, FileKind::Symlink);
+        assert_eq!(
+            share.metadata(&p("vm1/abs")).unwrap().kind,
+            FileKind::Symlink
+        );
         // Replacing a symlink replaces the link, never the file it points to.
         share.write_atomic(&p("vm1/abs"), b"x").unwrap();
         assert_eq!(share.metadata(&p("vm1/abs")).unwrap().kind, FileKind::File);

@@ -100,7 +100,15 @@ mod tests {
 
     #[test]
     fn refuses_escapes() {
-        for bad in ["/etc/passwd", "..", "vm1/../..", "vm1/./x", "vm1//x", "vm1/", "a\0b"] {
+        for bad in [
+            "/etc/passwd",
+            "..",
+            "vm1/../..",
+            "vm1/./x",
+            "vm1//x",
+            "vm1/",
+            "a\0b",
+        ] {
             assert!(SharePath::new(bad).is_err(), "{bad:?} accepted");
         }
         assert!(SharePath::new(&"n".repeat(256)).is_err());
@@ -115,7 +123,10 @@ mod tests {
         assert_eq!((parent.as_str(), name), ("vm1", "vm1.vmx"));
         assert_eq!(parent.join("x").unwrap(), SharePath::new("vm1/x").unwrap());
         assert_eq!(SharePath::root().join("vm1").unwrap().as_str(), "vm1");
-        assert_eq!(SharePath::new("vm1").unwrap().split_last().unwrap().0, SharePath::root());
+        assert_eq!(
+            SharePath::new("vm1").unwrap().split_last().unwrap().0,
+            SharePath::root()
+        );
         assert!(SharePath::root().split_last().is_none());
         assert_eq!(SharePath::root().to_string(), ".");
     }

@@ -27,7 +27,14 @@ pub fn copy_file(src: &File, dst: &File, progress: &dyn CopyProgress) -> io::Res
     match rustix::fs::ioctl_ficlone(dst, src) {
         Ok(()) => return Ok(CopyMethod::Reflink),
         // These say "this file system cannot share extents here"; anything else is real.
-        Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::NOSYS | Errno::PERM) => {}
+        Err(
+            Errno::OPNOTSUPP
+            | Errno::XDEV
+            | Errno::INVAL
+            | Errno::NOTTY
+            | Errno::NOSYS
+            | Errno::PERM,
+        ) => {}
         Err(e) => return Err(e.into()),
     }
     let size = src.metadata()?.len();
@@ -46,9 +53,13 @@ pub fn copy_file(src: &File, dst: &File, progress: &dyn CopyProgress) -> io::Res
         while off_in < hole {
             let step = (hole - off_in).min(COPY_STEP as u64) as usize;
             let before = off_in;
-            let copied = rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), step)?;
+            let copied =
+                rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), step)?;
             if copied == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source file shrank during the copy"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source file shrank during the copy",
+                ));
             }
             progress.advance(off_in - before);
         }
@@ -80,21 +91,40 @@ mod tests {
     #[test]
     fn sparse_copy_keeps_data_and_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let src = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("src")).unwrap();
+        let src = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("src"))
+            .unwrap();
         let size = 64u64 << 20;
         src.set_len(size).unwrap();
         src.write_all_at(b"head", 0).unwrap();
         src.write_all_at(&vec![0xa5; 1 << 20], 20 << 20).unwrap();
         src.write_all_at(b"tail", size - 4).unwrap();
-        let dst = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("dst")).unwrap();
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("dst"))
+            .unwrap();
         let count = Count(AtomicU64::new(0), AtomicU64::new(0));
         copy_file(&src, &dst, &count).unwrap();
         assert_eq!(dst.metadata().unwrap().len(), size);
-        let (a, b) = (std::fs::read(dir.path().join("src")).unwrap(), std::fs::read(dir.path().join("dst")).unwrap());
+        let (a, b) = (
+            std::fs::read(dir.path().join("src")).unwrap(),
+            std::fs::read(dir.path().join("dst")).unwrap(),
+        );
         assert!(a == b, "content differs");
         // Sparse: far fewer than 64 MiB allocated (st_blocks counts 512-byte units).
         assert!(dst.metadata().unwrap().blocks() * 512 < 8 << 20);
         assert_eq!(count.0.load(Ordering::SeqCst), size);
-        assert_eq!(count.1.load(Ordering::SeqCst), size, "progress covers the whole file");
+        assert_eq!(
+            count.1.load(Ordering::SeqCst),
+            size,
+            "progress covers the whole file"
+        );
     }
 }

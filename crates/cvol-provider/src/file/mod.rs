@@ -72,10 +72,13 @@ impl FileProvider {
         if !meta.is_dir() {
             return Err(refuse("is not a directory".into()));
         }
-        let statvfs = rustix::fs::statvfs(pool).map_err(|e| refuse(io::Error::from(e).to_string()))?;
+        let statvfs =
+            rustix::fs::statvfs(pool).map_err(|e| refuse(io::Error::from(e).to_string()))?;
         // Root may write into a directory without write bits; a pool with none is meant
         // to be read-only all the same.
-        if statvfs.f_flag.contains(StatVfsMountFlags::RDONLY) || meta.permissions().mode() & 0o222 == 0 {
+        if statvfs.f_flag.contains(StatVfsMountFlags::RDONLY)
+            || meta.permissions().mode() & 0o222 == 0
+        {
             return Err(refuse("is read-only".into()));
         }
         for dir in [VOLUMES, STAGING] {
@@ -125,7 +128,7 @@ impl FileProvider {
     }
 
     fn check_size(&self, size: u64) -> Result<(), ProviderError> {
-        if size == 0 || size % SECTOR_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
             return Err(ProviderError::InvalidSize {
                 provider: self.id.to_string(),
                 size,
@@ -149,10 +152,14 @@ impl FileProvider {
     fn read_volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
         let dir = self.existing(id)?;
         let record_path = dir.join(RECORD);
-        let text = fs::read_to_string(&record_path).map_err(|e| self.io("read", &record_path, e))?;
-        let record: VolumeRecord = toml::from_str(&text).map_err(|e| self.corrupt(&record_path, e.message()))?;
+        let text =
+            fs::read_to_string(&record_path).map_err(|e| self.io("read", &record_path, e))?;
+        let record: VolumeRecord =
+            toml::from_str(&text).map_err(|e| self.corrupt(&record_path, e.message()))?;
         let data = dir.join(DATA);
-        let size = fs::metadata(&data).map_err(|e| self.io("stat", &data, e))?.len();
+        let size = fs::metadata(&data)
+            .map_err(|e| self.io("stat", &data, e))?
+            .len();
         Ok(Volume {
             id: id.clone(),
             size,
@@ -164,7 +171,10 @@ impl FileProvider {
 
     /// A fresh directory under `.staging/` for work on `id`.
     fn stage(&self, id: &VolumeId) -> Result<PathBuf, ProviderError> {
-        let dir = self.pool.join(STAGING).join(format!("{id}.{}", uuid::Uuid::new_v4().simple()));
+        let dir = self
+            .pool
+            .join(STAGING)
+            .join(format!("{id}.{}", uuid::Uuid::new_v4().simple()));
         fs::create_dir(&dir).map_err(|e| self.io("create", &dir, e))?;
         Ok(dir)
     }
@@ -187,26 +197,32 @@ impl FileProvider {
             .map_err(|e| self.io("create", &data_path, e))?;
         let copy_from = |src: PathBuf| -> Result<(), ProviderError> {
             let src_file = File::open(&src).map_err(|e| self.io("open", &src, e))?;
-            let method = copy::copy_file(&src_file, &data, progress).map_err(|e| self.io("copy", &src, e))?;
+            let method = copy::copy_file(&src_file, &data, progress)
+                .map_err(|e| self.io("copy", &src, e))?;
             tracing::debug!(provider = %self.id, volume = %id, ?method, "copied {}", src.display());
             Ok(())
         };
         match source {
             VolumeSource::Blank { size } => {
                 self.check_size(*size)?;
-                data.set_len(*size).map_err(|e| self.io("size", &data_path, e))?;
+                data.set_len(*size)
+                    .map_err(|e| self.io("size", &data_path, e))?;
             }
             VolumeSource::Volume(src) => copy_from(self.existing(src)?.join(DATA))?,
             VolumeSource::Snapshot(src, name) => copy_from(self.snapshot_path(src, name)?)?,
         }
-        data.sync_all().map_err(|e| self.io("sync", &data_path, e))?;
+        data.sync_all()
+            .map_err(|e| self.io("sync", &data_path, e))?;
         let record = VolumeRecord {
             owner: owner.to_string(),
-            created_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         let record_path = staged.join(RECORD);
         let text = toml::to_string(&record).expect("a volume record serializes");
-        write_synced(&record_path, text.as_bytes()).map_err(|e| self.io("write", &record_path, e))?;
+        write_synced(&record_path, text.as_bytes())
+            .map_err(|e| self.io("write", &record_path, e))?;
         fs::create_dir(staged.join(SNAPSHOTS)).map_err(|e| self.io("create", staged, e))?;
         sync_dir(staged).map_err(|e| self.io("sync", staged, e))?;
         let target = self.volume_dir(id);
@@ -302,7 +318,12 @@ impl Provider for FileProvider {
         Ok(volumes)
     }
 
-    fn resize_volume(&self, id: &VolumeId, size: u64, allow_shrink: bool) -> Result<Volume, ProviderError> {
+    fn resize_volume(
+        &self,
+        id: &VolumeId,
+        size: u64,
+        allow_shrink: bool,
+    ) -> Result<Volume, ProviderError> {
         self.check_size(size)?;
         let current = self.read_volume(id)?;
         if size < current.size && !allow_shrink {
@@ -314,7 +335,10 @@ impl Provider for FileProvider {
             });
         }
         let data = self.volume_dir(id).join(DATA);
-        let file = File::options().write(true).open(&data).map_err(|e| self.io("open", &data, e))?;
+        let file = File::options()
+            .write(true)
+            .open(&data)
+            .map_err(|e| self.io("open", &data, e))?;
         file.set_len(size)
             .and_then(|()| file.sync_all())
             .map_err(|e| self.io("resize", &data, e))?;
@@ -370,7 +394,13 @@ impl Provider for FileProvider {
                 .open(&staged)
                 .map_err(|e| self.io("create", &staged, e))?;
             copy::copy_file(&src, &dst, progress).map_err(|e| self.io("copy", &src_path, e))?;
-            match rustix::fs::renameat_with(rustix::fs::CWD, &staged, rustix::fs::CWD, &target, RenameFlags::NOREPLACE) {
+            match rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &staged,
+                rustix::fs::CWD,
+                &target,
+                RenameFlags::NOREPLACE,
+            ) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::EXIST) => return Err(exists()),
                 Err(e) => return Err(self.io("rename", &target, e.into())),
@@ -397,7 +427,9 @@ impl Provider for FileProvider {
             let Ok(name) = SnapshotName::new(&entry.file_name().to_string_lossy()) else {
                 continue; // staged work in progress, or foreign
             };
-            let meta = entry.metadata().map_err(|e| self.io("stat", &entry.path(), e))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| self.io("stat", &entry.path(), e))?;
             snapshots.push(Snapshot {
                 name,
                 size: meta.len(),
@@ -418,7 +450,10 @@ impl Provider for FileProvider {
         let record = dir.join(ATTACHMENT);
         // Written aside and hard-linked into place: the link fails if a record exists,
         // and a record is never seen empty by a racing host.
-        let staged = self.pool.join(STAGING).join(format!("{id}.attach-{}", uuid::Uuid::new_v4().simple()));
+        let staged = self
+            .pool
+            .join(STAGING)
+            .join(format!("{id}.attach-{}", uuid::Uuid::new_v4().simple()));
         write_synced(&staged, host.as_bytes()).map_err(|e| self.io("write", &staged, e))?;
         let linked = fs::hard_link(&staged, &record);
         let _ = fs::remove_file(&staged);
@@ -481,7 +516,11 @@ impl Provider for FileProvider {
         }
         if apply {
             for path in &stale {
-                let result = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+                let result = if path.is_dir() {
+                    fs::remove_dir_all(path)
+                } else {
+                    fs::remove_file(path)
+                };
                 result.map_err(|e| self.io("remove", path, e))?;
             }
         }

@@ -23,17 +23,26 @@ fn read_all(p: &FileProvider, id: &VolumeId) -> Vec<u8> {
 fn create_is_sparse_and_listed() {
     let (dir, p) = pool();
     let id = VolumeId::generate();
-    let v = p.create_volume(&id, &blank(64 << 20), "ds-uuid", &NoProgress).unwrap();
+    let v = p
+        .create_volume(&id, &blank(64 << 20), "ds-uuid", &NoProgress)
+        .unwrap();
     assert_eq!((v.size, v.owner.as_str()), (64 << 20, "ds-uuid"));
     let data = dir.path().join("volumes").join(id.as_str()).join("data");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(&data).unwrap().blocks(), 0, "a new volume allocates nothing");
+    assert_eq!(
+        fs::metadata(&data).unwrap().blocks(),
+        0,
+        "a new volume allocates nothing"
+    );
     assert_eq!(p.list_volumes().unwrap(), vec![v]);
     assert!(matches!(
         p.create_volume(&id, &blank(512), "x", &NoProgress),
         Err(ProviderError::VolumeExists { .. })
     ));
-    assert!(fs::read_dir(dir.path().join(".staging")).unwrap().next().is_none());
+    assert!(fs::read_dir(dir.path().join(".staging"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[test]
@@ -46,8 +55,12 @@ fn refuses_bad_sizes_and_shrinks() {
             Err(ProviderError::InvalidSize { .. })
         ));
     }
-    assert!(p.list_volumes().unwrap().is_empty(), "a refused create leaves nothing");
-    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress).unwrap();
+    assert!(
+        p.list_volumes().unwrap().is_empty(),
+        "a refused create leaves nothing"
+    );
+    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
+        .unwrap();
     assert_eq!(p.resize_volume(&id, 2 << 20, false).unwrap().size, 2 << 20);
     let err = p.resize_volume(&id, 1 << 20, false).unwrap_err();
     assert!(err.to_string().contains("would lose data"), "{err}");
@@ -58,7 +71,8 @@ fn refuses_bad_sizes_and_shrinks() {
 fn snapshots_and_clones_copy_content_and_stay_independent() {
     let (_dir, p) = pool();
     let id = VolumeId::generate();
-    p.create_volume(&id, &blank(8 << 20), "o", &NoProgress).unwrap();
+    p.create_volume(&id, &blank(8 << 20), "o", &NoProgress)
+        .unwrap();
     let att = p.attach(&id, "h1").unwrap();
     att.device.write_at(b"before snapshot", 4096).unwrap();
     att.device.flush().unwrap();
@@ -68,18 +82,37 @@ fn snapshots_and_clones_copy_content_and_stay_independent() {
     p.detach(&id, "h1").unwrap();
 
     let from_snap = VolumeId::generate();
-    p.create_volume(&from_snap, &VolumeSource::Snapshot(id.clone(), snap.clone()), "o", &NoProgress).unwrap();
+    p.create_volume(
+        &from_snap,
+        &VolumeSource::Snapshot(id.clone(), snap.clone()),
+        "o",
+        &NoProgress,
+    )
+    .unwrap();
     let from_vol = VolumeId::generate();
-    p.create_volume(&from_vol, &VolumeSource::Volume(id.clone()), "o", &NoProgress).unwrap();
+    p.create_volume(
+        &from_vol,
+        &VolumeSource::Volume(id.clone()),
+        "o",
+        &NoProgress,
+    )
+    .unwrap();
 
     assert_eq!(&read_all(&p, &from_snap)[4096..4111], b"before snapshot");
     assert_eq!(read_all(&p, &from_vol), read_all(&p, &id));
     let clone = p.attach(&from_vol, "h1").unwrap();
     clone.device.write_at(b"clone only", 0).unwrap();
-    assert_eq!(&read_all(&p, &id)[..10], &[0; 10], "writes to a clone never reach the origin");
+    assert_eq!(
+        &read_all(&p, &id)[..10],
+        &[0; 10],
+        "writes to a clone never reach the origin"
+    );
 
     assert_eq!(p.list_snapshots(&id).unwrap().len(), 1);
-    assert!(matches!(p.create_snapshot(&id, &snap, &NoProgress), Err(ProviderError::SnapshotExists { .. })));
+    assert!(matches!(
+        p.create_snapshot(&id, &snap, &NoProgress),
+        Err(ProviderError::SnapshotExists { .. })
+    ));
     p.delete_snapshot(&id, &snap).unwrap();
     assert!(p.delete_snapshot(&id, &snap).unwrap_err().is_not_found());
 }
@@ -88,13 +121,23 @@ fn snapshots_and_clones_copy_content_and_stay_independent() {
 fn attachment_is_exclusive_to_one_host() {
     let (_dir, p) = pool();
     let id = VolumeId::generate();
-    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress).unwrap();
+    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
+        .unwrap();
     p.attach(&id, "host-a").unwrap();
     p.attach(&id, "host-a").unwrap();
-    assert_eq!(p.volume(&id).unwrap().attached_to.as_deref(), Some("host-a"));
+    assert_eq!(
+        p.volume(&id).unwrap().attached_to.as_deref(),
+        Some("host-a")
+    );
     let err = p.attach(&id, "host-b").unwrap_err();
-    assert!(err.to_string().contains("attached to host \"host-a\""), "{err}");
-    assert!(matches!(p.delete_volume(&id), Err(ProviderError::AttachedElsewhere { .. })));
+    assert!(
+        err.to_string().contains("attached to host \"host-a\""),
+        "{err}"
+    );
+    assert!(matches!(
+        p.delete_volume(&id),
+        Err(ProviderError::AttachedElsewhere { .. })
+    ));
     p.detach(&id, "host-b").unwrap();
     p.detach(&id, "host-a").unwrap();
     p.attach(&id, "host-b").unwrap();
@@ -108,7 +151,8 @@ fn attachment_is_exclusive_to_one_host() {
 fn device_checks_ranges_and_zeroes() {
     let (_dir, p) = pool();
     let id = VolumeId::generate();
-    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress).unwrap();
+    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
+        .unwrap();
     let dev = p.attach(&id, "h").unwrap().device;
     dev.write_at(&[0xff; 8192], 0).unwrap();
     dev.discard(0, 4096).unwrap();
@@ -118,8 +162,14 @@ fn device_checks_ranges_and_zeroes() {
     assert!(buf[..6144].iter().all(|&b| b == 0));
     assert!(buf[6144..].iter().all(|&b| b == 0xff));
     for (offset, len) in [(1 << 20, 1), ((1 << 20) - 1, 2), (u64::MAX, 2)] {
-        assert!(matches!(dev.write_at(&vec![0; len], offset), Err(BlockError::OutOfRange { .. })));
-        assert!(matches!(dev.discard(offset, len as u64), Err(BlockError::OutOfRange { .. })));
+        assert!(matches!(
+            dev.write_at(&vec![0; len], offset),
+            Err(BlockError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            dev.discard(offset, len as u64),
+            Err(BlockError::OutOfRange { .. })
+        ));
     }
 }
 
@@ -127,11 +177,17 @@ fn device_checks_ranges_and_zeroes() {
 fn unusable_pools_are_refused() {
     let id = ProviderId::new("p").unwrap();
     let err = FileProvider::open(&id, Path::new("/nonexistent/pool")).unwrap_err();
-    assert_eq!(err.to_string(), "provider p: pool /nonexistent/pool: does not exist");
+    assert_eq!(
+        err.to_string(),
+        "provider p: pool /nonexistent/pool: does not exist"
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");
     fs::write(&file, b"").unwrap();
-    assert!(FileProvider::open(&id, &file).unwrap_err().to_string().ends_with("is not a directory"));
+    assert!(FileProvider::open(&id, &file)
+        .unwrap_err()
+        .to_string()
+        .ends_with("is not a directory"));
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o555)).unwrap();
     let err = FileProvider::open(&id, dir.path()).unwrap_err();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -143,7 +199,10 @@ fn interrupted_work_is_reclaimed_after_the_grace_period() {
     let (dir, p) = pool();
     let leftover = dir.path().join(".staging").join("vol-x.deleted-1");
     fs::create_dir_all(leftover.join("snapshots")).unwrap();
-    assert!(p.reclaim_interrupted(true).unwrap().is_empty(), "young leftovers may be in use");
+    assert!(
+        p.reclaim_interrupted(true).unwrap().is_empty(),
+        "young leftovers may be in use"
+    );
     let old = SystemTime::now() - STAGING_GRACE - Duration::from_secs(1);
     File::open(&leftover).unwrap().set_modified(old).unwrap();
     assert_eq!(p.reclaim_interrupted(false).unwrap().len(), 1);

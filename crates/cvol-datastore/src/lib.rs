@@ -1,0 +1,292 @@
+//! A cVol datastore's control plane (DESIGN.md): VMs and their disks, made of metadata
+//! files on a [`Share`] and volumes in [`Provider`]s.
+//!
+//! Every operation that takes more than one step (a VM = volumes + descriptors + .vmx)
+//! is all-or-nothing: it writes an intent record first (see [`intent`]), and
+//! [`Datastore::fsck`] finishes or undoes whatever a crash interrupted.
+
+mod disk;
+mod error;
+mod fsck;
+pub mod intent;
+pub mod layout;
+mod vm;
+mod vmx_slots;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use cvol_format::{
+    CvolDisk, DatastoreConfig, Descriptor, DiskName, FormatError, ProviderConfig, ProviderId,
+    VmName,
+};
+use cvol_format::{DDB_DATASTORE, DDB_PROVIDER};
+use cvol_provider::Provider;
+use cvol_share::{Share, SharePath};
+use uuid::Uuid;
+
+pub use disk::DiskInfo;
+pub use error::DatastoreError;
+pub use fsck::{FsckOptions, FsckReport, Problem};
+pub use vm::{VmInfo, VmSpec};
+
+/// Called with `op:step` after each step of a multi-step operation. Tests and the CLI's
+/// `CVOL_FAILPOINT` use it to stop an operation dead at a chosen step, as a crash would.
+pub type FailPoint = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// An open datastore.
+pub struct Datastore {
+    share: Arc<dyn Share>,
+    config: DatastoreConfig,
+    host: String,
+    providers: Mutex<BTreeMap<ProviderId, Arc<dyn Provider>>>,
+    failpoint: Option<FailPoint>,
+}
+
+impl Datastore {
+    /// Makes `share` a new datastore with `providers` (the first is the default). Every
+    /// provider must open (its pool exists and is writable) before anything is written.
+    pub fn create(
+        share: Arc<dyn Share>,
+        name: &str,
+        providers: Vec<ProviderConfig>,
+        host: &str,
+    ) -> Result<Self, DatastoreError> {
+        if providers.is_empty() {
+            return Err(DatastoreError::Invalid(
+                "a datastore needs at least one provider".into(),
+            ));
+        }
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            return Err(DatastoreError::Invalid(format!(
+                "invalid datastore name {name:?}"
+            )));
+        }
+        for (i, p) in providers.iter().enumerate() {
+            if providers[..i].iter().any(|q| q.id == p.id) {
+                return Err(DatastoreError::Invalid(format!(
+                    "provider id {} is given twice",
+                    p.id
+                )));
+            }
+        }
+        match share.metadata(&layout::config_file()) {
+            Ok(_) => return Err(DatastoreError::AlreadyADatastore(share.location())),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let opened = providers
+            .iter()
+            .map(|p| Ok((p.id.clone(), cvol_provider::open_provider(p)?)))
+            .collect::<Result<BTreeMap<_, _>, DatastoreError>>()?;
+        for dir in [
+            layout::cvol_dir(),
+            layout::intents_dir(),
+            layout::hosts_dir(),
+        ] {
+            match share.create_dir(&dir) {
+                Err(cvol_share::ShareError::AlreadyExists(_)) | Ok(()) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let config = DatastoreConfig::new(Uuid::new_v4(), name, providers);
+        share.create_new(&layout::config_file(), config.to_string().as_bytes())?;
+        Ok(Self {
+            share,
+            config,
+            host: host.to_string(),
+            providers: Mutex::new(opened),
+            failpoint: None,
+        })
+    }
+
+    /// Opens the datastore on `share`, as `host`.
+    pub fn open(share: Arc<dyn Share>, host: &str) -> Result<Self, DatastoreError> {
+        let file = layout::config_file();
+        let bytes = share.read(&file).map_err(|e| match e {
+            e if e.is_not_found() => DatastoreError::NotADatastore(share.location()),
+            e => e.into(),
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| FormatError::new(file.as_str(), None, "not UTF-8 text"))?;
+        let config = DatastoreConfig::parse(&text, file.as_str())?;
+        Ok(Self {
+            share,
+            config,
+            host: host.to_string(),
+            providers: Mutex::new(BTreeMap::new()),
+            failpoint: None,
+        })
+    }
+
+    /// Installs a fail point (see [`FailPoint`]).
+    pub fn with_failpoint(mut self, failpoint: FailPoint) -> Self {
+        self.failpoint = Some(failpoint);
+        self
+    }
+
+    /// The datastore's configuration.
+    pub fn config(&self) -> &DatastoreConfig {
+        &self.config
+    }
+
+    /// The share.
+    pub fn share(&self) -> &dyn Share {
+        self.share.as_ref()
+    }
+
+    /// The host this process acts as.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The provider `id`, opened on first use.
+    pub fn provider(&self, id: &ProviderId) -> Result<Arc<dyn Provider>, DatastoreError> {
+        let mut providers = self.providers.lock().expect("provider map lock");
+        if let Some(p) = providers.get(id) {
+            return Ok(p.clone());
+        }
+        let config = self
+            .config
+            .provider(id)
+            .ok_or_else(|| self.unknown_provider(id.as_str()))?;
+        let provider = cvol_provider::open_provider(config)?;
+        providers.insert(id.clone(), provider.clone());
+        Ok(provider)
+    }
+
+    /// The provider `id`, or the default one.
+    fn provider_or_default(
+        &self,
+        id: Option<&ProviderId>,
+    ) -> Result<(ProviderId, Arc<dyn Provider>), DatastoreError> {
+        let id = id.unwrap_or(&self.config.default_provider().id).clone();
+        let provider = self.provider(&id)?;
+        Ok((id, provider))
+    }
+
+    fn unknown_provider(&self, id: &str) -> DatastoreError {
+        DatastoreError::UnknownProvider {
+            id: id.to_string(),
+            known: self
+                .config
+                .providers
+                .iter()
+                .map(|p| p.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// Marks the end of step `step` of operation `op` (see [`FailPoint`]).
+    fn step(&self, op: &str, step: &str) {
+        if let Some(failpoint) = &self.failpoint {
+            failpoint(&format!("{op}:{step}"));
+        }
+    }
+
+    /// The owner tag cvol puts on the volumes of this datastore.
+    fn owner(&self) -> String {
+        self.config.uuid.to_string()
+    }
+
+    /// Reads and checks the descriptor at `path`: it must parse, belong to this cVol
+    /// and name a provider this datastore has. Errors name the file, line and field.
+    pub fn read_descriptor(
+        &self,
+        path: &SharePath,
+    ) -> Result<(Descriptor, CvolDisk), DatastoreError> {
+        let bytes = self.share.read(path)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| FormatError::new(path.as_str(), None, "not UTF-8 text"))?;
+        let descriptor = Descriptor::parse(&text, path.as_str())?;
+        let disk = CvolDisk::from_descriptor(&descriptor, path.as_str())?;
+        if disk.datastore != self.config.uuid {
+            return Err(FormatError::new(
+                path.as_str(),
+                CvolDisk::line_of_field(&descriptor, DDB_DATASTORE),
+                format!(
+                    "{DDB_DATASTORE}: the disk belongs to cVol {}, not to this one ({})",
+                    disk.datastore, self.config.uuid
+                ),
+            )
+            .into());
+        }
+        if self.config.provider(&disk.provider).is_none() {
+            return Err(FormatError::new(
+                path.as_str(),
+                CvolDisk::line_of_field(&descriptor, DDB_PROVIDER),
+                format!(
+                    "{DDB_PROVIDER}: {}",
+                    self.unknown_provider(disk.provider.as_str())
+                ),
+            )
+            .into());
+        }
+        Ok((descriptor, disk))
+    }
+
+    /// Runs the steps of operation `intent.op` under its intent record: on success the
+    /// record goes; on failure a rollback is undone at once, and anything that cannot be
+    /// finished now is left to `fsck --repair`.
+    fn run_with_intent<T>(
+        &self,
+        intent: intent::Intent,
+        steps: impl FnOnce() -> Result<T, StepError>,
+    ) -> Result<T, DatastoreError> {
+        let path = self.write_intent(&intent)?;
+        self.step(&intent.op, "intent-written");
+        let pending = intent::PendingIntent { path, intent };
+        match steps() {
+            Ok(value) => {
+                self.share.remove_file(&pending.path)?;
+                Ok(value)
+            }
+            Err(StepError::NothingDone(e)) => {
+                self.share.remove_file(&pending.path)?;
+                Err(e)
+            }
+            Err(StepError::Failed(e)) if pending.intent.recovery == intent::Recovery::Rollback => {
+                if let Err(undo) = self.recover(&pending) {
+                    tracing::error!(
+                        "could not undo {} ({undo}); 'cvol datastore fsck --repair' will",
+                        pending.intent.op
+                    );
+                }
+                Err(e)
+            }
+            Err(StepError::Failed(e)) => {
+                tracing::error!(
+                    "{} stopped half-way; 'cvol datastore fsck --repair' finishes it",
+                    pending.intent.op
+                );
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How a step of an operation run under an intent failed.
+enum StepError {
+    /// Before anything was changed: the intent record is simply dropped.
+    NothingDone(DatastoreError),
+    /// After changes: they are undone (rollback) or left to fsck (rollforward).
+    Failed(DatastoreError),
+}
+
+impl<E: Into<DatastoreError>> From<E> for StepError {
+    fn from(e: E) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// Parses `VM/DISK` into its names.
+pub fn parse_disk_path(text: &str) -> Result<(VmName, DiskName), DatastoreError> {
+    let (vm, disk) = text.split_once('/').ok_or_else(|| {
+        DatastoreError::Invalid(format!("{text:?}: expected VM/DISK, e.g. demo/demo"))
+    })?;
+    Ok((
+        VmName::new(vm)?,
+        DiskName::new(disk.strip_suffix(".vmdk").unwrap_or(disk))?,
+    ))
+}

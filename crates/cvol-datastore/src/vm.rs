@@ -1,0 +1,240 @@
+//! VMs: a namespace directory with a `.vmx` and the disks' descriptors.
+
+use cvol_format::{DiskName, ProviderId, VmName, Vmx};
+use cvol_provider::{NoProgress, VolumeSource};
+use cvol_share::FileKind;
+use serde::Serialize;
+
+use crate::intent::{Intent, IntentVolume, Recovery};
+use crate::{layout, vmx_slots, Datastore, DatastoreError, DiskInfo, StepError};
+
+/// What a new VM gets.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Sizes of its disks in bytes, first disk first.
+    pub disks: Vec<u64>,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// The provider of its disks; the default one if `None`.
+    pub provider: Option<ProviderId>,
+}
+
+/// A VM as the share describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmInfo {
+    /// Its name (namespace directory).
+    pub name: String,
+    /// Its `.vmx`, if there is one.
+    pub vmx: Option<String>,
+    /// Memory in MiB, from the `.vmx`.
+    pub memory_mib: Option<u64>,
+    /// Virtual CPUs, from the `.vmx`.
+    pub cpus: Option<u32>,
+    /// Its disks.
+    pub disks: Vec<DiskInfo>,
+    /// What is wrong with its metadata, if anything.
+    pub problems: Vec<String>,
+}
+
+impl Datastore {
+    /// The VM namespaces: top-level directories of the share, without cvol's own.
+    pub fn vm_names(&self) -> Result<Vec<VmName>, DatastoreError> {
+        let mut names: Vec<VmName> = self
+            .share()
+            .read_dir(&cvol_share::SharePath::root())?
+            .into_iter()
+            .filter(|e| e.kind == FileKind::Dir)
+            .filter_map(|e| VmName::new(&e.name).ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn vm_exists(&self, name: &VmName) -> Result<bool, DatastoreError> {
+        match self.share().metadata(&layout::vm_dir(name)) {
+            Ok(m) => Ok(m.kind == FileKind::Dir),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) fn require_vm(&self, name: &VmName) -> Result<(), DatastoreError> {
+        if self.vm_exists(name)? {
+            Ok(())
+        } else {
+            Err(DatastoreError::VmNotFound(name.to_string()))
+        }
+    }
+
+    /// Creates VM `name` with its disks, all or nothing.
+    pub fn vm_create(&self, name: &VmName, spec: &VmSpec) -> Result<VmInfo, DatastoreError> {
+        const OP: &str = "vm-create";
+        if self.vm_exists(name)? {
+            return Err(DatastoreError::VmExists(name.to_string()));
+        }
+        if spec.memory_mib == 0 || spec.cpus == 0 {
+            return Err(DatastoreError::Invalid(
+                "a VM needs at least 1 MiB of memory and 1 CPU".into(),
+            ));
+        }
+        let (provider_id, provider) = self.provider_or_default(spec.provider.as_ref())?;
+        let disks = spec
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                Ok((
+                    DiskName::nth(name, i)?,
+                    size,
+                    cvol_format::VolumeId::generate(),
+                ))
+            })
+            .collect::<Result<Vec<_>, DatastoreError>>()?;
+        let mut vmx = new_vmx(name, spec);
+        for (disk, ..) in &disks {
+            vmx_slots::attach_disk(&mut vmx, &disk.descriptor_file()).ok_or_else(|| {
+                DatastoreError::Invalid(format!("a VM has room for 15 disks, not {}", disks.len()))
+            })?;
+        }
+
+        let mut intent = Intent::new(OP, Recovery::Rollback, self.host());
+        intent.dirs.push(layout::vm_dir(name).as_str().to_string());
+        intent
+            .files
+            .push(layout::vmx_file(name).as_str().to_string());
+        for (disk, _, volume) in &disks {
+            intent
+                .files
+                .push(layout::descriptor_file(name, disk).as_str().to_string());
+            intent.volumes.push(IntentVolume {
+                provider: provider_id.clone(),
+                id: volume.clone(),
+            });
+        }
+        self.run_with_intent(intent, || {
+            match self.share().create_dir(&layout::vm_dir(name)) {
+                // Another process made the VM since the check above: nothing is ours to undo.
+                Err(cvol_share::ShareError::AlreadyExists(_)) => {
+                    return Err(StepError::NothingDone(DatastoreError::VmExists(
+                        name.to_string(),
+                    )))
+                }
+                other => other?,
+            }
+            self.step(OP, "dir-created");
+            for (disk, size, volume) in &disks {
+                self.create_disk_files(
+                    OP,
+                    name,
+                    disk,
+                    &provider_id,
+                    &*provider,
+                    volume,
+                    &VolumeSource::Blank { size: *size },
+                    &NoProgress,
+                )?;
+            }
+            self.share()
+                .create_new(&layout::vmx_file(name), vmx.to_string().as_bytes())?;
+            self.step(OP, "vmx-written");
+            Ok(())
+        })?;
+        self.vm_info(name)
+    }
+
+    /// What the share says about VM `name`.
+    pub fn vm_info(&self, name: &VmName) -> Result<VmInfo, DatastoreError> {
+        self.require_vm(name)?;
+        let mut problems = Vec::new();
+        let vmx_path = layout::vmx_file(name);
+        let vmx = match self.share().read(&vmx_path) {
+            Ok(bytes) => match Vmx::parse(&String::from_utf8_lossy(&bytes), vmx_path.as_str()) {
+                Ok(vmx) => Some(vmx),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    None
+                }
+            },
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let disks = self.disks(name)?;
+        problems.extend(disks.iter().filter_map(|d| d.problem.clone()));
+        Ok(VmInfo {
+            name: name.to_string(),
+            vmx: vmx.as_ref().map(|_| vmx_path.as_str().to_string()),
+            memory_mib: vmx.as_ref().and_then(|v| v.get("memSize")?.parse().ok()),
+            cpus: vmx.as_ref().and_then(|v| v.get("numvcpus")?.parse().ok()),
+            disks,
+            problems,
+        })
+    }
+
+    /// Every VM.
+    pub fn vm_list(&self) -> Result<Vec<VmInfo>, DatastoreError> {
+        self.vm_names()?
+            .iter()
+            .map(|name| self.vm_info(name))
+            .collect()
+    }
+
+    /// Deletes VM `name`: its volumes and its whole namespace directory. Refused, before
+    /// anything is touched, if a disk is unreadable or attached.
+    pub fn vm_delete(&self, name: &VmName) -> Result<(), DatastoreError> {
+        const OP: &str = "vm-delete";
+        self.require_vm(name)?;
+        let mut intent = Intent::new(OP, Recovery::Rollforward, self.host());
+        for disk in self.disks(name)? {
+            if let Some(problem) = disk.problem {
+                return Err(DatastoreError::Invalid(format!(
+                    "not deleting VM {name}: {problem}; fix or remove that descriptor first"
+                )));
+            }
+            if let Some(holder) = disk.attached_to {
+                return Err(DatastoreError::Invalid(format!(
+                    "not deleting VM {name}: disk {} is attached to host {holder:?}",
+                    disk.name
+                )));
+            }
+            let (Some(provider), Some(volume)) = (disk.provider, disk.volume) else {
+                continue;
+            };
+            intent.volumes.push(IntentVolume {
+                provider: ProviderId::new(&provider)?,
+                id: cvol_format::VolumeId::new(&volume)?,
+            });
+        }
+        intent.dirs.push(layout::vm_dir(name).as_str().to_string());
+        let volumes = intent.volumes.clone();
+        self.run_with_intent(intent, || {
+            for volume in &volumes {
+                match self.provider(&volume.provider)?.delete_volume(&volume.id) {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+                self.step(OP, "volume-deleted");
+            }
+            crate::intent::remove_tree(self.share(), &layout::vm_dir(name))?;
+            self.step(OP, "dir-removed");
+            Ok(())
+        })
+    }
+}
+
+fn new_vmx(name: &VmName, spec: &VmSpec) -> Vmx {
+    let mut vmx = Vmx::new();
+    for (key, value) in [
+        (".encoding", "UTF-8"),
+        ("config.version", "8"),
+        ("virtualHW.version", "19"),
+        ("displayName", name.as_str()),
+        ("guestOS", "other-64"),
+        ("memSize", &spec.memory_mib.to_string()),
+        ("numvcpus", &spec.cpus.to_string()),
+    ] {
+        vmx.set(key, value);
+    }
+    vmx
+}
