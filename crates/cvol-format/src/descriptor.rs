@@ -108,13 +108,17 @@ struct Line {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     lines: Vec<Line>,
+    /// Trailing NUL bytes: QEMU pads a descriptor it rewrites (to update `CID` on the
+    /// first write) with NULs up to a sector boundary. Kept so the file round-trips.
+    nul_padding: usize,
 }
 
 impl Descriptor {
     /// Parses `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, FormatError> {
-        check_text(file, text, MAX_DESCRIPTOR_LEN)?;
-        let lines = raw_lines(text)
+        let body = text.trim_end_matches('\0');
+        check_text(file, body, MAX_DESCRIPTOR_LEN)?;
+        let lines = raw_lines(body)
             .enumerate()
             .map(|(i, raw)| {
                 let kind =
@@ -125,7 +129,10 @@ impl Descriptor {
                 })
             })
             .collect::<Result<Vec<_>, FormatError>>()?;
-        let descriptor = Self { lines };
+        let descriptor = Self {
+            lines,
+            nul_padding: text.len() - body.len(),
+        };
         if descriptor.header("createType").is_none() {
             return Err(FormatError::new(
                 file,
@@ -227,7 +234,8 @@ impl Descriptor {
 
 impl fmt::Display for Descriptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.lines.iter().try_for_each(|l| f.write_str(&l.raw))
+        self.lines.iter().try_for_each(|l| f.write_str(&l.raw))?;
+        (0..self.nul_padding).try_for_each(|_| f.write_str("\0"))
     }
 }
 
@@ -406,6 +414,7 @@ impl CvolDisk {
                 FormatError::new(file, line, format!("{key}: {value:?} is not a uuid"))
             })
         };
+        let datastore = parse_uuid(DDB_DATASTORE)?;
         let (provider, provider_line) = field(DDB_PROVIDER)?;
         let provider = ProviderId::new(provider)
             .map_err(|e| FormatError::new(file, provider_line, format!("{DDB_PROVIDER}: {e}")))?;
@@ -413,7 +422,7 @@ impl CvolDisk {
         let object = VolumeId::new(object)
             .map_err(|e| FormatError::new(file, object_line, format!("{DDB_OBJECT}: {e}")))?;
         Ok(Self {
-            datastore: parse_uuid(DDB_DATASTORE)?,
+            datastore,
             provider,
             object,
             disk_uuid: parse_uuid(DDB_UUID)?,
@@ -535,7 +544,7 @@ mod tests {
         assert_eq!((extent.sectors, extent.offset), (2097152, Some(0)));
         let err = CvolDisk::from_descriptor(&d, "vm1/new.vmdk").unwrap_err();
         assert!(
-            err.to_string().contains("ddb.cvol.provider: missing"),
+            err.to_string().contains("ddb.cvol.datastore: missing"),
             "{err}"
         );
         let mut d = d;
@@ -549,6 +558,16 @@ mod tests {
         assert!(d
             .to_string()
             .contains("ddb.geometry.cylinders = \"2080\"\n"));
+    }
+
+    #[test]
+    fn nul_padding_written_by_qemu_round_trips() {
+        let text = format!("{}{}", sample_disk().to_descriptor(), "\0".repeat(400));
+        let d = Descriptor::parse(&text, "demo.vmdk").unwrap();
+        assert_eq!(d.to_string(), text);
+        assert!(CvolDisk::from_descriptor(&d, "demo.vmdk").is_ok());
+        let err = Descriptor::parse(&text.replacen("version", "ver\0sion", 1), "demo.vmdk").unwrap_err();
+        assert_eq!(err.line, Some(2), "a NUL inside the text is still refused");
     }
 
     #[test]

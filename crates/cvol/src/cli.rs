@@ -1,0 +1,170 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// cvol: a common volume (cVol) datastore for virtual machines.
+///
+/// VM metadata (.vmx, disk descriptors) lives as files on a share; every virtual disk
+/// lives as a volume in a storage provider. A datastore is a share whose .cvol/
+/// directory names its providers.
+#[derive(Debug, Parser)]
+#[command(name = "cvol", version, propagate_version = true)]
+pub struct Cli {
+    /// The datastore's share: a local directory (or one where the OS mounted an NFS share).
+    #[arg(long, global = true, env = "CVOL_SHARE", value_name = "PATH")]
+    pub share: Option<PathBuf>,
+
+    /// This host's id, used for attachments and intent records [default: the hostname].
+    #[arg(long, global = true, env = "CVOL_HOST_ID", value_name = "ID")]
+    pub host_id: Option<String>,
+
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, inspect and check a datastore.
+    #[command(subcommand)]
+    Datastore(DatastoreCommand),
+    /// Create, list, show and delete VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Create, list, resize, snapshot, clone and delete disks.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// Set up a ready-to-use datastore in DIR on embedded defaults (a local share and a
+    /// file pool) with a VM `demo` and its 1 GiB disk; reuses what is already there.
+    Up(UpArgs),
+}
+
+/// `cvol datastore …`
+#[derive(Debug, Subcommand)]
+pub enum DatastoreCommand {
+    /// Make the share (an existing, empty-of-.cvol directory) a new datastore.
+    Create {
+        /// A human name for the datastore.
+        #[arg(long)]
+        name: String,
+        /// A provider, as ID=KIND:LOCATION, e.g. pool=file:/srv/cvol/pool (an existing,
+        /// writable directory). Repeatable; the first is the default.
+        #[arg(long = "provider", value_name = "ID=KIND:LOCATION", required = true)]
+        providers: Vec<String>,
+    },
+    /// Show the datastore: uuid, providers, VMs.
+    Info,
+    /// Check that share and providers agree; exits 4 if problems remain.
+    Fsck {
+        /// Finish or undo interrupted operations, fix descriptor sizes, delete volumes
+        /// of this datastore that no descriptor names, reclaim interrupted pool work.
+        #[arg(long)]
+        repair: bool,
+        /// Treat an interrupted operation of another host, or of a live process here,
+        /// as abandoned once it is this many seconds old.
+        #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+        grace: u64,
+    },
+}
+
+/// `cvol vm …`
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM with its disks (all or nothing).
+    Create {
+        /// The VM's name: its directory on the share.
+        vm: String,
+        /// Add a disk of SIZE (e.g. 64M, 10G, 1T; a multiple of 512 bytes). Repeatable.
+        #[arg(long = "disk", value_name = "SIZE")]
+        disks: Vec<String>,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 1024, value_name = "MIB")]
+        memory: u64,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// The provider for the disks [default: the datastore's first].
+        #[arg(long, value_name = "ID")]
+        provider: Option<String>,
+    },
+    /// List the VMs.
+    List,
+    /// Show one VM and its disks.
+    Show {
+        /// The VM's name.
+        vm: String,
+    },
+    /// Delete a VM: its disks' volumes and its whole directory.
+    Delete {
+        /// The VM's name.
+        vm: String,
+    },
+}
+
+/// `cvol disk …`
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Add a new blank disk to a VM, named <vm>, <vm>_1, … (the first free name).
+    Create {
+        /// The VM.
+        vm: String,
+        /// The disk's size, e.g. 64M, 10G.
+        #[arg(long, value_name = "SIZE")]
+        size: String,
+        /// The provider [default: the datastore's first].
+        #[arg(long, value_name = "ID")]
+        provider: Option<String>,
+    },
+    /// List a VM's disks.
+    List {
+        /// The VM.
+        vm: String,
+    },
+    /// Grow (or, with --force, shrink) a disk.
+    Resize {
+        /// The disk, as VM/DISK.
+        disk: String,
+        /// The new size, e.g. 20G.
+        size: String,
+        /// Allow shrinking, which loses the data past the new end.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take a named snapshot of a disk.
+    Snapshot {
+        /// The disk, as VM/DISK.
+        disk: String,
+        /// The snapshot's name.
+        name: String,
+    },
+    /// Clone a disk, or one of its snapshots, into a new disk of an existing VM.
+    Clone {
+        /// The source, as VM/DISK or VM/DISK@SNAPSHOT.
+        source: String,
+        /// The new disk, as VM/DISK.
+        target: String,
+    },
+    /// Delete a disk: its volume, descriptor and .vmx entry.
+    Delete {
+        /// The disk, as VM/DISK.
+        disk: String,
+    },
+}
+
+/// `cvol up`
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where to put the share and the pool.
+    #[arg(default_value = "cvol-demo")]
+    pub dir: PathBuf,
+}

@@ -1,0 +1,82 @@
+//! One module per command group; each turns arguments into datastore calls and prints.
+
+mod datastore;
+mod disk;
+mod up;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _};
+use cvol_datastore::Datastore;
+use cvol_share::{LocalShare, Share};
+
+use crate::cli::{Cli, Command};
+
+/// Set by tests (and by anyone checking crash safety by hand) to `op:step`, e.g.
+/// `vm-create:volume-created`: the process aborts right after that step, as a crash would.
+const FAILPOINT_ENV: &str = "CVOL_FAILPOINT";
+
+/// What every command needs from the global options.
+pub struct Context {
+    share: Option<PathBuf>,
+    host: String,
+    json: bool,
+}
+
+impl Context {
+    fn share_dir(&self) -> anyhow::Result<&Path> {
+        self.share
+            .as_deref()
+            .ok_or_else(|| anyhow!("no share given: pass --share PATH or set CVOL_SHARE"))
+    }
+
+    fn open_share(dir: &Path) -> anyhow::Result<Arc<dyn Share>> {
+        let dir = std::path::absolute(dir)?;
+        let share = LocalShare::open(&dir).with_context(|| format!("cannot open share {}", dir.display()))?;
+        Ok(Arc::new(share))
+    }
+
+    /// The share given by `--share`.
+    fn share(&self) -> anyhow::Result<Arc<dyn Share>> {
+        Self::open_share(self.share_dir()?)
+    }
+
+    /// The datastore on the share given by `--share`.
+    fn datastore(&self) -> anyhow::Result<Datastore> {
+        Ok(with_env_failpoint(Datastore::open(self.share()?, &self.host)?))
+    }
+}
+
+fn with_env_failpoint(datastore: Datastore) -> Datastore {
+    match std::env::var(FAILPOINT_ENV) {
+        Ok(target) if !target.is_empty() => datastore.with_failpoint(Arc::new(move |step| {
+            if step == target {
+                eprintln!("cvol: {FAILPOINT_ENV}={step}: aborting here");
+                std::process::abort();
+            }
+        })),
+        _ => datastore,
+    }
+}
+
+fn default_host_id() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// Runs the command `cli` asks for.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Context {
+        share: cli.share,
+        host: cli.host_id.unwrap_or_else(default_host_id),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Datastore(cmd) => datastore::run(&ctx, cmd),
+        Command::Vm(cmd) => vm::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Disk(cmd) => disk::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => up::run(&ctx, &args).map(|()| ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,38 @@
+//! Progress bars for long copies; hidden when stderr is not a terminal.
+
+use cvol_provider::CopyProgress;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// An indicatif bar behind the provider's progress interface.
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    /// A bar labelled `label`, not shown until a copy starts.
+    pub fn new(label: &str) -> Self {
+        let bar = ProgressBar::hidden();
+        bar.set_message(label.to_string());
+        Self { bar }
+    }
+}
+
+impl CopyProgress for Bar {
+    fn start(&self, total: u64) {
+        self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        self.bar.set_length(total);
+        self.bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
