@@ -566,7 +566,8 @@ mod tests {
         let d = Descriptor::parse(&text, "demo.vmdk").unwrap();
         assert_eq!(d.to_string(), text);
         assert!(CvolDisk::from_descriptor(&d, "demo.vmdk").is_ok());
-        let err = Descriptor::parse(&text.replacen("version", "ver\0sion", 1), "demo.vmdk").unwrap_err();
+        let err =
+            Descriptor::parse(&text.replacen("version", "ver\0sion", 1), "demo.vmdk").unwrap_err();
         assert_eq!(err.line, Some(2), "a NUL inside the text is still refused");
     }
 

@@ -19,12 +19,15 @@ impl Bar {
 
 impl CopyProgress for Bar {
     fn start(&self, total: u64) {
-        self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        self.bar
+            .set_draw_target(indicatif::ProgressDrawTarget::stderr());
         self.bar.set_length(total);
         self.bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("a valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
         );
     }
 

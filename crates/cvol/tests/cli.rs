@@ -18,14 +18,25 @@ impl Env {
         let pool = tmp.path().join("pool");
         std::fs::create_dir_all(&share).unwrap();
         std::fs::create_dir_all(&pool).unwrap();
-        Self { _tmp: tmp, share, pool }
+        Self {
+            _tmp: tmp,
+            share,
+            pool,
+        }
     }
 
     /// A datastore with one file provider `pool`.
     fn datastore() -> Self {
         let env = Self::empty();
         let provider = format!("pool=file:{}", env.pool.display());
-        env.ok(&["datastore", "create", "--name", "ds1", "--provider", &provider]);
+        env.ok(&[
+            "datastore",
+            "create",
+            "--name",
+            "ds1",
+            "--provider",
+            &provider,
+        ]);
         env
     }
 
@@ -46,7 +57,11 @@ impl Env {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "cvol {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cvol {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -55,7 +70,11 @@ impl Env {
         let out = self.run(args);
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(!out.status.success(), "cvol {args:?} succeeded");
-        assert_eq!(stderr.lines().count(), 1, "cvol {args:?}: not one line: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "cvol {args:?}: not one line: {stderr}"
+        );
         stderr.trim_end().to_string()
     }
 
@@ -68,12 +87,22 @@ impl Env {
     fn volume_file(&self, vm_disk: &str) -> PathBuf {
         let (vm, disk) = vm_disk.split_once('/').unwrap();
         let disks = self.json(&["disk", "list", vm]);
-        let disk = disks.as_array().unwrap().iter().find(|d| d["name"] == disk).unwrap();
-        self.pool.join("volumes").join(disk["volume"].as_str().unwrap()).join("data")
+        let disk = disks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == disk)
+            .unwrap();
+        self.pool
+            .join("volumes")
+            .join(disk["volume"].as_str().unwrap())
+            .join("data")
     }
 
     fn volumes(&self) -> usize {
-        std::fs::read_dir(self.pool.join("volumes")).unwrap().count()
+        std::fs::read_dir(self.pool.join("volumes"))
+            .unwrap()
+            .count()
     }
 
     /// Every file and directory below the share, with contents.
@@ -102,7 +131,10 @@ fn create_list_delete_a_vm() {
     env.ok(&["vm", "create", "demo", "--disk", "64M"]);
     assert!(env.share.join("demo/demo.vmx").is_file());
     assert!(env.share.join("demo/demo.vmdk").is_file());
-    assert!(!env.share.join("demo/demo-flat.vmdk").exists(), "the flat file is never on the share");
+    assert!(
+        !env.share.join("demo/demo-flat.vmdk").exists(),
+        "the flat file is never on the share"
+    );
     let data = env.volume_file("demo/demo");
     let meta = std::fs::metadata(&data).unwrap();
     assert_eq!(meta.len(), 64 << 20);
@@ -128,7 +160,12 @@ fn disks_grow_snapshot_clone_and_go() {
     let src = env.volume_file("src/src");
     let write = |offset: u64, data: &[u8]| {
         use std::os::unix::fs::FileExt;
-        std::fs::File::options().write(true).open(&src).unwrap().write_all_at(data, offset).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .write_all_at(data, offset)
+            .unwrap();
     };
     write(0, b"snapshotted bytes");
     env.ok(&["disk", "snapshot", "src/src", "s1"]);
@@ -142,18 +179,28 @@ fn disks_grow_snapshot_clone_and_go() {
     env.ok(&["disk", "clone", "src/src@s1", "dst/from-snap"]);
     env.ok(&["disk", "clone", "src/src", "dst/from-live"]);
     assert!(std::fs::read(env.volume_file("dst/from-snap")).unwrap() == snapshotted);
-    assert!(std::fs::read(env.volume_file("dst/from-live")).unwrap() == std::fs::read(&src).unwrap());
+    assert!(
+        std::fs::read(env.volume_file("dst/from-live")).unwrap() == std::fs::read(&src).unwrap()
+    );
     let vmx = std::fs::read_to_string(env.share.join("dst/dst.vmx")).unwrap();
-    assert!(vmx.contains("scsi0:1.fileName = \"from-live.vmdk\""), "{vmx}");
+    assert!(
+        vmx.contains("scsi0:1.fileName = \"from-live.vmdk\""),
+        "{vmx}"
+    );
 
     let err = env.fails(&["disk", "clone", "src/src@nope", "dst/x"]);
     assert!(err.contains("has no snapshot \"nope\""), "{err}");
     let err = env.fails(&["disk", "clone", "src/src", "dst/from-live"]);
-    assert!(err.contains("disk \"dst/from-live\" already exists"), "{err}");
+    assert!(
+        err.contains("disk \"dst/from-live\" already exists"),
+        "{err}"
+    );
 
     env.ok(&["disk", "resize", "src/src", "2M"]);
     assert_eq!(std::fs::metadata(&src).unwrap().len(), 2 << 20);
-    assert!(std::fs::read_to_string(env.share.join("src/src.vmdk")).unwrap().contains("RW 4096 VMFS"));
+    assert!(std::fs::read_to_string(env.share.join("src/src.vmdk"))
+        .unwrap()
+        .contains("RW 4096 VMFS"));
     let err = env.fails(&["disk", "resize", "src/src", "1M"]);
     assert!(err.contains("would lose data"), "{err}");
     env.ok(&["disk", "resize", "src/src", "1M", "--force"]);
@@ -162,10 +209,15 @@ fn disks_grow_snapshot_clone_and_go() {
     assert_eq!(disk["name"], "src_1");
     env.ok(&["disk", "delete", "src/src_1"]);
     assert!(!env.share.join("src/src_1.vmdk").exists());
-    assert!(!std::fs::read_to_string(env.share.join("src/src.vmx")).unwrap().contains("src_1"));
+    assert!(!std::fs::read_to_string(env.share.join("src/src.vmx"))
+        .unwrap()
+        .contains("src_1"));
     assert_eq!(env.volumes(), 3);
     let report = env.json(&["datastore", "fsck"]);
-    assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
 }
 
 #[test]
@@ -179,15 +231,24 @@ fn qemu_opens_the_descriptor_with_the_volume_as_its_extent() {
     std::os::unix::fs::symlink(env.volume_file("demo/demo"), dir.join("demo-flat.vmdk")).unwrap();
     let vmdk = dir.join("demo.vmdk");
 
-    let info = qemu("qemu-img", &["info", "--output=json", vmdk.to_str().unwrap()]);
+    let info = qemu(
+        "qemu-img",
+        &["info", "--output=json", vmdk.to_str().unwrap()],
+    );
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["format"], "vmdk");
     assert_eq!(info["virtual-size"], 64 << 20);
     assert_eq!(info["format-specific"]["data"]["create-type"], "vmfs");
     qemu("qemu-img", &["check", vmdk.to_str().unwrap()]);
-    qemu("qemu-io", &["-c", "write -P 0x5a 1M 64k", vmdk.to_str().unwrap()]);
+    qemu(
+        "qemu-io",
+        &["-c", "write -P 0x5a 1M 64k", vmdk.to_str().unwrap()],
+    );
     let bytes = std::fs::read(env.volume_file("demo/demo")).unwrap();
-    assert!(bytes[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x5a), "qemu wrote into the volume");
+    assert!(
+        bytes[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x5a),
+        "qemu wrote into the volume"
+    );
 
     // QEMU rewrote the descriptor (new CID, NUL padding): cvol still reads it.
     std::fs::copy(&vmdk, env.share.join("demo/demo.vmdk")).unwrap();
@@ -196,11 +257,14 @@ fn qemu_opens_the_descriptor_with_the_volume_as_its_extent() {
 }
 
 fn qemu(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is needed for this test (apt-get install qemu-utils): {e}"));
-    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("{tool} is needed for this test (apt-get install qemu-utils): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -208,18 +272,33 @@ fn qemu(tool: &str, args: &[&str]) -> String {
 fn a_real_crash_is_repaired_by_fsck() {
     let env = Env::datastore();
     let before = env.snapshot_share();
-    for step in ["vm-create:volume-created", "vm-create:descriptor-written", "vm-create:vmx-written"] {
-        let out = env.run_with_env(&["vm", "create", "demo", "--disk", "1M", "--disk", "1M"], &[("CVOL_FAILPOINT", step)]);
+    for step in [
+        "vm-create:volume-created",
+        "vm-create:descriptor-written",
+        "vm-create:vmx-written",
+    ] {
+        let out = env.run_with_env(
+            &["vm", "create", "demo", "--disk", "1M", "--disk", "1M"],
+            &[("CVOL_FAILPOINT", step)],
+        );
         assert!(!out.status.success(), "{step}: the process did not die");
         assert!(env.volumes() > 0, "{step}: the crash left a volume");
         // The crashed process is gone, so its operation is abandoned at once.
         let out = env.run(&["datastore", "fsck"]);
-        assert_eq!(out.status.code(), Some(4), "{step}: fsck finds the interrupted operation");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{step}: fsck finds the interrupted operation"
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("vm-create by host"));
         let repaired = env.ok(&["datastore", "fsck", "--repair"]);
         assert!(repaired.contains("undone"), "{repaired}");
         assert_eq!(env.volumes(), 0, "{step}: no volume leaked");
-        assert_eq!(env.snapshot_share(), before, "{step}: the share is as before");
+        assert_eq!(
+            env.snapshot_share(),
+            before,
+            "{step}: the share is as before"
+        );
         env.ok(&["datastore", "fsck"]);
     }
 }
@@ -230,27 +309,67 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     env.ok(&["vm", "create", "demo", "--disk", "1M"]);
     let long = "x".repeat(256);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["vm", "create", "a/b"], "invalid VM name \"a/b\": it contains '/'"),
-        (vec!["vm", "create", ".."], "invalid VM name \"..\": it starts with '.'"),
+        (
+            vec!["vm", "create", "a/b"],
+            "invalid VM name \"a/b\": it contains '/'",
+        ),
+        (
+            vec!["vm", "create", ".."],
+            "invalid VM name \"..\": it starts with '.'",
+        ),
         (vec!["vm", "create", &long], "is 256 bytes long"),
         (vec!["vm", "create", "demo"], "VM \"demo\" already exists"),
-        (vec!["vm", "create", "v2", "--disk", "1000"], "1000 bytes is not a multiple of 512"),
-        (vec!["vm", "create", "v2", "--disk", "0"], "a disk cannot be empty"),
-        (vec!["vm", "create", "v2", "--disk", "12Q"], "invalid size \"12Q\""),
-        (vec!["vm", "create", "v2", "--disk", "1M", "--provider", "nope"], "unknown provider \"nope\"; this datastore has: pool"),
+        (
+            vec!["vm", "create", "v2", "--disk", "1000"],
+            "1000 bytes is not a multiple of 512",
+        ),
+        (
+            vec!["vm", "create", "v2", "--disk", "0"],
+            "a disk cannot be empty",
+        ),
+        (
+            vec!["vm", "create", "v2", "--disk", "12Q"],
+            "invalid size \"12Q\"",
+        ),
+        (
+            vec!["vm", "create", "v2", "--disk", "1M", "--provider", "nope"],
+            "unknown provider \"nope\"; this datastore has: pool",
+        ),
         (vec!["vm", "show", "ghost"], "VM \"ghost\" does not exist"),
-        (vec!["disk", "resize", "demo/ghost", "2M"], "disk \"demo/ghost\" does not exist"),
+        (
+            vec!["disk", "resize", "demo/ghost", "2M"],
+            "disk \"demo/ghost\" does not exist",
+        ),
         (vec!["disk", "resize", "demo", "2M"], "expected VM/DISK"),
-        (vec!["disk", "snapshot", "demo/demo", "../s"], "invalid snapshot name"),
-        (vec!["disk", "clone", "demo/demo", "ghost/x"], "VM \"ghost\" does not exist"),
-        (vec!["datastore", "create", "--name", "x", "--provider", "p=file:/tmp"], "is already a cVol datastore"),
+        (
+            vec!["disk", "snapshot", "demo/demo", "../s"],
+            "invalid snapshot name",
+        ),
+        (
+            vec!["disk", "clone", "demo/demo", "ghost/x"],
+            "VM \"ghost\" does not exist",
+        ),
+        (
+            vec![
+                "datastore",
+                "create",
+                "--name",
+                "x",
+                "--provider",
+                "p=file:/tmp",
+            ],
+            "is already a cVol datastore",
+        ),
     ];
     let before = env.snapshot_share();
     let volumes = env.volumes();
     for (args, expected) in cases {
         let err = env.fails(&args);
         assert!(err.starts_with("cvol: error: "), "{err}");
-        assert!(err.contains(expected), "cvol {args:?}: got {err:?}, expected {expected:?}");
+        assert!(
+            err.contains(expected),
+            "cvol {args:?}: got {err:?}, expected {expected:?}"
+        );
     }
     assert_eq!(env.snapshot_share(), before);
     assert_eq!(env.volumes(), volumes);
@@ -276,7 +395,10 @@ fn malformed_and_foreign_files_are_named_with_their_line() {
         let err = env.fails(&["disk", "resize", "demo/demo", "2M"]);
         assert!(err.contains(expected), "got {err:?}, expected {expected:?}");
         let show = env.ok(&["vm", "show", "demo"]);
-        assert!(show.contains(&format!("problem: {expected}")), "vm show lists the problem: {show}");
+        assert!(
+            show.contains(&format!("problem: {expected}")),
+            "vm show lists the problem: {show}"
+        );
         let err = env.fails(&["vm", "delete", "demo"]);
         assert!(err.contains("fix or remove that descriptor first"), "{err}");
     }
@@ -285,14 +407,24 @@ fn malformed_and_foreign_files_are_named_with_their_line() {
 
     std::fs::write(env.share.join("demo/demo.vmx"), "memSize = \"1\"\nbroken\n").unwrap();
     let err = env.fails(&["disk", "create", "demo", "--size", "1M"]);
-    assert!(err.contains("demo/demo.vmx:2: expected 'key = \"value\"'"), "{err}");
+    assert!(
+        err.contains("demo/demo.vmx:2: expected 'key = \"value\"'"),
+        "{err}"
+    );
     assert_eq!(env.volumes(), 1);
 
     let config = env.share.join(".cvol/datastore.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("format_version = 1", "format_version = \"one\"")).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("format_version = 1", "format_version = \"one\""),
+    )
+    .unwrap();
     let err = env.fails(&["vm", "list"]);
-    assert!(err.contains(".cvol/datastore.toml:4: format_version: missing or not an integer"), "{err}");
+    assert!(
+        err.contains(".cvol/datastore.toml:4: format_version: missing or not an integer"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -301,21 +433,68 @@ fn shares_and_pools_that_cannot_serve() {
     let err = env.fails(&["vm", "list"]);
     assert!(err.contains("is not a cVol datastore"), "{err}");
     let missing = env.pool.join("missing");
-    let err = env.fails(&["datastore", "create", "--name", "x", "--provider", &format!("p=file:{}", missing.display())]);
-    assert!(err.contains(&format!("pool {}: does not exist", missing.display())), "{err}");
-    let err = env.fails(&["datastore", "create", "--name", "x", "--provider", "p=tape:/dev/st0"]);
+    let err = env.fails(&[
+        "datastore",
+        "create",
+        "--name",
+        "x",
+        "--provider",
+        &format!("p=file:{}", missing.display()),
+    ]);
+    assert!(
+        err.contains(&format!("pool {}: does not exist", missing.display())),
+        "{err}"
+    );
+    let err = env.fails(&[
+        "datastore",
+        "create",
+        "--name",
+        "x",
+        "--provider",
+        "p=tape:/dev/st0",
+    ]);
     assert!(err.contains("unknown kind \"tape\""), "{err}");
-    std::fs::set_permissions(&env.pool, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
-    let err = env.fails(&["datastore", "create", "--name", "x", "--provider", &format!("p=file:{}", env.pool.display())]);
-    std::fs::set_permissions(&env.pool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &env.pool,
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let err = env.fails(&[
+        "datastore",
+        "create",
+        "--name",
+        "x",
+        "--provider",
+        &format!("p=file:{}", env.pool.display()),
+    ]);
+    std::fs::set_permissions(
+        &env.pool,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     assert!(err.contains("is read-only"), "{err}");
-    assert!(std::fs::read_dir(&env.share).unwrap().next().is_none(), "a refused create writes nothing");
+    assert!(
+        std::fs::read_dir(&env.share).unwrap().next().is_none(),
+        "a refused create writes nothing"
+    );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_cvol")).args(["--share", "/nonexistent/share", "vm", "list"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
+        .args(["--share", "/nonexistent/share", "vm", "list"])
+        .output()
+        .unwrap();
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(!out.status.success() && err.contains("/nonexistent/share"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_cvol")).args(["vm", "list"]).env_remove("CVOL_SHARE").output().unwrap();
-    assert!(String::from_utf8(out.stderr).unwrap().contains("pass --share PATH or set CVOL_SHARE"));
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/share"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
+        .args(["vm", "list"])
+        .env_remove("CVOL_SHARE")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("pass --share PATH or set CVOL_SHARE"));
 }
 
 #[test]
@@ -323,14 +502,25 @@ fn up_makes_a_demo_and_reuses_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let up = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_cvol")).args(["--json", "up"]).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
+            .args(["--json", "up"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let first = up();
     assert_eq!(first["vm"]["disks"][0]["size"], 1u64 << 30);
     let second = up();
     assert_eq!(first["datastore"], second["datastore"]);
-    assert_eq!(first["vm"]["disks"][0]["volume"], second["vm"]["disks"][0]["volume"]);
+    assert_eq!(
+        first["vm"]["disks"][0]["volume"],
+        second["vm"]["disks"][0]["volume"]
+    );
     assert!(Path::new(&dir.join("share/demo/demo.vmx")).is_file());
 }

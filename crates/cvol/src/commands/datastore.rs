@@ -39,7 +39,15 @@ pub fn run(ctx: &Context, cmd: DatastoreCommand) -> anyhow::Result<ExitCode> {
                 print_json(&report)?;
             } else {
                 for problem in &report.problems {
-                    println!("{} {}", if problem.repaired { "repaired:" } else { "problem: " }, problem.what);
+                    println!(
+                        "{} {}",
+                        if problem.repaired {
+                            "repaired:"
+                        } else {
+                            "problem: "
+                        },
+                        problem.what
+                    );
                 }
                 let left = report.problems.iter().filter(|p| !p.repaired).count();
                 println!(
@@ -60,7 +68,11 @@ pub fn run(ctx: &Context, cmd: DatastoreCommand) -> anyhow::Result<ExitCode> {
 
 /// Parses `ID=KIND:LOCATION`, e.g. `pool=file:/srv/pool`.
 pub fn parse_provider(spec: &str) -> anyhow::Result<ProviderConfig> {
-    let usage = || anyhow!("invalid provider {spec:?}: expected ID=KIND:LOCATION, e.g. pool=file:/srv/cvol/pool");
+    let usage = || {
+        anyhow!(
+            "invalid provider {spec:?}: expected ID=KIND:LOCATION, e.g. pool=file:/srv/cvol/pool"
+        )
+    };
     let (id, rest) = spec.split_once('=').ok_or_else(usage)?;
     let (kind, location) = rest.split_once(':').ok_or_else(usage)?;
     let id = ProviderId::new(id)?;
@@ -68,10 +80,14 @@ pub fn parse_provider(spec: &str) -> anyhow::Result<ProviderConfig> {
         "file" => {
             let dir = Path::new(location);
             // The datastore is read from other directories and hosts: keep absolute paths.
-            let dir = std::path::absolute(dir).with_context(|| format!("provider {id}: bad path {location:?}"))?;
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("provider {id}: bad path {location:?}"))?;
             BTreeMap::from([("path".to_string(), dir.display().to_string())])
         }
-        _ => bail!("provider {id}: unknown kind {kind:?} (this cvol knows: {})", PROVIDER_KINDS.join(", ")),
+        _ => bail!(
+            "provider {id}: unknown kind {kind:?} (this cvol knows: {})",
+            PROVIDER_KINDS.join(", ")
+        ),
     };
     Ok(ProviderConfig {
         id,
@@ -108,13 +124,23 @@ fn print_info(ctx: &Context, ds: &Datastore) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, p)| {
             let listed = ds.provider(&p.id).and_then(|provider| {
-                let volumes = provider.list_volumes().map_err(cvol_datastore::DatastoreError::from)?;
+                let volumes = provider
+                    .list_volumes()
+                    .map_err(cvol_datastore::DatastoreError::from)?;
                 Ok((provider.location(), volumes))
             });
             let owner = config.uuid.to_string();
             let (location, volumes, error) = match listed {
-                Ok((location, v)) => (location, Some(v.iter().filter(|v| v.owner == owner).count()), None),
-                Err(e) => (p.settings.get("path").cloned().unwrap_or_default(), None, Some(e.to_string())),
+                Ok((location, v)) => (
+                    location,
+                    Some(v.iter().filter(|v| v.owner == owner).count()),
+                    None,
+                ),
+                Err(e) => (
+                    p.settings.get("path").cloned().unwrap_or_default(),
+                    None,
+                    Some(e.to_string()),
+                ),
             };
             ProviderInfo {
                 id: p.id.to_string(),

@@ -41,7 +41,11 @@ pub fn run(ctx: &Context, cmd: DiskCommand) -> anyhow::Result<()> {
                     "size": snapshot.size,
                 }));
             }
-            println!("snapshot {vm}/{disk}@{} taken ({})", snapshot.name, human_size(snapshot.size));
+            println!(
+                "snapshot {vm}/{disk}@{} taken ({})",
+                snapshot.name,
+                human_size(snapshot.size)
+            );
             Ok(())
         }
         DiskCommand::Clone { source, target } => {
@@ -52,7 +56,11 @@ pub fn run(ctx: &Context, cmd: DiskCommand) -> anyhow::Result<()> {
             let (vm, disk) = parse_disk_path(&source)?;
             let (to_vm, to_disk) = parse_disk_path(&target)?;
             let info = ds
-                .disk_clone((&vm, &disk, snapshot.as_ref()), (&to_vm, &to_disk), &Bar::new("clone"))
+                .disk_clone(
+                    (&vm, &disk, snapshot.as_ref()),
+                    (&to_vm, &to_disk),
+                    &Bar::new("clone"),
+                )
                 .with_context(|| format!("cannot clone {source} to {target}"))?;
             print_one(ctx, &info)
         }
@@ -85,12 +93,26 @@ pub fn print_disks(disks: &[DiskInfo]) {
                 d.size.map_or("-".into(), human_size),
                 d.provider.clone().unwrap_or_else(|| "-".into()),
                 d.volume.clone().unwrap_or_else(|| "-".into()),
-                if d.snapshots.is_empty() { "-".into() } else { d.snapshots.join(",") },
+                if d.snapshots.is_empty() {
+                    "-".into()
+                } else {
+                    d.snapshots.join(",")
+                },
                 d.descriptor.clone(),
             ]
         })
         .collect();
-    print_table(&["DISK", "SIZE", "PROVIDER", "VOLUME", "SNAPSHOTS", "DESCRIPTOR"], &rows);
+    print_table(
+        &[
+            "DISK",
+            "SIZE",
+            "PROVIDER",
+            "VOLUME",
+            "SNAPSHOTS",
+            "DESCRIPTOR",
+        ],
+        &rows,
+    );
     for d in disks {
         if let Some(problem) = &d.problem {
             println!("problem: {problem}");

@@ -35,7 +35,8 @@ impl Context {
 
     fn open_share(dir: &Path) -> anyhow::Result<Arc<dyn Share>> {
         let dir = std::path::absolute(dir)?;
-        let share = LocalShare::open(&dir).with_context(|| format!("cannot open share {}", dir.display()))?;
+        let share = LocalShare::open(&dir)
+            .with_context(|| format!("cannot open share {}", dir.display()))?;
         Ok(Arc::new(share))
     }
 
@@ -46,7 +47,10 @@ impl Context {
 
     /// The datastore on the share given by `--share`.
     fn datastore(&self) -> anyhow::Result<Datastore> {
-        Ok(with_env_failpoint(Datastore::open(self.share()?, &self.host)?))
+        Ok(with_env_failpoint(Datastore::open(
+            self.share()?,
+            &self.host,
+        )?))
     }
 }
 
@@ -63,7 +67,10 @@ fn with_env_failpoint(datastore: Datastore) -> Datastore {
 }
 
 fn default_host_id() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Runs the command `cli` asks for.

@@ -68,7 +68,9 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
 
 fn shell_path(path: &Path) -> String {
     let s = path.display().to_string();
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
         s
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))

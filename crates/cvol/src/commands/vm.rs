@@ -18,7 +18,10 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
         } => {
             let name = VmName::new(&vm)?;
             let spec = VmSpec {
-                disks: disks.iter().map(|d| parse_size(d)).collect::<Result<_, _>>()?,
+                disks: disks
+                    .iter()
+                    .map(|d| parse_size(d))
+                    .collect::<Result<_, _>>()?,
                 memory_mib: memory,
                 cpus,
                 provider: provider.as_deref().map(ProviderId::new).transpose()?,
@@ -41,7 +44,11 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
                         vm.cpus.map_or("-".into(), |c| c.to_string()),
                         vm.disks.len().to_string(),
                         human_size(total),
-                        if vm.problems.is_empty() { "ok".into() } else { format!("{} problems", vm.problems.len()) },
+                        if vm.problems.is_empty() {
+                            "ok".into()
+                        } else {
+                            format!("{} problems", vm.problems.len())
+                        },
                     ]
                 })
                 .collect();
