@@ -10,6 +10,7 @@ mod error;
 mod fsck;
 pub mod intent;
 pub mod layout;
+mod pending;
 mod vm;
 mod vmx_slots;
 
@@ -28,6 +29,7 @@ use uuid::Uuid;
 pub use disk::DiskInfo;
 pub use error::DatastoreError;
 pub use fsck::{FsckOptions, FsckReport, Problem};
+pub use pending::PendingDisk;
 pub use vm::{VmInfo, VmSpec};
 
 /// Called with `op:step` after each step of a multi-step operation. Tests and the CLI's

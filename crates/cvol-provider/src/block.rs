@@ -43,6 +43,12 @@ pub trait BlockDevice: Send + Sync {
     /// Makes `len` bytes at `offset` read as zeros, keeping them allocated.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError>;
 
+    /// The local file holding the device's bytes at their offsets, if there is one: the
+    /// container then lets the kernel do I/O on it directly (FUSE passthrough).
+    fn backing_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+
     /// Checks that `offset..offset+len` lies within the device.
     fn check_range(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         let size = self.size();

@@ -15,6 +15,9 @@ pub use error::ShareError;
 pub use local::LocalShare;
 pub use path::SharePath;
 
+/// Permission bits of files cvol writes itself.
+pub const FILE_MODE: u32 = 0o644;
+
 /// What a share entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -35,10 +38,67 @@ pub struct Metadata {
     pub kind: FileKind,
     /// Size in bytes.
     pub size: u64,
+    /// Bytes allocated.
+    pub allocated: u64,
     /// Permission bits.
     pub mode: u32,
-    /// Last modification.
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last access.
+    pub accessed: SystemTime,
+    /// Last modification of the content.
     pub modified: SystemTime,
+    /// Last change of the attributes.
+    pub changed: SystemTime,
+}
+
+/// A time to set: a given one, or the server's "now".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// This time.
+    At(SystemTime),
+    /// The current time, as the share's clock says.
+    Now,
+}
+
+/// Attribute changes; `None` leaves an attribute as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttributes {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub accessed: Option<SetTime>,
+    /// New modification time.
+    pub modified: Option<SetTime>,
+}
+
+/// Space on the share, as `statvfs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareStats {
+    /// Block size of the counts below.
+    pub block_size: u32,
+    /// Blocks in all.
+    pub blocks: u64,
+    /// Free blocks.
+    pub blocks_free: u64,
+    /// Blocks free to unprivileged users.
+    pub blocks_available: u64,
+    /// Inodes in all.
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
+    /// Longest file name.
+    pub name_max: u32,
 }
 
 /// One entry of a directory listing.
@@ -83,4 +143,29 @@ pub trait Share: Send + Sync {
 
     /// Renames `from` to `to`, replacing a file at `to`.
     fn rename(&self, from: &SharePath, to: &SharePath) -> Result<(), ShareError>;
+
+    /// Up to `len` bytes of file `path` from `offset`; fewer at the end of the file.
+    fn read_at(&self, path: &SharePath, offset: u64, len: usize) -> Result<Vec<u8>, ShareError>;
+
+    /// Writes `data` into file `path` at `offset`.
+    fn write_at(&self, path: &SharePath, offset: u64, data: &[u8]) -> Result<(), ShareError>;
+
+    /// Creates an empty file `path` with permission bits `mode`; fails with
+    /// `AlreadyExists` if it exists.
+    fn create_file(&self, path: &SharePath, mode: u32) -> Result<(), ShareError>;
+
+    /// Changes attributes of `path` (never through a final symlink).
+    fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError>;
+
+    /// Creates symlink `path` pointing to `target`. Callers check where it points.
+    fn symlink(&self, path: &SharePath, target: &str) -> Result<(), ShareError>;
+
+    /// The target of symlink `path`.
+    fn read_link(&self, path: &SharePath) -> Result<String, ShareError>;
+
+    /// Makes the content of file `path` durable.
+    fn sync(&self, path: &SharePath) -> Result<(), ShareError>;
+
+    /// Space on the share.
+    fn stats(&self) -> Result<ShareStats, ShareError>;
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
-use crate::{DirEntry, FileKind, Metadata, Share, ShareError, SharePath};
+use crate::{
+    DirEntry, FileKind, Metadata, SetAttributes, SetTime, Share, ShareError, SharePath, ShareStats,
+};
 
 /// A share rooted at a local directory.
 #[derive(Debug)]
@@ -119,18 +121,35 @@ fn kind_of(file_type: FileType) -> FileKind {
     }
 }
 
+fn time_of(secs: i64, nsecs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nsecs.clamp(0, 999_999_999) as u32)
+}
+
 fn metadata_of(stat: &rfs::Stat) -> Metadata {
-    let modified = SystemTime::UNIX_EPOCH
-        + Duration::new(
-            stat.st_mtime.max(0) as u64,
-            stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
-        );
     Metadata {
         kind: kind_of(FileType::from_raw_mode(stat.st_mode)),
         size: stat.st_size.max(0) as u64,
+        allocated: stat.st_blocks.max(0) as u64 * 512,
         mode: stat.st_mode & 0o7777,
-        modified,
+        nlink: stat.st_nlink as u32,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        accessed: time_of(stat.st_atime, stat.st_atime_nsec as i64),
+        modified: time_of(stat.st_mtime, stat.st_mtime_nsec as i64),
+        changed: time_of(stat.st_ctime, stat.st_ctime_nsec as i64),
     }
+}
+
+fn timestamp(time: Option<SetTime>) -> rustix::fs::Timespec {
+    let (tv_sec, tv_nsec) = match time {
+        None => (0, rfs::UTIME_OMIT),
+        Some(SetTime::Now) => (0, rfs::UTIME_NOW),
+        Some(SetTime::At(t)) => {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            (d.as_secs() as _, d.subsec_nanos() as _)
+        }
+    };
+    rustix::fs::Timespec { tv_sec, tv_nsec }
 }
 
 impl Share for LocalShare {
@@ -234,6 +253,114 @@ impl Share for LocalShare {
             .and_then(|()| Self::sync_dir(&to_dir))
             .map_err(|e| ShareError::from_io(from, "rename", e))
     }
+
+    fn read_at(&self, path: &SharePath, offset: u64, len: usize) -> Result<Vec<u8>, ShareError> {
+        use std::os::unix::fs::FileExt;
+        let file = File::from(self.open_beneath(path, OFlags::RDONLY, "open")?);
+        let mut buf = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ShareError::from_io(path, "read", e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn write_at(&self, path: &SharePath, offset: u64, data: &[u8]) -> Result<(), ShareError> {
+        use std::os::unix::fs::FileExt;
+        let file = File::from(self.open_beneath(path, OFlags::WRONLY, "open")?);
+        file.write_all_at(data, offset)
+            .map_err(|e| ShareError::from_io(path, "write", e))
+    }
+
+    fn create_file(&self, path: &SharePath, mode: u32) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "create")?;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rfs::openat(&dir, name, flags, Mode::from_raw_mode(mode & 0o7777))
+            .map(drop)
+            .map_err(|e| ShareError::from_io(path, "create", e.into()))
+    }
+
+    fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError> {
+        let err = |op, e: rustix::io::Errno| ShareError::from_io(path, op, e.into());
+        let is_link = self.metadata(path)?.kind == FileKind::Symlink;
+        let (dir, name) = match path.split_last() {
+            Some((_, _)) => self
+                .parent(path, "set attributes")
+                .map(|(d, n)| (Some(d), n))?,
+            None => (None, "."),
+        };
+        let dir_fd = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+        if changes.uid.is_some() || changes.gid.is_some() {
+            let uid = changes.uid.map(rfs::Uid::from_raw);
+            let gid = changes.gid.map(rfs::Gid::from_raw);
+            rfs::chownat(dir_fd, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| err("chown", e))?;
+        }
+        if let Some(mode) = changes.mode {
+            if is_link {
+                return Err(err("chmod", rustix::io::Errno::OPNOTSUPP));
+            }
+            rfs::chmodat(
+                dir_fd,
+                name,
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| err("chmod", e))?;
+        }
+        if let Some(size) = changes.size {
+            let fd = self.open_beneath(path, OFlags::WRONLY | OFlags::NOFOLLOW, "truncate")?;
+            rfs::ftruncate(&fd, size).map_err(|e| err("truncate", e))?;
+        }
+        if changes.accessed.is_some() || changes.modified.is_some() {
+            let times = rfs::Timestamps {
+                last_access: timestamp(changes.accessed),
+                last_modification: timestamp(changes.modified),
+            };
+            rfs::utimensat(dir_fd, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| err("set times", e))?;
+        }
+        Ok(())
+    }
+
+    fn symlink(&self, path: &SharePath, target: &str) -> Result<(), ShareError> {
+        let (dir, name) = self.parent(path, "symlink")?;
+        rfs::symlinkat(target, &dir, name)
+            .map_err(|e| ShareError::from_io(path, "symlink", e.into()))
+    }
+
+    fn read_link(&self, path: &SharePath) -> Result<String, ShareError> {
+        let (dir, name) = self.parent(path, "readlink")?;
+        let target = rfs::readlinkat(&dir, name, Vec::new())
+            .map_err(|e| ShareError::from_io(path, "readlink", e.into()))?;
+        Ok(target.to_string_lossy().into_owned())
+    }
+
+    fn sync(&self, path: &SharePath) -> Result<(), ShareError> {
+        let fd = self.open_beneath(path, OFlags::RDONLY, "open")?;
+        rfs::fsync(&fd).map_err(|e| ShareError::from_io(path, "fsync", e.into()))
+    }
+
+    fn stats(&self) -> Result<ShareStats, ShareError> {
+        let s = rfs::fstatvfs(&self.root)
+            .map_err(|e| ShareError::from_io(&SharePath::root(), "statvfs", e.into()))?;
+        Ok(ShareStats {
+            block_size: s.f_frsize as u32,
+            blocks: s.f_blocks,
+            blocks_free: s.f_bfree,
+            blocks_available: s.f_bavail,
+            files: s.f_files,
+            files_free: s.f_ffree,
+            name_max: s.f_namemax as u32,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +441,49 @@ mod tests {
         // Replacing a symlink replaces the link, never the file it points to.
         share.write_atomic(&p("vm1/abs"), b"x").unwrap();
         assert_eq!(share.metadata(&p("vm1/abs")).unwrap().kind, FileKind::File);
+    }
+
+    #[test]
+    fn positioned_io_attributes_and_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = LocalShare::open(tmp.path()).unwrap();
+        share.create_file(&p("f"), 0o600).unwrap();
+        assert!(matches!(
+            share.create_file(&p("f"), 0o600),
+            Err(ShareError::AlreadyExists(_))
+        ));
+        share.write_at(&p("f"), 10, b"hello").unwrap();
+        assert_eq!(share.read_at(&p("f"), 8, 100).unwrap(), b"\0\0hello");
+        assert_eq!(share.read_at(&p("f"), 100, 10).unwrap(), b"");
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        share
+            .set_attributes(
+                &p("f"),
+                &SetAttributes {
+                    mode: Some(0o640),
+                    size: Some(12),
+                    modified: Some(SetTime::At(old)),
+                    ..SetAttributes::default()
+                },
+            )
+            .unwrap();
+        let md = share.metadata(&p("f")).unwrap();
+        assert_eq!((md.mode, md.size, md.modified), (0o640, 12, old));
+        share.symlink(&p("l"), "f").unwrap();
+        assert_eq!(share.read_link(&p("l")).unwrap(), "f");
+        assert_eq!(share.metadata(&p("l")).unwrap().kind, FileKind::Symlink);
+        // chmod never goes through a symlink (which might lead out of the share).
+        let err = share.set_attributes(
+            &p("l"),
+            &SetAttributes {
+                mode: Some(0o777),
+                ..Default::default()
+            },
+        );
+        assert!(err.is_err());
+        assert_eq!(share.metadata(&p("f")).unwrap().mode, 0o640);
+        share.sync(&p("f")).unwrap();
+        assert!(share.stats().unwrap().blocks > 0);
     }
 
     #[test]

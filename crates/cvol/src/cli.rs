@@ -44,9 +44,43 @@ pub enum Command {
     /// Create, list, resize, snapshot, clone and delete disks.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Mount the datastore as a file system container and serve it until SIGINT or
+    /// SIGTERM (or `cvol umount`): VM directories from the share, with every disk's
+    /// flat extent (<disk>-flat.vmdk) served from its volume.
+    Mount(MountArgs),
+    /// Unmount a container mounted by `cvol mount`.
+    Umount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
     /// Set up a ready-to-use datastore in DIR on embedded defaults (a local share and a
-    /// file pool) with a VM `demo` and its 1 GiB disk; reuses what is already there.
+    /// file pool) with a VM `demo` and its 1 GiB disk, mount it at DIR/mnt and serve it
+    /// until interrupted; reuses what is already there.
     Up(UpArgs),
+}
+
+/// How to serve a container.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve disks through the daemon even where the kernel could read and write their
+    /// pool files directly (FUSE passthrough, Linux >= 6.9).
+    #[arg(long, env = "CVOL_NO_PASSTHROUGH")]
+    pub no_passthrough: bool,
+    /// Threads serving file system requests.
+    #[arg(long, default_value_t = 4, env = "CVOL_THREADS")]
+    pub threads: usize,
+    /// Let other users (e.g. a hypervisor running as its own user) use the mount.
+    #[arg(long, env = "CVOL_ALLOW_OTHER")]
+    pub allow_other: bool,
+}
+
+/// `cvol mount`
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `cvol datastore …`
@@ -164,7 +198,12 @@ pub enum DiskCommand {
 /// `cvol up`
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Where to put the share and the pool.
+    /// Where to put the share, the pool and the mountpoint.
     #[arg(default_value = "cvol-demo")]
     pub dir: PathBuf,
+    /// Set up, print, and exit without mounting.
+    #[arg(long)]
+    pub no_mount: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }

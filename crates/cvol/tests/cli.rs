@@ -503,7 +503,7 @@ fn up_makes_a_demo_and_reuses_it() {
     let dir = tmp.path().join("demo");
     let up = || {
         let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
-            .args(["--json", "up"])
+            .args(["--json", "up", "--no-mount"])
             .arg(&dir)
             .output()
             .unwrap();

@@ -12,14 +12,12 @@ use crate::{BlockDevice, BlockError};
 /// An attached file-pool volume.
 pub struct FileBlockDevice {
     file: File,
-    size: u64,
 }
 
 impl FileBlockDevice {
     /// Wraps the open volume file.
-    pub fn new(file: File) -> io::Result<Self> {
-        let size = file.metadata()?.len();
-        Ok(Self { file, size })
+    pub fn new(file: File) -> Self {
+        Self { file }
     }
 
     fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> Result<(), Errno> {
@@ -32,7 +30,12 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 impl BlockDevice for FileBlockDevice {
     fn size(&self) -> u64 {
-        self.size
+        // Asked of the file each time: a resize through the provider shows at once.
+        self.file.metadata().map_or(0, |m| m.len())
+    }
+
+    fn backing_file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {

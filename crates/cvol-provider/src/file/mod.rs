@@ -476,7 +476,7 @@ impl Provider for FileProvider {
             .read(true)
             .write(true)
             .open(&data)
-            .and_then(FileBlockDevice::new)
+            .map(FileBlockDevice::new)
             .map_err(|e| self.io("open", &data, e))?;
         Ok(Attachment {
             volume: id.clone(),

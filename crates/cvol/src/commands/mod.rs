@@ -2,6 +2,7 @@
 
 mod datastore;
 mod disk;
+mod mount;
 mod up;
 mod vm;
 
@@ -84,6 +85,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Datastore(cmd) => datastore::run(&ctx, cmd),
         Command::Vm(cmd) => vm::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
         Command::Disk(cmd) => disk::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Mount(args) => mount::run(&ctx, &args).map(|()| ExitCode::SUCCESS),
+        Command::Umount { mountpoint } => {
+            cvol_container::unmount(&mountpoint)
+                .with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Up(args) => up::run(&ctx, &args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -44,13 +44,37 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     if ctx.json {
-        return crate::output::print_json(&serde_json::json!({
+        crate::output::print_json(&serde_json::json!({
             "datastore": ds.config().uuid.to_string(),
             "share": share_dir,
             "pool": pool_dir,
+            "mountpoint": (!args.no_mount).then(|| dir.join("mnt")),
             "vm": info,
-        }));
+        }))?;
+    } else {
+        print_summary(&ds, &share_dir, &pool_dir, &info);
     }
+    let share_arg = shell_path(&share_dir);
+    let mnt = dir.join("mnt");
+    if args.no_mount {
+        println!("next:");
+        println!("  cvol --share {share_arg} mount {}", shell_path(&mnt));
+        println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
+    let mnt_arg = shell_path(&mnt);
+    super::mount::serve(ds, &mnt, &args.serve, || {
+        println!("container mounted at {}; in another shell:", mnt.display());
+        println!("  ls -l {mnt_arg}/{DEMO_VM}");
+        println!("  qemu-img info {mnt_arg}/{DEMO_VM}/{DEMO_VM}.vmdk");
+        println!("  qemu-io -c 'write -P 0xab 0 1M' {mnt_arg}/{DEMO_VM}/{DEMO_VM}.vmdk");
+        println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
+        println!("stop with Ctrl-C (or: cvol umount {mnt_arg})");
+    })
+}
+
+fn print_summary(ds: &Datastore, share_dir: &Path, pool_dir: &Path, info: &cvol_datastore::VmInfo) {
     println!("datastore {} ({})", ds.config().name, ds.config().uuid);
     println!("  share (metadata): {}", share_dir.display());
     println!("  pool  (disks):    {}", pool_dir.display());
@@ -58,12 +82,6 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     println!("VM {} with {} disk(s):", info.name, info.disks.len());
     super::disk::print_disks(&info.disks);
     println!();
-    println!("next:");
-    let share_arg = shell_path(&share_dir);
-    println!("  cvol --share {share_arg} vm show {DEMO_VM}");
-    println!("  cvol --share {share_arg} datastore fsck");
-    println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
-    Ok(())
 }
 
 fn shell_path(path: &Path) -> String {

@@ -1,0 +1,993 @@
+//! The container's file system semantics, without FUSE (the `fuse` module adapts them).
+//!
+//! Every operation names nodes by inode number and says where it goes: a node is either
+//! a share entry (control plane: metadata files and directories) or the flat extent of
+//! a disk (data plane: its bytes are the attached volume). A flat extent `vm/X-flat.vmdk`
+//! exists exactly when `vm/X.vmdk` is a valid descriptor of this datastore naming it, or
+//! while a tool is writing a new disk there (see [`cvol_datastore::PendingDisk`]).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use cvol_datastore::{layout::CVOL_DIR, Datastore, DatastoreError, PendingDisk};
+use cvol_format::{CvolDisk, DiskName, ProviderId, VmName, VolumeId};
+use cvol_provider::BlockDevice;
+use cvol_share::{FileKind, Metadata, SetAttributes, SharePath, ShareStats};
+
+use crate::errno::Errno;
+use crate::inodes::{Inodes, ROOT};
+
+/// What a node is, as `stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// A node's attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: NodeKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last access.
+    pub atime: SystemTime,
+    /// Last modification.
+    pub mtime: SystemTime,
+    /// Last attribute change.
+    pub ctime: SystemTime,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: NodeKind,
+    /// Name.
+    pub name: String,
+}
+
+/// An open file.
+pub struct Opened {
+    /// The handle to pass back.
+    pub fh: u64,
+    /// A disk's device that has a backing file the kernel may use directly (FUSE
+    /// passthrough), when the mount allows it.
+    pub passthrough: Option<Arc<dyn BlockDevice>>,
+}
+
+/// Attribute changes asked for by `setattr`.
+pub type Changes = SetAttributes;
+
+/// The file system container.
+pub struct Container {
+    ds: Datastore,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    attached: Mutex<HashMap<VolumeId, Attached>>,
+    pending: Mutex<HashMap<SharePath, PendingDisk>>,
+}
+
+struct Attached {
+    provider: ProviderId,
+    device: Arc<dyn BlockDevice>,
+    opens: usize,
+    /// The descriptor whose size the volume must keep (none while a disk is pending).
+    descriptor: Option<SharePath>,
+}
+
+enum Handle {
+    Share {
+        path: SharePath,
+        created: bool,
+        wrote: bool,
+    },
+    Disk {
+        volume: VolumeId,
+        device: Arc<dyn BlockDevice>,
+    },
+    Pending {
+        path: SharePath,
+        volume: Option<(VolumeId, Arc<dyn BlockDevice>)>,
+    },
+    Dir,
+}
+
+/// Where a flat extent's bytes come from.
+enum Flat {
+    Disk {
+        vm: VmName,
+        disk: DiskName,
+        cvol: CvolDisk,
+        descriptor: Metadata,
+    },
+    Pending {
+        size: u64,
+    },
+}
+
+enum Node {
+    Share(Metadata),
+    Flat(Flat),
+}
+
+/// A name from the kernel, checked.
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    let name = name.to_str().ok_or(Errno::INVAL)?;
+    if name.len() > 255 {
+        return Err(Errno::NAMETOOLONG);
+    }
+    Ok(name)
+}
+
+fn kind_of(kind: FileKind) -> NodeKind {
+    match kind {
+        FileKind::Dir => NodeKind::Dir,
+        FileKind::Symlink => NodeKind::Symlink,
+        FileKind::File | FileKind::Other => NodeKind::File,
+    }
+}
+
+/// The VM and disk a path `vm/<disk>-flat.vmdk` would be the extent of.
+fn flat_names(path: &SharePath) -> Option<(VmName, DiskName)> {
+    let (parent, name) = path.split_last()?;
+    if parent.is_root() || parent.as_str().contains('/') {
+        return None;
+    }
+    Some((
+        VmName::new(parent.as_str()).ok()?,
+        DiskName::from_extent_file(name)?,
+    ))
+}
+
+/// The VM and disk a path `vm/<disk>.vmdk` would be the descriptor of.
+fn descriptor_names(path: &SharePath) -> Option<(VmName, DiskName)> {
+    let (parent, name) = path.split_last()?;
+    if parent.is_root()
+        || parent.as_str().contains('/')
+        || DiskName::from_extent_file(name).is_some()
+    {
+        return None;
+    }
+    Some((
+        VmName::new(parent.as_str()).ok()?,
+        DiskName::from_descriptor_file(name)?,
+    ))
+}
+
+/// True when a symlink in `dir` pointing to `target` resolves inside the share.
+fn stays_inside(dir: &SharePath, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') {
+        return false;
+    }
+    let mut depth = if dir.is_root() {
+        0
+    } else {
+        dir.as_str().split('/').count()
+    };
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." if depth == 0 => return false,
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+impl Container {
+    /// A container over `datastore`.
+    pub fn new(datastore: Datastore) -> Self {
+        Self {
+            ds: datastore,
+            inodes: Mutex::new(Inodes::default()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            attached: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The datastore behind the container.
+    pub fn datastore(&self) -> &Datastore {
+        &self.ds
+    }
+
+    fn path_of(&self, ino: u64) -> Result<SharePath, Errno> {
+        self.inodes
+            .lock()
+            .expect("inode lock")
+            .path(ino)
+            .cloned()
+            .ok_or(Errno::NOENT)
+    }
+
+    fn ino_of(&self, path: &SharePath) -> u64 {
+        self.inodes.lock().expect("inode lock").ino(path)
+    }
+
+    /// The path of `name` in directory `parent`; `.cvol` at the root does not exist here.
+    fn child(&self, parent: u64, name: &OsStr) -> Result<SharePath, Errno> {
+        let name = name_str(name)?;
+        if parent == ROOT && name == CVOL_DIR {
+            return Err(Errno::NOENT);
+        }
+        Ok(self.path_of(parent)?.join(name)?)
+    }
+
+    fn flat_at(&self, path: &SharePath) -> Option<Flat> {
+        let (vm, disk) = flat_names(path)?;
+        if let Some(p) = self.pending.lock().expect("pending lock").get(path) {
+            return Some(Flat::Pending { size: p.size() });
+        }
+        let descriptor_path = cvol_datastore::layout::descriptor_file(&vm, &disk);
+        match self.ds.read_descriptor(&descriptor_path) {
+            Ok((_, cvol)) if Some(cvol.extent_file.as_str()) == path.file_name() => {
+                let descriptor = self.ds.share().metadata(&descriptor_path).ok()?;
+                Some(Flat::Disk {
+                    vm,
+                    disk,
+                    cvol,
+                    descriptor,
+                })
+            }
+            Ok(_) => None,
+            Err(DatastoreError::Share(e)) if e.is_not_found() => None,
+            Err(e) => {
+                tracing::warn!("{path} is not served: {e}");
+                None
+            }
+        }
+    }
+
+    fn node(&self, path: &SharePath) -> Result<Node, Errno> {
+        match self.flat_at(path) {
+            Some(flat) => Ok(Node::Flat(flat)),
+            None => Ok(Node::Share(self.ds.share().metadata(path)?)),
+        }
+    }
+
+    fn attr(&self, path: &SharePath, node: &Node) -> Attr {
+        let ino = self.ino_of(path);
+        match node {
+            Node::Share(md) => Attr {
+                ino,
+                kind: kind_of(md.kind),
+                size: md.size,
+                blocks: md.allocated / 512,
+                perm: md.mode as u16,
+                nlink: md.nlink,
+                uid: md.uid,
+                gid: md.gid,
+                atime: md.accessed,
+                mtime: md.modified,
+                ctime: md.changed,
+            },
+            Node::Flat(flat) => {
+                let (size, md) = match flat {
+                    Flat::Disk {
+                        cvol, descriptor, ..
+                    } => (cvol.size, Some(descriptor)),
+                    Flat::Pending { size } => (*size, None),
+                };
+                let now = SystemTime::now();
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size,
+                    blocks: size / 512,
+                    perm: md.map_or(0o600, |m| (m.mode & 0o666) as u16),
+                    nlink: 1,
+                    uid: md.map_or(0, |m| m.uid),
+                    gid: md.map_or(0, |m| m.gid),
+                    atime: md.map_or(now, |m| m.accessed),
+                    mtime: md.map_or(now, |m| m.modified),
+                    ctime: md.map_or(now, |m| m.changed),
+                }
+            }
+        }
+    }
+
+    fn new_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handle lock").insert(fh, handle);
+        fh
+    }
+
+    /// Attaches `volume` for one more open (the first attaches it through the provider).
+    fn attach(
+        &self,
+        provider: &ProviderId,
+        volume: &VolumeId,
+        descriptor: Option<&SharePath>,
+    ) -> Result<Arc<dyn BlockDevice>, Errno> {
+        let mut attached = self.attached.lock().expect("attach lock");
+        if let Some(a) = attached.get_mut(volume) {
+            a.opens += 1;
+            return Ok(a.device.clone());
+        }
+        let attachment = self.ds.provider(provider)?.attach(volume, self.ds.host())?;
+        tracing::info!(%volume, host = self.ds.host(), "attached");
+        attached.insert(
+            volume.clone(),
+            Attached {
+                provider: provider.clone(),
+                device: attachment.device.clone(),
+                opens: 1,
+                descriptor: descriptor.cloned(),
+            },
+        );
+        Ok(attachment.device)
+    }
+
+    /// Ends one open of `volume`; the last one flushes and detaches it.
+    fn detach(&self, volume: &VolumeId) -> Result<(), Errno> {
+        let mut attached = self.attached.lock().expect("attach lock");
+        let Some(a) = attached.get_mut(volume) else {
+            return Ok(());
+        };
+        a.opens -= 1;
+        if a.opens > 0 {
+            return Ok(());
+        }
+        let a = attached.remove(volume).expect("present");
+        drop(attached);
+        self.close_volume(volume, &a)
+    }
+
+    /// Flushes and detaches a volume nobody has open any more.
+    fn close_volume(&self, volume: &VolumeId, a: &Attached) -> Result<(), Errno> {
+        let flushed = a.device.flush();
+        let provider = self.ds.provider(&a.provider)?;
+        if let Some(descriptor) = &a.descriptor {
+            self.trim_to_descriptor(&*provider, volume, descriptor, a.device.size());
+        }
+        provider.detach(volume, self.ds.host())?;
+        tracing::info!(%volume, "detached");
+        Ok(flushed?)
+    }
+
+    /// With passthrough the kernel writes a disk's pool file directly, so a write past
+    /// the end of the disk extends the file instead of failing. The disk's size is its
+    /// descriptor's: what lies beyond is cut off when the last open closes.
+    fn trim_to_descriptor(
+        &self,
+        provider: &dyn cvol_provider::Provider,
+        volume: &VolumeId,
+        descriptor: &SharePath,
+        size: u64,
+    ) {
+        let Ok((_, cvol)) = self.ds.read_descriptor(descriptor) else {
+            return;
+        };
+        if size > cvol.size {
+            tracing::warn!(
+                "{descriptor}: {} bytes were written past the end of the disk (through passthrough) and are dropped; mount with --no-passthrough to have such writes fail",
+                size - cvol.size
+            );
+            if let Err(e) = provider.resize_volume(volume, cvol.size, true) {
+                tracing::error!(
+                    "{descriptor}: cannot cut volume {volume} back to {} bytes: {e}",
+                    cvol.size
+                );
+            }
+        }
+    }
+
+    /// Looks `name` up in `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
+        let path = self.child(parent, name)?;
+        let node = self.node(&path)?;
+        Ok(self.attr(&path, &node))
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        let path = self.path_of(ino)?;
+        let node = self.node(&path)?;
+        Ok(self.attr(&path, &node))
+    }
+
+    /// Changes attributes. On a flat extent a size change resizes the disk, except that
+    /// truncating it to zero (what `cp` does to a file it overwrites) discards the whole
+    /// disk and keeps its size: a disk's size is its descriptor's, never zero.
+    pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, Errno> {
+        let path = self.path_of(ino)?;
+        match self.node(&path)? {
+            Node::Share(_) => self.ds.share().set_attributes(&path, changes)?,
+            Node::Flat(Flat::Pending { .. }) => {
+                if let Some(size) = changes.size {
+                    self.grow_pending(&path, size)?;
+                }
+            }
+            Node::Flat(Flat::Disk { vm, disk, cvol, .. }) => {
+                match changes.size {
+                    Some(0) => {
+                        let descriptor = cvol_datastore::layout::descriptor_file(&vm, &disk);
+                        let device =
+                            self.attach(&cvol.provider, &cvol.object, Some(&descriptor))?;
+                        let result = device.discard(0, device.size());
+                        self.detach(&cvol.object)?;
+                        result?;
+                    }
+                    Some(size) if size != cvol.size => {
+                        let size = size.div_ceil(512) * 512;
+                        self.ds.disk_resize(&vm, &disk, size, true)?;
+                    }
+                    _ => {}
+                }
+                let rest = SetAttributes {
+                    size: None,
+                    ..changes.clone()
+                };
+                if rest != SetAttributes::default() {
+                    self.ds.share().set_attributes(
+                        &cvol_datastore::layout::descriptor_file(&vm, &disk),
+                        &rest,
+                    )?;
+                }
+            }
+        }
+        self.getattr(ino)
+    }
+
+    fn grow_pending(&self, path: &SharePath, size: u64) -> Result<(), Errno> {
+        let mut pending = self.pending.lock().expect("pending lock");
+        let disk = pending.get_mut(path).ok_or(Errno::NOENT)?;
+        self.ds.grow_pending_disk(disk, size)?;
+        Ok(())
+    }
+
+    /// The entries of directory `ino`, flat extents included, `.cvol` excluded.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<Entry>, Errno> {
+        let dir = self.path_of(ino)?;
+        let mut entries = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for e in self.ds.share().read_dir(&dir)? {
+            if dir.is_root() && e.name == CVOL_DIR {
+                continue;
+            }
+            let Ok(path) = dir.join(&e.name) else {
+                continue;
+            };
+            if flat_names(&path).is_some() && self.flat_at(&path).is_some() {
+                continue; // a stray file on the share is shadowed by the disk's extent
+            }
+            if let Some((_, disk)) = descriptor_names(&path) {
+                let flat = dir.join(&disk.extent_file())?;
+                if let Ok((_, cvol)) = self.ds.read_descriptor(&path) {
+                    if cvol.extent_file == disk.extent_file()
+                        && names.insert(cvol.extent_file.clone())
+                    {
+                        entries.push(Entry {
+                            ino: self.ino_of(&flat),
+                            kind: NodeKind::File,
+                            name: cvol.extent_file,
+                        });
+                    }
+                }
+            }
+            if names.insert(e.name.clone()) {
+                entries.push(Entry {
+                    ino: self.ino_of(&path),
+                    kind: kind_of(e.kind),
+                    name: e.name,
+                });
+            }
+        }
+        let pending: Vec<SharePath> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .keys()
+            .cloned()
+            .collect();
+        for path in pending {
+            if let Some((parent, name)) = path.split_last() {
+                if parent == dir && names.insert(name.to_string()) {
+                    entries.push(Entry {
+                        ino: self.ino_of(&path),
+                        kind: NodeKind::File,
+                        name: name.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Creates directory `name` in `parent`.
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> Result<Attr, Errno> {
+        let path = self.child(parent, name)?;
+        self.ds.share().create_dir(&path)?;
+        self.ds.share().set_attributes(
+            &path,
+            &SetAttributes {
+                mode: Some(mode & 0o7777),
+                ..Default::default()
+            },
+        )?;
+        self.getattr(self.ino_of(&path))
+    }
+
+    /// Removes empty directory `name` from `parent`.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let path = self.child(parent, name)?;
+        self.ds.share().remove_dir(&path)?;
+        self.inodes.lock().expect("inode lock").remove(&path);
+        Ok(())
+    }
+
+    /// Creates and opens file `name` in `parent`. A new `<disk>-flat.vmdk` in a VM
+    /// directory starts a disk whose volume grows as it is written.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> Result<(Attr, Opened), Errno> {
+        let path = self.child(parent, name)?;
+        if let Some((vm, disk)) = flat_names(&path) {
+            if self.flat_at(&path).is_some() {
+                return Err(Errno::EXIST);
+            }
+            let pending = self.ds.begin_pending_disk(&vm, &disk)?;
+            tracing::info!(%path, volume = %pending.volume(), "new disk being written");
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .insert(path.clone(), pending);
+            let fh = self.new_handle(Handle::Pending {
+                path: path.clone(),
+                volume: None,
+            });
+            let attr = self.getattr(self.ino_of(&path))?;
+            return Ok((
+                attr,
+                Opened {
+                    fh,
+                    passthrough: None,
+                },
+            ));
+        }
+        self.ds.share().create_file(&path, mode)?;
+        let fh = self.new_handle(Handle::Share {
+            path: path.clone(),
+            created: true,
+            wrote: false,
+        });
+        let attr = self.getattr(self.ino_of(&path))?;
+        Ok((
+            attr,
+            Opened {
+                fh,
+                passthrough: None,
+            },
+        ))
+    }
+
+    /// Opens `ino`. Opening a disk's flat extent attaches its volume.
+    pub fn open(&self, ino: u64, truncate: bool) -> Result<Opened, Errno> {
+        let path = self.path_of(ino)?;
+        match self.node(&path)? {
+            Node::Share(md) if md.kind == FileKind::Dir => Ok(Opened {
+                fh: self.new_handle(Handle::Dir),
+                passthrough: None,
+            }),
+            Node::Share(_) => {
+                if truncate {
+                    self.ds.share().set_attributes(
+                        &path,
+                        &SetAttributes {
+                            size: Some(0),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                let fh = self.new_handle(Handle::Share {
+                    path,
+                    created: false,
+                    wrote: truncate,
+                });
+                Ok(Opened {
+                    fh,
+                    passthrough: None,
+                })
+            }
+            Node::Flat(Flat::Pending { .. }) => Ok(Opened {
+                fh: self.new_handle(Handle::Pending { path, volume: None }),
+                passthrough: None,
+            }),
+            Node::Flat(Flat::Disk { vm, disk, cvol, .. }) => {
+                let descriptor = cvol_datastore::layout::descriptor_file(&vm, &disk);
+                let device = self.attach(&cvol.provider, &cvol.object, Some(&descriptor))?;
+                if truncate {
+                    if let Err(e) = device.discard(0, device.size()) {
+                        self.detach(&cvol.object)?;
+                        return Err(e.into());
+                    }
+                }
+                let passthrough = device.backing_file().is_some().then(|| device.clone());
+                let fh = self.new_handle(Handle::Disk {
+                    volume: cvol.object.clone(),
+                    device,
+                });
+                Ok(Opened { fh, passthrough })
+            }
+        }
+    }
+
+    /// The device behind handle `fh` of a disk, attaching a pending disk's volume on
+    /// first use.
+    fn device(&self, fh: u64) -> Result<Option<Arc<dyn BlockDevice>>, Errno> {
+        let handles = self.handles.lock().expect("handle lock");
+        match handles.get(&fh).ok_or(Errno::BADF)? {
+            Handle::Disk { device, .. }
+            | Handle::Pending {
+                volume: Some((_, device)),
+                ..
+            } => Ok(Some(device.clone())),
+            Handle::Pending { .. } | Handle::Share { .. } | Handle::Dir => Ok(None),
+        }
+    }
+
+    fn share_path(&self, fh: u64) -> Result<SharePath, Errno> {
+        match self
+            .handles
+            .lock()
+            .expect("handle lock")
+            .get(&fh)
+            .ok_or(Errno::BADF)?
+        {
+            Handle::Share { path, .. } => Ok(path.clone()),
+            Handle::Dir => Err(Errno::ISDIR),
+            _ => Err(Errno::INVAL),
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        if let Some(device) = self.device(fh)? {
+            let end = (offset.saturating_add(u64::from(size))).min(device.size());
+            let mut buf = vec![0; end.saturating_sub(offset) as usize];
+            device.read_at(&mut buf, offset)?;
+            return Ok(buf);
+        }
+        if self.pending_path(fh)?.is_some() {
+            let device = self.pending_device(fh, 0)?;
+            return match device {
+                Some(device) => {
+                    let end = (offset.saturating_add(u64::from(size))).min(device.size());
+                    let mut buf = vec![0; end.saturating_sub(offset) as usize];
+                    device.read_at(&mut buf, offset)?;
+                    Ok(buf)
+                }
+                None => Ok(Vec::new()),
+            };
+        }
+        Ok(self
+            .ds
+            .share()
+            .read_at(&self.share_path(fh)?, offset, size as usize)?)
+    }
+
+    fn pending_path(&self, fh: u64) -> Result<Option<SharePath>, Errno> {
+        match self
+            .handles
+            .lock()
+            .expect("handle lock")
+            .get(&fh)
+            .ok_or(Errno::BADF)?
+        {
+            Handle::Pending { path, .. } => Ok(Some(path.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The device of pending handle `fh` after growing its disk to `size` bytes; `None`
+    /// while nothing was ever written.
+    fn pending_device(&self, fh: u64, size: u64) -> Result<Option<Arc<dyn BlockDevice>>, Errno> {
+        let path = self.pending_path(fh)?.ok_or(Errno::BADF)?;
+        let (provider, volume, created) = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let disk = pending.get_mut(&path).ok_or(Errno::NOENT)?;
+            if size > 0 {
+                self.ds.grow_pending_disk(disk, size)?;
+            }
+            (
+                disk.provider().clone(),
+                disk.volume().clone(),
+                disk.size() > 0,
+            )
+        };
+        if !created {
+            return Ok(None);
+        }
+        if let Some(device) = self.device(fh)? {
+            return Ok(Some(device));
+        }
+        let device = self.attach(&provider, &volume, None)?;
+        if let Some(Handle::Pending { volume: slot, .. }) =
+            self.handles.lock().expect("handle lock").get_mut(&fh)
+        {
+            *slot = Some((volume, device.clone()));
+        }
+        Ok(Some(device))
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::INVAL)?;
+        let device = match self.pending_path(fh)? {
+            Some(_) => self.pending_device(fh, end)?,
+            None => self.device(fh)?,
+        };
+        if let Some(device) = device {
+            device.write_at(data, offset)?;
+            return Ok(data.len() as u32);
+        }
+        let path = self.share_path(fh)?;
+        self.ds.share().write_at(&path, offset, data)?;
+        if let Some(Handle::Share { wrote, .. }) =
+            self.handles.lock().expect("handle lock").get_mut(&fh)
+        {
+            *wrote = true;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Makes what was written through `fh` durable.
+    pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        if let Some(device) = self.device(fh)? {
+            return Ok(device.flush()?);
+        }
+        match self.share_path(fh) {
+            Ok(path) => Ok(self.ds.share().sync(&path)?),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Punches a hole (`PUNCH_HOLE`), zeroes (`ZERO_RANGE`) or allocates (mode 0) in a
+    /// disk's flat extent; other files do not take fallocate.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
+        let end = offset.checked_add(len).ok_or(Errno::INVAL)?;
+        let device = match self.pending_path(fh)? {
+            Some(_) => self.pending_device(
+                fh,
+                if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+                    end
+                } else {
+                    0
+                },
+            )?,
+            None => self.device(fh)?,
+        };
+        let device = device.ok_or(Errno::NOTSUP)?;
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            Ok(device.discard(offset, len.min(device.size().saturating_sub(offset)))?)
+        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+            Ok(device.write_zeroes(offset, len)?)
+        } else if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {
+            // A disk is allocated as the provider sees fit; only the range is checked.
+            Ok(device.check_range(
+                offset,
+                if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+                    0
+                } else {
+                    len
+                },
+            )?)
+        } else {
+            Err(Errno::NOTSUP)
+        }
+    }
+
+    /// Closes `fh`. Closing the last handle of a disk detaches it; closing a descriptor
+    /// that was written makes it a disk of its own (see the module doc).
+    pub fn release(&self, fh: u64) -> Result<(), Errno> {
+        let handle = self
+            .handles
+            .lock()
+            .expect("handle lock")
+            .remove(&fh)
+            .ok_or(Errno::BADF)?;
+        match handle {
+            Handle::Disk { volume, .. }
+            | Handle::Pending {
+                volume: Some((volume, _)),
+                ..
+            } => self.detach(&volume),
+            Handle::Share {
+                path,
+                created,
+                wrote: true,
+            } => self.descriptor_written(&path, created),
+            _ => Ok(()),
+        }
+    }
+
+    /// A descriptor `vm/X.vmdk` was written: if a new disk's extent `X-flat.vmdk` is
+    /// pending, it is that disk's descriptor; if it is a new file naming an existing
+    /// volume, it is a copy and gets a clone of that volume.
+    fn descriptor_written(&self, path: &SharePath, created: bool) -> Result<(), Errno> {
+        let Some((vm, disk)) = descriptor_names(path) else {
+            return Ok(());
+        };
+        let flat = path
+            .split_last()
+            .expect("a descriptor has a parent")
+            .0
+            .join(&disk.extent_file())?;
+        let pending = self.pending.lock().expect("pending lock").remove(&flat);
+        if let Some(pending) = pending {
+            let cvol = self
+                .ds
+                .commit_pending_disk(pending)
+                .inspect_err(|e| tracing::error!("{path}: {e}"))?;
+            tracing::info!(%path, volume = %cvol.object, size = cvol.size, "new disk");
+        } else if created {
+            if let Some(cvol) = self.ds.adopt_copied_descriptor(&vm, &disk)? {
+                tracing::info!(%path, volume = %cvol.object, "copied descriptor got a clone of its volume");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `name` from `parent`. Removing a descriptor deletes its disk (volume
+    /// included); a disk's flat extent cannot be removed alone.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        let path = self.child(parent, name)?;
+        let pending = self.pending.lock().expect("pending lock").remove(&path);
+        if let Some(pending) = pending {
+            self.ds.abort_pending_disk(pending)?;
+        } else if self.flat_at(&path).is_some() {
+            tracing::warn!("{path}: a disk's extent goes with its descriptor; remove that instead");
+            return Err(Errno::PERM);
+        } else if let Some((vm, disk)) =
+            descriptor_names(&path).filter(|_| self.ds.read_descriptor(&path).is_ok())
+        {
+            let (_, cvol) = self.ds.read_descriptor(&path)?;
+            if self
+                .attached
+                .lock()
+                .expect("attach lock")
+                .contains_key(&cvol.object)
+            {
+                return Err(Errno::BUSY);
+            }
+            self.ds.disk_delete(&vm, &disk)?;
+        } else {
+            self.ds.share().remove_file(&path)?;
+        }
+        self.inodes.lock().expect("inode lock").remove(&path);
+        Ok(())
+    }
+
+    /// Renames; a descriptor takes its extent's name along, and flat extents do not move
+    /// alone. `noreplace` refuses an existing target.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        noreplace: bool,
+    ) -> Result<(), Errno> {
+        let from = self.child(parent, name)?;
+        let to = self.child(new_parent, new_name)?;
+        if self.flat_at(&from).is_some() || flat_names(&to).is_some() {
+            return Err(Errno::PERM);
+        }
+        if noreplace && self.node(&to).is_ok() {
+            return Err(Errno::EXIST);
+        }
+        match (descriptor_names(&from), descriptor_names(&to)) {
+            (Some(src), Some(dst)) if self.ds.read_descriptor(&from).is_ok() => {
+                self.ds.disk_rename((&src.0, &src.1), (&dst.0, &dst.1))?;
+            }
+            _ => self.ds.share().rename(&from, &to)?,
+        }
+        self.inodes.lock().expect("inode lock").rename(&from, &to);
+        Ok(())
+    }
+
+    /// Creates symlink `name` in `parent` to `target`, which must stay inside the share.
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &str) -> Result<Attr, Errno> {
+        let path = self.child(parent, name)?;
+        let dir = path.split_last().expect("a child has a parent").0;
+        if !stays_inside(&dir, target) {
+            tracing::warn!(
+                "{path}: refused a symlink to {target:?}, which leads outside the share"
+            );
+            return Err(Errno::PERM);
+        }
+        self.ds.share().symlink(&path, target)?;
+        self.getattr(self.ino_of(&path))
+    }
+
+    /// The target of symlink `ino`; one that leads outside the share is refused.
+    pub fn readlink(&self, ino: u64) -> Result<String, Errno> {
+        let path = self.path_of(ino)?;
+        let target = self.ds.share().read_link(&path)?;
+        let dir = path.split_last().map(|(d, _)| d).unwrap_or_default();
+        if !stays_inside(&dir, &target) {
+            tracing::warn!("{path}: symlink to {target:?} leads outside the share; not followed");
+            return Err(Errno::PERM);
+        }
+        Ok(target)
+    }
+
+    /// Space on the share.
+    pub fn statfs(&self) -> Result<ShareStats, Errno> {
+        Ok(self.ds.share().stats()?)
+    }
+
+    /// Gives up every disk still pending (its descriptor never came) and detaches
+    /// every volume: the end of a mount.
+    pub fn shutdown(&self) {
+        let pending: Vec<(SharePath, PendingDisk)> =
+            self.pending.lock().expect("pending lock").drain().collect();
+        for (path, disk) in pending {
+            tracing::warn!("{path}: no descriptor was written for this new disk; removing it");
+            if let Err(e) = self.ds.abort_pending_disk(disk) {
+                tracing::error!("{path}: {e}; 'cvol datastore fsck --repair' will remove it");
+            }
+        }
+        let attached: Vec<(VolumeId, Attached)> =
+            self.attached.lock().expect("attach lock").drain().collect();
+        for (volume, a) in attached {
+            if let Err(e) = self.close_volume(&volume, &a) {
+                tracing::error!(%volume, "could not flush and detach at unmount: errno {}", e.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_targets_must_stay_inside() {
+        let vm = SharePath::new("vm1").unwrap();
+        assert!(stays_inside(&vm, "vm1.vmx"));
+        assert!(stays_inside(&vm, "../vm2/disk.vmdk"));
+        assert!(!stays_inside(&vm, "../../etc/passwd"));
+        assert!(!stays_inside(&vm, "/etc/passwd"));
+        assert!(!stays_inside(&SharePath::root(), ".."));
+        assert!(stays_inside(&SharePath::root(), "vm1/./x/.."));
+    }
+
+    #[test]
+    fn flat_and_descriptor_names() {
+        let p = |s| SharePath::new(s).unwrap();
+        assert_eq!(flat_names(&p("vm1/d-flat.vmdk")).unwrap().1.as_str(), "d");
+        assert!(flat_names(&p("d-flat.vmdk")).is_none(), "not at the root");
+        assert!(
+            flat_names(&p("vm1/sub/d-flat.vmdk")).is_none(),
+            "not below a VM"
+        );
+        assert_eq!(descriptor_names(&p("vm1/d.vmdk")).unwrap().1.as_str(), "d");
+        assert!(descriptor_names(&p("vm1/d-flat.vmdk")).is_none());
+        assert!(descriptor_names(&p("vm1/d.vmx")).is_none());
+    }
+}

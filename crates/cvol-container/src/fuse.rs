@@ -1,0 +1,523 @@
+//! The kernel's side: `fuser` callbacks turned into [`Container`] calls, and errors into
+//! errnos. Nothing here decides anything about the datastore.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use cvol_share::{SetAttributes, SetTime};
+use fuser::{
+    BackingId, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::fs::{Attr, Container, NodeKind, Opened};
+use crate::Errno;
+
+/// How long the kernel may cache attributes and names. Other hosts change the share
+/// too, so this stays short, like the NFS client's default `acregmin`.
+const TTL: Duration = Duration::from_secs(1);
+
+struct Adapter {
+    container: Arc<Container>,
+    passthrough: AtomicBool,
+    /// Backing ids must outlive the opens that use them: kept until release.
+    backing: Mutex<HashMap<u64, BackingId>>,
+}
+
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::Now => SetTime::Now,
+    })
+}
+
+impl Adapter {
+    /// Replies to an open, through passthrough when the container offers a backing file.
+    fn reply_open(&self, opened: Opened, reply: ReplyOpen) {
+        if let Some(device) = opened
+            .passthrough
+            .filter(|_| self.passthrough.load(Ordering::Relaxed))
+        {
+            let file = device
+                .backing_file()
+                .expect("passthrough devices have a backing file");
+            match reply.open_backing(file) {
+                Ok(id) => {
+                    reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
+                    self.backing
+                        .lock()
+                        .expect("backing lock")
+                        .insert(opened.fh, id);
+                    return;
+                }
+                Err(e) => tracing::warn!(
+                    "passthrough refused by the kernel ({e}); serving through the daemon"
+                ),
+            }
+        }
+        reply.opened(FileHandle(opened.fh), FopenFlags::empty());
+    }
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if !ok {
+                tracing::warn!("this kernel has no FUSE passthrough (Linux >= 6.9); disk I/O goes through the daemon");
+            }
+            self.passthrough.store(ok, Ordering::Relaxed);
+        }
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.container.shutdown();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.container.lookup(parent.0, name) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.container.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = SetAttributes {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            accessed: set_time(atime),
+            modified: set_time(mtime),
+        };
+        match self.container.setattr(ino.0, &changes) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.container.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.container.mkdir(parent.0, name, mode & !umask) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.container.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.container.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = target
+            .to_str()
+            .ok_or(Errno::INVAL)
+            .and_then(|t| self.container.symlink(parent.0, link_name, t));
+        match result {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match self
+            .container
+            .rename(parent.0, name, newparent.0, newname, noreplace)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.container.open(ino.0, flags.0 & libc::O_TRUNC != 0) {
+            Ok(opened) => self.reply_open(opened, reply),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.container.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.container.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing.lock().expect("backing lock").remove(&fh.0);
+        match self.container.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.container.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.container.getattr(ino.0) {
+            Ok(attr) if attr.kind == NodeKind::Dir => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
+            Ok(_) => reply.error(fuser::Errno::ENOTDIR),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.container.readdir(ino.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let dots = [
+            (ino.0, FileType::Directory, "."),
+            (ino.0, FileType::Directory, ".."),
+        ];
+        let all = dots.into_iter().chain(
+            entries
+                .iter()
+                .map(|e| (e.ino, file_type(e.kind), e.name.as_str())),
+        );
+        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.container.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_available,
+                s.files,
+                s.files_free,
+                s.block_size,
+                s.name_max,
+                s.block_size,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self
+            .container
+            .create(parent.0, name, mode & !umask & 0o7777)
+        {
+            Ok((attr, opened)) => reply.created(
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+                FileHandle(opened.fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.container.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// A mounted container, served by background threads until unmounted.
+pub struct MountedContainer {
+    session: fuser::BackgroundSession,
+    mountpoint: PathBuf,
+}
+
+impl MountedContainer {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// True once the kernel side is gone (someone unmounted it).
+    pub fn is_finished(&self) -> bool {
+        self.session.guard.is_finished()
+    }
+
+    /// Unmounts and waits for the serving threads; the container flushes and detaches
+    /// every volume on the way out.
+    pub fn unmount(self) -> io::Result<()> {
+        if self.is_finished() {
+            self.session.join()
+        } else {
+            self.session.umount_and_join()
+        }
+    }
+}
+
+/// How a container is mounted.
+#[derive(Debug, Clone)]
+pub struct MountSettings {
+    /// Threads serving kernel requests.
+    pub threads: usize,
+    /// Ask the kernel for FUSE passthrough of disks backed by local files.
+    pub passthrough: bool,
+    /// Let users other than the mounting one in (a hypervisor running as its own user).
+    pub allow_other: bool,
+}
+
+/// Mounts `container` at `mountpoint`, an existing directory.
+pub fn mount(
+    container: Arc<Container>,
+    mountpoint: &Path,
+    settings: &MountSettings,
+) -> io::Result<MountedContainer> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("cvol:{}", container.datastore().config().name)),
+        MountOption::Subtype("cvol".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if settings.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(settings.threads.max(1));
+    config.clone_fd = true;
+    let adapter = Adapter {
+        container,
+        passthrough: AtomicBool::new(settings.passthrough),
+        backing: Mutex::new(HashMap::new()),
+    };
+    let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
+    Ok(MountedContainer {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// Unmounts whatever container is mounted at `mountpoint`, as `cvol umount` does.
+pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    match rustix_unmount(mountpoint) {
+        Ok(()) => Ok(()),
+        // Not root: the setuid helper may unmount our own mounts.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(mountpoint)
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "fusermount3 -u {} failed",
+                    mountpoint.display()
+                )))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn rustix_unmount(mountpoint: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path; umount2 reads it and nothing else.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,120 @@
+//! Inode numbers for share paths.
+//!
+//! The kernel names files by inode number; the share names them by path. Numbers are
+//! handed out on first sight and kept for the life of the mount (entries are dropped
+//! when the path goes away, not on FORGET): a datastore's metadata is thousands of files,
+//! and a stable number per path is what keeps the kernel's caches right across renames.
+
+use std::collections::HashMap;
+
+use cvol_share::SharePath;
+
+/// The root's inode number, fixed by FUSE.
+pub const ROOT: u64 = 1;
+
+/// Paths ↔ inode numbers.
+#[derive(Debug)]
+pub struct Inodes {
+    by_ino: HashMap<u64, SharePath>,
+    by_path: HashMap<SharePath, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Self {
+            by_ino: HashMap::from([(ROOT, SharePath::root())]),
+            by_path: HashMap::from([(SharePath::root(), ROOT)]),
+            next: ROOT + 1,
+        }
+    }
+}
+
+impl Inodes {
+    /// The path of `ino`.
+    pub fn path(&self, ino: u64) -> Option<&SharePath> {
+        self.by_ino.get(&ino)
+    }
+
+    /// The inode number of `path`, given one if it has none.
+    pub fn ino(&mut self, path: &SharePath) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ino.insert(ino, path.clone());
+        self.by_path.insert(path.clone(), ino);
+        ino
+    }
+
+    /// Forgets `path` and everything below it.
+    pub fn remove(&mut self, path: &SharePath) {
+        let gone: Vec<SharePath> = self
+            .by_path
+            .keys()
+            .filter(|p| is_within(p, path))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(ino) = self.by_path.remove(&p) {
+                self.by_ino.remove(&ino);
+            }
+        }
+    }
+
+    /// Moves `from` and everything below it to `to`, keeping their numbers; whatever
+    /// was at `to` is forgotten.
+    pub fn rename(&mut self, from: &SharePath, to: &SharePath) {
+        self.remove(to);
+        let moved: Vec<(SharePath, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| is_within(p, from))
+            .map(|(p, &ino)| (p.clone(), ino))
+            .collect();
+        for (old, ino) in moved {
+            let rest = &old.as_str()[from.as_str().len()..];
+            let new = SharePath::new(&format!("{}{rest}", to.as_str()))
+                .expect("a renamed valid path is valid");
+            self.by_path.remove(&old);
+            self.by_path.insert(new.clone(), ino);
+            self.by_ino.insert(ino, new);
+        }
+    }
+}
+
+/// True when `path` is `dir` or below it.
+fn is_within(path: &SharePath, dir: &SharePath) -> bool {
+    let (p, d) = (path.as_str(), dir.as_str());
+    p == d || (p.starts_with(d) && p.as_bytes().get(d.len()) == Some(&b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> SharePath {
+        SharePath::new(s).unwrap()
+    }
+
+    #[test]
+    fn renames_carry_children_and_keep_numbers() {
+        let mut inodes = Inodes::default();
+        let vm = inodes.ino(&p("vm1"));
+        let vmx = inodes.ino(&p("vm1/vm1.vmx"));
+        let other = inodes.ino(&p("vm10/x"));
+        assert_eq!(inodes.ino(&p("vm1")), vm);
+        inodes.rename(&p("vm1"), &p("vm2"));
+        assert_eq!(inodes.path(vm), Some(&p("vm2")));
+        assert_eq!(inodes.path(vmx), Some(&p("vm2/vm1.vmx")));
+        assert_eq!(
+            inodes.path(other),
+            Some(&p("vm10/x")),
+            "a sibling with a common prefix stays"
+        );
+        inodes.remove(&p("vm2"));
+        assert_eq!(inodes.path(vmx), None);
+        assert_eq!(inodes.path(ROOT), Some(&SharePath::root()));
+    }
+}

@@ -1,0 +1,80 @@
+//! `cvol mount`: the host daemon serving a file system container in the foreground.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use cvol_container::{Container, MountSettings};
+use cvol_datastore::Datastore;
+
+use super::Context;
+use crate::cli::{MountArgs, ServeArgs};
+
+pub fn run(ctx: &Context, args: &MountArgs) -> anyhow::Result<()> {
+    serve(ctx.datastore()?, &args.mountpoint, &args.serve, || {})
+}
+
+/// Mounts `datastore` at `mountpoint`, calls `ready`, and serves until a signal or an
+/// outside unmount; then unmounts, flushing and detaching every volume.
+pub fn serve(
+    datastore: Datastore,
+    mountpoint: &Path,
+    args: &ServeArgs,
+    ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    let signals = block_termination_signals();
+    let container = Arc::new(Container::new(datastore));
+    let settings = MountSettings {
+        threads: args.threads,
+        passthrough: !args.no_passthrough,
+        allow_other: args.allow_other,
+    };
+    let mounted = cvol_container::mount(container, mountpoint, &settings)
+        .with_context(|| format!("cannot mount the container at {}", mountpoint.display()))?;
+    tracing::info!("serving {}", mountpoint.display());
+    ready();
+    loop {
+        if let Some(signal) = wait_signal(&signals, Duration::from_millis(200)) {
+            tracing::info!("signal {signal}: unmounting {}", mountpoint.display());
+            break;
+        }
+        if mounted.is_finished() {
+            tracing::info!("{} was unmounted", mountpoint.display());
+            break;
+        }
+    }
+    mounted
+        .unmount()
+        .with_context(|| format!("unmounting {}", mountpoint.display()))
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts after, so
+/// that [`wait_signal`] receives them instead of the default action killing the process
+/// with the mount still up.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use; the mask is
+    // changed for this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` was built by block_termination_signals; a null siginfo is allowed.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (signal > 0).then_some(signal)
+}
