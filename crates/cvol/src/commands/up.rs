@@ -57,6 +57,9 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     let share_arg = shell_path(&share_dir);
     let mnt = dir.join("mnt");
     if args.no_mount {
+        if ctx.json {
+            return Ok(());
+        }
         println!("next:");
         println!("  cvol --share {share_arg} mount {}", shell_path(&mnt));
         println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
