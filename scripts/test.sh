@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: qemu-img/qemu-io (qemu-utils).
-packages=(qemu-utils)
+# Debian packages the tests drive for real: qemu-img and qemu-io (qemu-utils), the FUSE
+# helpers (fuse3), fio.
+packages=(qemu-utils fuse3 fio)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -117,6 +117,8 @@ enum Handle {
 }
 
 /// Where a flat extent's bytes come from.
+// Built per request and dropped at once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Flat {
     Disk {
         vm: VmName,
@@ -227,7 +229,17 @@ impl Container {
     }
 
     fn ino_of(&self, path: &SharePath) -> u64 {
-        self.inodes.lock().expect("inode lock").ino(path)
+        let mut inodes = self.inodes.lock().expect("inode lock");
+        // A disk's extent is numbered before its descriptor: `cp -r` copies a directory
+        // in inode order, and must create the extent first, so that the copy's volume is
+        // filled by cp instead of cloned and then written over.
+        if let Some((_, disk)) = descriptor_names(path) {
+            let parent = path.split_last().expect("a descriptor has a parent").0;
+            if let Ok(flat) = parent.join(&disk.extent_file()) {
+                inodes.ino(&flat);
+            }
+        }
+        inodes.ino(path)
     }
 
     /// The path of `name` in directory `parent`; `.cvol` at the root does not exist here.
@@ -344,7 +356,9 @@ impl Container {
         Ok(attachment.device)
     }
 
-    /// Ends one open of `volume`; the last one flushes and detaches it.
+    /// Ends one open of `volume`; the last one flushes and detaches it. The map stays
+    /// locked throughout, so that an open racing with the last close finds the volume
+    /// either still attached or fully detached.
     fn detach(&self, volume: &VolumeId) -> Result<(), Errno> {
         let mut attached = self.attached.lock().expect("attach lock");
         let Some(a) = attached.get_mut(volume) else {
@@ -355,7 +369,6 @@ impl Container {
             return Ok(());
         }
         let a = attached.remove(volume).expect("present");
-        drop(attached);
         self.close_volume(volume, &a)
     }
 
@@ -801,8 +814,35 @@ impl Container {
         }
     }
 
-    /// Closes `fh`. Closing the last handle of a disk detaches it; closing a descriptor
-    /// that was written makes it a disk of its own (see the module doc).
+    /// A `close()` of `fh`, synchronous with it (unlike release): a descriptor that was
+    /// written becomes a disk of its own here, so that the tool that wrote it finds the
+    /// disk complete as soon as its `close()` returns.
+    pub fn flush(&self, fh: u64) -> Result<(), Errno> {
+        let written = {
+            let mut handles = self.handles.lock().expect("handle lock");
+            match handles.get_mut(&fh).ok_or(Errno::BADF)? {
+                Handle::Share {
+                    path,
+                    created,
+                    wrote,
+                } if *wrote => {
+                    let written = (path.clone(), *created);
+                    // A second close of a dup'ed descriptor must not clone again.
+                    (*created, *wrote) = (false, false);
+                    written
+                }
+                Handle::Pending { path, .. } => {
+                    let path = path.clone();
+                    drop(handles);
+                    return self.commit_if_described(&path);
+                }
+                _ => return Ok(()),
+            }
+        };
+        self.descriptor_written(&written.0, written.1)
+    }
+
+    /// Forgets `fh`. Releasing the last handle of a disk detaches its volume.
     pub fn release(&self, fh: u64) -> Result<(), Errno> {
         let handle = self
             .handles
@@ -816,18 +856,13 @@ impl Container {
                 volume: Some((volume, _)),
                 ..
             } => self.detach(&volume),
-            Handle::Share {
-                path,
-                created,
-                wrote: true,
-            } => self.descriptor_written(&path, created),
             _ => Ok(()),
         }
     }
 
-    /// A descriptor `vm/X.vmdk` was written: if a new disk's extent `X-flat.vmdk` is
-    /// pending, it is that disk's descriptor; if it is a new file naming an existing
-    /// volume, it is a copy and gets a clone of that volume.
+    /// A descriptor `vm/X.vmdk` was written and closed: if a new disk's extent
+    /// `X-flat.vmdk` is pending, it is that disk's descriptor; if it is a new file naming
+    /// an existing volume, it is a copy and gets a clone of that volume.
     fn descriptor_written(&self, path: &SharePath, created: bool) -> Result<(), Errno> {
         let Some((vm, disk)) = descriptor_names(path) else {
             return Ok(());
@@ -837,18 +872,48 @@ impl Container {
             .expect("a descriptor has a parent")
             .0
             .join(&disk.extent_file())?;
-        let pending = self.pending.lock().expect("pending lock").remove(&flat);
-        if let Some(pending) = pending {
-            let cvol = self
-                .ds
-                .commit_pending_disk(pending)
-                .inspect_err(|e| tracing::error!("{path}: {e}"))?;
-            tracing::info!(%path, volume = %cvol.object, size = cvol.size, "new disk");
+        if self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .contains_key(&flat)
+        {
+            self.commit_if_described(&flat)?;
         } else if created {
             if let Some(cvol) = self.ds.adopt_copied_descriptor(&vm, &disk)? {
                 tracing::info!(%path, volume = %cvol.object, "copied descriptor got a clone of its volume");
             }
         }
+        Ok(())
+    }
+
+    /// Completes the pending disk whose extent is `flat` if its descriptor is there and
+    /// names it: tools write the extent and the descriptor in either order.
+    fn commit_if_described(&self, flat: &SharePath) -> Result<(), Errno> {
+        let Some((vm, disk)) = flat_names(flat) else {
+            return Ok(());
+        };
+        let path = cvol_datastore::layout::descriptor_file(&vm, &disk);
+        let describes_it = self
+            .ds
+            .share()
+            .read(&path)
+            .ok()
+            .and_then(|bytes| {
+                cvol_format::Descriptor::parse(&String::from_utf8_lossy(&bytes), path.as_str()).ok()
+            })
+            .is_some_and(|d| d.extents().any(|e| e.file == disk.extent_file()));
+        if !describes_it {
+            return Ok(());
+        }
+        let Some(pending) = self.pending.lock().expect("pending lock").remove(flat) else {
+            return Ok(());
+        };
+        let cvol = self
+            .ds
+            .commit_pending_disk(pending)
+            .inspect_err(|e| tracing::error!("{path}: {e}"))?;
+        tracing::info!(%path, volume = %cvol.object, size = cvol.size, "new disk");
         Ok(())
     }
 

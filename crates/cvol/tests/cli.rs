@@ -1,129 +1,11 @@
 //! The `cvol` binary as a user runs it: every command, every bad input, a real crash.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    share: PathBuf,
-    pool: PathBuf,
-}
-
-impl Env {
-    /// Empty share and pool folders.
-    fn empty() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let share = tmp.path().join("share");
-        let pool = tmp.path().join("pool");
-        std::fs::create_dir_all(&share).unwrap();
-        std::fs::create_dir_all(&pool).unwrap();
-        Self {
-            _tmp: tmp,
-            share,
-            pool,
-        }
-    }
-
-    /// A datastore with one file provider `pool`.
-    fn datastore() -> Self {
-        let env = Self::empty();
-        let provider = format!("pool=file:{}", env.pool.display());
-        env.ok(&[
-            "datastore",
-            "create",
-            "--name",
-            "ds1",
-            "--provider",
-            &provider,
-        ]);
-        env
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_with_env(args, &[])
-    }
-
-    fn run_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cvol"))
-            .arg("--share")
-            .arg(&self.share)
-            .args(args)
-            .envs(vars.iter().copied())
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "cvol {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs a command that must fail with one line on stderr; returns that line.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8(out.stderr).unwrap();
-        assert!(!out.status.success(), "cvol {args:?} succeeded");
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "cvol {args:?}: not one line: {stderr}"
-        );
-        stderr.trim_end().to_string()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
-    fn volume_file(&self, vm_disk: &str) -> PathBuf {
-        let (vm, disk) = vm_disk.split_once('/').unwrap();
-        let disks = self.json(&["disk", "list", vm]);
-        let disk = disks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == disk)
-            .unwrap();
-        self.pool
-            .join("volumes")
-            .join(disk["volume"].as_str().unwrap())
-            .join("data")
-    }
-
-    fn volumes(&self) -> usize {
-        std::fs::read_dir(self.pool.join("volumes"))
-            .unwrap()
-            .count()
-    }
-
-    /// Every file and directory below the share, with contents.
-    fn snapshot_share(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.share.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path.clone());
-                    out.push((path, Vec::new()));
-                } else {
-                    out.push((path.clone(), std::fs::read(&path).unwrap()));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-}
+use common::{cvol, tool, Env};
 
 #[test]
 fn create_list_delete_a_vm() {
@@ -231,7 +113,7 @@ fn qemu_opens_the_descriptor_with_the_volume_as_its_extent() {
     std::os::unix::fs::symlink(env.volume_file("demo/demo"), dir.join("demo-flat.vmdk")).unwrap();
     let vmdk = dir.join("demo.vmdk");
 
-    let info = qemu(
+    let info = tool(
         "qemu-img",
         &["info", "--output=json", vmdk.to_str().unwrap()],
     );
@@ -239,8 +121,8 @@ fn qemu_opens_the_descriptor_with_the_volume_as_its_extent() {
     assert_eq!(info["format"], "vmdk");
     assert_eq!(info["virtual-size"], 64 << 20);
     assert_eq!(info["format-specific"]["data"]["create-type"], "vmfs");
-    qemu("qemu-img", &["check", vmdk.to_str().unwrap()]);
-    qemu(
+    tool("qemu-img", &["check", vmdk.to_str().unwrap()]);
+    tool(
         "qemu-io",
         &["-c", "write -P 0x5a 1M 64k", vmdk.to_str().unwrap()],
     );
@@ -254,18 +136,6 @@ fn qemu_opens_the_descriptor_with_the_volume_as_its_extent() {
     std::fs::copy(&vmdk, env.share.join("demo/demo.vmdk")).unwrap();
     let disks = env.json(&["disk", "list", "demo"]);
     assert_eq!(disks[0]["problem"], serde_json::Value::Null, "{disks}");
-}
-
-fn qemu(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
-        panic!("{tool} is needed for this test (apt-get install qemu-utils): {e}")
-    });
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -478,7 +348,7 @@ fn shares_and_pools_that_cannot_serve() {
         "a refused create writes nothing"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
+    let out = cvol()
         .args(["--share", "/nonexistent/share", "vm", "list"])
         .output()
         .unwrap();
@@ -487,11 +357,7 @@ fn shares_and_pools_that_cannot_serve() {
         !out.status.success() && err.contains("/nonexistent/share"),
         "{err}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
-        .args(["vm", "list"])
-        .env_remove("CVOL_SHARE")
-        .output()
-        .unwrap();
+    let out = cvol().args(["vm", "list"]).output().unwrap();
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .contains("pass --share PATH or set CVOL_SHARE"));
@@ -502,7 +368,7 @@ fn up_makes_a_demo_and_reuses_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let up = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_cvol"))
+        let out = cvol()
             .args(["--json", "up", "--no-mount"])
             .arg(&dir)
             .output()

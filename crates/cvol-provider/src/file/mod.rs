@@ -246,6 +246,40 @@ impl FileProvider {
         sync_dir(&volumes).map_err(|e| self.io("sync", &volumes, e))
     }
 
+    /// Makes `host` the holder of volume `id` (in `dir`), or says who holds it.
+    fn claim(&self, id: &VolumeId, dir: &Path, host: &str) -> Result<(), ProviderError> {
+        let record = dir.join(ATTACHMENT);
+        // Written aside and hard-linked into place: the link fails if a record exists,
+        // and a record is never seen empty by a racing host.
+        let staged = self
+            .pool
+            .join(STAGING)
+            .join(format!("{id}.attach-{}", uuid::Uuid::new_v4().simple()));
+        write_synced(&staged, host.as_bytes()).map_err(|e| self.io("write", &staged, e))?;
+        let result = loop {
+            match fs::hard_link(&staged, &record) {
+                Ok(()) => break sync_dir(dir).map_err(|e| self.io("sync", dir, e)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    match self.attachment_holder(dir)? {
+                        Some(holder) if holder == host => break Ok(()),
+                        Some(holder) => {
+                            break Err(ProviderError::AttachedElsewhere {
+                                provider: self.id.to_string(),
+                                volume: id.to_string(),
+                                holder,
+                            })
+                        }
+                        // Detached between the link and the read: try again.
+                        None => continue,
+                    }
+                }
+                Err(e) => break Err(self.io("attach", &record, e)),
+            }
+        };
+        let _ = fs::remove_file(&staged);
+        result
+    }
+
     fn attachment_holder(&self, dir: &Path) -> Result<Option<String>, ProviderError> {
         let path = dir.join(ATTACHMENT);
         match fs::read_to_string(&path) {
@@ -447,30 +481,7 @@ impl Provider for FileProvider {
 
     fn attach(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
         let dir = self.existing(id)?;
-        let record = dir.join(ATTACHMENT);
-        // Written aside and hard-linked into place: the link fails if a record exists,
-        // and a record is never seen empty by a racing host.
-        let staged = self
-            .pool
-            .join(STAGING)
-            .join(format!("{id}.attach-{}", uuid::Uuid::new_v4().simple()));
-        write_synced(&staged, host.as_bytes()).map_err(|e| self.io("write", &staged, e))?;
-        let linked = fs::hard_link(&staged, &record);
-        let _ = fs::remove_file(&staged);
-        match linked {
-            Ok(()) => sync_dir(&dir).map_err(|e| self.io("sync", &dir, e))?,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                let holder = self.attachment_holder(&dir)?.unwrap_or_default();
-                if holder != host {
-                    return Err(ProviderError::AttachedElsewhere {
-                        provider: self.id.to_string(),
-                        volume: id.to_string(),
-                        holder,
-                    });
-                }
-            }
-            Err(e) => return Err(self.io("attach", &record, e)),
-        }
+        self.claim(id, &dir, host)?;
         let data = dir.join(DATA);
         let device = File::options()
             .read(true)

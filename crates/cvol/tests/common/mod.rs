@@ -1,0 +1,272 @@
+//! What the binary's tests share: a datastore in a temporary folder, and a mounted container.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `cvol` binary under test.
+pub fn cvol() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cvol"));
+    command.env_remove("RUST_LOG").env_remove("CVOL_SHARE");
+    command
+}
+
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub share: PathBuf,
+    pub pool: PathBuf,
+}
+
+impl Env {
+    /// Empty share and pool folders.
+    pub fn empty() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tmp.path().join("share");
+        let pool = tmp.path().join("pool");
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::create_dir_all(&pool).unwrap();
+        Self { tmp, share, pool }
+    }
+
+    /// A datastore with one file provider `pool`.
+    pub fn datastore() -> Self {
+        let env = Self::empty();
+        let provider = format!("pool=file:{}", env.pool.display());
+        env.ok(&[
+            "datastore",
+            "create",
+            "--name",
+            "ds1",
+            "--provider",
+            &provider,
+        ]);
+        env
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    pub fn run_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        cvol()
+            .arg("--share")
+            .arg(&self.share)
+            .args(args)
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cvol {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail with one line on stderr; returns that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success(), "cvol {args:?} succeeded");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "cvol {args:?}: not one line: {stderr}"
+        );
+        stderr.trim_end().to_string()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    pub fn volume_file(&self, vm_disk: &str) -> PathBuf {
+        let (vm, disk) = vm_disk.split_once('/').unwrap();
+        let disks = self.json(&["disk", "list", vm]);
+        let disk = disks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == disk)
+            .unwrap();
+        self.pool
+            .join("volumes")
+            .join(disk["volume"].as_str().unwrap())
+            .join("data")
+    }
+
+    pub fn volumes(&self) -> usize {
+        std::fs::read_dir(self.pool.join("volumes"))
+            .unwrap()
+            .count()
+    }
+
+    /// Every file and directory below the share, with contents.
+    pub fn snapshot_share(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.share.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                    out.push((path, Vec::new()));
+                } else {
+                    out.push((path.clone(), std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// A `cvol mount` process serving a container until dropped.
+pub struct Mounted {
+    child: Option<Child>,
+    pub mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl Env {
+    /// Mounts the datastore at `<tmp>/mnt`, with or without passthrough.
+    pub fn mount(&self, passthrough: bool) -> Mounted {
+        let mnt = self.tmp.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let log = self
+            .tmp
+            .path()
+            .join(format!("mount-{}.log", std::process::id()));
+        let mut command = cvol();
+        command
+            .arg("--share")
+            .arg(&self.share)
+            .args(["-v", "mount"])
+            .arg(&mnt);
+        if !passthrough {
+            command.arg("--no-passthrough");
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut mounted = Mounted {
+            child: Some(child),
+            mnt,
+            log,
+        };
+        mounted.wait_until_mounted();
+        mounted
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let needle = format!(" {} ", path.display());
+    mounts
+        .lines()
+        .any(|l| l.contains(&needle) && l.contains(" cvol:"))
+}
+
+impl Mounted {
+    fn wait_until_mounted(&mut self) {
+        let start = Instant::now();
+        while !is_mounted(&self.mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cvol mount exited with {status}: {}", self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not mounted after 20 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A path inside the container.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Unmounts with `cvol umount` and waits for the daemon to exit cleanly; returns its log.
+    pub fn stop(mut self) -> String {
+        self.shut_down();
+        self.log()
+    }
+
+    fn shut_down(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let out = cvol().arg("umount").arg(&self.mnt).output().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "cvol mount exited with {status}: {}",
+                    self.log()
+                );
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!(
+                    "cvol mount did not exit after umount ({:?}): {}",
+                    out,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!is_mounted(&self.mnt));
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(mut child) = self.child.take() {
+                let _ = cvol().arg("umount").arg(&self.mnt).output();
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("daemon log:\n{}", self.log());
+            }
+        } else {
+            self.shut_down();
+        }
+    }
+}
+
+/// Runs a tool that must exist and succeed; returns its stdout.
+pub fn tool(name: &str, args: &[&str]) -> String {
+    let out = tool_output(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a tool that must exist; returns what it did.
+pub fn tool_output(name: &str, args: &[&str]) -> Output {
+    Command::new(name).args(args).output().unwrap_or_else(|e| {
+        panic!("{name} is needed by this test (./scripts/test.sh installs it): {e}")
+    })
+}

@@ -1,0 +1,355 @@
+//! The file system container, mounted for real through the kernel's FUSE, driven by
+//! the tools a hypervisor host uses: qemu-img, qemu-io, fio, cp, rm, ln.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::{tool, tool_output, Env};
+
+fn demo(disk: &str) -> Env {
+    let env = Env::datastore();
+    env.ok(&["vm", "create", "demo", "--disk", disk]);
+    env
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn assert_pattern_ok(out: &str) {
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+}
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container() {
+    for passthrough in [true, false] {
+        let env = demo("64M");
+        let m = env.mount(passthrough);
+        let vmdk = m.path("demo/demo.vmdk");
+        let info: serde_json::Value =
+            serde_json::from_str(&tool("qemu-img", &["info", "--output=json", s(&vmdk)])).unwrap();
+        assert_eq!(info["format"], "vmdk");
+        assert_eq!(info["virtual-size"], 64 << 20);
+        tool("qemu-img", &["check", s(&vmdk)]);
+        let out = tool(
+            "qemu-io",
+            &[
+                "-c",
+                "write -P 0x5a 0 1M",
+                "-c",
+                "write -P 0xa5 40M 64k",
+                "-c",
+                "flush",
+                s(&vmdk),
+            ],
+        );
+        assert!(out.contains("wrote 65536/65536"), "{out}");
+        drop(m);
+
+        let m = env.mount(passthrough);
+        let vmdk = m.path("demo/demo.vmdk");
+        let out = tool(
+            "qemu-io",
+            &[
+                "-r",
+                "-c",
+                "read -P 0x5a 0 1M",
+                "-c",
+                "read -P 0xa5 40M 64k",
+                "-c",
+                "read -P 0 1M 39M",
+                s(&vmdk),
+            ],
+        );
+        assert_pattern_ok(&out);
+        let raw = env.tmp.path().join("copy.raw");
+        tool("qemu-img", &["convert", "-O", "raw", s(&vmdk), s(&raw)]);
+        tool(
+            "qemu-img",
+            &["compare", "-f", "vmdk", "-F", "raw", s(&vmdk), s(&raw)],
+        );
+        let pool_bytes = std::fs::read(env.volume_file("demo/demo")).unwrap();
+        assert!(
+            std::fs::read(&raw).unwrap() == pool_bytes,
+            "the bytes are the pool volume's"
+        );
+        assert!(pool_bytes[40 << 20..(40 << 20) + 65536]
+            .iter()
+            .all(|&b| b == 0xa5));
+        assert!(
+            !env.share.join("demo/demo-flat.vmdk").exists(),
+            "no flat file on the share"
+        );
+        let names: Vec<String> = std::fs::read_dir(m.path("demo"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.contains(&"demo-flat.vmdk".to_string()));
+        let log = m.stop();
+        assert!(log.contains("detached"), "{log}");
+        assert_eq!(
+            env.json(&["disk", "list", "demo"])[0]["attached_to"],
+            serde_json::Value::Null
+        );
+    }
+}
+
+#[test]
+fn fio_verifies_data_through_the_container() {
+    for passthrough in [true, false] {
+        let env = demo("64M");
+        let m = env.mount(passthrough);
+        let flat = m.path("demo/demo-flat.vmdk");
+        let out = tool(
+            "fio",
+            &[
+                "--name=verify",
+                &format!("--filename={}", s(&flat)),
+                "--rw=randwrite",
+                "--bs=4k",
+                "--size=32M",
+                "--ioengine=psync",
+                "--verify=crc32c",
+                "--do_verify=1",
+                "--verify_fatal=1",
+                "--output-format=terse",
+            ],
+        );
+        assert!(!out.contains("verify:"), "{out}");
+        drop(m);
+        // Read back after a remount: the data lives in the volume, not in a cache.
+        let m = env.mount(passthrough);
+        let out = tool(
+            "fio",
+            &[
+                "--name=verify",
+                &format!("--filename={}", s(&m.path("demo/demo-flat.vmdk"))),
+                "--rw=randwrite",
+                "--bs=4k",
+                "--size=32M",
+                "--ioengine=psync",
+                "--verify=crc32c",
+                "--verify_only",
+                "--verify_fatal=1",
+            ],
+        );
+        assert!(out.contains("verify"), "{out}");
+    }
+}
+
+#[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it() {
+    let env = demo("1M");
+    let m = env.mount(true);
+    let new = m.path("demo/new.vmdk");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            s(&new),
+            "128M",
+        ],
+    );
+    let descriptor = std::fs::read_to_string(env.share.join("demo/new.vmdk")).unwrap();
+    assert!(
+        descriptor.contains("ddb.cvol.object = \"vol-"),
+        "{descriptor}"
+    );
+    assert!(
+        descriptor.contains("RW 262144 FLAT \"new-flat.vmdk\" 0"),
+        "{descriptor}"
+    );
+    let disks = env.json(&["disk", "list", "demo"]);
+    let new_disk = disks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "new")
+        .expect("listed");
+    assert_eq!(new_disk["size"], 128 << 20);
+    assert_eq!(new_disk["problem"], serde_json::Value::Null, "{new_disk}");
+    assert_eq!(env.volumes(), 2);
+    let info: serde_json::Value =
+        serde_json::from_str(&tool("qemu-img", &["info", "--output=json", s(&new)])).unwrap();
+    assert_eq!(info["virtual-size"], 128 << 20);
+    assert_pattern_ok(&tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 7 100M 4k",
+            "-c",
+            "read -P 7 100M 4k",
+            s(&new),
+        ],
+    ));
+
+    let err = std::fs::remove_file(m.path("demo/new-flat.vmdk")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    std::fs::remove_file(&new).unwrap();
+    assert!(!env.share.join("demo/new.vmdk").exists());
+    assert!(!m.path("demo/new-flat.vmdk").exists());
+    assert_eq!(env.volumes(), 1, "the volume went with its descriptor");
+    env.ok(&["datastore", "fsck"]);
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks() {
+    let env = demo("8M");
+    let m = env.mount(true);
+    tool(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x33 0 1M",
+            "-c",
+            "write -P 0x44 7M 1M",
+            s(&m.path("demo/demo.vmdk")),
+        ],
+    );
+    tool("cp", &["-r", s(&m.path("demo")), s(&m.path("copy"))]);
+    // And one descriptor on its own, into an existing VM directory.
+    std::fs::create_dir(m.path("solo")).unwrap();
+    tool(
+        "cp",
+        &[s(&m.path("demo/demo.vmdk")), s(&m.path("solo/demo.vmdk"))],
+    );
+
+    let source = env.volume_file("demo/demo");
+    for copy in ["copy/demo", "solo/demo"] {
+        let volume = env.volume_file(copy);
+        assert_ne!(volume, source, "{copy} has a volume of its own");
+        assert!(
+            std::fs::read(&volume).unwrap() == std::fs::read(&source).unwrap(),
+            "{copy} has the same bytes"
+        );
+    }
+    tool(
+        "qemu-io",
+        &["-c", "write -P 0x55 0 1M", s(&m.path("copy/demo.vmdk"))],
+    );
+    assert_pattern_ok(&tool(
+        "qemu-io",
+        &[
+            "-r",
+            "-c",
+            "read -P 0x33 0 1M",
+            s(&m.path("demo/demo.vmdk")),
+        ],
+    ));
+    assert_eq!(env.volumes(), 3);
+    assert!(std::fs::read_to_string(env.share.join("copy/demo.vmx"))
+        .unwrap()
+        .contains("memSize"));
+    drop(m);
+    let report = env.json(&["datastore", "fsck"]);
+    assert!(
+        report["problems"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_input_through_the_container() {
+    let env = demo("1M");
+    env.ok(&["vm", "create", "other", "--disk", "1M"]);
+    std::os::unix::fs::symlink("/etc", env.share.join("demo/planted")).unwrap();
+    let m = env.mount(false);
+
+    // Symlinks never lead out of the share.
+    let err = std::os::unix::fs::symlink("/etc/passwd", m.path("demo/evil")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    let err = std::os::unix::fs::symlink("../../x", m.path("demo/up")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    std::os::unix::fs::symlink("demo.vmx", m.path("demo/ok")).unwrap();
+    assert!(std::fs::read_to_string(m.path("demo/ok"))
+        .unwrap()
+        .contains("displayName"));
+    assert!(std::fs::read_to_string(m.path("demo/planted/passwd")).is_err());
+    // cvol's own directory is not part of the container.
+    assert!(!std::fs::read_dir(&m.mnt)
+        .unwrap()
+        .any(|e| e.unwrap().file_name() == ".cvol"));
+    assert!(std::fs::read(m.path(".cvol/datastore.toml")).is_err());
+    let err = std::fs::write(m.path(&"n".repeat(256)), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+
+    // Writes past the end of a disk fail.
+    let flat = std::fs::File::options()
+        .write(true)
+        .open(m.path("demo/demo-flat.vmdk"))
+        .unwrap();
+    flat.write_all_at(b"last", (1 << 20) - 4).unwrap();
+    let err = flat.write_all_at(b"past", 1 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(flat);
+
+    // A descriptor that names another cVol is not served, and nothing else breaks.
+    let path = env.share.join("demo/demo.vmdk");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let uuid = env.json(&["datastore", "info"])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &path,
+        text.replace(&uuid, "00000000-0000-4000-8000-000000000000"),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // the kernel's attribute cache
+    let out = tool_output("qemu-img", &["info", s(&m.path("demo/demo.vmdk"))]);
+    assert!(!out.status.success());
+    assert!(
+        m.log()
+            .contains("demo/demo.vmdk:19: ddb.cvol.datastore: the disk belongs to cVol 00000000"),
+        "{}",
+        m.log()
+    );
+    tool("qemu-img", &["info", s(&m.path("other/other.vmdk"))]);
+    std::fs::write(&path, text).unwrap();
+
+    // The pool goes away: disk I/O fails with EIO, metadata is still served.
+    let moved = env.tmp.path().join("pool-away");
+    std::fs::rename(&env.pool, &moved).unwrap();
+    let err = std::fs::File::open(m.path("other/other-flat.vmdk")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(std::fs::read_to_string(m.path("other/other.vmx"))
+        .unwrap()
+        .contains("memSize"));
+    std::fs::write(m.path("other/notes.txt"), b"still here").unwrap();
+    std::fs::rename(&moved, &env.pool).unwrap();
+    tool("qemu-img", &["info", s(&m.path("other/other.vmdk"))]);
+    let log = m.stop();
+    assert!(
+        log.contains("ERROR") && log.contains("not found"),
+        "the failure is logged: {log}"
+    );
+}
+
+#[test]
+fn passthrough_writes_past_the_end_are_cut_back() {
+    let env = demo("1M");
+    let m = env.mount(true);
+    let mut flat = std::fs::File::options()
+        .write(true)
+        .open(m.path("demo/demo-flat.vmdk"))
+        .unwrap();
+    flat.write_all_at(b"past", 1 << 20).unwrap();
+    flat.flush().unwrap();
+    drop(flat);
+    let log = m.stop();
+    assert_eq!(
+        std::fs::metadata(env.volume_file("demo/demo"))
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+    assert!(log.contains("written past the end of the disk"), "{log}");
+}
