@@ -353,3 +353,31 @@ fn passthrough_writes_past_the_end_are_cut_back() {
     );
     assert!(log.contains("written past the end of the disk"), "{log}");
 }
+
+#[test]
+fn up_serves_the_demo_until_unmounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut child = common::cvol()
+        .arg("up")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let vmdk = dir.join("mnt/demo/demo.vmdk");
+    let start = std::time::Instant::now();
+    while !vmdk.exists() {
+        assert!(start.elapsed().as_secs() < 20, "cvol up did not mount");
+        assert!(child.try_wait().unwrap().is_none(), "cvol up exited early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&tool("qemu-img", &["info", "--output=json", s(&vmdk)])).unwrap();
+    assert_eq!(info["virtual-size"], 1u64 << 30);
+    // SIGTERM, as a service manager stops it: a clean unmount and exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("qemu-img info"));
+    assert!(!vmdk.exists(), "unmounted");
+}
