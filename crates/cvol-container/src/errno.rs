@@ -86,6 +86,7 @@ impl From<DatastoreError> for Errno {
         match e {
             DatastoreError::Share(e) => e.into(),
             DatastoreError::Provider(e) => e.into(),
+            DatastoreError::Block(e) => e.into(),
             DatastoreError::VmNotFound(_) | DatastoreError::DiskNotFound(_) => Self::NOENT,
             DatastoreError::VmExists(_) | DatastoreError::DiskExists(_) => Self::EXIST,
             DatastoreError::Name(_) => Self::INVAL,

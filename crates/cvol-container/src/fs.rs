@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use cvol_datastore::{layout::CVOL_DIR, Datastore, DatastoreError, PendingDisk};
+use cvol_datastore::{layout::CVOL_DIR, AttachedVolumes, Datastore, DatastoreError, PendingDisk};
 use cvol_format::{CvolDisk, DiskName, ProviderId, VmName, VolumeId};
 use cvol_provider::BlockDevice;
 use cvol_share::{FileKind, Metadata, SetAttributes, SharePath, ShareStats};
@@ -83,20 +83,12 @@ pub type Changes = SetAttributes;
 
 /// The file system container.
 pub struct Container {
-    ds: Datastore,
+    ds: Arc<Datastore>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    attached: Mutex<HashMap<VolumeId, Attached>>,
+    volumes: Arc<AttachedVolumes>,
     pending: Mutex<HashMap<SharePath, PendingDisk>>,
-}
-
-struct Attached {
-    provider: ProviderId,
-    device: Arc<dyn BlockDevice>,
-    opens: usize,
-    /// The descriptor whose size the volume must keep (none while a disk is pending).
-    descriptor: Option<SharePath>,
 }
 
 enum Handle {
@@ -202,14 +194,14 @@ fn stays_inside(dir: &SharePath, target: &str) -> bool {
 }
 
 impl Container {
-    /// A container over `datastore`.
-    pub fn new(datastore: Datastore) -> Self {
+    /// A container over the datastore of `volumes`, attaching disks through it.
+    pub fn new(volumes: Arc<AttachedVolumes>) -> Self {
         Self {
-            ds: datastore,
+            ds: volumes.datastore().clone(),
+            volumes,
             inodes: Mutex::new(Inodes::default()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            attached: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -330,85 +322,19 @@ impl Container {
         fh
     }
 
-    /// Attaches `volume` for one more open (the first attaches it through the provider).
+    /// Attaches `volume` for one more open.
     fn attach(
         &self,
         provider: &ProviderId,
         volume: &VolumeId,
         descriptor: Option<&SharePath>,
     ) -> Result<Arc<dyn BlockDevice>, Errno> {
-        let mut attached = self.attached.lock().expect("attach lock");
-        if let Some(a) = attached.get_mut(volume) {
-            a.opens += 1;
-            return Ok(a.device.clone());
-        }
-        let attachment = self.ds.provider(provider)?.attach(volume, self.ds.host())?;
-        tracing::info!(%volume, host = self.ds.host(), "attached");
-        attached.insert(
-            volume.clone(),
-            Attached {
-                provider: provider.clone(),
-                device: attachment.device.clone(),
-                opens: 1,
-                descriptor: descriptor.cloned(),
-            },
-        );
-        Ok(attachment.device)
+        Ok(self.volumes.open(provider, volume, descriptor)?)
     }
 
-    /// Ends one open of `volume`; the last one flushes and detaches it. The map stays
-    /// locked throughout, so that an open racing with the last close finds the volume
-    /// either still attached or fully detached.
+    /// Ends one open of `volume`.
     fn detach(&self, volume: &VolumeId) -> Result<(), Errno> {
-        let mut attached = self.attached.lock().expect("attach lock");
-        let Some(a) = attached.get_mut(volume) else {
-            return Ok(());
-        };
-        a.opens -= 1;
-        if a.opens > 0 {
-            return Ok(());
-        }
-        let a = attached.remove(volume).expect("present");
-        self.close_volume(volume, &a)
-    }
-
-    /// Flushes and detaches a volume nobody has open any more.
-    fn close_volume(&self, volume: &VolumeId, a: &Attached) -> Result<(), Errno> {
-        let flushed = a.device.flush();
-        let provider = self.ds.provider(&a.provider)?;
-        if let Some(descriptor) = &a.descriptor {
-            self.trim_to_descriptor(&*provider, volume, descriptor, a.device.size());
-        }
-        provider.detach(volume, self.ds.host())?;
-        tracing::info!(%volume, "detached");
-        Ok(flushed?)
-    }
-
-    /// With passthrough the kernel writes a disk's pool file directly, so a write past
-    /// the end of the disk extends the file instead of failing. The disk's size is its
-    /// descriptor's: what lies beyond is cut off when the last open closes.
-    fn trim_to_descriptor(
-        &self,
-        provider: &dyn cvol_provider::Provider,
-        volume: &VolumeId,
-        descriptor: &SharePath,
-        size: u64,
-    ) {
-        let Ok((_, cvol)) = self.ds.read_descriptor(descriptor) else {
-            return;
-        };
-        if size > cvol.size {
-            tracing::warn!(
-                "{descriptor}: {} bytes were written past the end of the disk (through passthrough) and are dropped; mount with --no-passthrough to have such writes fail",
-                size - cvol.size
-            );
-            if let Err(e) = provider.resize_volume(volume, cvol.size, true) {
-                tracing::error!(
-                    "{descriptor}: cannot cut volume {volume} back to {} bytes: {e}",
-                    cvol.size
-                );
-            }
-        }
+        Ok(self.volumes.close(volume)?)
     }
 
     /// Looks `name` up in `parent`.
@@ -931,12 +857,7 @@ impl Container {
             descriptor_names(&path).filter(|_| self.ds.read_descriptor(&path).is_ok())
         {
             let (_, cvol) = self.ds.read_descriptor(&path)?;
-            if self
-                .attached
-                .lock()
-                .expect("attach lock")
-                .contains_key(&cvol.object)
-            {
+            if self.volumes.is_open(&cvol.object) {
                 return Err(Errno::BUSY);
             }
             self.ds.disk_delete(&vm, &disk)?;
@@ -1017,13 +938,7 @@ impl Container {
                 tracing::error!("{path}: {e}; 'cvol datastore fsck --repair' will remove it");
             }
         }
-        let attached: Vec<(VolumeId, Attached)> =
-            self.attached.lock().expect("attach lock").drain().collect();
-        for (volume, a) in attached {
-            if let Err(e) = self.close_volume(&volume, &a) {
-                tracing::error!(%volume, "could not flush and detach at unmount: errno {}", e.0);
-            }
-        }
+        self.volumes.close_all();
     }
 }
 

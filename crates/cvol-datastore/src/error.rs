@@ -1,5 +1,5 @@
 use cvol_format::{FormatError, IdError, NameError, SizeError};
-use cvol_provider::ProviderError;
+use cvol_provider::{BlockError, ProviderError};
 use cvol_share::ShareError;
 
 /// A datastore operation that failed. Each message says what and where, in one line.
@@ -52,4 +52,7 @@ pub enum DatastoreError {
     /// A provider failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// An attached volume failed.
+    #[error(transparent)]
+    Block(#[from] BlockError),
 }

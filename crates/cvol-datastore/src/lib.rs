@@ -5,6 +5,7 @@
 //! is all-or-nothing: it writes an intent record first (see [`intent`]), and
 //! [`Datastore::fsck`] finishes or undoes whatever a crash interrupted.
 
+mod attached;
 mod disk;
 mod error;
 mod fsck;
@@ -26,6 +27,7 @@ use cvol_provider::Provider;
 use cvol_share::{Share, SharePath};
 use uuid::Uuid;
 
+pub use attached::AttachedVolumes;
 pub use disk::DiskInfo;
 pub use error::DatastoreError;
 pub use fsck::{FsckOptions, FsckReport, Problem};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use cvol_container::{Container, MountSettings};
-use cvol_datastore::Datastore;
+use cvol_datastore::{AttachedVolumes, Datastore};
 
 use super::Context;
 use crate::cli::{MountArgs, ServeArgs};
@@ -27,7 +27,8 @@ pub fn serve(
         bail!("mountpoint {} is not a directory", mountpoint.display());
     }
     let signals = block_termination_signals();
-    let container = Arc::new(Container::new(datastore));
+    let volumes = Arc::new(AttachedVolumes::new(Arc::new(datastore)));
+    let container = Arc::new(Container::new(volumes));
     let settings = MountSettings {
         threads: args.threads,
         passthrough: !args.no_passthrough,
