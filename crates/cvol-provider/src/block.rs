@@ -20,6 +20,15 @@ pub enum BlockError {
     Io(#[from] io::Error),
 }
 
+/// A run of a device's bytes, as its allocation map sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockExtent {
+    /// Bytes in the run.
+    pub length: u64,
+    /// True when the run is not allocated and reads as zeros.
+    pub hole: bool,
+}
+
 /// An attached volume: a fixed-size array of bytes.
 ///
 /// Writes may be cached until [`BlockDevice::flush`]; a write that returned before a
@@ -42,6 +51,17 @@ pub trait BlockDevice: Send + Sync {
 
     /// Makes `len` bytes at `offset` read as zeros, keeping them allocated.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError>;
+
+    /// The allocation map of `offset..offset+len` as consecutive runs covering it from
+    /// `offset` (possibly beyond `len`; callers clip). A device that keeps no map
+    /// reports everything as data.
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
+        self.check_range(offset, len)?;
+        Ok(vec![BlockExtent {
+            length: len,
+            hole: false,
+        }])
+    }
 
     /// The local file holding the device's bytes at their offsets, if there is one: the
     /// container then lets the kernel do I/O on it directly (FUSE passthrough).

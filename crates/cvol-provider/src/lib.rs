@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use cvol_format::{ProviderConfig, SnapshotName, VolumeId};
 
-pub use block::{BlockDevice, BlockError};
+pub use block::{BlockDevice, BlockError, BlockExtent};
 pub use error::ProviderError;
 pub use file::FileProvider;
 

@@ -60,7 +60,7 @@ pub enum Command {
 }
 
 /// How to serve a container.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Serve disks through the daemon even where the kernel could read and write their
     /// pool files directly (FUSE passthrough, Linux >= 6.9).
@@ -72,6 +72,16 @@ pub struct ServeArgs {
     /// Let other users (e.g. a hypervisor running as its own user) use the mount.
     #[arg(long, env = "CVOL_ALLOW_OTHER")]
     pub allow_other: bool,
+    /// Also export every disk over NBD as VM/DISK, on unix:PATH or tcp:ADDR:PORT
+    /// (e.g. tcp:127.0.0.1:10809). Repeatable.
+    #[arg(long = "nbd", value_name = "unix:PATH|tcp:ADDR:PORT")]
+    pub nbd: Vec<cvol_nbd::Listen>,
+    /// NBD exports refuse writes.
+    #[arg(long)]
+    pub nbd_readonly: bool,
+    /// NBD connections served at once; more are closed at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub nbd_max_connections: usize,
 }
 
 /// `cvol mount`

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 
-use crate::{BlockDevice, BlockError};
+use crate::{BlockDevice, BlockError, BlockExtent};
 
 /// An attached file-pool volume.
 pub struct FileBlockDevice {
@@ -32,6 +32,38 @@ impl BlockDevice for FileBlockDevice {
     fn size(&self) -> u64 {
         // Asked of the file each time: a resize through the provider shows at once.
         self.file.metadata().map_or(0, |m| m.len())
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
+        self.check_range(offset, len)?;
+        let end = offset + len;
+        let mut runs = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(data) => data.min(end),
+                Err(Errno::NXIO) => end,
+                Err(e) => return Err(io::Error::from(e).into()),
+            };
+            if data > pos {
+                runs.push(BlockExtent {
+                    length: data - pos,
+                    hole: true,
+                });
+            }
+            if data >= end {
+                break;
+            }
+            let hole = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data))
+                .map_err(io::Error::from)?
+                .min(end);
+            runs.push(BlockExtent {
+                length: hole - data,
+                hole: false,
+            });
+            pos = hole;
+        }
+        Ok(runs)
     }
 
     fn backing_file(&self) -> Option<&File> {

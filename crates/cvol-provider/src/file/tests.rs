@@ -174,6 +174,37 @@ fn device_checks_ranges_and_zeroes() {
 }
 
 #[test]
+fn extents_map_data_and_holes() {
+    let (_dir, p) = pool();
+    let id = VolumeId::generate();
+    p.create_volume(&id, &blank(64 << 20), "o", &NoProgress)
+        .unwrap();
+    let dev = p.attach(&id, "h").unwrap().device;
+    assert_eq!(
+        dev.extents(0, 64 << 20).unwrap(),
+        [crate::BlockExtent {
+            length: 64 << 20,
+            hole: true
+        }]
+    );
+    dev.write_at(&[1; 4096], 8 << 20).unwrap();
+    let runs = dev.extents(0, 64 << 20).unwrap();
+    assert_eq!(runs.iter().map(|r| r.length).sum::<u64>(), 64 << 20);
+    let data: Vec<_> = runs
+        .iter()
+        .scan(0, |pos, r| {
+            let at = *pos;
+            *pos += r.length;
+            Some((at, *r))
+        })
+        .filter(|(_, r)| !r.hole)
+        .collect();
+    assert_eq!(data.len(), 1);
+    assert!(data[0].0 <= 8 << 20 && data[0].0 + data[0].1.length >= (8 << 20) + 4096);
+    assert!(dev.extents(60 << 20, 8 << 20).is_err(), "beyond the end");
+}
+
+#[test]
 fn unusable_pools_are_refused() {
     let id = ProviderId::new("p").unwrap();
     let err = FileProvider::open(&id, Path::new("/nonexistent/pool")).unwrap_err();

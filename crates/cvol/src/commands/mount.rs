@@ -28,6 +28,7 @@ pub fn serve(
     }
     let signals = block_termination_signals();
     let volumes = Arc::new(AttachedVolumes::new(Arc::new(datastore)));
+    let nbd = start_nbd(&volumes, args)?;
     let container = Arc::new(Container::new(volumes));
     let settings = MountSettings {
         threads: args.threads,
@@ -48,9 +49,47 @@ pub fn serve(
             break;
         }
     }
+    // NBD first: its connections close their volumes before the container detaches all.
+    if let Some(runtime) = nbd {
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+    for listen in &args.nbd {
+        if let cvol_nbd::Listen::Unix(path) = listen {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     mounted
         .unmount()
         .with_context(|| format!("unmounting {}", mountpoint.display()))
+}
+
+/// Starts the NBD listeners asked for, on a runtime of their own; `None` if none.
+fn start_nbd(
+    volumes: &Arc<AttachedVolumes>,
+    args: &ServeArgs,
+) -> anyhow::Result<Option<tokio::runtime::Runtime>> {
+    if args.nbd.is_empty() {
+        return Ok(None);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cvol-nbd")
+        .enable_all()
+        .build()?;
+    let exports = Arc::new(cvol_nbd::DatastoreExports::new(volumes.clone()));
+    let settings = cvol_nbd::Settings {
+        readonly: args.nbd_readonly,
+        max_connections: args.nbd_max_connections,
+        ..cvol_nbd::Settings::default()
+    };
+    let server = cvol_nbd::NbdServer::new(exports, settings);
+    for listen in &args.nbd {
+        runtime
+            .block_on(server.bind(listen))
+            .with_context(|| format!("cannot listen for NBD on {listen}"))?;
+        tracing::info!("NBD on {listen}");
+    }
+    Ok(Some(runtime))
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts after, so

@@ -67,11 +67,29 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
     let mnt_arg = shell_path(&mnt);
-    super::mount::serve(ds, &mnt, &args.serve, || {
+    let mut serve = args.serve.clone();
+    let socket = dir.join("nbd.sock");
+    if serve.nbd.is_empty() {
+        serve.nbd.push(cvol_nbd::Listen::Unix(socket.clone()));
+    }
+    super::mount::serve(ds, &mnt, &serve, || {
         println!("container mounted at {}; in another shell:", mnt.display());
         println!("  ls -l {mnt_arg}/{DEMO_VM}");
         println!("  qemu-img info {mnt_arg}/{DEMO_VM}/{DEMO_VM}.vmdk");
         println!("  qemu-io -c 'write -P 0xab 0 1M' {mnt_arg}/{DEMO_VM}/{DEMO_VM}.vmdk");
+        for listen in &serve.nbd {
+            match listen {
+                cvol_nbd::Listen::Unix(path) => {
+                    println!(
+                        "  qemu-img info 'nbd+unix:///{DEMO_VM}/{DEMO_VM}?socket={}'",
+                        path.display()
+                    )
+                }
+                cvol_nbd::Listen::Tcp(addr) => {
+                    println!("  qemu-img info 'nbd://{addr}/{DEMO_VM}/{DEMO_VM}'")
+                }
+            }
+        }
         println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
         println!("stop with Ctrl-C (or: cvol umount {mnt_arg})");
     })

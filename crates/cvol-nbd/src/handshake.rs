@@ -1,0 +1,305 @@
+//! Fixed newstyle negotiation ("Newstyle negotiation" and "Option types" in the spec):
+//! greets the client, answers its options, and ends with an export opened or the
+//! connection closed.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::exports::{ExportError, Exports, OpenExport};
+use crate::proto::*;
+use crate::server::Settings;
+
+/// Largest option data accepted; names are at most 4096 bytes, so anything bigger is a
+/// broken or hostile client.
+const MAX_OPTION_LEN: u32 = 64 << 10;
+/// The context id given to `base:allocation`.
+pub const ALLOCATION_CONTEXT: u32 = 1;
+/// Smallest block a client that asked for constraints must respect.
+pub const MIN_BLOCK: u32 = 512;
+/// The block size clients should prefer.
+pub const PREFERRED_BLOCK: u32 = 4096;
+
+/// The outcome of a successful negotiation.
+pub struct Negotiated {
+    /// The export's name.
+    pub name: String,
+    /// The opened export.
+    pub export: OpenExport,
+    /// Its size at the time it was opened.
+    pub size: u64,
+    /// Structured replies were negotiated.
+    pub structured: bool,
+    /// `base:allocation` was selected.
+    pub allocation: bool,
+    /// The client asked for block size constraints, and so promised to respect them.
+    pub block_size_agreed: bool,
+}
+
+/// Why a negotiation ended without an export.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The client broke the protocol badly enough to close on it.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+fn transmission_flags(settings: &Settings, structured: bool) -> u16 {
+    let mut flags = FLAG_HAS_FLAGS
+        | FLAG_SEND_FLUSH
+        | FLAG_SEND_FUA
+        | FLAG_SEND_CACHE
+        // Every connection to an export shares one attached device, whose flush makes
+        // all writes completed on any connection durable.
+        | FLAG_CAN_MULTI_CONN;
+    if settings.readonly {
+        flags |= FLAG_READ_ONLY;
+    } else {
+        flags |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
+    }
+    if structured {
+        // Reads are always answered in one chunk, so "don't fragment" always holds.
+        flags |= FLAG_SEND_DF;
+    }
+    flags
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)
+}
+
+/// Negotiates with the client on `r`/`w`. `Ok(None)`: the client aborted.
+pub async fn negotiate<R, W>(
+    r: &mut R,
+    w: &mut W,
+    exports: &Arc<dyn Exports>,
+    settings: &Settings,
+    peer: &str,
+) -> Result<Option<Negotiated>, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    w.write_u64(NBDMAGIC).await?;
+    w.write_u64(IHAVEOPT).await?;
+    w.write_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).await?;
+    w.flush().await?;
+    let client_flags = r.read_u32().await?;
+    if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+        return Err(HandshakeError::Protocol(format!(
+            "unknown client flags {client_flags:#x}"
+        )));
+    }
+    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    let mut structured = false;
+    let mut allocation = false;
+    loop {
+        let magic = r.read_u64().await?;
+        if magic != IHAVEOPT {
+            return Err(HandshakeError::Protocol(format!(
+                "bad option magic {magic:#x}"
+            )));
+        }
+        let option = r.read_u32().await?;
+        let len = r.read_u32().await?;
+        if len > MAX_OPTION_LEN {
+            return Err(HandshakeError::Protocol(format!(
+                "option {option} with {len} bytes of data"
+            )));
+        }
+        let mut data = vec![0; len as usize];
+        r.read_exact(&mut data).await?;
+        tracing::debug!(peer, option, len, "NBD option");
+        let reply = |kind: u32, data: &[u8]| option_reply(option, kind, data);
+        let error = |kind: u32, message: &str| {
+            tracing::info!(peer, option, "NBD option refused: {message}");
+            option_reply(option, kind, message.as_bytes())
+        };
+        match option {
+            OPT_EXPORT_NAME => {
+                // The old way to pick an export: no way to say no, so a bad name closes.
+                let name = String::from_utf8(data)
+                    .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".into()))?;
+                let exports = exports.clone();
+                let opened = blocking({
+                    let name = name.clone();
+                    move || exports.open(&name)
+                })
+                .await?;
+                let export = opened
+                    .map_err(|e| HandshakeError::Protocol(format!("export {name:?}: {e}")))?;
+                let size = export.device.size();
+                w.write_u64(size).await?;
+                w.write_u16(transmission_flags(settings, structured))
+                    .await?;
+                if !no_zeroes {
+                    w.write_all(&[0; 124]).await?;
+                }
+                w.flush().await?;
+                return Ok(Some(Negotiated {
+                    name,
+                    export,
+                    size,
+                    structured,
+                    allocation,
+                    block_size_agreed: false,
+                }));
+            }
+            OPT_ABORT => {
+                w.write_all(&reply(REP_ACK, &[])).await?;
+                w.flush().await?;
+                return Ok(None);
+            }
+            OPT_LIST if !data.is_empty() => {
+                w.write_all(&error(REP_ERR_INVALID, "NBD_OPT_LIST takes no data"))
+                    .await?
+            }
+            OPT_LIST => {
+                let exports = exports.clone();
+                match blocking(move || exports.names()).await? {
+                    Ok(names) => {
+                        for name in names {
+                            let mut item = (name.len() as u32).to_be_bytes().to_vec();
+                            item.extend_from_slice(name.as_bytes());
+                            w.write_all(&reply(REP_SERVER, &item)).await?;
+                        }
+                        w.write_all(&reply(REP_ACK, &[])).await?;
+                    }
+                    Err(e) => w.write_all(&error(REP_ERR_INVALID, &e.to_string())).await?,
+                }
+            }
+            OPT_STARTTLS => {
+                w.write_all(&error(
+                    REP_ERR_POLICY,
+                    "TLS is not offered; use a unix socket or loopback",
+                ))
+                .await?
+            }
+            OPT_STRUCTURED_REPLY if !data.is_empty() => {
+                w.write_all(&error(
+                    REP_ERR_INVALID,
+                    "NBD_OPT_STRUCTURED_REPLY takes no data",
+                ))
+                .await?
+            }
+            OPT_STRUCTURED_REPLY => {
+                structured = true;
+                w.write_all(&reply(REP_ACK, &[])).await?;
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                let Ok(request) = MetaContextRequest::parse(&data) else {
+                    w.write_all(&error(REP_ERR_INVALID, "malformed meta context request"))
+                        .await?;
+                    w.flush().await?;
+                    continue;
+                };
+                if option == OPT_SET_META_CONTEXT && !structured {
+                    w.write_all(&error(
+                        REP_ERR_INVALID,
+                        "negotiate structured replies first",
+                    ))
+                    .await?;
+                    w.flush().await?;
+                    continue;
+                }
+                let exports = exports.clone();
+                let name = request.name.to_string();
+                if let Err(e) = blocking(move || exports.size(&name)).await? {
+                    w.write_all(&error(REP_ERR_UNKNOWN, &e.to_string())).await?;
+                    w.flush().await?;
+                    continue;
+                }
+                let selected = if request.queries.is_empty() {
+                    option == OPT_LIST_META_CONTEXT
+                } else {
+                    request
+                        .queries
+                        .iter()
+                        .any(|q| *q == BASE_ALLOCATION || *q == "base:")
+                };
+                if option == OPT_SET_META_CONTEXT {
+                    allocation = selected;
+                }
+                if selected {
+                    let mut item = ALLOCATION_CONTEXT.to_be_bytes().to_vec();
+                    item.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                    w.write_all(&reply(REP_META_CONTEXT, &item)).await?;
+                }
+                w.write_all(&reply(REP_ACK, &[])).await?;
+            }
+            OPT_INFO | OPT_GO => {
+                let Ok(request) = InfoRequest::parse(&data) else {
+                    w.write_all(&error(REP_ERR_INVALID, "malformed info request"))
+                        .await?;
+                    w.flush().await?;
+                    continue;
+                };
+                let name = request.name.to_string();
+                let block_size_agreed = request.items.contains(&INFO_BLOCK_SIZE);
+                let exports = exports.clone();
+                let go = option == OPT_GO;
+                let found = blocking({
+                    let name = name.clone();
+                    move || {
+                        if go {
+                            exports.open(&name).map(|e| (e.device.size(), Some(e)))
+                        } else {
+                            exports.size(&name).map(|s| (s, None))
+                        }
+                    }
+                })
+                .await?;
+                let (size, export) = match found {
+                    Ok(found) => found,
+                    Err(ExportError::Unknown(m)) => {
+                        w.write_all(&error(REP_ERR_UNKNOWN, &m)).await?;
+                        w.flush().await?;
+                        continue;
+                    }
+                    Err(ExportError::Refused(m)) => {
+                        w.write_all(&error(REP_ERR_POLICY, &m)).await?;
+                        w.flush().await?;
+                        continue;
+                    }
+                };
+                let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+                info.extend_from_slice(&size.to_be_bytes());
+                info.extend_from_slice(&transmission_flags(settings, structured).to_be_bytes());
+                w.write_all(&reply(REP_INFO, &info)).await?;
+                if block_size_agreed {
+                    let mut info = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                    for v in [MIN_BLOCK, PREFERRED_BLOCK, settings.max_request] {
+                        info.extend_from_slice(&v.to_be_bytes());
+                    }
+                    w.write_all(&reply(REP_INFO, &info)).await?;
+                }
+                w.write_all(&reply(REP_ACK, &[])).await?;
+                w.flush().await?;
+                if let Some(export) = export {
+                    return Ok(Some(Negotiated {
+                        name,
+                        export,
+                        size,
+                        structured,
+                        allocation,
+                        block_size_agreed,
+                    }));
+                }
+            }
+            _ => {
+                w.write_all(&error(
+                    REP_ERR_UNSUP,
+                    &format!("option {option} is not supported"),
+                ))
+                .await?
+            }
+        }
+        w.flush().await?;
+    }
+}
