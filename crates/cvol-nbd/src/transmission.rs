@@ -147,7 +147,7 @@ fn check(ctx: &Context, req: &Request) -> Result<(), u32> {
             EINVAL
         });
     }
-    let aligned = |v: u64| v % u64::from(MIN_BLOCK) == 0;
+    let aligned = |v: u64| v.is_multiple_of(u64::from(MIN_BLOCK));
     if ctx.block_size_agreed
         && req.kind != CMD_BLOCK_STATUS
         && !(aligned(req.offset) && aligned(u64::from(req.length)))
