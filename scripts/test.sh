@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: qemu-img and qemu-io (qemu-utils), the FUSE
-# helpers (fuse3), fio.
-packages=(qemu-utils fuse3 fio)
+# helpers (fuse3), fio, the libnbd tools (nbdinfo, nbdcopy) and nbdkit.
+packages=(qemu-utils fuse3 fio libnbd-bin nbdkit)
 
 missing=()
 for p in "${packages[@]}"; do

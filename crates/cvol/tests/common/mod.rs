@@ -138,6 +138,15 @@ pub struct Mounted {
 impl Env {
     /// Mounts the datastore at `<tmp>/mnt`, with or without passthrough.
     pub fn mount(&self, passthrough: bool) -> Mounted {
+        self.mount_with(if passthrough {
+            &[]
+        } else {
+            &["--no-passthrough"]
+        })
+    }
+
+    /// Mounts the datastore at `<tmp>/mnt` with extra `cvol mount` arguments.
+    pub fn mount_with(&self, extra: &[&str]) -> Mounted {
         let mnt = self.tmp.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let log = self
@@ -149,10 +158,8 @@ impl Env {
             .arg("--share")
             .arg(&self.share)
             .args(["-v", "mount"])
-            .arg(&mnt);
-        if !passthrough {
-            command.arg("--no-passthrough");
-        }
+            .arg(&mnt)
+            .args(extra);
         let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -1,0 +1,424 @@
+//! The NBD data plane, driven by real clients (qemu-img, qemu-io, nbdinfo, nbdcopy, fio)
+//! and by a hostile one written here.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{tool, tool_output, Env, Mounted};
+use cvol_nbd::proto::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Nbd {
+    env: Env,
+    m: Mounted,
+    socket: PathBuf,
+}
+
+impl Nbd {
+    fn start(extra: &[&str]) -> Self {
+        let env = Env::datastore();
+        env.ok(&["vm", "create", "demo", "--disk", "64M"]);
+        env.ok(&["vm", "create", "other", "--disk", "1M"]);
+        let socket = env.tmp.path().join("nbd.sock");
+        let listen = format!("unix:{}", socket.display());
+        let mut args = vec!["--nbd", listen.as_str()];
+        args.extend_from_slice(extra);
+        let m = env.mount_with(&args);
+        Self { env, m, socket }
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn real_clients_read_write_map_and_copy() {
+    let port = free_port();
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let nbd = Nbd::start(&["--nbd", &tcp]);
+    let uri = nbd.uri("demo/demo");
+
+    let list = tool("nbdinfo", &["--list", &nbd.uri("")]);
+    assert!(
+        list.contains("export=\"demo/demo\"") && list.contains("export=\"other/other\""),
+        "{list}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&tool("qemu-img", &["info", "--output=json", &uri])).unwrap();
+    assert_eq!(info["virtual-size"], 64 << 20);
+    let tcp_uri = format!("nbd://127.0.0.1:{port}/demo/demo");
+    assert!(tool("qemu-img", &["info", &tcp_uri]).contains("64 MiB"));
+
+    let out = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x11 0 1M",
+            "-c",
+            "write -P 0x22 2M 1M",
+            "-c",
+            "write -z 2M 512k",
+            "-c",
+            "discard 2560k 512k",
+            "-c",
+            "write -P 0x33 8M 64k",
+            "-c",
+            "flush",
+            &uri,
+        ],
+    );
+    assert!(out.contains("wrote 65536/65536"), "{out}");
+    let out = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-r",
+            "-c",
+            "read -P 0x11 0 1M",
+            "-c",
+            "read -P 0 2M 1M",
+            "-c",
+            "read -P 0x33 8M 64k",
+            &uri,
+        ],
+    );
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+
+    // The same bytes through the container's flat file and in the pool file.
+    let flat = std::fs::read(nbd.m.path("demo/demo-flat.vmdk")).unwrap();
+    assert!(flat[..1 << 20].iter().all(|&b| b == 0x11));
+    assert!(flat[8 << 20..(8 << 20) + 65536].iter().all(|&b| b == 0x33));
+    assert!(flat == std::fs::read(nbd.env.volume_file("demo/demo")).unwrap());
+
+    // Holes are reported, so copies can skip them.
+    let map: serde_json::Value = serde_json::from_str(&tool(
+        "qemu-img",
+        &["map", "-f", "raw", "--output=json", &uri],
+    ))
+    .unwrap();
+    let extents = map.as_array().unwrap();
+    assert!(
+        extents.iter().any(|e| e["data"] == true && e["start"] == 0),
+        "{map}"
+    );
+    assert!(
+        extents
+            .iter()
+            .any(|e| e["data"] == false && e["zero"] == true),
+        "{map}"
+    );
+    let nbd_map = tool("nbdinfo", &["--map", &uri]);
+    assert!(
+        nbd_map.contains("data") && nbd_map.contains("hole,zero"),
+        "{nbd_map}"
+    );
+
+    let out_raw = nbd.env.tmp.path().join("out.raw");
+    tool("nbdcopy", &[&uri, s(&out_raw)]);
+    assert!(
+        std::fs::read(&out_raw).unwrap() == flat,
+        "nbdcopy out copies the disk"
+    );
+    let converted = nbd.env.tmp.path().join("conv.raw");
+    tool(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "raw", &uri, s(&converted)],
+    );
+    tool(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", &uri, s(&converted)],
+    );
+
+    let in_raw = nbd.env.tmp.path().join("in.raw");
+    let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&in_raw, &pattern).unwrap();
+    let other = nbd.uri("other/other");
+    tool("nbdcopy", &[s(&in_raw), &other]);
+    assert!(
+        std::fs::read(nbd.env.volume_file("other/other")).unwrap() == pattern,
+        "nbdcopy in"
+    );
+
+    let out = tool(
+        "fio",
+        &[
+            "--name=nbd",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=16M",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+        ],
+    );
+    assert!(!out.contains("verify: bad"), "{out}");
+}
+
+#[test]
+fn readonly_exports_refuse_writes() {
+    let nbd = Nbd::start(&["--nbd-readonly"]);
+    let out = tool_output(
+        "qemu-io",
+        &["-f", "raw", "-c", "write 0 4k", &nbd.uri("demo/demo")],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("read-only")
+            || text.contains("Operation not permitted")
+            || text.contains("denied"),
+        "{text}"
+    );
+    tool(
+        "qemu-io",
+        &["-f", "raw", "-r", "-c", "read 0 4k", &nbd.uri("demo/demo")],
+    );
+}
+
+/// A deliberately naive client that can say anything.
+struct RawClient(UnixStream);
+
+impl RawClient {
+    fn connect(socket: &Path) -> Self {
+        let s = UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self(s)
+    }
+
+    fn read_n(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let mut b = vec![0; n];
+        self.0.read_exact(&mut b)?;
+        Ok(b)
+    }
+
+    /// Reads the greeting and sends fixed-newstyle, no-zeroes client flags.
+    fn greet(&mut self) {
+        let g = self.read_n(18).unwrap();
+        assert_eq!(&g[..8], &NBDMAGIC.to_be_bytes());
+        self.0
+            .write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes())
+            .unwrap();
+    }
+
+    fn option(&mut self, option: u32, data: &[u8]) {
+        let mut b = IHAVEOPT.to_be_bytes().to_vec();
+        b.extend_from_slice(&option.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        self.0.write_all(&b).unwrap();
+    }
+
+    /// Reads one option reply: (type, data).
+    fn option_reply(&mut self) -> (u32, Vec<u8>) {
+        let h = self.read_n(20).unwrap();
+        let kind = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        (kind, self.read_n(len).unwrap())
+    }
+
+    /// NBD_OPT_GO on `name`, asking for block sizes; reads up to the ACK.
+    fn go(&mut self, name: &str) -> u64 {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&1u16.to_be_bytes());
+        data.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        self.option(OPT_GO, &data);
+        let mut size = 0;
+        loop {
+            let (kind, data) = self.option_reply();
+            match kind {
+                REP_INFO if data[..2] == INFO_EXPORT.to_be_bytes() => {
+                    size = u64::from_be_bytes(data[2..10].try_into().unwrap())
+                }
+                REP_INFO => {}
+                REP_ACK => return size,
+                other => panic!(
+                    "GO failed with reply {other:#x}: {}",
+                    String::from_utf8_lossy(&data)
+                ),
+            }
+        }
+    }
+
+    /// Sends a request and reads a simple reply's error.
+    fn request(&mut self, kind: u16, offset: u64, length: u32, payload: &[u8]) -> u32 {
+        let r = Request {
+            flags: 0,
+            kind,
+            cookie: 42,
+            offset,
+            length,
+        };
+        self.0.write_all(&r.encode()).unwrap();
+        self.0.write_all(payload).unwrap();
+        let h = self.read_n(16).unwrap();
+        assert_eq!(&h[..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(
+            &h[8..16],
+            &42u64.to_be_bytes(),
+            "the reply carries the cookie"
+        );
+        let error = u32::from_be_bytes(h[4..8].try_into().unwrap());
+        if error == 0 && kind == CMD_READ {
+            self.read_n(length as usize).unwrap();
+        }
+        error
+    }
+
+    /// True once the server has closed the connection.
+    fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+#[test]
+fn hostile_clients_get_errors_or_a_closed_connection_and_hurt_nobody() {
+    let nbd = Nbd::start(&["--nbd-max-connections", "4"]);
+    // A well-behaved client stays connected throughout.
+    let mut good = RawClient::connect(&nbd.socket);
+    good.greet();
+    assert_eq!(good.go("demo/demo"), 64 << 20);
+
+    // Bad option magic: closed.
+    let mut c = RawClient::connect(&nbd.socket);
+    c.greet();
+    c.0.write_all(&[0xde; 16]).unwrap();
+    assert!(c.is_closed());
+    drop(c);
+
+    // Unknown options and unknown exports are refused, and the client can go on.
+    let mut c = RawClient::connect(&nbd.socket);
+    c.greet();
+    c.option(77, b"whatever");
+    assert_eq!(c.option_reply().0, REP_ERR_UNSUP);
+    c.option(OPT_STARTTLS, &[]);
+    assert_eq!(c.option_reply().0, REP_ERR_POLICY);
+    let mut data = 9u32.to_be_bytes().to_vec();
+    data.extend_from_slice(b"no/such!!");
+    data.extend_from_slice(&0u16.to_be_bytes());
+    c.option(OPT_GO, &data);
+    assert_eq!(c.option_reply().0, REP_ERR_UNKNOWN);
+    c.option(OPT_GO, &[0, 0, 0, 200]);
+    assert_eq!(
+        c.option_reply().0,
+        REP_ERR_INVALID,
+        "a name longer than its option"
+    );
+    assert_eq!(c.go("demo/demo"), 64 << 20);
+
+    // Requests out of bounds, overflowing, unaligned, unknown: errors, not a crash.
+    assert_eq!(
+        c.request(CMD_READ, 64 << 20, 512, &[]),
+        EINVAL,
+        "read past the end"
+    );
+    assert_eq!(
+        c.request(CMD_WRITE, (64 << 20) - 512, 1024, &[0; 1024]),
+        ENOSPC,
+        "write past the end"
+    );
+    assert_eq!(
+        c.request(CMD_READ, u64::MAX - 100, 512, &[]),
+        EINVAL,
+        "offset + length overflows"
+    );
+    assert_eq!(
+        c.request(CMD_READ, 100, 512, &[]),
+        EINVAL,
+        "unaligned after agreeing to 512-byte blocks"
+    );
+    assert_eq!(
+        c.request(CMD_BLOCK_STATUS, 0, 512, &[]),
+        EINVAL,
+        "no metadata context was negotiated"
+    );
+    assert_eq!(c.request(99, 0, 512, &[]), EINVAL, "unknown command");
+    assert_eq!(
+        c.request(CMD_READ, 0, 40 << 20, &[]),
+        EINVAL,
+        "read over the advertised maximum"
+    );
+    assert_eq!(c.request(CMD_WRITE, 4096, 512, &[7; 512]), 0);
+    assert_eq!(c.request(CMD_FLUSH, 0, 0, &[]), 0);
+    // A write over the maximum cannot be skipped: the connection is closed.
+    let r = Request {
+        flags: 0,
+        kind: CMD_WRITE,
+        cookie: 1,
+        offset: 0,
+        length: 64 << 20,
+    };
+    c.0.write_all(&r.encode()).unwrap();
+    assert!(c.is_closed());
+
+    // Gone in the middle of a write payload.
+    let mut c = RawClient::connect(&nbd.socket);
+    c.greet();
+    c.go("other/other");
+    let r = Request {
+        flags: 0,
+        kind: CMD_WRITE,
+        cookie: 1,
+        offset: 0,
+        length: 4096,
+    };
+    c.0.write_all(&r.encode()).unwrap();
+    c.0.write_all(&[1; 100]).unwrap();
+    drop(c);
+
+    // Bounded connections: with `good` open, three more fit; the rest are closed at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra: Vec<UnixStream> = (0..10)
+        .map(|_| UnixStream::connect(&nbd.socket).unwrap())
+        .collect();
+    let mut greeted = 0;
+    for s in &mut extra {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut g = [0u8; 18];
+        if s.read_exact(&mut g).is_ok() {
+            greeted += 1;
+        }
+    }
+    assert_eq!(greeted, 3, "max connections is 4, one of which is taken");
+    drop(extra);
+
+    // Through all of it the good client was served.
+    assert_eq!(good.request(CMD_READ, 4096, 512, &[]), 0);
+    std::thread::sleep(Duration::from_millis(200));
+    tool("qemu-img", &["info", &nbd.uri("demo/demo")]);
+    let log = nbd.m.log();
+    for expected in [
+        "bad option magic",
+        "over the 33554432 advertised",
+        "in the middle of a write",
+        "connections already",
+    ] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+}
