@@ -42,7 +42,7 @@ run_job() {
     shift
     fio --name=job --filename="$file" --size=2G --ioengine=libaio --direct=1 --time_based \
         --runtime="$runtime" --ramp_time=1 --group_reporting --output-format=terse --terse-version=3 "$@" |
-        awk -F';' '{ printf "%.1f", ($7 + $48) / 1024 }'
+        awk -F';' 'NF > 50 { v = ($7 + $48) / 1024 } END { printf "%.1f", v }'
 }
 
 mount_container() {

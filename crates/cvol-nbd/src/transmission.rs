@@ -28,7 +28,7 @@ struct Context {
 }
 
 /// Serves requests until the client disconnects or breaks the protocol.
-pub async fn serve<R, W>(mut r: R, mut w: W, session: Negotiated, settings: &Settings, peer: &str)
+pub async fn serve<R, W>(mut r: R, w: W, session: Negotiated, settings: &Settings, peer: &str)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -44,6 +44,8 @@ where
     });
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT as usize);
     let writer = tokio::spawn(async move {
+        // Replies that are ready together go out in one write.
+        let mut w = tokio::io::BufWriter::with_capacity(256 << 10, w);
         while let Some(reply) = rx.recv().await {
             w.write_all(&reply).await?;
             while let Ok(more) = rx.try_recv() {
@@ -187,11 +189,12 @@ fn execute(ctx: &Context, req: &Request, payload: &[u8], peer: &str) -> Vec<u8> 
     let (offset, len) = (req.offset, u64::from(req.length));
     let result = match req.kind {
         CMD_READ => {
-            let mut data = vec![0; len as usize];
-            if let Err(e) = dev.read_at(&mut data, offset) {
-                return fail(errno_of(&e, peer), &e.to_string());
-            }
-            return read_reply(ctx, req, &data);
+            let (mut reply, start) = read_reply_header(ctx, req);
+            reply.resize(start + len as usize, 0);
+            return match dev.read_at(&mut reply[start..], offset) {
+                Ok(()) => reply,
+                Err(e) => fail(errno_of(&e, peer), &e.to_string()),
+            };
         }
         CMD_WRITE => dev.write_at(payload, offset).and_then(|()| fua(dev, req)),
         CMD_FLUSH => dev.flush(),
@@ -224,21 +227,24 @@ fn fua(dev: &Arc<dyn BlockDevice>, req: &Request) -> Result<(), BlockError> {
     }
 }
 
-fn read_reply(ctx: &Context, req: &Request, data: &[u8]) -> Vec<u8> {
-    if !ctx.structured {
-        return simple_reply(req.cookie, 0, data);
+/// The header of a successful READ's reply, with room for the data after it, so the
+/// device reads straight into the buffer that is sent: returns it and where data starts.
+fn read_reply_header(ctx: &Context, req: &Request) -> (Vec<u8>, usize) {
+    let mut b = Vec::with_capacity(28 + req.length as usize);
+    if ctx.structured {
+        chunk_header(
+            &mut b,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            req.cookie,
+            8 + req.length,
+        );
+        b.extend_from_slice(&req.offset.to_be_bytes());
+    } else {
+        b.extend_from_slice(&simple_reply(req.cookie, 0, &[]));
     }
-    let mut b = Vec::with_capacity(28 + data.len());
-    chunk_header(
-        &mut b,
-        REPLY_FLAG_DONE,
-        REPLY_TYPE_OFFSET_DATA,
-        req.cookie,
-        8 + data.len() as u32,
-    );
-    b.extend_from_slice(&req.offset.to_be_bytes());
-    b.extend_from_slice(data);
-    b
+    let start = b.len();
+    (b, start)
 }
 
 fn block_status_reply(req: &Request, runs: &[cvol_provider::BlockExtent]) -> Vec<u8> {

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# NBD benchmark: the same pool file served by cvol (`cvol mount --nbd`), by qemu-nbd and
+# by nbdkit's file plugin, each driven by the same fio jobs (fio's nbd engine, one
+# connection) in one run, so that only ratios matter on a shared machine.
+#
+#   ./scripts/bench-nbd.sh [RUNTIME_SECONDS]     (default 10 s per job)
+#
+# Prints a Markdown table for BENCHMARKS.md. Needs fio, qemu-utils (qemu-nbd), nbdkit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runtime=${1:-10}
+cargo build --release --quiet
+cvol=$PWD/target/release/cvol
+work=$(mktemp -d /var/tmp/cvol-bench-nbd.XXXXXX)
+mnt=$work/mnt
+sock=$work/nbd.sock
+server_pid=
+stop_server() {
+    if [[ -n $server_pid ]]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+    rm -f "$sock"
+}
+cleanup() {
+    stop_server
+    "$cvol" umount "$mnt" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+export CVOL_SHARE=$work/share
+mkdir -p "$work/share" "$work/pool" "$mnt"
+"$cvol" datastore create --name bench --provider "pool=file:$work/pool" >/dev/null
+"$cvol" vm create bench --disk 2G >/dev/null
+volume=$("$cvol" --json disk list bench | sed -n 's/.*"volume": "\(vol-[0-9a-f]*\)".*/\1/p')
+pool_file=$work/pool/volumes/$volume/data
+fio --name=fill --filename="$pool_file" --rw=write --bs=1M --size=2G --ioengine=psync --output=/dev/null
+
+jobs=(
+    "4k randread QD1|--rw=randread --bs=4k --iodepth=1"
+    "4k randread QD16|--rw=randread --bs=4k --iodepth=16"
+    "4k randwrite QD1|--rw=randwrite --bs=4k --iodepth=1"
+    "4k randwrite QD16|--rw=randwrite --bs=4k --iodepth=16"
+    "1M seq read|--rw=read --bs=1M --iodepth=4"
+    "1M seq write|--rw=write --bs=1M --iodepth=4"
+)
+
+wait_socket() {
+    for _ in $(seq 100); do
+        [[ -S $sock ]] && return 0
+        sleep 0.1
+    done
+    echo "bench-nbd.sh: no server on $sock" >&2
+    exit 1
+}
+
+# run_jobs SERVER URI: fills result[SERVER,job] with MiB/s (reads + writes)
+declare -A result
+run_jobs() {
+    local server=$1 uri=$2
+    for job in "${jobs[@]}"; do
+        local name=${job%%|*}
+        # shellcheck disable=SC2086
+        result[$server,$name]=$(fio --name=job --ioengine=nbd --uri="$uri" --size=2G --time_based \
+            --runtime="$runtime" --ramp_time=1 --output-format=terse --terse-version=3 ${job#*|} |
+            awk -F';' 'NF > 50 { v = ($7 + $48) / 1024 } END { printf "%.1f", v }')
+    done
+}
+
+"$cvol" mount "$mnt" --nbd "unix:$sock" &
+server_pid=$!
+wait_socket
+run_jobs cvol "nbd+unix:///bench/bench?socket=$sock"
+stop_server
+
+qemu-nbd --persistent --shared=8 --format=raw --cache=writeback --aio=threads --socket="$sock" --export-name=bench "$pool_file" &
+server_pid=$!
+wait_socket
+run_jobs qemu-nbd "nbd+unix:///bench?socket=$sock"
+stop_server
+
+nbdkit --foreground --unix "$sock" --exportname=bench file "$pool_file" &
+server_pid=$!
+wait_socket
+run_jobs nbdkit "nbd+unix:///bench?socket=$sock"
+stop_server
+
+echo "| job | cvol MiB/s | qemu-nbd MiB/s | nbdkit file MiB/s | cvol / qemu-nbd | cvol / nbdkit |"
+echo "|---|---:|---:|---:|---:|---:|"
+for job in "${jobs[@]}"; do
+    name=${job%%|*}
+    awk -v name="$name" -v c="${result[cvol,$name]}" -v q="${result[qemu-nbd,$name]}" -v k="${result[nbdkit,$name]}" \
+        'BEGIN { printf "| %s | %s | %s | %s | %.2fx | %.2fx |\n", name, c, q, k, c / q, c / k }'
+done
