@@ -7,6 +7,7 @@
 
 mod exports;
 mod handshake;
+pub mod memory;
 pub mod proto;
 mod server;
 mod transmission;

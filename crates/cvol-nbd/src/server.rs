@@ -148,23 +148,32 @@ impl NbdServer {
             return;
         };
         tokio::spawn(async move {
-            let (r, mut w) = tokio::io::split(stream);
-            let mut r = BufReader::new(r);
-            match handshake::negotiate(&mut r, &mut w, &self.exports, &self.settings, &peer).await {
-                Ok(Some(session)) => {
-                    tracing::info!(
-                        peer,
-                        export = session.name,
-                        size = session.size,
-                        structured = session.structured,
-                        "NBD export opened"
-                    );
-                    transmission::serve(r, w, session, &self.settings, &peer).await;
-                }
-                Ok(None) => tracing::debug!(peer, "NBD client aborted the negotiation"),
-                Err(e) => tracing::warn!(peer, "NBD negotiation ended: {e}"),
-            }
+            self.serve_connection(stream, &peer).await;
             drop(permit);
         });
+    }
+
+    /// Negotiates with and then serves one client on `stream` until it goes away. The
+    /// listeners call it for each connection; fuzzing calls it on in-memory streams.
+    pub async fn serve_connection<S>(&self, stream: S, peer: &str)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, mut w) = tokio::io::split(stream);
+        let mut r = BufReader::new(r);
+        match handshake::negotiate(&mut r, &mut w, &self.exports, &self.settings, peer).await {
+            Ok(Some(session)) => {
+                tracing::info!(
+                    peer,
+                    export = session.name,
+                    size = session.size,
+                    structured = session.structured,
+                    "NBD export opened"
+                );
+                transmission::serve(r, w, session, &self.settings, peer).await;
+            }
+            Ok(None) => tracing::debug!(peer, "NBD client aborted the negotiation"),
+            Err(e) => tracing::warn!(peer, "NBD negotiation ended: {e}"),
+        }
     }
 }

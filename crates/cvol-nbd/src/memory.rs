@@ -1,0 +1,72 @@
+//! An export held in memory, for fuzzing the server and testing it without a datastore.
+
+use std::sync::{Arc, Mutex};
+
+use cvol_provider::{BlockDevice, BlockError};
+
+use crate::exports::{ExportError, Exports, OpenExport};
+
+/// A device whose bytes are a vector.
+pub struct MemoryDevice(Mutex<Vec<u8>>);
+
+impl MemoryDevice {
+    /// `size` zero bytes.
+    pub fn new(size: usize) -> Self {
+        Self(Mutex::new(vec![0; size]))
+    }
+}
+
+impl BlockDevice for MemoryDevice {
+    fn size(&self) -> u64 {
+        self.0.lock().expect("memory lock").len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let data = self.0.lock().expect("memory lock");
+        buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.0.lock().expect("memory lock")[offset as usize..offset as usize + buf.len()]
+            .copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.write_zeroes(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.check_range(offset, len)?;
+        self.0.lock().expect("memory lock")[offset as usize..(offset + len) as usize].fill(0);
+        Ok(())
+    }
+}
+
+/// One export, `mem`, of a [`MemoryDevice`].
+pub struct MemoryExports(pub Arc<MemoryDevice>);
+
+impl Exports for MemoryExports {
+    fn names(&self) -> Result<Vec<String>, ExportError> {
+        Ok(vec!["mem".into()])
+    }
+
+    fn size(&self, name: &str) -> Result<u64, ExportError> {
+        match name {
+            "mem" => Ok(self.0.size()),
+            _ => Err(ExportError::Unknown(format!("no export {name:?}"))),
+        }
+    }
+
+    fn open(&self, name: &str) -> Result<OpenExport, ExportError> {
+        self.size(name)?;
+        Ok(OpenExport::new(self.0.clone(), || {}))
+    }
+}
