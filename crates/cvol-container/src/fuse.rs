@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use cvol_share::{SetAttributes, SetTime};
@@ -24,11 +24,19 @@ use crate::Errno;
 /// too, so this stays short, like the NFS client's default `acregmin`.
 const TTL: Duration = Duration::from_secs(1);
 
+#[derive(Default)]
+struct Backing {
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    by_inode: HashMap<u64, Weak<BackingId>>,
+}
+
 struct Adapter {
     container: Arc<Container>,
     passthrough: AtomicBool,
-    /// Backing ids must outlive the opens that use them: kept until release.
-    backing: Mutex<HashMap<u64, BackingId>>,
+    /// Passthrough backing ids. The kernel ties an inode to one backing file while any
+    /// passthrough open of it lasts, so concurrent opens of an inode must share one id:
+    /// handles hold it, and the inode's entry finds it while any handle does.
+    backing: Mutex<Backing>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -71,8 +79,9 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 }
 
 impl Adapter {
-    /// Replies to an open, through passthrough when the container offers a backing file.
-    fn reply_open(&self, opened: Opened, reply: ReplyOpen) {
+    /// Replies to an open of `ino`, through passthrough when the container offers a
+    /// backing file.
+    fn reply_open(&self, ino: u64, opened: Opened, reply: ReplyOpen) {
         if let Some(device) = opened
             .passthrough
             .filter(|_| self.passthrough.load(Ordering::Relaxed))
@@ -80,13 +89,16 @@ impl Adapter {
             let file = device
                 .backing_file()
                 .expect("passthrough devices have a backing file");
-            match reply.open_backing(file) {
+            let mut backing = self.backing.lock().expect("backing lock");
+            let id = match backing.by_inode.get(&ino).and_then(Weak::upgrade) {
+                Some(id) => Ok(id),
+                None => reply.open_backing(file).map(Arc::new),
+            };
+            match id {
                 Ok(id) => {
                     reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
-                    self.backing
-                        .lock()
-                        .expect("backing lock")
-                        .insert(opened.fh, id);
+                    backing.by_inode.insert(ino, Arc::downgrade(&id));
+                    backing.by_handle.insert(opened.fh, id);
                     return;
                 }
                 Err(e) => tracing::warn!(
@@ -241,7 +253,7 @@ impl Filesystem for Adapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.container.open(ino.0, flags.0 & libc::O_TRUNC != 0) {
-            Ok(opened) => self.reply_open(opened, reply),
+            Ok(opened) => self.reply_open(ino.0, opened, reply),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -305,7 +317,11 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing.lock().expect("backing lock").remove(&fh.0);
+        {
+            let mut backing = self.backing.lock().expect("backing lock");
+            backing.by_handle.remove(&fh.0);
+            backing.by_inode.retain(|_, id| id.strong_count() > 0);
+        }
         match self.container.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -530,7 +546,7 @@ pub fn mount(
     let adapter = Adapter {
         container,
         passthrough: AtomicBool::new(settings.passthrough),
-        backing: Mutex::new(HashMap::new()),
+        backing: Mutex::new(Backing::default()),
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     Ok(MountedContainer {

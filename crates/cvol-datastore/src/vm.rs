@@ -32,6 +32,8 @@ pub struct VmInfo {
     pub memory_mib: Option<u64>,
     /// Virtual CPUs, from the `.vmx`.
     pub cpus: Option<u32>,
+    /// The disk files its `.vmx` attaches, boot disk first.
+    pub vmx_disks: Vec<String>,
     /// Its disks.
     pub disks: Vec<DiskInfo>,
     /// What is wrong with its metadata, if anything.
@@ -167,6 +169,10 @@ impl Datastore {
             vmx: vmx.as_ref().map(|_| vmx_path.as_str().to_string()),
             memory_mib: vmx.as_ref().and_then(|v| v.get("memSize")?.parse().ok()),
             cpus: vmx.as_ref().and_then(|v| v.get("numvcpus")?.parse().ok()),
+            vmx_disks: vmx
+                .as_ref()
+                .map(vmx_slots::attached_disks)
+                .unwrap_or_default(),
             disks,
             problems,
         })

@@ -40,6 +40,20 @@ pub fn attach_disk(vmx: &mut Vmx, descriptor_file: &str) -> Option<Vec<String>> 
     Some(entries.into_iter().map(|(k, _)| k).collect())
 }
 
+/// The disk files the VM attaches, in slot order (the boot disk first).
+pub fn attached_disks(vmx: &Vmx) -> Vec<String> {
+    SLOTS
+        .filter(|&s| {
+            let present = vmx.get(&format!("{}present", slot_prefix(s)));
+            present.is_some_and(|p| p.eq_ignore_ascii_case("true"))
+        })
+        .filter_map(|s| {
+            vmx.get(&format!("{}fileName", slot_prefix(s)))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The keys of every slot that holds disk file `descriptor_file`.
 pub fn keys_of_disk(vmx: &Vmx, descriptor_file: &str) -> Vec<String> {
     SLOTS
@@ -68,6 +82,7 @@ mod tests {
             attach_disk(&mut vmx, "more.vmdk").is_none(),
             "15 disks fill the controller"
         );
+        assert_eq!(attached_disks(&vmx)[7], "d7.vmdk");
         let keys = keys_of_disk(&vmx, "d3.vmdk");
         assert_eq!(
             keys,

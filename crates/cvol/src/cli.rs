@@ -153,6 +153,39 @@ pub enum VmCommand {
         /// The VM's name.
         vm: String,
     },
+    /// Run a VM under QEMU: memory, CPUs and disks come from its .vmx; disks are opened
+    /// through a mounted container (or over NBD). Extra QEMU arguments go after `--`.
+    Start(StartArgs),
+}
+
+/// `cvol vm start`
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The VM's name.
+    pub vm: String,
+    /// Where the datastore's container is mounted (`cvol mount`).
+    #[arg(
+        long,
+        value_name = "MOUNTPOINT",
+        required_unless_present = "nbd_socket"
+    )]
+    pub container: Option<PathBuf>,
+    /// Reach the disks over NBD on this unix socket instead of through the container.
+    #[arg(long, value_name = "PATH")]
+    pub nbd_socket: Option<PathBuf>,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+    /// QEMU's accelerator: `auto` is KVM where /dev/kvm can be opened (falling back to
+    /// TCG), else TCG; `tcg` where KVM is present but does not work (nested setups).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
+    /// Print the QEMU command line instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// More QEMU arguments, e.g. `-- -kernel vmlinuz -nographic`.
+    #[arg(last = true)]
+    pub qemu_args: Vec<String>,
 }
 
 /// `cvol disk …`

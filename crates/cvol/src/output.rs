@@ -24,6 +24,19 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// `arg` quoted for a POSIX shell, unless it needs no quoting.
+pub fn shell_quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=,:+@".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 /// Prints rows as aligned columns under `header`.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -48,7 +61,15 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 #[cfg(test)]
 mod tests {
-    use super::human_size;
+    use super::{human_size, shell_quote};
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/tmp/a-b.sock"), "/tmp/a-b.sock");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 
     #[test]
     fn sizes() {

@@ -105,13 +105,7 @@ fn print_summary(ds: &Datastore, share_dir: &Path, pool_dir: &Path, info: &cvol_
     println!();
 }
 
+/// `path` quoted for a shell.
 fn shell_path(path: &Path) -> String {
-    let s = path.display().to_string();
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
-    {
-        s
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
+    crate::output::shell_quote(&path.display().to_string())
 }
