@@ -8,6 +8,8 @@
 # Prints a Markdown table for BENCHMARKS.md. Needs fio, qemu-utils (qemu-nbd), nbdkit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 runtime=${1:-10}
 cargo build --release --quiet
 cvol=$PWD/target/release/cvol
@@ -30,13 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export CVOL_SHARE=$work/share
-mkdir -p "$work/share" "$work/pool" "$mnt"
-"$cvol" datastore create --name bench --provider "pool=file:$work/pool" >/dev/null
-"$cvol" vm create bench --disk 2G >/dev/null
-volume=$("$cvol" --json disk list bench | sed -n 's/.*"volume": "\(vol-[0-9a-f]*\)".*/\1/p')
-pool_file=$work/pool/volumes/$volume/data
-fio --name=fill --filename="$pool_file" --rw=write --bs=1M --size=2G --ioengine=psync --output=/dev/null
+bench_datastore "$work"
 
 jobs=(
     "4k randread QD1|--rw=randread --bs=4k --iodepth=1"

@@ -8,6 +8,8 @@
 # Prints a Markdown table for BENCHMARKS.md. Needs fio (apt-get install fio).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 runtime=${1:-10}
 cargo build --release --quiet
 cvol=$PWD/target/release/cvol
@@ -20,14 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export CVOL_SHARE=$work/share
-mkdir -p "$work/share" "$work/pool" "$mnt"
-"$cvol" datastore create --name bench --provider "pool=file:$work/pool" >/dev/null
-"$cvol" vm create bench --disk 2G >/dev/null
-volume=$("$cvol" --json disk list bench | sed -n 's/.*"volume": "\(vol-[0-9a-f]*\)".*/\1/p')
-pool_file=$work/pool/volumes/$volume/data
-# Fill the disk so reads read data, not holes.
-fio --name=fill --filename="$pool_file" --rw=write --bs=1M --size=2G --ioengine=psync --output=/dev/null
+bench_datastore "$work"
 
 jobs=(
     "4k randread QD16|--rw=randread --bs=4k --iodepth=16"
@@ -47,12 +42,7 @@ run_job() {
 
 mount_container() {
     "$cvol" mount "$mnt" "$@" &
-    for _ in $(seq 100); do
-        grep -q " $mnt " /proc/self/mountinfo && return 0
-        sleep 0.1
-    done
-    echo "bench.sh: the container did not mount" >&2
-    exit 1
+    wait_mounted "$mnt"
 }
 
 declare -A result

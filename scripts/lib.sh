@@ -39,3 +39,17 @@ wait_mounted() {
     echo "no container mounted at $1" >&2
     return 1
 }
+
+# bench_datastore WORK: a datastore in WORK (share, pool) with a VM "bench" whose 2 GiB
+# disk is filled, so reads read data; exports CVOL_SHARE and sets pool_file to the
+# volume's file. Needs cvol in $cvol.
+bench_datastore() {
+    local work=$1 volume
+    export CVOL_SHARE=$work/share
+    mkdir -p "$work/share" "$work/pool" "$work/mnt"
+    "$cvol" datastore create --name bench --provider "pool=file:$work/pool" >/dev/null
+    "$cvol" vm create bench --disk 2G >/dev/null
+    volume=$("$cvol" --json disk list bench | sed -n 's/.*"volume": "\(vol-[0-9a-f]*\)".*/\1/p')
+    pool_file=$work/pool/volumes/$volume/data
+    fio --name=fill --filename="$pool_file" --rw=write --bs=1M --size=2G --ioengine=psync --output=/dev/null
+}

@@ -603,30 +603,29 @@ impl Container {
         }
     }
 
-    /// Reads up to `size` bytes at `offset`.
+    /// Reads up to `size` bytes at `offset`; a read at or past the end of a disk is
+    /// short, as at the end of any file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        if let Some(device) = self.device(fh)? {
-            let end = (offset.saturating_add(u64::from(size))).min(device.size());
-            let mut buf = vec![0; end.saturating_sub(offset) as usize];
-            device.read_at(&mut buf, offset)?;
-            return Ok(buf);
-        }
-        if self.pending_path(fh)?.is_some() {
-            let device = self.pending_device(fh, 0)?;
-            return match device {
-                Some(device) => {
-                    let end = (offset.saturating_add(u64::from(size))).min(device.size());
-                    let mut buf = vec![0; end.saturating_sub(offset) as usize];
-                    device.read_at(&mut buf, offset)?;
-                    Ok(buf)
+        let device = match self.pending_path(fh)? {
+            Some(_) => match self.pending_device(fh, 0)? {
+                Some(device) => device,
+                None => return Ok(Vec::new()), // nothing written yet
+            },
+            None => match self.device(fh)? {
+                Some(device) => device,
+                None => {
+                    return Ok(self.ds.share().read_at(
+                        &self.share_path(fh)?,
+                        offset,
+                        size as usize,
+                    )?)
                 }
-                None => Ok(Vec::new()),
-            };
-        }
-        Ok(self
-            .ds
-            .share()
-            .read_at(&self.share_path(fh)?, offset, size as usize)?)
+            },
+        };
+        let end = offset.saturating_add(u64::from(size)).min(device.size());
+        let mut buf = vec![0; end.saturating_sub(offset) as usize];
+        device.read_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     fn pending_path(&self, fh: u64) -> Result<Option<SharePath>, Errno> {
