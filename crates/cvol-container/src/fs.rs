@@ -575,32 +575,34 @@ impl Container {
         }
     }
 
-    /// The device behind handle `fh` of a disk, attaching a pending disk's volume on
-    /// first use.
+    /// The device behind handle `fh` of a disk, once it has one.
     fn device(&self, fh: u64) -> Result<Option<Arc<dyn BlockDevice>>, Errno> {
-        let handles = self.handles.lock().expect("handle lock");
-        match handles.get(&fh).ok_or(Errno::BADF)? {
+        self.with_handle(fh, |h| match h {
             Handle::Disk { device, .. }
             | Handle::Pending {
                 volume: Some((_, device)),
                 ..
             } => Ok(Some(device.clone())),
             Handle::Pending { .. } | Handle::Share { .. } | Handle::Dir => Ok(None),
-        }
+        })
+    }
+
+    /// Runs `f` on handle `fh`, under the handle lock.
+    fn with_handle<T>(
+        &self,
+        fh: u64,
+        f: impl FnOnce(&mut Handle) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let mut handles = self.handles.lock().expect("handle lock");
+        f(handles.get_mut(&fh).ok_or(Errno::BADF)?)
     }
 
     fn share_path(&self, fh: u64) -> Result<SharePath, Errno> {
-        match self
-            .handles
-            .lock()
-            .expect("handle lock")
-            .get(&fh)
-            .ok_or(Errno::BADF)?
-        {
+        self.with_handle(fh, |h| match h {
             Handle::Share { path, .. } => Ok(path.clone()),
             Handle::Dir => Err(Errno::ISDIR),
             _ => Err(Errno::INVAL),
-        }
+        })
     }
 
     /// Reads up to `size` bytes at `offset`; a read at or past the end of a disk is
@@ -629,16 +631,10 @@ impl Container {
     }
 
     fn pending_path(&self, fh: u64) -> Result<Option<SharePath>, Errno> {
-        match self
-            .handles
-            .lock()
-            .expect("handle lock")
-            .get(&fh)
-            .ok_or(Errno::BADF)?
-        {
+        self.with_handle(fh, |h| match h {
             Handle::Pending { path, .. } => Ok(Some(path.clone())),
             _ => Ok(None),
-        }
+        })
     }
 
     /// The device of pending handle `fh` after growing its disk to `size` bytes; `None`
@@ -664,10 +660,20 @@ impl Container {
             return Ok(Some(device));
         }
         let device = self.attach(&provider, &volume, None)?;
-        if let Some(Handle::Pending { volume: slot, .. }) =
-            self.handles.lock().expect("handle lock").get_mut(&fh)
-        {
-            *slot = Some((volume, device.clone()));
+        let raced = self.with_handle(fh, |h| match h {
+            Handle::Pending {
+                volume: slot @ None,
+                ..
+            } => {
+                *slot = Some((volume.clone(), device.clone()));
+                Ok(false)
+            }
+            _ => Ok(true),
+        })?;
+        if raced {
+            // A concurrent request on this handle attached first: keep one open only.
+            self.detach(&volume)?;
+            return self.device(fh);
         }
         Ok(Some(device))
     }
@@ -685,11 +691,12 @@ impl Container {
         }
         let path = self.share_path(fh)?;
         self.ds.share().write_at(&path, offset, data)?;
-        if let Some(Handle::Share { wrote, .. }) =
-            self.handles.lock().expect("handle lock").get_mut(&fh)
-        {
-            *wrote = true;
-        }
+        self.with_handle(fh, |h| {
+            if let Handle::Share { wrote, .. } = h {
+                *wrote = true;
+            }
+            Ok(())
+        })?;
         Ok(data.len() as u32)
     }
 
@@ -743,28 +750,32 @@ impl Container {
     /// written becomes a disk of its own here, so that the tool that wrote it finds the
     /// disk complete as soon as its `close()` returns.
     pub fn flush(&self, fh: u64) -> Result<(), Errno> {
-        let written = {
-            let mut handles = self.handles.lock().expect("handle lock");
-            match handles.get_mut(&fh).ok_or(Errno::BADF)? {
+        enum Closed {
+            Descriptor(SharePath, bool),
+            Extent(SharePath),
+            Other,
+        }
+        let closed = self.with_handle(fh, |h| {
+            Ok(match h {
                 Handle::Share {
                     path,
                     created,
                     wrote,
                 } if *wrote => {
-                    let written = (path.clone(), *created);
+                    let closed = Closed::Descriptor(path.clone(), *created);
                     // A second close of a dup'ed descriptor must not clone again.
                     (*created, *wrote) = (false, false);
-                    written
+                    closed
                 }
-                Handle::Pending { path, .. } => {
-                    let path = path.clone();
-                    drop(handles);
-                    return self.commit_if_described(&path);
-                }
-                _ => return Ok(()),
-            }
-        };
-        self.descriptor_written(&written.0, written.1)
+                Handle::Pending { path, .. } => Closed::Extent(path.clone()),
+                _ => Closed::Other,
+            })
+        })?;
+        match closed {
+            Closed::Descriptor(path, created) => self.descriptor_written(&path, created),
+            Closed::Extent(path) => self.commit_if_described(&path),
+            Closed::Other => Ok(()),
+        }
     }
 
     /// Forgets `fh`. Releasing the last handle of a disk detaches its volume.

@@ -97,8 +97,7 @@ where
         )));
     }
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
-    let mut structured = false;
-    let mut allocation = false;
+    let mut state = OptionState::default();
     loop {
         let magic = r.read_u64().await?;
         if magic != IHAVEOPT {
@@ -116,190 +115,201 @@ where
         let mut data = vec![0; len as usize];
         r.read_exact(&mut data).await?;
         tracing::debug!(peer, option, len, "NBD option");
-        let reply = |kind: u32, data: &[u8]| option_reply(option, kind, data);
-        let error = |kind: u32, message: &str| {
-            tracing::info!(peer, option, "NBD option refused: {message}");
-            option_reply(option, kind, message.as_bytes())
-        };
-        match option {
-            OPT_EXPORT_NAME => {
-                // The old way to pick an export: no way to say no, so a bad name closes.
-                let name = String::from_utf8(data)
-                    .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".into()))?;
-                let exports = exports.clone();
-                let opened = blocking({
-                    let name = name.clone();
-                    move || exports.open(&name)
-                })
-                .await?;
-                let export = opened
-                    .map_err(|e| HandshakeError::Protocol(format!("export {name:?}: {e}")))?;
-                let size = export.device.size();
-                w.write_u64(size).await?;
-                w.write_u16(transmission_flags(settings, structured))
+        let answer = answer_option(option, data, &mut state, exports, settings).await?;
+        match answer {
+            Answer::Reply(bytes) => w.write_all(&bytes).await?,
+            Answer::Refuse(kind, message) => {
+                tracing::info!(peer, option, "NBD option refused: {message}");
+                w.write_all(&option_reply(option, kind, message.as_bytes()))
+                    .await?;
+            }
+            Answer::Abort => {
+                w.write_all(&option_reply(option, REP_ACK, &[])).await?;
+                w.flush().await?;
+                return Ok(None);
+            }
+            Answer::Go(bytes, session) => {
+                w.write_all(&bytes).await?;
+                w.flush().await?;
+                return Ok(Some(session));
+            }
+            Answer::ExportName(session) => {
+                // The old way to pick an export: the size, the flags, and padding.
+                w.write_u64(session.size).await?;
+                w.write_u16(transmission_flags(settings, state.structured))
                     .await?;
                 if !no_zeroes {
                     w.write_all(&[0; 124]).await?;
                 }
                 w.flush().await?;
-                return Ok(Some(Negotiated {
-                    name,
-                    export,
-                    size,
-                    structured,
-                    allocation,
-                    block_size_agreed: false,
-                }));
-            }
-            OPT_ABORT => {
-                w.write_all(&reply(REP_ACK, &[])).await?;
-                w.flush().await?;
-                return Ok(None);
-            }
-            OPT_LIST if !data.is_empty() => {
-                w.write_all(&error(REP_ERR_INVALID, "NBD_OPT_LIST takes no data"))
-                    .await?
-            }
-            OPT_LIST => {
-                let exports = exports.clone();
-                match blocking(move || exports.names()).await? {
-                    Ok(names) => {
-                        for name in names {
-                            let mut item = (name.len() as u32).to_be_bytes().to_vec();
-                            item.extend_from_slice(name.as_bytes());
-                            w.write_all(&reply(REP_SERVER, &item)).await?;
-                        }
-                        w.write_all(&reply(REP_ACK, &[])).await?;
-                    }
-                    Err(e) => w.write_all(&error(REP_ERR_INVALID, &e.to_string())).await?,
-                }
-            }
-            OPT_STARTTLS => {
-                w.write_all(&error(
-                    REP_ERR_POLICY,
-                    "TLS is not offered; use a unix socket or loopback",
-                ))
-                .await?
-            }
-            OPT_STRUCTURED_REPLY if !data.is_empty() => {
-                w.write_all(&error(
-                    REP_ERR_INVALID,
-                    "NBD_OPT_STRUCTURED_REPLY takes no data",
-                ))
-                .await?
-            }
-            OPT_STRUCTURED_REPLY => {
-                structured = true;
-                w.write_all(&reply(REP_ACK, &[])).await?;
-            }
-            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
-                let Ok(request) = MetaContextRequest::parse(&data) else {
-                    w.write_all(&error(REP_ERR_INVALID, "malformed meta context request"))
-                        .await?;
-                    w.flush().await?;
-                    continue;
-                };
-                if option == OPT_SET_META_CONTEXT && !structured {
-                    w.write_all(&error(
-                        REP_ERR_INVALID,
-                        "negotiate structured replies first",
-                    ))
-                    .await?;
-                    w.flush().await?;
-                    continue;
-                }
-                let exports = exports.clone();
-                let name = request.name.to_string();
-                if let Err(e) = blocking(move || exports.size(&name)).await? {
-                    w.write_all(&error(REP_ERR_UNKNOWN, &e.to_string())).await?;
-                    w.flush().await?;
-                    continue;
-                }
-                let selected = if request.queries.is_empty() {
-                    option == OPT_LIST_META_CONTEXT
-                } else {
-                    request
-                        .queries
-                        .iter()
-                        .any(|q| *q == BASE_ALLOCATION || *q == "base:")
-                };
-                if option == OPT_SET_META_CONTEXT {
-                    allocation = selected;
-                }
-                if selected {
-                    let mut item = ALLOCATION_CONTEXT.to_be_bytes().to_vec();
-                    item.extend_from_slice(BASE_ALLOCATION.as_bytes());
-                    w.write_all(&reply(REP_META_CONTEXT, &item)).await?;
-                }
-                w.write_all(&reply(REP_ACK, &[])).await?;
-            }
-            OPT_INFO | OPT_GO => {
-                let Ok(request) = InfoRequest::parse(&data) else {
-                    w.write_all(&error(REP_ERR_INVALID, "malformed info request"))
-                        .await?;
-                    w.flush().await?;
-                    continue;
-                };
-                let name = request.name.to_string();
-                let block_size_agreed = request.items.contains(&INFO_BLOCK_SIZE);
-                let exports = exports.clone();
-                let go = option == OPT_GO;
-                let found = blocking({
-                    let name = name.clone();
-                    move || {
-                        if go {
-                            exports.open(&name).map(|e| (e.device.size(), Some(e)))
-                        } else {
-                            exports.size(&name).map(|s| (s, None))
-                        }
-                    }
-                })
-                .await?;
-                let (size, export) = match found {
-                    Ok(found) => found,
-                    Err(ExportError::Unknown(m)) => {
-                        w.write_all(&error(REP_ERR_UNKNOWN, &m)).await?;
-                        w.flush().await?;
-                        continue;
-                    }
-                    Err(ExportError::Refused(m)) => {
-                        w.write_all(&error(REP_ERR_POLICY, &m)).await?;
-                        w.flush().await?;
-                        continue;
-                    }
-                };
-                let mut info = INFO_EXPORT.to_be_bytes().to_vec();
-                info.extend_from_slice(&size.to_be_bytes());
-                info.extend_from_slice(&transmission_flags(settings, structured).to_be_bytes());
-                w.write_all(&reply(REP_INFO, &info)).await?;
-                if block_size_agreed {
-                    let mut info = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-                    for v in [MIN_BLOCK, PREFERRED_BLOCK, settings.max_request] {
-                        info.extend_from_slice(&v.to_be_bytes());
-                    }
-                    w.write_all(&reply(REP_INFO, &info)).await?;
-                }
-                w.write_all(&reply(REP_ACK, &[])).await?;
-                w.flush().await?;
-                if let Some(export) = export {
-                    return Ok(Some(Negotiated {
-                        name,
-                        export,
-                        size,
-                        structured,
-                        allocation,
-                        block_size_agreed,
-                    }));
-                }
-            }
-            _ => {
-                w.write_all(&error(
-                    REP_ERR_UNSUP,
-                    &format!("option {option} is not supported"),
-                ))
-                .await?
+                return Ok(Some(session));
             }
         }
         w.flush().await?;
+    }
+}
+
+/// What the options so far have settled.
+#[derive(Default)]
+struct OptionState {
+    structured: bool,
+    allocation: bool,
+}
+
+/// How to answer one option.
+enum Answer {
+    /// Send these replies and go on.
+    Reply(Vec<u8>),
+    /// Send this error reply and go on.
+    Refuse(u32, String),
+    /// Acknowledge and close.
+    Abort,
+    /// Send these replies and start transmission.
+    Go(Vec<u8>, Negotiated),
+    /// Start transmission the old way (NBD_OPT_EXPORT_NAME).
+    ExportName(Negotiated),
+}
+
+/// Decides the answer to `option` with `data` ("Option types" in the spec).
+async fn answer_option(
+    option: u32,
+    data: Vec<u8>,
+    state: &mut OptionState,
+    exports: &Arc<dyn Exports>,
+    settings: &Settings,
+) -> Result<Answer, HandshakeError> {
+    let reply = |kind: u32, data: &[u8]| option_reply(option, kind, data);
+    let refuse = |kind: u32, message: &str| Ok(Answer::Refuse(kind, message.to_string()));
+    let exports = exports.clone();
+    match option {
+        OPT_EXPORT_NAME => {
+            // No way to say no: a bad name closes the connection.
+            let name = String::from_utf8(data)
+                .map_err(|_| HandshakeError::Protocol("export name is not UTF-8".into()))?;
+            let opened = blocking({
+                let name = name.clone();
+                move || exports.open(&name)
+            })
+            .await?;
+            let export =
+                opened.map_err(|e| HandshakeError::Protocol(format!("export {name:?}: {e}")))?;
+            let size = export.device.size();
+            Ok(Answer::ExportName(Negotiated {
+                name,
+                export,
+                size,
+                structured: state.structured,
+                allocation: state.allocation,
+                block_size_agreed: false,
+            }))
+        }
+        OPT_ABORT => Ok(Answer::Abort),
+        OPT_LIST if !data.is_empty() => refuse(REP_ERR_INVALID, "NBD_OPT_LIST takes no data"),
+        OPT_LIST => match blocking(move || exports.names()).await? {
+            Ok(names) => {
+                let mut out = Vec::new();
+                for name in names {
+                    let mut item = (name.len() as u32).to_be_bytes().to_vec();
+                    item.extend_from_slice(name.as_bytes());
+                    out.extend(reply(REP_SERVER, &item));
+                }
+                out.extend(reply(REP_ACK, &[]));
+                Ok(Answer::Reply(out))
+            }
+            Err(e) => refuse(REP_ERR_INVALID, &e.to_string()),
+        },
+        OPT_STARTTLS => refuse(
+            REP_ERR_POLICY,
+            "TLS is not offered; use a unix socket or loopback",
+        ),
+        OPT_STRUCTURED_REPLY if !data.is_empty() => {
+            refuse(REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data")
+        }
+        OPT_STRUCTURED_REPLY => {
+            state.structured = true;
+            Ok(Answer::Reply(reply(REP_ACK, &[])))
+        }
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+            let Ok(request) = MetaContextRequest::parse(&data) else {
+                return refuse(REP_ERR_INVALID, "malformed meta context request");
+            };
+            if option == OPT_SET_META_CONTEXT && !state.structured {
+                return refuse(REP_ERR_INVALID, "negotiate structured replies first");
+            }
+            let name = request.name.to_string();
+            if let Err(e) = blocking(move || exports.size(&name)).await? {
+                return refuse(REP_ERR_UNKNOWN, &e.to_string());
+            }
+            let selected = if request.queries.is_empty() {
+                option == OPT_LIST_META_CONTEXT
+            } else {
+                request
+                    .queries
+                    .iter()
+                    .any(|q| *q == BASE_ALLOCATION || *q == "base:")
+            };
+            if option == OPT_SET_META_CONTEXT {
+                state.allocation = selected;
+            }
+            let mut out = Vec::new();
+            if selected {
+                let mut item = ALLOCATION_CONTEXT.to_be_bytes().to_vec();
+                item.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                out.extend(reply(REP_META_CONTEXT, &item));
+            }
+            out.extend(reply(REP_ACK, &[]));
+            Ok(Answer::Reply(out))
+        }
+        OPT_INFO | OPT_GO => {
+            let Ok(request) = InfoRequest::parse(&data) else {
+                return refuse(REP_ERR_INVALID, "malformed info request");
+            };
+            let name = request.name.to_string();
+            let block_size_agreed = request.items.contains(&INFO_BLOCK_SIZE);
+            let go = option == OPT_GO;
+            let found = blocking({
+                let name = name.clone();
+                move || {
+                    if go {
+                        exports.open(&name).map(|e| (e.device.size(), Some(e)))
+                    } else {
+                        exports.size(&name).map(|s| (s, None))
+                    }
+                }
+            })
+            .await?;
+            let (size, export) = match found {
+                Ok(found) => found,
+                Err(ExportError::Unknown(m)) => return refuse(REP_ERR_UNKNOWN, &m),
+                Err(ExportError::Refused(m)) => return refuse(REP_ERR_POLICY, &m),
+            };
+            let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+            info.extend_from_slice(&size.to_be_bytes());
+            info.extend_from_slice(&transmission_flags(settings, state.structured).to_be_bytes());
+            let mut out = reply(REP_INFO, &info);
+            if block_size_agreed {
+                let mut info = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                for v in [MIN_BLOCK, PREFERRED_BLOCK, settings.max_request] {
+                    info.extend_from_slice(&v.to_be_bytes());
+                }
+                out.extend(reply(REP_INFO, &info));
+            }
+            out.extend(reply(REP_ACK, &[]));
+            Ok(match export {
+                Some(export) => Answer::Go(
+                    out,
+                    Negotiated {
+                        name,
+                        export,
+                        size,
+                        structured: state.structured,
+                        allocation: state.allocation,
+                        block_size_agreed,
+                    },
+                ),
+                None => Answer::Reply(out),
+            })
+        }
+        _ => refuse(REP_ERR_UNSUP, &format!("option {option} is not supported")),
     }
 }
