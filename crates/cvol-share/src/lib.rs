@@ -7,12 +7,16 @@
 
 mod error;
 mod local;
+mod nfs;
+mod nfs_url;
 mod path;
 
 use std::time::SystemTime;
 
 pub use error::ShareError;
 pub use local::LocalShare;
+pub use nfs::NfsShare;
+pub use nfs_url::{NfsUrl, NfsUrlError};
 pub use path::SharePath;
 
 /// Permission bits of files cvol writes itself.

@@ -12,9 +12,21 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "cvol", version, propagate_version = true)]
 pub struct Cli {
-    /// The datastore's share: a local directory (or one where the OS mounted an NFS share).
-    #[arg(long, global = true, env = "CVOL_SHARE", value_name = "PATH")]
-    pub share: Option<PathBuf>,
+    /// The datastore's share: a local directory, or an NFSv3 export reached from user
+    /// space as nfs://HOST[:PORT]/EXPORT[?mountport=N] (PORT skips the portmapper).
+    #[arg(long, global = true, env = "CVOL_SHARE", value_name = "PATH|URL")]
+    pub share: Option<String>,
+
+    /// Give up on an unreachable NFS server after this many seconds (calls that are
+    /// safe to repeat are retried until then).
+    #[arg(
+        long,
+        global = true,
+        env = "CVOL_NFS_TIMEOUT",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
+    pub nfs_timeout: u64,
 
     /// This host's id, used for attachments and intent records [default: the hostname].
     #[arg(long, global = true, env = "CVOL_HOST_ID", value_name = "ID")]

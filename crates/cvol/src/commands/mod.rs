@@ -6,13 +6,13 @@ mod mount;
 mod up;
 mod vm;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use cvol_datastore::Datastore;
-use cvol_share::{LocalShare, Share};
+use cvol_share::{LocalShare, NfsShare, NfsUrl, Share};
 
 use crate::cli::{Cli, Command};
 
@@ -22,16 +22,17 @@ const FAILPOINT_ENV: &str = "CVOL_FAILPOINT";
 
 /// What every command needs from the global options.
 pub struct Context {
-    share: Option<PathBuf>,
+    share: Option<String>,
+    nfs_timeout: std::time::Duration,
     host: String,
     json: bool,
 }
 
 impl Context {
-    fn share_dir(&self) -> anyhow::Result<&Path> {
+    fn share_arg(&self) -> anyhow::Result<&str> {
         self.share
             .as_deref()
-            .ok_or_else(|| anyhow!("no share given: pass --share PATH or set CVOL_SHARE"))
+            .ok_or_else(|| anyhow!("no share given: pass --share PATH|URL or set CVOL_SHARE"))
     }
 
     fn open_share(dir: &Path) -> anyhow::Result<Arc<dyn Share>> {
@@ -41,9 +42,16 @@ impl Context {
         Ok(Arc::new(share))
     }
 
-    /// The share given by `--share`.
+    /// The share given by `--share`: an `nfs://` URL or a local directory.
     fn share(&self) -> anyhow::Result<Arc<dyn Share>> {
-        Self::open_share(self.share_dir()?)
+        let share = self.share_arg()?;
+        if share.starts_with("nfs://") {
+            let url = NfsUrl::parse(share)?;
+            let nfs = NfsShare::open(&url, self.nfs_timeout)
+                .with_context(|| format!("cannot mount {url}"))?;
+            return Ok(Arc::new(nfs));
+        }
+        Self::open_share(Path::new(share))
     }
 
     /// The datastore on the share given by `--share`.
@@ -78,6 +86,7 @@ fn default_host_id() -> String {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context {
         share: cli.share,
+        nfs_timeout: std::time::Duration::from_secs(cli.nfs_timeout),
         host: cli.host_id.unwrap_or_else(default_host_id),
         json: cli.json,
     };
