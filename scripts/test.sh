@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 # Debian packages the tests drive for real: qemu-img and qemu-io (qemu-utils), the FUSE
-# helpers (fuse3), fio, the libnbd tools (nbdinfo, nbdcopy), nbdkit, and for the boot
-# test QEMU itself, busybox and e2fsprogs (all installed together, in matching versions).
-packages=(qemu-utils qemu-system-x86 fuse3 fio libnbd-bin nbdkit busybox-static e2fsprogs)
+# helpers (fuse3), fio, the libnbd tools (nbdinfo, nbdcopy), nbdkit, an NFS server
+# (rpcbind, nfs-ganesha) and libnfs's tools, and for the boot test QEMU itself, busybox
+# and e2fsprogs (all installed together, in matching versions).
+packages=(qemu-utils qemu-system-x86 fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
+    busybox-static e2fsprogs)
 
 ensure_packages "${packages[@]}"
 for c in clippy rustfmt; do

@@ -53,25 +53,25 @@ enum CallError {
 }
 
 fn status_error(path: &SharePath, op: &'static str, status: nfsstat3) -> ShareError {
+    use rustix::io::Errno;
     let errno = match status {
         nfsstat3::NFS3ERR_NOENT => return ShareError::NotFound(path.clone()),
         nfsstat3::NFS3ERR_EXIST => return ShareError::AlreadyExists(path.clone()),
-        // The NFSv3 statuses below 10000 are errno values (RFC 1813, section 2.6).
-        s if (s as i32) < 10000 => s as i32,
-        nfsstat3::NFS3ERR_NOTSUPP => libc_like::ENOTSUP,
-        _ => libc_like::EIO,
+        // RFC 1813 numbers these after the errnos of its day; from 63 on, Linux differs.
+        nfsstat3::NFS3ERR_NAMETOOLONG => Errno::NAMETOOLONG,
+        nfsstat3::NFS3ERR_NOTEMPTY => Errno::NOTEMPTY,
+        nfsstat3::NFS3ERR_DQUOT => Errno::DQUOT,
+        nfsstat3::NFS3ERR_STALE => Errno::STALE,
+        nfsstat3::NFS3ERR_REMOTE => Errno::REMOTE,
+        nfsstat3::NFS3ERR_NOTSUPP => Errno::NOTSUP,
+        s if (s as i32) < 63 => Errno::from_raw_os_error(s as i32),
+        _ => Errno::IO,
     };
     ShareError::Io {
         path: path.clone(),
         op,
-        source: io::Error::from_raw_os_error(errno),
+        source: io::Error::from_raw_os_error(errno.raw_os_error()),
     }
-}
-
-/// The two errnos that NFS statuses above 10000 map to.
-mod libc_like {
-    pub const EIO: i32 = 5;
-    pub const ENOTSUP: i32 = 95;
 }
 
 fn time_of(t: &nfstime3) -> SystemTime {
@@ -326,7 +326,7 @@ impl NfsShare {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, CallError> {
-        let mut out = Vec::with_capacity(len.min(IO_SIZE as usize));
+        let mut out = Vec::new();
         while out.len() < len {
             let count = (len - out.len()).min(IO_SIZE as usize) as u32;
             let at = offset + out.len() as u64;
@@ -450,10 +450,11 @@ impl Share for NfsShare {
     }
 
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
+        // Up to the server's end-of-file, not to a size read before: the size may have
+        // changed in between.
         self.with(path, "read", |s, st| {
             let fh = s.file(st, path)?;
-            let size = s.getattr(st, &fh)?.size;
-            s.read_range(st, &fh, 0, size as usize)
+            s.read_range(st, &fh, 0, usize::MAX)
         })
     }
 

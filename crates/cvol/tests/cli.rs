@@ -7,9 +7,7 @@ use std::path::Path;
 
 use common::{cvol, tool, Env};
 
-#[test]
-fn create_list_delete_a_vm() {
-    let env = Env::datastore();
+fn create_list_delete_a_vm(env: Env) {
     env.ok(&["vm", "create", "demo", "--disk", "64M"]);
     assert!(env.share.join("demo/demo.vmx").is_file());
     assert!(env.share.join("demo/demo.vmdk").is_file());
@@ -34,9 +32,7 @@ fn create_list_delete_a_vm() {
     assert!(env.json(&["vm", "list"]).as_array().unwrap().is_empty());
 }
 
-#[test]
-fn disks_grow_snapshot_clone_and_go() {
-    let env = Env::datastore();
+fn disks_grow_snapshot_clone_and_go(env: Env) {
     env.ok(&["vm", "create", "src", "--disk", "1M"]);
     env.ok(&["vm", "create", "dst"]);
     let src = env.volume_file("src/src");
@@ -138,9 +134,7 @@ fn qemu_opens_the_descriptor_with_the_volume_as_its_extent() {
     assert_eq!(disks[0]["problem"], serde_json::Value::Null, "{disks}");
 }
 
-#[test]
-fn a_real_crash_is_repaired_by_fsck() {
-    let env = Env::datastore();
+fn a_real_crash_is_repaired_by_fsck(env: Env) {
     let before = env.snapshot_share();
     for step in [
         "vm-create:volume-created",
@@ -173,9 +167,7 @@ fn a_real_crash_is_repaired_by_fsck() {
     }
 }
 
-#[test]
-fn bad_input_gets_one_clear_line_and_changes_nothing() {
-    let env = Env::datastore();
+fn bad_input_gets_one_clear_line_and_changes_nothing(env: Env) {
     env.ok(&["vm", "create", "demo", "--disk", "1M"]);
     let long = "x".repeat(256);
     let cases: Vec<(Vec<&str>, &str)> = vec![
@@ -245,9 +237,7 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     assert_eq!(env.volumes(), volumes);
 }
 
-#[test]
-fn malformed_and_foreign_files_are_named_with_their_line() {
-    let env = Env::datastore();
+fn malformed_and_foreign_files_are_named_with_their_line(env: Env) {
     env.ok(&["vm", "create", "demo", "--disk", "1M"]);
     let descriptor = env.share.join("demo/demo.vmdk");
     let good = std::fs::read_to_string(&descriptor).unwrap();
@@ -360,7 +350,7 @@ fn shares_and_pools_that_cannot_serve() {
     let out = cvol().args(["vm", "list"]).output().unwrap();
     assert!(String::from_utf8(out.stderr)
         .unwrap()
-        .contains("pass --share PATH or set CVOL_SHARE"));
+        .contains("pass --share PATH|URL or set CVOL_SHARE"));
 }
 
 #[test]
@@ -389,4 +379,54 @@ fn up_makes_a_demo_and_reuses_it() {
         second["vm"]["disks"][0]["volume"]
     );
     assert!(Path::new(&dir.join("share/demo/demo.vmx")).is_file());
+}
+
+#[test]
+fn create_list_delete_a_vm_on_a_local_share() {
+    create_list_delete_a_vm(Env::datastore());
+}
+
+#[test]
+fn create_list_delete_a_vm_on_nfs() {
+    create_list_delete_a_vm(Env::datastore_on_nfs());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_a_local_share() {
+    disks_grow_snapshot_clone_and_go(Env::datastore());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_nfs() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_nfs());
+}
+
+#[test]
+fn a_real_crash_is_repaired_by_fsck_on_a_local_share() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore());
+}
+
+#[test]
+fn a_real_crash_is_repaired_by_fsck_on_nfs() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_nfs());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_a_local_share() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_nfs() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_nfs());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_on_a_local_share() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_on_nfs() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_nfs());
 }

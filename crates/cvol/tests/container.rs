@@ -10,7 +10,10 @@ use std::path::Path;
 use common::{tool, tool_output, Env};
 
 fn demo(disk: &str) -> Env {
-    let env = Env::datastore();
+    with_demo(Env::datastore(), disk)
+}
+
+fn with_demo(env: Env, disk: &str) -> Env {
     env.ok(&["vm", "create", "demo", "--disk", disk]);
     env
 }
@@ -141,9 +144,8 @@ fn fio_verifies_data_through_the_container() {
     }
 }
 
-#[test]
-fn qemu_img_create_makes_a_disk_and_rm_deletes_it() {
-    let env = demo("1M");
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it(env: Env) {
+    let env = with_demo(env, "1M");
     let m = env.mount(true);
     let new = m.path("demo/new.vmdk");
     tool(
@@ -200,9 +202,8 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it() {
     env.ok(&["datastore", "fsck"]);
 }
 
-#[test]
-fn cp_r_of_a_vm_clones_its_disks() {
-    let env = demo("8M");
+fn cp_r_of_a_vm_clones_its_disks(env: Env) {
+    let env = with_demo(env, "8M");
     let m = env.mount(true);
     tool(
         "qemu-io",
@@ -380,4 +381,49 @@ fn up_serves_the_demo_until_unmounted() {
     assert!(out.status.success(), "{:?}", out.status);
     assert!(String::from_utf8_lossy(&out.stdout).contains("qemu-img info"));
     assert!(!vmdk.exists(), "unmounted");
+}
+
+#[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_a_local_share() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore());
+}
+
+#[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_nfs() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_nfs());
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_a_local_share() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore());
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_nfs() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_nfs());
+}
+
+#[test]
+fn qemu_through_a_container_whose_share_is_on_nfs() {
+    let env = with_demo(Env::datastore_on_nfs(), "16M");
+    let m = env.mount(true);
+    let vmdk = m.path("demo/demo.vmdk");
+    tool("qemu-io", &["-c", "write -P 0x5a 0 1M", s(&vmdk)]);
+    drop(m);
+    let m = env.mount(false);
+    assert_pattern_ok(&tool(
+        "qemu-io",
+        &[
+            "-r",
+            "-c",
+            "read -P 0x5a 0 1M",
+            s(&m.path("demo/demo.vmdk")),
+        ],
+    ));
+    std::fs::write(m.path("demo/notes.txt"), b"over nfs").unwrap();
+    assert_eq!(
+        std::fs::read(env.share.join("demo/notes.txt")).unwrap(),
+        b"over nfs",
+        "metadata lands on the export"
+    );
 }

@@ -161,9 +161,7 @@ fn apply(root: &Path, op: &Op) -> Outcome {
     }
 }
 
-#[test]
-fn container_behaves_like_a_plain_directory() {
-    let env = common::Env::datastore();
+fn container_behaves_like_a_plain_directory(env: common::Env) {
     let model_root = env.tmp.path().join("model");
     std::fs::create_dir(&model_root).unwrap();
     let m = env.mount(true);
@@ -185,4 +183,14 @@ fn container_behaves_like_a_plain_directory() {
             prop_assert_eq!(&got, &expected, "operation {} ({:?}) of {:?}", i, op, ops);
         }
     });
+}
+
+#[test]
+fn container_on_a_local_share_behaves_like_a_plain_directory() {
+    container_behaves_like_a_plain_directory(common::Env::datastore());
+}
+
+#[test]
+fn container_on_nfs_behaves_like_a_plain_directory() {
+    container_behaves_like_a_plain_directory(common::Env::datastore_on_nfs());
 }

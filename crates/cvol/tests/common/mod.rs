@@ -14,7 +14,10 @@ pub fn cvol() -> Command {
 
 pub struct Env {
     pub tmp: tempfile::TempDir,
+    /// The share's directory on this machine (for looking at it directly).
     pub share: PathBuf,
+    /// How cvol is told where the share is: the directory, or an nfs:// URL serving it.
+    pub share_arg: String,
     pub pool: PathBuf,
 }
 
@@ -26,14 +29,58 @@ impl Env {
         let pool = tmp.path().join("pool");
         std::fs::create_dir_all(&share).unwrap();
         std::fs::create_dir_all(&pool).unwrap();
-        Self { tmp, share, pool }
+        let share_arg = share.display().to_string();
+        Self {
+            tmp,
+            share,
+            share_arg,
+            pool,
+        }
+    }
+
+    /// Empty share and pool folders, the share served by nfs-ganesha and reached as an
+    /// nfs:// URL.
+    pub fn empty_on_nfs() -> Self {
+        let ganesha = ganesha();
+        let tmp = tempfile::tempdir().unwrap();
+        let share = tempfile::Builder::new()
+            .prefix("share")
+            .tempdir_in(&ganesha.export)
+            .unwrap()
+            .keep();
+        let pool = tmp.path().join("pool");
+        std::fs::create_dir_all(&pool).unwrap();
+        let share_arg = format!(
+            "nfs://127.0.0.1:{}{}?mountport={}",
+            ganesha.port,
+            share.display(),
+            ganesha.mount_port
+        );
+        Self {
+            tmp,
+            share,
+            share_arg,
+            pool,
+        }
+    }
+
+    /// A datastore with one file provider `pool`, its share on nfs-ganesha.
+    pub fn datastore_on_nfs() -> Self {
+        let env = Self::empty_on_nfs();
+        env.create_datastore();
+        env
     }
 
     /// A datastore with one file provider `pool`.
     pub fn datastore() -> Self {
         let env = Self::empty();
-        let provider = format!("pool=file:{}", env.pool.display());
-        env.ok(&[
+        env.create_datastore();
+        env
+    }
+
+    fn create_datastore(&self) {
+        let provider = format!("pool=file:{}", self.pool.display());
+        self.ok(&[
             "datastore",
             "create",
             "--name",
@@ -41,7 +88,6 @@ impl Env {
             "--provider",
             &provider,
         ]);
-        env
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -51,7 +97,7 @@ impl Env {
     pub fn run_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
         cvol()
             .arg("--share")
-            .arg(&self.share)
+            .arg(&self.share_arg)
             .args(args)
             .envs(vars.iter().copied())
             .output()
@@ -156,7 +202,7 @@ impl Env {
         let mut command = cvol();
         command
             .arg("--share")
-            .arg(&self.share)
+            .arg(&self.share_arg)
             .args(["-v", "mount"])
             .arg(&mnt)
             .args(extra);
@@ -276,4 +322,101 @@ pub fn tool_output(name: &str, args: &[&str]) -> Output {
     Command::new(name).args(args).output().unwrap_or_else(|e| {
         panic!("{name} is needed by this test (./scripts/test.sh installs it): {e}")
     })
+}
+
+/// One nfs-ganesha server for the whole test binary, exporting a scratch directory on
+/// loopback; tests use subdirectories of the export as their shares. Needs rpcbind and
+/// nfs-ganesha (./scripts/test.sh installs them); dies with the test process.
+pub struct Ganesha {
+    pub export: PathBuf,
+    pub port: u16,
+    pub mount_port: u16,
+}
+
+pub fn ganesha() -> &'static Ganesha {
+    static GANESHA: std::sync::OnceLock<Ganesha> = std::sync::OnceLock::new();
+    GANESHA.get_or_init(start_ganesha)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_ganesha() -> Ganesha {
+    use std::os::unix::process::CommandExt;
+    // rpcbind must run first, or ganesha fails with "Cannot register NFS V3 on UDP".
+    if std::net::TcpStream::connect("127.0.0.1:111").is_err() {
+        let status = Command::new("rpcbind")
+            .arg("-w")
+            .status()
+            .expect("rpcbind is needed (apt-get install rpcbind)");
+        assert!(status.success(), "rpcbind failed to start");
+    }
+    let dir = std::env::temp_dir().join(format!("cvol-ganesha-{}", std::process::id()));
+    let export = dir.join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    let (port, mount_port, nlm, rquota) = (free_port(), free_port(), free_port(), free_port());
+    let config = dir.join("ganesha.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "NFS_CORE_PARAM {{ Protocols = 3, 4; NFS_Port = {port}; MNT_Port = {mount_port};\n\
+             NLM_Port = {nlm}; Rquota_Port = {rquota}; Enable_RQUOTA = false;\n\
+             Enable_NLM = false; Bind_addr = 127.0.0.1; }}\n\
+             NFSV4 {{ Graceless = true; }}\n\
+             EXPORT {{ Export_Id = 1; Path = {path}; Pseudo = /export; Access_Type = RW;\n\
+             Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;\n\
+             FSAL {{ Name = VFS; }} }}\n",
+            path = export.display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new("ganesha.nfsd");
+    command
+        .arg("-F")
+        .arg("-f")
+        .arg(&config)
+        .arg("-L")
+        .arg(dir.join("ganesha.log"))
+        .arg("-p")
+        .arg(dir.join("ganesha.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; it makes ganesha die with the thread that
+    // started it, which lives as long as this test process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (started, spawned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = started.send(command.spawn().map(drop));
+        loop {
+            std::thread::park();
+        }
+    });
+    spawned
+        .recv()
+        .unwrap()
+        .expect("nfs-ganesha is needed (apt-get install nfs-ganesha nfs-ganesha-vfs)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let log = std::fs::read_to_string(dir.join("ganesha.log")).unwrap_or_default();
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nfs-ganesha did not start:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ganesha {
+        export,
+        port,
+        mount_port,
+    }
 }
