@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # End to end: a real VM boots from a cVol datastore under QEMU.
 #
-# A datastore with a file pool gets a VM whose disk is formatted *through the file system
-# container* as an ext4 root file system; QEMU opens the VM's descriptor in the container
+# A datastore whose metadata share is served by nfs-ganesha (and reached by cvol's own
+# NFSv3 client) and whose disks are in a file pool gets a VM whose disk is formatted
+# *through the file system container* as an ext4 root file system; QEMU opens the VM's descriptor in the container
 # (following its extent to the volume), boots a Debian kernel, and the guest writes a
 # random token given on its command line to /marker and powers off. After an unmount and
 # a remount the token is read back from the disk. Then the same over NBD, and from a
 # `cvol disk clone` of the disk (the clone boots, the original is unchanged).
 #
-# Installs what it needs from Debian (qemu-system-x86, busybox-static, e2fsprogs; the
-# cloud kernel is only unpacked, into $CVOL_E2E_CACHE). Bounded to 5 minutes; on failure
-# it prints the guest console logs.
+# Installs what it needs from Debian (qemu-system-x86, busybox-static, e2fsprogs,
+# rpcbind, nfs-ganesha; the cloud kernel is only unpacked, into $CVOL_E2E_CACHE).
+# Bounded to 5 minutes; on failure it prints the guest console and server logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z ${CVOL_E2E_BOUNDED:-} ]]; then
@@ -18,7 +19,7 @@ if [[ -z ${CVOL_E2E_BOUNDED:-} ]]; then
 fi
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-ensure_packages qemu-system-x86 busybox-static e2fsprogs
+ensure_packages qemu-system-x86 busybox-static e2fsprogs rpcbind nfs-ganesha nfs-ganesha-vfs
 
 t0=$SECONDS
 cache=${CVOL_E2E_CACHE:-/var/tmp/cvol-e2e-kernel}
@@ -36,7 +37,7 @@ work=$(mktemp -d /var/tmp/cvol-e2e.XXXXXX)
 mnt=$work/mnt
 sock=$work/nbd.sock
 daemon=
-export CVOL_SHARE=$work/share
+ganesha_pid=
 
 mount_container() {
     "$cvol" mount "$mnt" --nbd "unix:$sock" 2>>"$work/daemon.log" &
@@ -57,15 +58,21 @@ finish() {
     fi
     if ((rc != 0)); then
         echo "e2e-boot: FAILED (exit $rc)" >&2
-        for log in "$work"/console-*.log "$work/daemon.log"; do
+        for log in "$work"/console-*.log "$work/daemon.log" "$work/ganesha.log"; do
             [[ -f $log ]] && { echo "--- $log" >&2; tail -n 40 "$log" >&2; }
         done
+    fi
+    if [[ -n $ganesha_pid ]]; then
+        kill -9 "$ganesha_pid" 2>/dev/null
+        wait "$ganesha_pid" 2>/dev/null
     fi
     rm -rf "$work"
 }
 trap finish EXIT
 
 mkdir -p "$work/share" "$work/pool" "$mnt"
+start_ganesha "$work" "$work/share"
+export CVOL_SHARE="nfs://127.0.0.1:$nfs_port$work/share?mountport=$mount_port"
 "$cvol" datastore create --name e2e --provider "pool=file:$work/pool" >/dev/null
 "$cvol" vm create e2e --disk 256M --memory 256 >/dev/null
 mount_container

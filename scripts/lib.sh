@@ -53,3 +53,41 @@ bench_datastore() {
     pool_file=$work/pool/volumes/$volume/data
     fio --name=fill --filename="$pool_file" --rw=write --bs=1M --size=2G --ioengine=psync --output=/dev/null
 }
+
+# free_port: prints a TCP port nothing listens on at 127.0.0.1.
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 30000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+    done
+}
+
+# start_ganesha DIR EXPORT: runs nfs-ganesha (and rpcbind, which it needs first) on
+# loopback, exporting EXPORT, with its config, log and pid in DIR; sets ganesha_pid,
+# nfs_port and mount_port.
+start_ganesha() {
+    local dir=$1 export=$2
+    (exec 3<>/dev/tcp/127.0.0.1/111) 2>/dev/null || rpcbind -w
+    nfs_port=$(free_port)
+    mount_port=$(free_port)
+    cat >"$dir/ganesha.conf" <<CONF
+NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = $nfs_port; MNT_Port = $mount_port;
+  NLM_Port = $(free_port); Rquota_Port = $(free_port); Enable_RQUOTA = false;
+  Enable_NLM = false; Bind_addr = 127.0.0.1; }
+NFSV4 { Graceless = true; }
+EXPORT { Export_Id = 1; Path = $export; Pseudo = /export; Access_Type = RW;
+  Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;
+  FSAL { Name = VFS; } }
+CONF
+    ganesha.nfsd -F -f "$dir/ganesha.conf" -L "$dir/ganesha.log" -p "$dir/ganesha.pid" &
+    ganesha_pid=$!
+    local _
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$nfs_port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nfs-ganesha did not start:" >&2
+    tail -n 20 "$dir/ganesha.log" >&2
+    return 1
+}

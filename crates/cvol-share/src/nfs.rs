@@ -143,7 +143,7 @@ macro_rules! rpc {
                 Err(e) => Err(e),
                 Ok(()) => {
                     let $c = $state.connection.as_mut().expect("connected");
-                    match $self.runtime.block_on($call) {
+                    match $self.block_on($call) {
                         Ok(Nfs3Result::Ok(ok)) => Ok(ok),
                         Ok(Nfs3Result::Err((status, _))) => Err(CallError::Status(status)),
                         Err(e) => {
@@ -191,6 +191,25 @@ impl NfsShare {
                 .map_err(|e| share.call_error(&SharePath::root(), "mount", e))?;
         }
         Ok(share)
+    }
+
+    /// Runs an NFS call to completion on the share's runtime.
+    fn block_on<F>(&self, call: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(call);
+        }
+        // Called from inside another runtime (e.g. the NBD server's blocking threads),
+        // where no runtime can be entered: the call runs on a thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.runtime.block_on(call))
+                .join()
+                .expect("NFS call thread")
+        })
     }
 
     fn io_error(url: &NfsUrl, e: impl std::fmt::Display) -> ShareError {

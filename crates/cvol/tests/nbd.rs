@@ -23,7 +23,10 @@ struct Nbd {
 
 impl Nbd {
     fn start(extra: &[&str]) -> Self {
-        let env = Env::datastore();
+        Self::start_on(Env::datastore(), extra)
+    }
+
+    fn start_on(env: Env, extra: &[&str]) -> Self {
         env.ok(&["vm", "create", "demo", "--disk", "64M"]);
         env.ok(&["vm", "create", "other", "--disk", "1M"]);
         let socket = env.tmp.path().join("nbd.sock");
@@ -421,4 +424,26 @@ fn hostile_clients_get_errors_or_a_closed_connection_and_hurt_nobody() {
     ] {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
+}
+
+#[test]
+fn exports_a_datastore_whose_share_is_on_nfs() {
+    // NBD requests run on tokio's blocking threads, from where the NFS client must not
+    // try to enter a runtime of its own (it used to panic there).
+    let nbd = Nbd::start_on(Env::datastore_on_nfs(), &[]);
+    assert!(tool("qemu-img", &["info", &nbd.uri("demo/demo")]).contains("64 MiB"));
+    let out = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x42 0 64k",
+            "-c",
+            "read -P 0x42 0 64k",
+            &nbd.uri("demo/demo"),
+        ],
+    );
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    assert!(tool("nbdinfo", &["--list", &nbd.uri("")]).contains("other/other"));
 }
