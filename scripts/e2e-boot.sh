@@ -63,10 +63,11 @@ finish() {
         done
     fi
     if [[ -n $ganesha_pid ]]; then
-        kill -9 "$ganesha_pid" 2>/dev/null
-        wait "$ganesha_pid" 2>/dev/null
+        kill -9 "$ganesha_pid" 2>/dev/null || true
+        wait "$ganesha_pid" 2>/dev/null || true
     fi
     rm -rf "$work"
+    exit "$rc"
 }
 trap finish EXIT
 
