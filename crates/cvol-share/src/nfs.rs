@@ -193,6 +193,25 @@ impl NfsShare {
         Ok(share)
     }
 
+    /// REMOVE (or RMDIR, for a directory) of `path`.
+    fn remove(&self, path: &SharePath, op: &'static str, dir: bool) -> Result<(), ShareError> {
+        self.with(path, op, |s, st| {
+            let (parent, leaf) = s.parent(st, path)?;
+            let object = || diropargs3 {
+                dir: parent.clone(),
+                name: name(leaf),
+            };
+            if dir {
+                rpc!(s, st, false, |c| c.rmdir(&RMDIR3args { object: object() }))?;
+            } else {
+                rpc!(s, st, false, |c| c
+                    .remove(&REMOVE3args { object: object() }))?;
+            }
+            forget(st, path);
+            Ok(())
+        })
+    }
+
     /// Runs an NFS call to completion on the share's runtime.
     fn block_on<F>(&self, call: F) -> F::Output
     where
@@ -521,31 +540,11 @@ impl Share for NfsShare {
     }
 
     fn remove_file(&self, path: &SharePath) -> Result<(), ShareError> {
-        self.with(path, "remove", |s, st| {
-            let (dir, leaf) = s.parent(st, path)?;
-            rpc!(s, st, false, |c| c.remove(&REMOVE3args {
-                object: diropargs3 {
-                    dir: dir.clone(),
-                    name: name(leaf)
-                }
-            }))?;
-            forget(st, path);
-            Ok(())
-        })
+        self.remove(path, "remove", false)
     }
 
     fn remove_dir(&self, path: &SharePath) -> Result<(), ShareError> {
-        self.with(path, "rmdir", |s, st| {
-            let (dir, leaf) = s.parent(st, path)?;
-            rpc!(s, st, false, |c| c.rmdir(&RMDIR3args {
-                object: diropargs3 {
-                    dir: dir.clone(),
-                    name: name(leaf)
-                }
-            }))?;
-            forget(st, path);
-            Ok(())
-        })
+        self.remove(path, "rmdir", true)
     }
 
     fn rename(&self, from: &SharePath, to: &SharePath) -> Result<(), ShareError> {

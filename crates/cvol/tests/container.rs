@@ -119,6 +119,7 @@ fn fio_verifies_data_through_the_container() {
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
                 "--output-format=terse",
             ],
         );
@@ -138,6 +139,7 @@ fn fio_verifies_data_through_the_container() {
                 "--verify=crc32c",
                 "--verify_only",
                 "--verify_fatal=1",
+                "--verify_state_save=0",
             ],
         );
         assert!(out.contains("verify"), "{out}");

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{tool, tool_output, Env, Mounted};
+use common::{free_port, tool, tool_output, Env, Mounted};
 use cvol_nbd::proto::*;
 
 fn s(p: &Path) -> &str {
@@ -40,14 +40,6 @@ impl Nbd {
     fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -174,6 +166,7 @@ fn real_clients_read_write_map_and_copy() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ],
     );
     assert!(!out.contains("verify: bad"), "{out}");

@@ -338,7 +338,8 @@ pub fn ganesha() -> &'static Ganesha {
     GANESHA.get_or_init(start_ganesha)
 }
 
-fn free_port() -> u16 {
+/// A TCP port nothing listens on at 127.0.0.1 (right now).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
