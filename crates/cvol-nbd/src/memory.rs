@@ -70,3 +70,23 @@ impl Exports for MemoryExports {
         Ok(OpenExport::new(self.0.clone(), || {}))
     }
 }
+
+/// Serves one whole connection whose client sends `input` and then hangs up, against a
+/// 1 MiB in-memory export `mem`: what the garbage-input tests and the fuzz target run.
+/// Fails when the server has not finished within `limit`.
+pub async fn serve_bytes(input: &[u8], limit: std::time::Duration) -> Result<(), &'static str> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exports = Arc::new(MemoryExports(Arc::new(MemoryDevice::new(1 << 20))));
+    let server = crate::NbdServer::new(exports, crate::Settings::default());
+    let (mut client, conn) = tokio::io::duplex(1 << 16);
+    let serving = tokio::spawn(async move { server.serve_connection(conn, "memory").await });
+    let _ = client.write_all(input).await;
+    let _ = client.shutdown().await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(limit, client.read_to_end(&mut sink)).await;
+    match tokio::time::timeout(limit, serving).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("the connection task panicked"),
+        Err(_) => Err("the server did not finish"),
+    }
+}

@@ -1,14 +1,11 @@
 //! Whatever bytes a client sends, the server neither panics nor hangs: it answers or
 //! closes. (The same input drives the `nbd_connection` fuzz target under `fuzz/`.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cvol_nbd::memory::{MemoryDevice, MemoryExports};
+use cvol_nbd::memory::serve_bytes;
 use cvol_nbd::proto::*;
-use cvol_nbd::{NbdServer, Settings};
 use proptest::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn run(input: Vec<u8>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -16,22 +13,8 @@ fn run(input: Vec<u8>) {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async move {
-        let server = NbdServer::new(
-            Arc::new(MemoryExports(Arc::new(MemoryDevice::new(1 << 20)))),
-            Settings::default(),
-        );
-        let (mut client, conn) = tokio::io::duplex(1 << 16);
-        let serving = tokio::spawn(async move { server.serve_connection(conn, "fuzz").await });
-        client.write_all(&input).await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut sink)).await;
-        tokio::time::timeout(Duration::from_secs(10), serving)
-            .await
-            .expect("the server finished")
-            .unwrap();
-    });
+    rt.block_on(serve_bytes(&input, Duration::from_secs(10)))
+        .unwrap();
 }
 
 /// A valid opening: client flags, structured replies, then NBD_OPT_GO on `mem`.
