@@ -40,6 +40,8 @@ pub enum FileKind {
 pub struct Metadata {
     /// The entry's kind.
     pub kind: FileKind,
+    /// Inode number: which file this is, on the share's file system.
+    pub inode: u64,
     /// Size in bytes.
     pub size: u64,
     /// Bytes allocated.

@@ -128,6 +128,7 @@ fn time_of(secs: i64, nsecs: i64) -> SystemTime {
 fn metadata_of(stat: &rfs::Stat) -> Metadata {
     Metadata {
         kind: kind_of(FileType::from_raw_mode(stat.st_mode)),
+        inode: stat.st_ino,
         size: stat.st_size.max(0) as u64,
         allocated: stat.st_blocks.max(0) as u64 * 512,
         mode: stat.st_mode & 0o7777,

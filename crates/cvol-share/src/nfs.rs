@@ -86,6 +86,7 @@ fn metadata_of(a: &fattr3) -> Metadata {
             ftype3::NF3LNK => FileKind::Symlink,
             _ => FileKind::Other,
         },
+        inode: a.fileid,
         size: a.size,
         allocated: a.used,
         mode: a.mode & 0o7777,

@@ -69,6 +69,24 @@ pub enum Command {
     /// file pool) with a VM `demo` and its 1 GiB disk, mount it at DIR/mnt and serve it
     /// until interrupted; reuses what is already there.
     Up(UpArgs),
+    /// Serve a local directory over NFSv3: the embedded metadata share.
+    #[command(subcommand)]
+    Nfs(NfsCommand),
+}
+
+/// `cvol nfs …`
+#[derive(Debug, Subcommand)]
+pub enum NfsCommand {
+    /// Export DIR over NFSv3 (MOUNT and the portmapper on the same TCP port) until SIGINT
+    /// or SIGTERM, printing the share URL to pass as --share, e.g. nfs://127.0.0.1:2049/.
+    /// Any NFSv3 client can mount it; every operation runs as this process's user.
+    Serve {
+        /// The directory to export.
+        dir: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// How to serve a container.

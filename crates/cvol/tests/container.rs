@@ -359,6 +359,7 @@ fn passthrough_writes_past_the_end_are_cut_back() {
 
 #[test]
 fn up_serves_the_demo_until_unmounted() {
+    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let mut child = common::cvol()
@@ -367,6 +368,17 @@ fn up_serves_the_demo_until_unmounted() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{printed}");
+        printed.push_str(&line);
+        if let Some((_, url)) = line.trim().split_once("served over NFS at ") {
+            break url.to_string();
+        }
+    };
+    assert!(url.starts_with("nfs://127.0.0.1:"), "{url}");
     let vmdk = dir.join("mnt/demo/demo.vmdk");
     let start = std::time::Instant::now();
     while !vmdk.exists() {
@@ -377,11 +389,23 @@ fn up_serves_the_demo_until_unmounted() {
     let info: serde_json::Value =
         serde_json::from_str(&tool("qemu-img", &["info", "--output=json", s(&vmdk)])).unwrap();
     assert_eq!(info["virtual-size"], 1u64 << 30);
+    // The printed share URL is a live NFS server over the share directory.
+    let out = common::cvol()
+        .args(["--share", &url, "vm", "create", "web", "--disk", "16M"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("share/web/web.vmx").is_file());
+    assert!(dir.join("mnt/web/web-flat.vmdk").is_file());
     // SIGTERM, as a service manager stops it: a clean unmount and exit 0.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}", out.status);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("qemu-img info"));
+    std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(printed.contains("qemu-img info"), "{printed}");
     assert!(!vmdk.exists(), "unmounted");
 }
 

@@ -3,6 +3,8 @@
 mod datastore;
 mod disk;
 mod mount;
+mod nfs;
+mod signals;
 mod up;
 mod vm;
 
@@ -46,12 +48,16 @@ impl Context {
     fn share(&self) -> anyhow::Result<Arc<dyn Share>> {
         let share = self.share_arg()?;
         if share.starts_with("nfs://") {
-            let url = NfsUrl::parse(share)?;
-            let nfs = NfsShare::open(&url, self.nfs_timeout)
-                .with_context(|| format!("cannot mount {url}"))?;
-            return Ok(Arc::new(nfs));
+            return self.open_nfs(&NfsUrl::parse(share)?);
         }
         Self::open_share(Path::new(share))
+    }
+
+    /// The NFS share at `url`, with the NFS settings given on the command line.
+    fn open_nfs(&self, url: &NfsUrl) -> anyhow::Result<Arc<dyn Share>> {
+        let nfs =
+            NfsShare::open(url, self.nfs_timeout).with_context(|| format!("cannot mount {url}"))?;
+        Ok(Arc::new(nfs))
     }
 
     /// The datastore on the share given by `--share`.
@@ -101,5 +107,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => up::run(&ctx, &args).map(|()| ExitCode::SUCCESS),
+        Command::Nfs(cmd) => nfs::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -19,7 +19,21 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     for d in [&share_dir, &pool_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let share = Context::open_share(&share_dir)?;
+    // Mounted, the share is real NFS over loopback, served from DIR/share for as long as
+    // this runs; with --no-mount nothing keeps running, so it is the directory itself.
+    let server = if args.no_mount {
+        None
+    } else {
+        // Before the server's threads start, so that they inherit the mask and a Ctrl-C
+        // reaches the clean shutdown instead of killing the process with the mount up.
+        super::signals::block_termination_signals();
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        Some(cvol_nfs_server::NfsServer::start(&share_dir, loopback)?)
+    };
+    let share = match &server {
+        Some(server) => ctx.open_nfs(&server.url())?,
+        None => Context::open_share(&share_dir)?,
+    };
     let ds = match Datastore::open(share.clone(), &ctx.host) {
         Ok(ds) => ds,
         Err(DatastoreError::NotADatastore(_)) => {
@@ -47,14 +61,18 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
         crate::output::print_json(&serde_json::json!({
             "datastore": ds.config().uuid.to_string(),
             "share": share_dir,
+            "share_url": server.as_ref().map(|s| s.url().to_string()),
             "pool": pool_dir,
             "mountpoint": (!args.no_mount).then(|| dir.join("mnt")),
             "vm": info,
         }))?;
     } else {
-        print_summary(&ds, &share_dir, &pool_dir, &info);
+        print_summary(&ds, &share_dir, server.as_ref(), &pool_dir, &info);
     }
-    let share_arg = shell_path(&share_dir);
+    let share_arg = match &server {
+        Some(server) => server.url().to_string(),
+        None => shell_path(&share_dir),
+    };
     let mnt = dir.join("mnt");
     if args.no_mount {
         if ctx.json {
@@ -95,9 +113,22 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     })
 }
 
-fn print_summary(ds: &Datastore, share_dir: &Path, pool_dir: &Path, info: &cvol_datastore::VmInfo) {
+fn print_summary(
+    ds: &Datastore,
+    share_dir: &Path,
+    server: Option<&cvol_nfs_server::NfsServer>,
+    pool_dir: &Path,
+    info: &cvol_datastore::VmInfo,
+) {
     println!("datastore {} ({})", ds.config().name, ds.config().uuid);
-    println!("  share (metadata): {}", share_dir.display());
+    match server {
+        Some(server) => println!(
+            "  share (metadata): {}, served over NFS at {}",
+            share_dir.display(),
+            server.url()
+        ),
+        None => println!("  share (metadata): {}", share_dir.display()),
+    }
     println!("  pool  (disks):    {}", pool_dir.display());
     println!();
     println!("VM {} with {} disk(s):", info.name, info.disks.len());

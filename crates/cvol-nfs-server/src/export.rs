@@ -1,0 +1,388 @@
+//! A local directory as an NFSv3 file system, for `nfs3_server`.
+//!
+//! Every operation goes through [`LocalShare`], which resolves paths beneath the
+//! exported directory with `openat2(RESOLVE_BENEATH)`: no name a client sends (`..`,
+//! a symlink planted on the server) reaches outside it. File system calls on a local
+//! directory block for microseconds to an fsync; they run in `block_in_place` so the
+//! runtime keeps serving other connections meanwhile.
+
+use std::sync::Arc;
+
+use cvol_share::{FileKind, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath};
+use nfs3_server::nfs3_types::nfs3::{
+    createverf3, fattr3, filename3, nfspath3, nfsstat3, sattr3, stable_how,
+};
+use nfs3_server::vfs::{
+    DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
+};
+
+use crate::attrs::{changes_of, fattr_of, status_of};
+use crate::handles::HandleTable;
+
+/// A local directory served over NFSv3.
+#[derive(Clone)]
+pub struct LocalExport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    share: LocalShare,
+    handles: HandleTable,
+    root: u64,
+    fsid: u64,
+}
+
+type Result<T> = std::result::Result<T, nfsstat3>;
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn name_of<'a>(name: &'a filename3<'_>) -> Result<&'a str> {
+    std::str::from_utf8(name.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)
+}
+
+impl LocalExport {
+    /// Exports `share`'s directory.
+    pub fn new(share: LocalShare) -> std::result::Result<Self, ShareError> {
+        let root = share.metadata(&SharePath::root())?.inode;
+        let fsid = rustix::fs::stat(share.dir())
+            .map(|s| s.st_dev)
+            .map_err(|e| ShareError::from_io(&SharePath::root(), "stat", e.into()))?;
+        let handles = HandleTable::default();
+        handles.insert(root, SharePath::root());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                share,
+                handles,
+                root,
+                fsid,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    /// The path of `handle` and what is there now; STALE when the file is gone or moved
+    /// behind the server's back.
+    fn resolve(&self, handle: &FileHandleU64) -> Result<(SharePath, Metadata)> {
+        let inode = handle.as_u64();
+        let path = self.handles.path(inode).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        match self.share.metadata(&path) {
+            Ok(m) if m.inode == inode => Ok((path, m)),
+            Ok(_) | Err(ShareError::NotFound(_)) => {
+                self.handles.forget(inode);
+                Err(nfsstat3::NFS3ERR_STALE)
+            }
+            Err(e) => Err(status_of(&e)),
+        }
+    }
+
+    fn dir(&self, handle: &FileHandleU64) -> Result<SharePath> {
+        match self.resolve(handle)? {
+            (path, m) if m.kind == FileKind::Dir => Ok(path),
+            _ => Err(nfsstat3::NFS3ERR_NOTDIR),
+        }
+    }
+
+    fn file(&self, handle: &FileHandleU64) -> Result<(SharePath, Metadata)> {
+        match self.resolve(handle)? {
+            (path, m) if m.kind == FileKind::File => Ok((path, m)),
+            (_, m) if m.kind == FileKind::Dir => Err(nfsstat3::NFS3ERR_ISDIR),
+            _ => Err(nfsstat3::NFS3ERR_INVAL),
+        }
+    }
+
+    fn child(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<SharePath> {
+        self.dir(dir)?
+            .join(name_of(name)?)
+            .map_err(|e| status_of(&e))
+    }
+
+    /// Looks `path` up and hands out its handle.
+    fn found(&self, path: SharePath) -> Result<(FileHandleU64, fattr3)> {
+        let m = self.share.metadata(&path).map_err(|e| status_of(&e))?;
+        self.handles.insert(m.inode, path);
+        Ok((FileHandleU64::new(m.inode), fattr_of(&m, self.fsid)))
+    }
+
+    fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
+        let dir_path = self.dir(dir)?;
+        let path = match name_of(name)? {
+            "." => dir_path,
+            // The root's parent is the root: nothing above the export is reachable.
+            ".." => dir_path.split_last().map_or(dir_path.clone(), |(p, _)| p),
+            n => dir_path.join(n).map_err(|e| status_of(&e))?,
+        };
+        Ok(self.found(path)?.0)
+    }
+
+    fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<fattr3> {
+        self.share
+            .set_attributes(path, changes)
+            .map_err(|e| status_of(&e))?;
+        Ok(self.found(path.clone())?.1)
+    }
+}
+
+impl NfsReadFileSystem for LocalExport {
+    type Handle = FileHandleU64;
+
+    fn root_dir(&self) -> FileHandleU64 {
+        FileHandleU64::new(self.inner.root)
+    }
+
+    async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
+        blocking(|| self.inner.lookup(dir, name))
+    }
+
+    async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3> {
+        blocking(|| {
+            let (_, m) = self.inner.resolve(id)?;
+            Ok(fattr_of(&m, self.inner.fsid))
+        })
+    }
+
+    async fn read(&self, id: &FileHandleU64, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
+        blocking(|| {
+            let (path, m) = self.inner.file(id)?;
+            let data = self
+                .inner
+                .share
+                .read_at(&path, offset, count as usize)
+                .map_err(|e| status_of(&e))?;
+            let eof = offset.saturating_add(data.len() as u64) >= m.size;
+            Ok((data, eof))
+        })
+    }
+
+    async fn readdirplus(
+        &self,
+        dir: &FileHandleU64,
+        cookie: u64,
+    ) -> Result<impl ReadDirPlusIterator<FileHandleU64>> {
+        blocking(|| {
+            let path = self.inner.dir(dir)?;
+            let mut names: Vec<String> = self
+                .inner
+                .share
+                .read_dir(&path)
+                .map_err(|e| status_of(&e))?
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            // Cookies are positions in name order, so a listing resumes where it stopped.
+            names.sort_unstable();
+            let mut all = vec![".".to_string(), "..".to_string()];
+            all.extend(names);
+            Ok(DirIterator {
+                export: self.clone(),
+                dir: path,
+                names: all,
+                next: usize::try_from(cookie).unwrap_or(usize::MAX),
+            })
+        })
+    }
+
+    async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>> {
+        blocking(|| {
+            let (path, m) = self.inner.resolve(id)?;
+            if m.kind != FileKind::Symlink {
+                return Err(nfsstat3::NFS3ERR_INVAL);
+            }
+            let target = self
+                .inner
+                .share
+                .read_link(&path)
+                .map_err(|e| status_of(&e))?;
+            Ok(nfspath3::from(target.into_bytes()))
+        })
+    }
+}
+
+impl NfsFileSystem for LocalExport {
+    async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3> {
+        blocking(|| {
+            let (path, _) = self.inner.resolve(id)?;
+            self.inner.set_attributes(&path, &changes_of(&setattr))
+        })
+    }
+
+    async fn write(
+        &self,
+        id: &FileHandleU64,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> Result<(fattr3, stable_how)> {
+        blocking(|| {
+            let (path, _) = self.inner.file(id)?;
+            let share = &self.inner.share;
+            share
+                .write_at(&path, offset, data)
+                .map_err(|e| status_of(&e))?;
+            if !matches!(stable, stable_how::UNSTABLE) {
+                share.sync(&path).map_err(|e| status_of(&e))?;
+            }
+            Ok((self.inner.found(path)?.1, stable))
+        })
+    }
+
+    /// Creates exclusively, whatever the client's mode: `nfs3_server` answers GUARDED by
+    /// a LOOKUP before this call, so only an exclusive create keeps two clients racing for
+    /// one name (e.g. two hosts writing the same intent record) from both winning. An
+    /// UNCHECKED create of an existing name therefore answers NFS3ERR_EXIST.
+    async fn create(
+        &self,
+        dir: &FileHandleU64,
+        name: &filename3<'_>,
+        attr: sattr3,
+    ) -> Result<(FileHandleU64, fattr3)> {
+        blocking(|| {
+            let inner = &self.inner;
+            let path = inner.child(dir, name)?;
+            let mut changes = changes_of(&attr);
+            let mode = changes.mode.take().unwrap_or(cvol_share::FILE_MODE);
+            inner
+                .share
+                .create_file(&path, mode)
+                .map_err(|e| status_of(&e))?;
+            if changes != SetAttributes::default() {
+                inner.set_attributes(&path, &changes)?;
+            }
+            inner.found(path)
+        })
+    }
+
+    /// EXCLUSIVE create needs the verifier kept with the file; RFC 1813 lets a server
+    /// decline it, and clients then fall back to GUARDED.
+    async fn create_exclusive(
+        &self,
+        _dir: &FileHandleU64,
+        _name: &filename3<'_>,
+        _verf: createverf3,
+    ) -> Result<FileHandleU64> {
+        Err(nfsstat3::NFS3ERR_NOTSUPP)
+    }
+
+    async fn mkdir(
+        &self,
+        dir: &FileHandleU64,
+        name: &filename3<'_>,
+    ) -> Result<(FileHandleU64, fattr3)> {
+        blocking(|| {
+            let path = self.inner.child(dir, name)?;
+            self.inner
+                .share
+                .create_dir(&path)
+                .map_err(|e| status_of(&e))?;
+            self.inner.found(path)
+        })
+    }
+
+    async fn remove(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<()> {
+        blocking(|| {
+            let inner = &self.inner;
+            let path = inner.child(dir, name)?;
+            let share = &inner.share;
+            let kind = share.metadata(&path).map_err(|e| status_of(&e))?.kind;
+            let removed = if kind == FileKind::Dir {
+                share.remove_dir(&path)
+            } else {
+                share.remove_file(&path)
+            };
+            removed.map_err(|e| status_of(&e))?;
+            inner.handles.removed(&path);
+            Ok(())
+        })
+    }
+
+    async fn rename<'a>(
+        &self,
+        from_dir: &FileHandleU64,
+        from_name: &filename3<'a>,
+        to_dir: &FileHandleU64,
+        to_name: &filename3<'a>,
+    ) -> Result<()> {
+        blocking(|| {
+            let inner = &self.inner;
+            let from = inner.child(from_dir, from_name)?;
+            let to = inner.child(to_dir, to_name)?;
+            inner.share.rename(&from, &to).map_err(|e| status_of(&e))?;
+            inner.handles.renamed(&from, &to);
+            Ok(())
+        })
+    }
+
+    async fn symlink<'a>(
+        &self,
+        dir: &FileHandleU64,
+        name: &filename3<'a>,
+        target: &nfspath3<'a>,
+        _attr: &sattr3,
+    ) -> Result<(FileHandleU64, fattr3)> {
+        blocking(|| {
+            let path = self.inner.child(dir, name)?;
+            let target =
+                std::str::from_utf8(target.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)?;
+            self.inner
+                .share
+                .symlink(&path, target)
+                .map_err(|e| status_of(&e))?;
+            self.inner.found(path)
+        })
+    }
+
+    async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<()> {
+        blocking(|| {
+            let (path, _) = self.inner.file(id)?;
+            self.inner.share.sync(&path).map_err(|e| status_of(&e))
+        })
+    }
+}
+
+/// A directory listing from a cookie on; each entry is looked up when the reply takes it.
+struct DirIterator {
+    export: LocalExport,
+    dir: SharePath,
+    names: Vec<String>,
+    next: usize,
+}
+
+impl DirIterator {
+    fn entry(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
+        let inner = &self.export.inner;
+        loop {
+            let Some(name) = self.names.get(self.next) else {
+                return NextResult::Eof;
+            };
+            self.next += 1;
+            let path = match name.as_str() {
+                "." => Ok(self.dir.clone()),
+                ".." => Ok(self.dir.split_last().map_or(self.dir.clone(), |(p, _)| p)),
+                n => self.dir.join(n),
+            };
+            // A name the share refuses (not UTF-8, say) or one removed since the listing
+            // is left out rather than failing the whole listing.
+            let Ok(path) = path else { continue };
+            let (handle, attrs) = match inner.found(path) {
+                Ok(found) => found,
+                Err(nfsstat3::NFS3ERR_NOENT) => continue,
+                Err(e) => return NextResult::Err(e),
+            };
+            return NextResult::Ok(DirEntryPlus {
+                fileid: handle.as_u64(),
+                name: filename3::from(name.clone().into_bytes()),
+                cookie: self.next as u64,
+                name_attributes: Some(attrs),
+                name_handle: Some(handle),
+            });
+        }
+    }
+}
+
+impl ReadDirPlusIterator<FileHandleU64> for DirIterator {
+    async fn next(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
+        blocking(|| self.entry())
+    }
+}

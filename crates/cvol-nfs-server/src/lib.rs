@@ -1,0 +1,102 @@
+//! The embedded metadata share: an NFSv3 server for a local directory
+//! (`cvol nfs serve`, and what `cvol up` mounts its share through).
+//!
+//! The protocol (RPC, MOUNT, the portmapper's GETPORT and NFSv3 itself, all on one TCP
+//! port) is the `nfs3_server` crate's; [`LocalExport`] is the file system it serves.
+//! AUTH_SYS credentials are accepted as sent and every operation runs as the server's
+//! own user, as with a user-space server exporting one user's directory.
+
+mod attrs;
+mod export;
+mod handles;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use cvol_share::{LocalShare, NfsUrl, ShareError};
+use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+
+pub use export::LocalExport;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The directory to export cannot be opened.
+    #[error("cannot export {dir}: {source}")]
+    Export {
+        /// The directory.
+        dir: String,
+        /// What went wrong.
+        source: ShareError,
+    },
+    /// The listening socket (or the runtime serving it) cannot be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// A running server; dropping it stops it.
+pub struct NfsServer {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl NfsServer {
+    /// Exports `dir` on `listen` (port 0 picks a free one) and serves it on threads of
+    /// its own until dropped.
+    pub fn start(dir: &Path, listen: SocketAddr) -> Result<Self, ServerError> {
+        let export_error = |source| ServerError::Export {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let export = LocalShare::open(dir)
+            .and_then(LocalExport::new)
+            .map_err(export_error)?;
+        let listen_error = |source| ServerError::Listen {
+            addr: listen,
+            source,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nfs-server")
+            .enable_all()
+            .build()
+            .map_err(listen_error)?;
+        let listener = runtime
+            .block_on(NFSTcpListener::bind(&listen.to_string(), export))
+            .map_err(listen_error)?;
+        let addr = SocketAddr::new(listen.ip(), listener.get_listen_port());
+        runtime.spawn(async move {
+            if let Err(e) = listener.handle_forever().await {
+                tracing::error!("NFS server on {addr} stopped: {e}");
+            }
+        });
+        tracing::info!("serving {} over NFSv3 on {addr}", dir.display());
+        Ok(Self {
+            addr,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The share URL a client mounts the export's root with.
+    pub fn url(&self) -> NfsUrl {
+        NfsUrl::parse(&format!("nfs://{}/", self.addr)).expect("a valid URL")
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
