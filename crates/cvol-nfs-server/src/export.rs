@@ -17,7 +17,7 @@ use nfs3_server::vfs::{
 };
 
 use crate::attrs::{changes_of, fattr_of, status_of};
-use crate::handles::HandleTable;
+use crate::handles::{HandleTable, ROOT};
 
 /// A local directory served over NFSv3.
 #[derive(Clone)]
@@ -28,7 +28,6 @@ pub struct LocalExport {
 struct Inner {
     share: LocalShare,
     handles: HandleTable,
-    root: u64,
     fsid: u64,
 }
 
@@ -49,13 +48,10 @@ impl LocalExport {
         let fsid = rustix::fs::stat(share.dir())
             .map(|s| s.st_dev)
             .map_err(|e| ShareError::from_io(&SharePath::root(), "stat", e.into()))?;
-        let handles = HandleTable::default();
-        handles.insert(root, SharePath::root());
         Ok(Self {
             inner: Arc::new(Inner {
                 share,
-                handles,
-                root,
+                handles: HandleTable::new(root),
                 fsid,
             }),
         })
@@ -66,12 +62,12 @@ impl Inner {
     /// The path of `handle` and what is there now; STALE when the file is gone or moved
     /// behind the server's back.
     fn resolve(&self, handle: &FileHandleU64) -> Result<(SharePath, Metadata)> {
-        let inode = handle.as_u64();
-        let path = self.handles.path(inode).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        let id = handle.as_u64();
+        let (path, inode) = self.handles.get(id).ok_or(nfsstat3::NFS3ERR_STALE)?;
         match self.share.metadata(&path) {
             Ok(m) if m.inode == inode => Ok((path, m)),
             Ok(_) | Err(ShareError::NotFound(_)) => {
-                self.handles.forget(inode);
+                self.handles.forget(id);
                 Err(nfsstat3::NFS3ERR_STALE)
             }
             Err(e) => Err(status_of(&e)),
@@ -102,8 +98,8 @@ impl Inner {
     /// Looks `path` up and hands out its handle.
     fn found(&self, path: SharePath) -> Result<(FileHandleU64, fattr3)> {
         let m = self.share.metadata(&path).map_err(|e| status_of(&e))?;
-        self.handles.insert(m.inode, path);
-        Ok((FileHandleU64::new(m.inode), fattr_of(&m, self.fsid)))
+        let handle = self.handles.handle(&path, m.inode);
+        Ok((FileHandleU64::new(handle), fattr_of(&m, self.fsid)))
     }
 
     fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
@@ -129,7 +125,7 @@ impl NfsReadFileSystem for LocalExport {
     type Handle = FileHandleU64;
 
     fn root_dir(&self) -> FileHandleU64 {
-        FileHandleU64::new(self.inner.root)
+        FileHandleU64::new(ROOT)
     }
 
     async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
@@ -371,7 +367,7 @@ impl DirIterator {
                 Err(e) => return NextResult::Err(e),
             };
             return NextResult::Ok(DirEntryPlus {
-                fileid: handle.as_u64(),
+                fileid: attrs.fileid,
                 name: filename3::from(name.clone().into_bytes()),
                 cookie: self.next as u64,
                 name_attributes: Some(attrs),

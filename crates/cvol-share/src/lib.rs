@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 pub use error::ShareError;
 pub use local::LocalShare;
-pub use nfs::NfsShare;
+pub use nfs::{NfsOptions, NfsShare};
 pub use nfs_url::{NfsUrl, NfsUrlError};
 pub use path::SharePath;
 

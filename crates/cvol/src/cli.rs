@@ -17,8 +17,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "CVOL_SHARE", value_name = "PATH|URL")]
     pub share: Option<String>,
 
-    /// Give up on an unreachable NFS server after this many seconds (calls that are
-    /// safe to repeat are retried until then).
+    /// Give up on an unreachable NFS server after this many seconds: calls are retried
+    /// across reconnects until then, and then fail with EIO.
     #[arg(
         long,
         global = true,
@@ -27,6 +27,29 @@ pub struct Cli {
         value_name = "SECONDS"
     )]
     pub nfs_timeout: u64,
+
+    /// How long NFS file handles and attributes are trusted without asking the server,
+    /// like the kernel client's actimeo (0: always ask). Changes made by this process
+    /// are seen at once; changes by other hosts after at most this long.
+    #[arg(
+        long,
+        global = true,
+        env = "CVOL_ATTR_CACHE_MS",
+        default_value_t = 3000,
+        value_name = "MS"
+    )]
+    pub attr_cache_ms: u64,
+
+    /// Connections to the NFS server, at most; calls beyond them wait for one.
+    #[arg(
+        long,
+        global = true,
+        env = "CVOL_NFS_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=64),
+        value_name = "N"
+    )]
+    pub nfs_connections: u16,
 
     /// This host's id, used for attachments and intent records [default: the hostname].
     #[arg(long, global = true, env = "CVOL_HOST_ID", value_name = "ID")]

@@ -392,6 +392,11 @@ fn create_list_delete_a_vm_on_nfs() {
 }
 
 #[test]
+fn create_list_delete_a_vm_on_cvol_nfs() {
+    create_list_delete_a_vm(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
 fn disks_grow_snapshot_clone_and_go_on_a_local_share() {
     disks_grow_snapshot_clone_and_go(Env::datastore());
 }
@@ -399,6 +404,11 @@ fn disks_grow_snapshot_clone_and_go_on_a_local_share() {
 #[test]
 fn disks_grow_snapshot_clone_and_go_on_nfs() {
     disks_grow_snapshot_clone_and_go(Env::datastore_on_nfs());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_cvol_nfs() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_cvol_nfs());
 }
 
 #[test]
@@ -412,6 +422,11 @@ fn a_real_crash_is_repaired_by_fsck_on_nfs() {
 }
 
 #[test]
+fn a_real_crash_is_repaired_by_fsck_on_cvol_nfs() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
 fn bad_input_gets_one_clear_line_and_changes_nothing_on_a_local_share() {
     bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore());
 }
@@ -422,6 +437,11 @@ fn bad_input_gets_one_clear_line_and_changes_nothing_on_nfs() {
 }
 
 #[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_cvol_nfs() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
 fn malformed_and_foreign_files_are_named_with_their_line_on_a_local_share() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore());
 }
@@ -429,4 +449,9 @@ fn malformed_and_foreign_files_are_named_with_their_line_on_a_local_share() {
 #[test]
 fn malformed_and_foreign_files_are_named_with_their_line_on_nfs() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_nfs());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_on_cvol_nfs() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_cvol_nfs());
 }

@@ -420,6 +420,11 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_nfs() {
 }
 
 #[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_cvol_nfs() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
 fn cp_r_of_a_vm_clones_its_disks_on_a_local_share() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore());
 }
@@ -430,8 +435,22 @@ fn cp_r_of_a_vm_clones_its_disks_on_nfs() {
 }
 
 #[test]
-fn qemu_through_a_container_whose_share_is_on_nfs() {
-    let env = with_demo(Env::datastore_on_nfs(), "16M");
+fn cp_r_of_a_vm_clones_its_disks_on_cvol_nfs() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn qemu_through_a_container_whose_share_is_on_ganesha() {
+    qemu_through_a_container_whose_share_is_on_nfs(Env::datastore_on_nfs());
+}
+
+#[test]
+fn qemu_through_a_container_whose_share_is_on_cvol_nfs() {
+    qemu_through_a_container_whose_share_is_on_nfs(Env::datastore_on_cvol_nfs());
+}
+
+fn qemu_through_a_container_whose_share_is_on_nfs(env: Env) {
+    let env = with_demo(env, "16M");
     let m = env.mount(true);
     let vmdk = m.path("demo/demo.vmdk");
     tool("qemu-io", &["-c", "write -P 0x5a 0 1M", s(&vmdk)]);

@@ -420,10 +420,19 @@ fn hostile_clients_get_errors_or_a_closed_connection_and_hurt_nobody() {
 }
 
 #[test]
-fn exports_a_datastore_whose_share_is_on_nfs() {
+fn exports_a_datastore_whose_share_is_on_ganesha() {
+    exports_a_datastore_whose_share_is_on_nfs(Env::datastore_on_nfs());
+}
+
+#[test]
+fn exports_a_datastore_whose_share_is_on_cvol_nfs() {
+    exports_a_datastore_whose_share_is_on_nfs(Env::datastore_on_cvol_nfs());
+}
+
+fn exports_a_datastore_whose_share_is_on_nfs(env: Env) {
     // NBD requests run on tokio's blocking threads, from where the NFS client must not
     // try to enter a runtime of its own (it used to panic there).
-    let nbd = Nbd::start_on(Env::datastore_on_nfs(), &[]);
+    let nbd = Nbd::start_on(env, &[]);
     assert!(tool("qemu-img", &["info", &nbd.uri("demo/demo")]).contains("64 MiB"));
     let out = tool(
         "qemu-io",

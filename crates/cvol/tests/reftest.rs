@@ -194,3 +194,8 @@ fn container_on_a_local_share_behaves_like_a_plain_directory() {
 fn container_on_nfs_behaves_like_a_plain_directory() {
     container_behaves_like_a_plain_directory(common::Env::datastore_on_nfs());
 }
+
+#[test]
+fn container_on_cvol_nfs_behaves_like_a_plain_directory() {
+    container_behaves_like_a_plain_directory(common::Env::datastore_on_cvol_nfs());
+}

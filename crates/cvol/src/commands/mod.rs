@@ -11,10 +11,11 @@ mod vm;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use cvol_datastore::Datastore;
-use cvol_share::{LocalShare, NfsShare, NfsUrl, Share};
+use cvol_share::{LocalShare, NfsOptions, NfsShare, NfsUrl, Share};
 
 use crate::cli::{Cli, Command};
 
@@ -25,7 +26,7 @@ const FAILPOINT_ENV: &str = "CVOL_FAILPOINT";
 /// What every command needs from the global options.
 pub struct Context {
     share: Option<String>,
-    nfs_timeout: std::time::Duration,
+    nfs: NfsOptions,
     host: String,
     json: bool,
 }
@@ -55,8 +56,7 @@ impl Context {
 
     /// The NFS share at `url`, with the NFS settings given on the command line.
     fn open_nfs(&self, url: &NfsUrl) -> anyhow::Result<Arc<dyn Share>> {
-        let nfs =
-            NfsShare::open(url, self.nfs_timeout).with_context(|| format!("cannot mount {url}"))?;
+        let nfs = NfsShare::open(url, &self.nfs).with_context(|| format!("cannot mount {url}"))?;
         Ok(Arc::new(nfs))
     }
 
@@ -92,7 +92,11 @@ fn default_host_id() -> String {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context {
         share: cli.share,
-        nfs_timeout: std::time::Duration::from_secs(cli.nfs_timeout),
+        nfs: NfsOptions {
+            timeout: Duration::from_secs(cli.nfs_timeout),
+            attribute_cache: Duration::from_millis(cli.attr_cache_ms),
+            connections: usize::from(cli.nfs_connections),
+        },
         host: cli.host_id.unwrap_or_else(default_host_id),
         json: cli.json,
     };

@@ -19,6 +19,8 @@ pub struct Env {
     /// How cvol is told where the share is: the directory, or an nfs:// URL serving it.
     pub share_arg: String,
     pub pool: PathBuf,
+    /// The `cvol nfs serve` process serving the share, if it is served that way.
+    pub server: Option<NfsServe>,
 }
 
 impl Env {
@@ -35,6 +37,7 @@ impl Env {
             share,
             share_arg,
             pool,
+            server: None,
         }
     }
 
@@ -61,7 +64,24 @@ impl Env {
             share,
             share_arg,
             pool,
+            server: None,
         }
+    }
+
+    /// Empty share and pool folders, the share served by `cvol nfs serve`.
+    pub fn empty_on_cvol_nfs() -> Self {
+        let mut env = Self::empty();
+        let server = NfsServe::start(&env.share);
+        env.share_arg = server.url.clone();
+        env.server = Some(server);
+        env
+    }
+
+    /// A datastore with one file provider `pool`, its share served by `cvol nfs serve`.
+    pub fn datastore_on_cvol_nfs() -> Self {
+        let env = Self::empty_on_cvol_nfs();
+        env.create_datastore();
+        env
     }
 
     /// A datastore with one file provider `pool`, its share on nfs-ganesha.
@@ -322,6 +342,55 @@ pub fn tool_output(name: &str, args: &[&str]) -> Output {
     Command::new(name).args(args).output().unwrap_or_else(|e| {
         panic!("{name} is needed by this test (./scripts/test.sh installs it): {e}")
     })
+}
+
+/// A `cvol nfs serve` process, killed when dropped.
+pub struct NfsServe {
+    pub child: Child,
+    /// The share URL it printed.
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+}
+
+impl NfsServe {
+    /// Serves `dir` on a free loopback port.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Serves `dir` on `addr`.
+    pub fn start_on(dir: &Path, addr: std::net::SocketAddr) -> Self {
+        use std::io::BufRead;
+        let mut child = cvol()
+            .args(["nfs", "serve", "--listen", &addr.to_string()])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut url = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut url)
+            .unwrap();
+        let url = url.trim().to_string();
+        let addr = url
+            .strip_prefix("nfs://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("cvol nfs serve printed {url:?}"));
+        Self { child, url, addr }
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NfsServe {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// One nfs-ganesha server for the whole test binary, exporting a scratch directory on

@@ -1,0 +1,698 @@
+//! A share reached over NFSv3 from user space (no kernel client needed), with the
+//! `nfs3_client` crate speaking the protocol.
+//!
+//! Paths are resolved to file handles by LOOKUP, one component at a time; handles and
+//! attributes are cached for a short, configurable time like the kernel client's
+//! `actimeo`. A stale handle (the server renamed or removed something, or restarted)
+//! drops the cache and the call is resolved again, so no call ever acts on the wrong
+//! file. Symlinks are never followed: an operation on a symlink acts on the link (or
+//! fails), so nothing on the server can lead outside the export.
+//!
+//! Calls run on a pool of connections. Every call is repeated across reconnects until
+//! the share's timeout, and the server's "try later" (NFS3ERR_JUKEBOX) is waited out the
+//! same way. A call that is not idempotent (CREATE, REMOVE, RENAME, …) whose reply was
+//! lost with its connection may have been done already: its repeat answering "exists"
+//! (or "no such file") is taken as that earlier success, as kernel clients do.
+
+mod cache;
+mod pool;
+
+use std::io;
+use std::time::{Duration, Instant, SystemTime};
+
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+
+use self::cache::Cache;
+use self::pool::{Checkout, Connection, Pool};
+use crate::nfs_url::NfsUrl;
+use crate::{
+    DirEntry, FileKind, Metadata, SetAttributes, SetTime, Share, ShareError, SharePath, ShareStats,
+};
+
+/// Bytes moved by one READ or WRITE.
+const IO_SIZE: u32 = 1 << 20;
+
+/// How an NFS share behaves towards its server.
+#[derive(Debug, Clone)]
+pub struct NfsOptions {
+    /// How long a call keeps trying while the server does not answer before it fails
+    /// with EIO.
+    pub timeout: Duration,
+    /// How long looked-up handles and attributes are trusted without asking the server
+    /// (zero: always ask). Changes made through this share are seen at once; changes by
+    /// other clients within this time.
+    pub attribute_cache: Duration,
+    /// Connections to the server, at most; calls beyond them wait for one.
+    pub connections: usize,
+}
+
+impl Default for NfsOptions {
+    /// 60 s timeout, 3 s attribute cache (the kernel's `acregmin`), 4 connections.
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            attribute_cache: Duration::from_secs(3),
+            connections: 4,
+        }
+    }
+}
+
+/// An NFSv3 share.
+pub struct NfsShare {
+    url: NfsUrl,
+    options: NfsOptions,
+    runtime: tokio::runtime::Runtime,
+    pool: Pool,
+    cache: Cache,
+}
+
+/// Why a call failed.
+enum CallError {
+    /// The server answered with an error status.
+    Status(nfsstat3),
+    /// No answer: the connection failed, until the timeout.
+    Transport(String),
+}
+
+fn status_error(path: &SharePath, op: &'static str, status: nfsstat3) -> ShareError {
+    use rustix::io::Errno;
+    let errno = match status {
+        nfsstat3::NFS3ERR_NOENT => return ShareError::NotFound(path.clone()),
+        nfsstat3::NFS3ERR_EXIST => return ShareError::AlreadyExists(path.clone()),
+        // RFC 1813 numbers these after the errnos of its day; from 63 on, Linux differs.
+        nfsstat3::NFS3ERR_NAMETOOLONG => Errno::NAMETOOLONG,
+        nfsstat3::NFS3ERR_NOTEMPTY => Errno::NOTEMPTY,
+        nfsstat3::NFS3ERR_DQUOT => Errno::DQUOT,
+        nfsstat3::NFS3ERR_STALE => Errno::STALE,
+        nfsstat3::NFS3ERR_REMOTE => Errno::REMOTE,
+        nfsstat3::NFS3ERR_NOTSUPP => Errno::NOTSUP,
+        s if (s as i32) < 63 => Errno::from_raw_os_error(s as i32),
+        _ => Errno::IO,
+    };
+    ShareError::Io {
+        path: path.clone(),
+        op,
+        source: io::Error::from_raw_os_error(errno.raw_os_error()),
+    }
+}
+
+fn time_of(t: &nfstime3) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(u64::from(t.seconds), t.nseconds.min(999_999_999))
+}
+
+fn metadata_of(a: &fattr3) -> Metadata {
+    Metadata {
+        kind: match a.type_ {
+            ftype3::NF3REG => FileKind::File,
+            ftype3::NF3DIR => FileKind::Dir,
+            ftype3::NF3LNK => FileKind::Symlink,
+            _ => FileKind::Other,
+        },
+        inode: a.fileid,
+        size: a.size,
+        allocated: a.used,
+        mode: a.mode & 0o7777,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        accessed: time_of(&a.atime),
+        modified: time_of(&a.mtime),
+        changed: time_of(&a.ctime),
+    }
+}
+
+fn name(n: &str) -> filename3<'_> {
+    filename3(Opaque::borrowed(n.as_bytes()))
+}
+
+fn set_time(t: Option<SetTime>) -> (bool, Option<nfstime3>) {
+    match t {
+        None => (false, None),
+        Some(SetTime::Now) => (true, None),
+        Some(SetTime::At(t)) => (true, nfstime3::try_from(t).ok()),
+    }
+}
+
+fn sattr(changes: &SetAttributes) -> sattr3 {
+    let opt = |v: Option<u32>| v.map_or(Nfs3Option::None, Nfs3Option::Some);
+    let atime = match set_time(changes.accessed) {
+        (false, _) => set_atime::DONT_CHANGE,
+        (true, None) => set_atime::SET_TO_SERVER_TIME,
+        (true, Some(t)) => set_atime::SET_TO_CLIENT_TIME(t),
+    };
+    let mtime = match set_time(changes.modified) {
+        (false, _) => set_mtime::DONT_CHANGE,
+        (true, None) => set_mtime::SET_TO_SERVER_TIME,
+        (true, Some(t)) => set_mtime::SET_TO_CLIENT_TIME(t),
+    };
+    sattr3 {
+        mode: opt(changes.mode),
+        uid: opt(changes.uid),
+        gid: opt(changes.gid),
+        size: changes.size.map_or(Nfs3Option::None, Nfs3Option::Some),
+        atime,
+        mtime,
+    }
+}
+
+/// Runs `$call` on a pooled connection, repeating it across reconnects and JUKEBOX
+/// answers until the share's timeout. Idempotent calls give the reply; the others name
+/// the status (`done_if`) that a repeat of an already-done call answers, and give `None`
+/// when that is what happened.
+macro_rules! rpc {
+    ($share:expr, |$c:ident| $call:expr) => {
+        rpc!(@ $share, None, |$c| $call).map(|reply| reply.expect("an idempotent call"))
+    };
+    ($share:expr, done_if = $status:expr, |$c:ident| $call:expr) => {
+        rpc!(@ $share, Some($status), |$c| $call)
+    };
+    (@ $share:expr, $done_if:expr, |$c:ident| $call:expr) => {{
+        let share: &NfsShare = $share;
+        let done_if: Option<nfsstat3> = $done_if;
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut repeated_unanswered = false;
+        loop {
+            let outcome = match share.connection() {
+                Err(e) => Err(CallError::Transport(e)),
+                Ok(mut connection) => {
+                    let result = {
+                        let $c = &mut connection;
+                        share.block_on($call)
+                    };
+                    match result {
+                        Ok(Nfs3Result::Ok(ok)) => {
+                            share.pool.put(connection);
+                            Ok(Some(ok))
+                        }
+                        Ok(Nfs3Result::Err((status, _))) => {
+                            share.pool.put(connection);
+                            Err(CallError::Status(status))
+                        }
+                        Err(e) => {
+                            drop(connection);
+                            share.pool.discard();
+                            share.pool.drain();
+                            repeated_unanswered = true;
+                            Err(CallError::Transport(e.to_string()))
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Err(CallError::Status(s)) if repeated_unanswered && Some(s) == done_if => {
+                    break Ok(None);
+                }
+                Err(CallError::Status(nfsstat3::NFS3ERR_JUKEBOX) | CallError::Transport(_))
+                    if started.elapsed() < share.options.timeout =>
+                {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+fn attributes_in(a: &post_op_attr) -> Option<&fattr3> {
+    match a {
+        Nfs3Option::Some(a) => Some(a),
+        Nfs3Option::None => None,
+    }
+}
+
+impl NfsShare {
+    /// Mounts the share at `url`.
+    pub fn open(url: &NfsUrl, options: &NfsOptions) -> Result<Self, ShareError> {
+        // Calls are driven from the callers' threads; the workers only run the I/O driver.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("nfs-client")
+            .enable_all()
+            .build()
+            .map_err(|e| ShareError::Io {
+                path: SharePath::root(),
+                op: "mount",
+                source: io::Error::other(format!("{url}: {e}")),
+            })?;
+        let share = Self {
+            url: url.clone(),
+            options: options.clone(),
+            runtime,
+            pool: Pool::new(url.clone(), options.connections),
+            cache: Cache::new(options.attribute_cache),
+        };
+        let connection = share
+            .connection()
+            .map_err(|e| share.call_error(&SharePath::root(), "mount", CallError::Transport(e)))?;
+        share.pool.put(connection);
+        Ok(share)
+    }
+
+    /// A connection from the pool, mounting a new one if needed.
+    fn connection(&self) -> Result<Connection, String> {
+        match self.pool.checkout() {
+            Checkout::Idle(connection) => Ok(connection),
+            Checkout::Mount(builder) => match self.block_on(builder.mount()) {
+                Ok(connection) => {
+                    self.cache.set_root(connection.root_nfs_fh3());
+                    Ok(connection)
+                }
+                Err(e) => {
+                    self.pool.discard();
+                    Err(e.to_string())
+                }
+            },
+        }
+    }
+
+    /// Runs an NFS call to completion.
+    fn block_on<F>(&self, call: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(call);
+        }
+        // Called from inside another runtime (e.g. the NBD server's blocking threads),
+        // where no runtime can be entered: the call runs on a thread of its own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.runtime.block_on(call))
+                .join()
+                .expect("NFS call thread")
+        })
+    }
+
+    fn call_error(&self, path: &SharePath, op: &'static str, e: CallError) -> ShareError {
+        match e {
+            CallError::Status(s) => status_error(path, op, s),
+            CallError::Transport(e) => {
+                let message = format!(
+                    "NFS server {} not reachable for {} s: {e}",
+                    self.url,
+                    self.options.timeout.as_secs()
+                );
+                tracing::error!("{path}: {op} fails: {message}");
+                ShareError::Io {
+                    path: path.clone(),
+                    op,
+                    source: io::Error::new(io::ErrorKind::TimedOut, message),
+                }
+            }
+        }
+    }
+
+    /// Runs `f` for `path`; a stale handle is resolved afresh once.
+    fn with<T>(
+        &self,
+        path: &SharePath,
+        op: &'static str,
+        f: impl Fn() -> Result<T, CallError>,
+    ) -> Result<T, ShareError> {
+        let result = match f() {
+            Err(CallError::Status(nfsstat3::NFS3ERR_STALE | nfsstat3::NFS3ERR_BADHANDLE)) => {
+                tracing::info!("{path}: stale NFS file handle; resolving again");
+                self.cache.clear();
+                f()
+            }
+            other => other,
+        };
+        result.map_err(|e| self.call_error(path, op, e))
+    }
+
+    /// The handle of `path`, by LOOKUPs from the nearest cached ancestor. A symlink on
+    /// the way is not walked through: LOOKUP in it fails with NOTDIR.
+    fn resolve(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
+        let Some((parent, leaf)) = path.split_last() else {
+            return Ok(self.cache.root());
+        };
+        if let Some(fh) = self.cache.handle(path) {
+            return Ok(fh);
+        }
+        let dir = self.resolve(&parent)?;
+        let found = rpc!(self, |c| c.lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir: dir.clone(),
+                name: name(leaf)
+            }
+        }))?;
+        let attributes = attributes_in(&found.obj_attributes);
+        self.cache.learn(path, &found.object, attributes);
+        Ok(found.object)
+    }
+
+    /// The parent's handle and the last name of `path`.
+    fn parent<'p>(&self, path: &'p SharePath) -> Result<(nfs_fh3, &'p str), CallError> {
+        let (parent, leaf) = path
+            .split_last()
+            .ok_or(CallError::Status(nfsstat3::NFS3ERR_INVAL))?;
+        Ok((self.resolve(&parent)?, leaf))
+    }
+
+    fn getattr(&self, fh: &nfs_fh3) -> Result<fattr3, CallError> {
+        if let Some(a) = self.cache.attributes(fh) {
+            return Ok(a);
+        }
+        let a = rpc!(self, |c| c.getattr(&GETATTR3args { object: fh.clone() }))?.obj_attributes;
+        self.cache.learn_attributes(fh, &a);
+        Ok(a)
+    }
+
+    /// The handle of `path`, which must not be a symlink (they are not followed).
+    fn file(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
+        let fh = self.resolve(path)?;
+        if self.getattr(&fh)?.type_ == ftype3::NF3LNK {
+            return Err(CallError::Status(nfsstat3::NFS3ERR_INVAL));
+        }
+        Ok(fh)
+    }
+
+    fn read_range(&self, fh: &nfs_fh3, offset: u64, len: usize) -> Result<Vec<u8>, CallError> {
+        let mut out = Vec::new();
+        while out.len() < len {
+            let count = (len - out.len()).min(IO_SIZE as usize) as u32;
+            let at = offset + out.len() as u64;
+            let ok = rpc!(self, |c| c.read(&READ3args {
+                file: fh.clone(),
+                offset: at,
+                count
+            }))?;
+            out.extend_from_slice(ok.data.as_ref());
+            if ok.eof || ok.count == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_range(&self, fh: &nfs_fh3, offset: u64, data: &[u8]) -> Result<(), CallError> {
+        let mut done = 0;
+        while done < data.len() {
+            let chunk = &data[done..data.len().min(done + IO_SIZE as usize)];
+            let at = offset + done as u64;
+            let ok = rpc!(self, |c| c.write(&WRITE3args {
+                file: fh.clone(),
+                offset: at,
+                count: chunk.len() as u32,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::borrowed(chunk),
+            }));
+            self.cache.changed(fh);
+            let written = ok?.count as usize;
+            if written == 0 {
+                return Err(CallError::Status(nfsstat3::NFS3ERR_IO));
+            }
+            done += written;
+        }
+        Ok(())
+    }
+
+    /// GUARDED CREATE of `path`: fails with EXIST if something is there.
+    fn create(&self, path: &SharePath, mode: u32) -> Result<nfs_fh3, CallError> {
+        let (dir, leaf) = self.parent(path)?;
+        let attributes = || {
+            sattr(&SetAttributes {
+                mode: Some(mode),
+                ..SetAttributes::default()
+            })
+        };
+        let created = rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.create(
+            &CREATE3args {
+                where_: diropargs3 {
+                    dir: dir.clone(),
+                    name: name(leaf)
+                },
+                how: createhow3::GUARDED(attributes())
+            }
+        ))?;
+        self.cache.changed(&dir);
+        self.cache.forget(path);
+        match created {
+            Some(CREATE3resok {
+                obj: Nfs3Option::Some(fh),
+                obj_attributes,
+                ..
+            }) => {
+                self.cache.learn(path, &fh, attributes_in(&obj_attributes));
+                Ok(fh)
+            }
+            _ => self.resolve(path),
+        }
+    }
+
+    /// REMOVE (or RMDIR, for a directory) of `path`.
+    fn remove(&self, path: &SharePath, op: &'static str, dir: bool) -> Result<(), ShareError> {
+        self.with(path, op, || {
+            let (parent, leaf) = self.parent(path)?;
+            let object = || diropargs3 {
+                dir: parent.clone(),
+                name: name(leaf),
+            };
+            if dir {
+                rpc!(self, done_if = nfsstat3::NFS3ERR_NOENT, |c| c
+                    .rmdir(&RMDIR3args { object: object() }))?;
+            } else {
+                rpc!(self, done_if = nfsstat3::NFS3ERR_NOENT, |c| c
+                    .remove(&REMOVE3args { object: object() }))?;
+            }
+            self.cache.changed(&parent);
+            self.cache.forget(path);
+            Ok(())
+        })
+    }
+}
+
+impl Share for NfsShare {
+    fn location(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn metadata(&self, path: &SharePath) -> Result<Metadata, ShareError> {
+        self.with(path, "stat", || {
+            let fh = self.resolve(path)?;
+            Ok(metadata_of(&self.getattr(&fh)?))
+        })
+    }
+
+    fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
+        self.with(path, "list directory", || {
+            let dir = self.file(path)?;
+            let mut entries = Vec::new();
+            let (mut cookie, mut verf) = (0, cookieverf3::default());
+            loop {
+                let ok = rpc!(self, |c| c.readdirplus(&READDIRPLUS3args {
+                    dir: dir.clone(),
+                    cookie,
+                    cookieverf: verf,
+                    dircount: 64 << 10,
+                    maxcount: 256 << 10,
+                }))?;
+                verf = ok.cookieverf;
+                for e in &ok.reply.entries.0 {
+                    cookie = e.cookie;
+                    let entry_name = String::from_utf8_lossy(e.name.as_ref()).into_owned();
+                    if entry_name == "." || entry_name == ".." {
+                        continue;
+                    }
+                    let attributes = attributes_in(&e.name_attributes);
+                    // The listing carries each entry's handle and attributes: an `ls -l`
+                    // after it asks the server nothing more.
+                    if let (Nfs3Option::Some(fh), Ok(child)) =
+                        (&e.name_handle, path.join(&entry_name))
+                    {
+                        self.cache.learn(&child, fh, attributes);
+                    }
+                    entries.push(DirEntry {
+                        name: entry_name,
+                        kind: attributes.map_or(FileKind::Other, |a| metadata_of(a).kind),
+                    });
+                }
+                if ok.reply.eof || ok.reply.entries.0.is_empty() {
+                    break;
+                }
+            }
+            Ok(entries)
+        })
+    }
+
+    fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
+        // Up to the server's end-of-file, not to a size read before: the size may have
+        // changed in between.
+        self.with(path, "read", || {
+            let fh = self.file(path)?;
+            self.read_range(&fh, 0, usize::MAX)
+        })
+    }
+
+    fn write_atomic(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
+        let (parent, leaf) = path.split_last().ok_or_else(|| ShareError::InvalidPath {
+            path: String::new(),
+            reason: "the share's root cannot be written",
+        })?;
+        let tmp_name = format!(".{leaf}.cvol-tmp-{}", uuid::Uuid::new_v4().simple());
+        let tmp = parent.join(&tmp_name[..tmp_name.len().min(255)])?;
+        let renamed = self
+            .create_new(&tmp, data)
+            .and_then(|()| self.rename(&tmp, path));
+        if renamed.is_err() {
+            let _ = self.remove_file(&tmp);
+        }
+        renamed
+    }
+
+    fn create_new(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
+        self.with(path, "create", || {
+            let fh = self.create(path, crate::FILE_MODE)?;
+            self.write_range(&fh, 0, data)
+        })
+    }
+
+    fn create_dir(&self, path: &SharePath) -> Result<(), ShareError> {
+        self.with(path, "mkdir", || {
+            let (dir, leaf) = self.parent(path)?;
+            let attributes = || {
+                sattr(&SetAttributes {
+                    mode: Some(0o755),
+                    ..SetAttributes::default()
+                })
+            };
+            rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.mkdir(
+                &MKDIR3args {
+                    where_: diropargs3 {
+                        dir: dir.clone(),
+                        name: name(leaf)
+                    },
+                    attributes: attributes()
+                }
+            ))?;
+            self.cache.changed(&dir);
+            Ok(())
+        })
+    }
+
+    fn remove_file(&self, path: &SharePath) -> Result<(), ShareError> {
+        self.remove(path, "remove", false)
+    }
+
+    fn remove_dir(&self, path: &SharePath) -> Result<(), ShareError> {
+        self.remove(path, "rmdir", true)
+    }
+
+    fn rename(&self, from: &SharePath, to: &SharePath) -> Result<(), ShareError> {
+        self.with(from, "rename", || {
+            let (from_dir, from_leaf) = self.parent(from)?;
+            let (to_dir, to_leaf) = self.parent(to)?;
+            rpc!(self, done_if = nfsstat3::NFS3ERR_NOENT, |c| c.rename(
+                &RENAME3args {
+                    from: diropargs3 {
+                        dir: from_dir.clone(),
+                        name: name(from_leaf)
+                    },
+                    to: diropargs3 {
+                        dir: to_dir.clone(),
+                        name: name(to_leaf)
+                    },
+                }
+            ))?;
+            self.cache.changed(&from_dir);
+            self.cache.changed(&to_dir);
+            self.cache.forget(from);
+            self.cache.forget(to);
+            Ok(())
+        })
+    }
+
+    fn read_at(&self, path: &SharePath, offset: u64, len: usize) -> Result<Vec<u8>, ShareError> {
+        self.with(path, "read", || {
+            let fh = self.file(path)?;
+            self.read_range(&fh, offset, len)
+        })
+    }
+
+    fn write_at(&self, path: &SharePath, offset: u64, data: &[u8]) -> Result<(), ShareError> {
+        self.with(path, "write", || {
+            let fh = self.file(path)?;
+            self.write_range(&fh, offset, data)
+        })
+    }
+
+    fn create_file(&self, path: &SharePath, mode: u32) -> Result<(), ShareError> {
+        self.with(path, "create", || self.create(path, mode).map(drop))
+    }
+
+    fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError> {
+        self.with(path, "set attributes", || {
+            let fh = self.resolve(path)?;
+            let done = rpc!(self, |c| c.setattr(&SETATTR3args {
+                object: fh.clone(),
+                new_attributes: sattr(changes),
+                guard: Nfs3Option::None
+            }));
+            self.cache.changed(&fh);
+            done.map(drop)
+        })
+    }
+
+    fn symlink(&self, path: &SharePath, target: &str) -> Result<(), ShareError> {
+        self.with(path, "symlink", || {
+            let (dir, leaf) = self.parent(path)?;
+            rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.symlink(
+                &SYMLINK3args {
+                    where_: diropargs3 {
+                        dir: dir.clone(),
+                        name: name(leaf)
+                    },
+                    symlink: symlinkdata3 {
+                        symlink_attributes: sattr3::default(),
+                        symlink_data: nfspath3(Opaque::borrowed(target.as_bytes()))
+                    },
+                }
+            ))?;
+            self.cache.changed(&dir);
+            Ok(())
+        })
+    }
+
+    fn read_link(&self, path: &SharePath) -> Result<String, ShareError> {
+        self.with(path, "readlink", || {
+            let fh = self.resolve(path)?;
+            let ok = rpc!(self, |c| c.readlink(&READLINK3args {
+                symlink: fh.clone()
+            }))?;
+            Ok(String::from_utf8_lossy(ok.data.as_ref()).into_owned())
+        })
+    }
+
+    fn sync(&self, path: &SharePath) -> Result<(), ShareError> {
+        // Every WRITE is FILE_SYNC already; COMMIT makes that explicit for any other writer.
+        self.with(path, "fsync", || {
+            let fh = self.file(path)?;
+            rpc!(self, |c| c.commit(&COMMIT3args {
+                file: fh.clone(),
+                offset: 0,
+                count: 0
+            }))?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> Result<ShareStats, ShareError> {
+        self.with(&SharePath::root(), "statvfs", || {
+            let fh = self.cache.root();
+            let ok = rpc!(self, |c| c.fsstat(&FSSTAT3args { fsroot: fh.clone() }))?;
+            Ok(ShareStats {
+                block_size: 4096,
+                blocks: ok.tbytes / 4096,
+                blocks_free: ok.fbytes / 4096,
+                blocks_available: ok.abytes / 4096,
+                files: ok.tfiles,
+                files_free: ok.ffiles,
+                name_max: 255,
+            })
+        })
+    }
+}

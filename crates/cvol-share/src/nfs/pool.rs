@@ -1,0 +1,111 @@
+//! Connections to the server, shared by the calls of many threads.
+//!
+//! Each call takes a connection of its own, so calls from the container's threads and the
+//! NBD server run side by side instead of queueing behind one socket. A broken connection
+//! is dropped, and the next call that needs one mounts again.
+
+use std::sync::{Condvar, Mutex};
+
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
+
+use crate::nfs_url::NfsUrl;
+
+/// A mounted connection.
+pub(super) type Connection = Nfs3Connection<TokioIo<tokio::net::TcpStream>>;
+
+/// Up to `max` connections to one export.
+pub(super) struct Pool {
+    url: NfsUrl,
+    max: usize,
+    state: Mutex<State>,
+    returned: Condvar,
+}
+
+struct State {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// What to do to get a connection.
+pub(super) enum Checkout {
+    /// Use this idle one.
+    Idle(Connection),
+    /// Mount a new one (a slot is reserved for it: give it back or [`Pool::discard`] it).
+    Mount(Nfs3ConnectionBuilder<TokioConnector>),
+}
+
+impl Pool {
+    /// A pool of up to `max` connections to `url`.
+    pub(super) fn new(url: NfsUrl, max: usize) -> Self {
+        Self {
+            url,
+            max: max.max(1),
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    /// An idle connection, or the builder for a new one; waits while all are in use.
+    pub(super) fn checkout(&self) -> Checkout {
+        let mut state = self.state.lock().expect("NFS pool lock");
+        loop {
+            if let Some(connection) = state.idle.pop() {
+                return Checkout::Idle(connection);
+            }
+            if state.open < self.max {
+                state.open += 1;
+                return Checkout::Mount(self.builder());
+            }
+            state = self.returned.wait(state).expect("NFS pool lock");
+        }
+    }
+
+    /// Gives back a connection that works.
+    pub(super) fn put(&self, connection: Connection) {
+        self.state
+            .lock()
+            .expect("NFS pool lock")
+            .idle
+            .push(connection);
+        self.returned.notify_one();
+    }
+
+    /// Frees the slot of a connection that broke (or was never made).
+    pub(super) fn discard(&self) {
+        self.state.lock().expect("NFS pool lock").open -= 1;
+        self.returned.notify_one();
+    }
+
+    /// Drops every idle connection: after a failure they are likely broken too.
+    pub(super) fn drain(&self) {
+        let mut state = self.state.lock().expect("NFS pool lock");
+        state.open -= state.idle.len();
+        state.idle.clear();
+        self.returned.notify_all();
+    }
+
+    fn builder(&self) -> Nfs3ConnectionBuilder<TokioConnector> {
+        let credential = opaque_auth::auth_unix(&auth_unix {
+            stamp: 0,
+            machinename: Opaque::owned(b"cvol".to_vec()),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            gids: vec![],
+        });
+        let url = &self.url;
+        let builder = Nfs3ConnectionBuilder::new(TokioConnector, &url.host, &url.export)
+            .credential(credential)
+            .connect_from_privileged_port(false);
+        match (url.port, url.mount_port) {
+            (Some(port), mount) => builder.nfs3_port(port).mount_port(mount.unwrap_or(port)),
+            (None, Some(mount)) => builder.mount_port(mount),
+            (None, None) => builder,
+        }
+    }
+}
