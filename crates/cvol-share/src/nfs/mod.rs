@@ -16,6 +16,7 @@
 
 mod cache;
 mod pool;
+mod transport;
 
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
@@ -65,6 +66,8 @@ pub struct NfsShare {
     runtime: tokio::runtime::Runtime,
     pool: Pool,
     cache: Cache,
+    /// Since when the server has not answered for a whole timeout, if it has not.
+    down_since: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Why a call failed.
@@ -156,6 +159,13 @@ fn sattr(changes: &SetAttributes) -> sattr3 {
     }
 }
 
+thread_local! {
+    /// Whether the change the current share operation makes (each makes at most one) was
+    /// sent without an answer coming back. Kept per operation, not per call: a repeat may
+    /// come only after the operation resolved its handles afresh (the server restarted).
+    static MUTATION_UNANSWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `$call` on a pooled connection, repeating it across reconnects and JUKEBOX
 /// answers until the share's timeout. Idempotent calls give the reply; the others name
 /// the status (`done_if`) that a repeat of an already-done call answers, and give `None`
@@ -171,8 +181,8 @@ macro_rules! rpc {
         let share: &NfsShare = $share;
         let done_if: Option<nfsstat3> = $done_if;
         let started = Instant::now();
+        let patience = share.patience();
         let mut delay = Duration::from_millis(50);
-        let mut repeated_unanswered = false;
         loop {
             let outcome = match share.connection() {
                 Err(e) => Err(CallError::Transport(e)),
@@ -194,23 +204,32 @@ macro_rules! rpc {
                             drop(connection);
                             share.pool.discard();
                             share.pool.drain();
-                            repeated_unanswered = true;
+                            if done_if.is_some() {
+                                MUTATION_UNANSWERED.set(true);
+                            }
                             Err(CallError::Transport(e.to_string()))
                         }
                     }
                 }
             };
             match outcome {
-                Err(CallError::Status(s)) if repeated_unanswered && Some(s) == done_if => {
+                Err(CallError::Status(s)) if Some(s) == done_if && MUTATION_UNANSWERED.get() => {
                     break Ok(None);
                 }
                 Err(CallError::Status(nfsstat3::NFS3ERR_JUKEBOX) | CallError::Transport(_))
-                    if started.elapsed() < share.options.timeout =>
+                    if started.elapsed() < patience =>
                 {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                other => break other,
+                Err(CallError::Transport(e)) => {
+                    share.mark_down();
+                    break Err(CallError::Transport(e));
+                }
+                other => {
+                    share.mark_up();
+                    break other;
+                }
             }
         }
     }};
@@ -243,12 +262,37 @@ impl NfsShare {
             runtime,
             pool: Pool::new(url.clone(), options.connections),
             cache: Cache::new(options.attribute_cache),
+            down_since: std::sync::Mutex::new(None),
         };
         let connection = share
             .connection()
             .map_err(|e| share.call_error(&SharePath::root(), "mount", CallError::Transport(e)))?;
         share.pool.put(connection);
         Ok(share)
+    }
+
+    /// How long a call keeps trying: the timeout, or no time at all once a call has
+    /// waited that long in vain, so that a server that is gone fails every call at once
+    /// (with EIO) instead of each one waiting out the timeout again.
+    fn patience(&self) -> Duration {
+        match *self.down_since.lock().expect("NFS state lock") {
+            Some(_) => Duration::ZERO,
+            None => self.options.timeout,
+        }
+    }
+
+    fn mark_down(&self) {
+        self.down_since
+            .lock()
+            .expect("NFS state lock")
+            .get_or_insert_with(Instant::now);
+    }
+
+    fn mark_up(&self) {
+        if let Some(since) = self.down_since.lock().expect("NFS state lock").take() {
+            let down = since.elapsed().as_secs();
+            tracing::warn!("NFS server {} answers again (after {down} s)", self.url);
+        }
     }
 
     /// A connection from the pool, mounting a new one if needed.
@@ -313,6 +357,7 @@ impl NfsShare {
         op: &'static str,
         f: impl Fn() -> Result<T, CallError>,
     ) -> Result<T, ShareError> {
+        MUTATION_UNANSWERED.set(false);
         let result = match f() {
             Err(CallError::Status(nfsstat3::NFS3ERR_STALE | nfsstat3::NFS3ERR_BADHANDLE)) => {
                 tracing::info!("{path}: stale NFS file handle; resolving again");
@@ -520,9 +565,12 @@ impl Share for NfsShare {
     }
 
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
-        // Up to the server's end-of-file, not to a size read before: the size may have
-        // changed in between.
+        // Whole-file reads (descriptors, .vmx, datastore.toml) look the name up afresh,
+        // as the kernel client does on open (close-to-open consistency): what another host
+        // renamed into place is read even within the cache lifetime. And up to the
+        // server's end-of-file, not to a size learnt before.
         self.with(path, "read", || {
+            self.cache.forget(path);
             let fh = self.file(path)?;
             self.read_range(&fh, 0, usize::MAX)
         })

@@ -8,13 +8,13 @@ use std::sync::{Condvar, Mutex};
 
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-use nfs3_client::tokio::{TokioConnector, TokioIo};
 use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
 
+use super::transport::{RecordStream, TcpConnector};
 use crate::nfs_url::NfsUrl;
 
 /// A mounted connection.
-pub(super) type Connection = Nfs3Connection<TokioIo<tokio::net::TcpStream>>;
+pub(super) type Connection = Nfs3Connection<RecordStream<tokio::net::TcpStream>>;
 
 /// Up to `max` connections to one export.
 pub(super) struct Pool {
@@ -34,7 +34,7 @@ pub(super) enum Checkout {
     /// Use this idle one.
     Idle(Connection),
     /// Mount a new one (a slot is reserved for it: give it back or [`Pool::discard`] it).
-    Mount(Nfs3ConnectionBuilder<TokioConnector>),
+    Mount(Nfs3ConnectionBuilder<TcpConnector>),
 }
 
 impl Pool {
@@ -90,7 +90,7 @@ impl Pool {
         self.returned.notify_all();
     }
 
-    fn builder(&self) -> Nfs3ConnectionBuilder<TokioConnector> {
+    fn builder(&self) -> Nfs3ConnectionBuilder<TcpConnector> {
         let credential = opaque_auth::auth_unix(&auth_unix {
             stamp: 0,
             machinename: Opaque::owned(b"cvol".to_vec()),
@@ -99,7 +99,7 @@ impl Pool {
             gids: vec![],
         });
         let url = &self.url;
-        let builder = Nfs3ConnectionBuilder::new(TokioConnector, &url.host, &url.export)
+        let builder = Nfs3ConnectionBuilder::new(TcpConnector, &url.host, &url.export)
             .credential(credential)
             .connect_from_privileged_port(false);
         match (url.port, url.mount_port) {

@@ -1,0 +1,202 @@
+//! The NFS share end to end: libnfs's tools against `cvol nfs serve`, names that try to
+//! escape, servers that go away, and files changed behind a client's back.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{tool, tool_output, Env, NfsServe};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A libnfs URL for `path` on `server` (libnfs takes the ports as query parameters).
+fn libnfs_url(server: &NfsServe, path: &str) -> String {
+    let port = server.addr.port();
+    format!("nfs://127.0.0.1/{path}?nfsport={port}&mountport={port}")
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn libnfs_tools_work_against_cvol_nfs_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    std::fs::create_dir_all(export.join("vm1")).unwrap();
+    std::fs::write(export.join("vm1/vm1.vmx"), b"displayName = \"vm1\"\n").unwrap();
+    let server = NfsServe::start(&export);
+
+    let listing = tool("nfs-ls", &[&libnfs_url(&server, "vm1")]);
+    assert!(listing.contains("vm1.vmx"), "{listing}");
+    assert_eq!(
+        tool("nfs-cat", &[&libnfs_url(&server, "vm1/vm1.vmx")]),
+        "displayName = \"vm1\"\n"
+    );
+
+    // Several READs and WRITEs each way (libnfs moves at most 1 MiB per call).
+    let data = pseudo_random(3 << 20 | 123, 7);
+    let local = tmp.path().join("in.bin");
+    std::fs::write(&local, &data).unwrap();
+    tool("nfs-cp", &[s(&local), &libnfs_url(&server, "vm1/big.bin")]);
+    assert!(std::fs::read(export.join("vm1/big.bin")).unwrap() == data);
+    let back = tmp.path().join("out.bin");
+    tool("nfs-cp", &[&libnfs_url(&server, "vm1/big.bin"), s(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data);
+    assert!(tool("nfs-ls", &[&libnfs_url(&server, "vm1")]).contains("big.bin"));
+}
+
+#[test]
+fn names_that_lead_out_of_the_export_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink("..", export.join("up")).unwrap();
+    std::os::unix::fs::symlink(tmp.path(), export.join("abs")).unwrap();
+    let server = NfsServe::start(&export);
+
+    for path in ["up/secret", "abs/secret", "../secret", "%2e%2e/secret"] {
+        let out = tool_output("nfs-cat", &[&libnfs_url(&server, path)]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("outside"),
+            "{path} reached outside the export"
+        );
+    }
+    // cvol's own client: a symlink is never walked through, '..' never parsed.
+    let share = &server.url;
+    let out = common::cvol()
+        .args(["--share", &format!("{share}up"), "datastore", "info"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = common::cvol()
+        .args(["--share", &format!("{share}x/../..")])
+        .args(["datastore", "info"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("'..'"), "{stderr}");
+}
+
+/// Writes files through the container while the server is killed and restarted: every
+/// write that was acknowledged is on the export afterwards.
+#[test]
+fn a_server_killed_and_restarted_mid_workload_loses_nothing() {
+    let mut env = Env::datastore_on_cvol_nfs();
+    env.ok(&["vm", "create", "demo", "--disk", "8M"]);
+    let m = env.mount_with(&["--nfs-timeout", "60"]);
+    let dir = m.path("demo");
+    let writer = std::thread::spawn(move || {
+        let mut written = Vec::new();
+        let start = Instant::now();
+        for i in 0..400 {
+            let name = format!("f{i}.txt");
+            let data = pseudo_random(1000 + i * 37, i as u64);
+            let began = Instant::now();
+            let mut f = std::fs::File::create(dir.join(&name)).unwrap();
+            std::io::Write::write_all(&mut f, &data).unwrap();
+            f.sync_all().unwrap();
+            drop(f);
+            written.push((name, data, began.elapsed()));
+            if start.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+        }
+        written
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let server = env.server.as_mut().unwrap();
+    let addr = server.addr;
+    server.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    env.server = Some(NfsServe::start_on(&env.share, addr));
+
+    let written = writer.join().unwrap();
+    assert!(written.len() > 50, "only {} files written", written.len());
+    let longest = written.iter().map(|w| w.2).max().unwrap();
+    assert!(
+        longest >= Duration::from_secs(1),
+        "no write waited for the server (longest {longest:?}): it was not down mid-workload"
+    );
+    for (name, data, _) in &written {
+        let on_export = std::fs::read(env.share.join("demo").join(name)).unwrap();
+        assert!(&on_export == data, "{name} differs on the export");
+    }
+    // The container still works, data plane included.
+    tool(
+        "qemu-io",
+        &["-c", "write -P 0x11 0 64k", s(&m.path("demo/demo.vmdk"))],
+    );
+    drop(m);
+    env.ok(&["datastore", "fsck"]);
+}
+
+/// A server gone longer than --nfs-timeout: calls fail with EIO and a log line naming
+/// the server; the daemon stays up and works again once the server is back.
+#[test]
+fn a_server_gone_past_the_timeout_gives_eio_and_the_daemon_recovers() {
+    let mut env = Env::datastore_on_cvol_nfs();
+    env.ok(&["vm", "create", "demo", "--disk", "8M"]);
+    let m = env.mount_with(&["--nfs-timeout", "2"]);
+    std::fs::write(m.path("demo/before.txt"), b"before").unwrap();
+    let server = env.server.as_mut().unwrap();
+    let (addr, url) = (server.addr, server.url.clone());
+    server.kill();
+
+    let start = Instant::now();
+    let err = std::fs::write(m.path("demo/during.txt"), b"during").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(start.elapsed() >= Duration::from_secs(2), "gave up early");
+    assert!(
+        m.log().contains(&format!("NFS server {url} not reachable")),
+        "{}",
+        m.log()
+    );
+
+    env.server = Some(NfsServe::start_on(&env.share, addr));
+    std::fs::write(m.path("demo/after.txt"), b"after").unwrap();
+    assert_eq!(
+        std::fs::read(env.share.join("demo/after.txt")).unwrap(),
+        b"after"
+    );
+    assert_eq!(std::fs::read(m.path("demo/before.txt")).unwrap(), b"before");
+}
+
+/// Files replaced or removed on the server while a container holds their handles: the
+/// container reads the new file or nothing, never the old one.
+#[test]
+fn files_changed_behind_the_clients_back_are_never_served_stale() {
+    let env = Env::datastore_on_cvol_nfs();
+    env.ok(&["vm", "create", "demo", "--disk", "8M"]);
+    let m = env.mount(true);
+    let notes = m.path("demo/notes.txt");
+    std::fs::write(&notes, b"old notes").unwrap();
+    std::fs::write(m.path("demo/gone.txt"), b"gone").unwrap();
+    assert_eq!(std::fs::read(&notes).unwrap(), b"old notes");
+    assert_eq!(std::fs::read(m.path("demo/gone.txt")).unwrap(), b"gone");
+
+    // On the server: replace notes.txt the atomic way, remove gone.txt.
+    let server_dir = env.share.join("demo");
+    std::fs::write(server_dir.join("notes.tmp"), b"new notes").unwrap();
+    std::fs::rename(server_dir.join("notes.tmp"), server_dir.join("notes.txt")).unwrap();
+    std::fs::remove_file(server_dir.join("gone.txt")).unwrap();
+
+    // Past the kernel's 1 s FUSE cache; well within cvol's own 3 s handle cache.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(std::fs::read(&notes).unwrap(), b"new notes");
+    let err = std::fs::read(m.path("demo/gone.txt")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(m.log().contains("stale NFS file handle"), "{}", m.log());
+}
