@@ -296,13 +296,13 @@ impl NfsShare {
     }
 
     /// A connection from the pool, mounting a new one if needed.
-    fn connection(&self) -> Result<Connection, String> {
+    fn connection(&self) -> Result<Box<Connection>, String> {
         match self.pool.checkout() {
             Checkout::Idle(connection) => Ok(connection),
             Checkout::Mount(builder) => match self.block_on(builder.mount()) {
                 Ok(connection) => {
                     self.cache.set_root(connection.root_nfs_fh3());
-                    Ok(connection)
+                    Ok(Box::new(connection))
                 }
                 Err(e) => {
                     self.pool.discard();

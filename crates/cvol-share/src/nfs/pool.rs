@@ -25,14 +25,14 @@ pub(super) struct Pool {
 }
 
 struct State {
-    idle: Vec<Connection>,
+    idle: Vec<Box<Connection>>,
     open: usize,
 }
 
 /// What to do to get a connection.
 pub(super) enum Checkout {
     /// Use this idle one.
-    Idle(Connection),
+    Idle(Box<Connection>),
     /// Mount a new one (a slot is reserved for it: give it back or [`Pool::discard`] it).
     Mount(Nfs3ConnectionBuilder<TcpConnector>),
 }
@@ -67,7 +67,7 @@ impl Pool {
     }
 
     /// Gives back a connection that works.
-    pub(super) fn put(&self, connection: Connection) {
+    pub(super) fn put(&self, connection: Box<Connection>) {
         self.state
             .lock()
             .expect("NFS pool lock")
