@@ -25,7 +25,7 @@ pub(super) struct Pool {
 }
 
 struct State {
-    idle: Vec<Box<Connection>>,
+    idle: Vec<Connection>,
     open: usize,
 }
 
@@ -56,7 +56,7 @@ impl Pool {
         let mut state = self.state.lock().expect("NFS pool lock");
         loop {
             if let Some(connection) = state.idle.pop() {
-                return Checkout::Idle(connection);
+                return Checkout::Idle(Box::new(connection));
             }
             if state.open < self.max {
                 state.open += 1;
@@ -72,7 +72,7 @@ impl Pool {
             .lock()
             .expect("NFS pool lock")
             .idle
-            .push(connection);
+            .push(*connection);
         self.returned.notify_one();
     }
 
