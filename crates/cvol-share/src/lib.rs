@@ -15,6 +15,8 @@ use std::time::SystemTime;
 
 pub use error::ShareError;
 pub use local::LocalShare;
+#[cfg(feature = "fuzzing")]
+pub use nfs::fuzzing;
 pub use nfs::{NfsOptions, NfsShare};
 pub use nfs_url::{NfsUrl, NfsUrlError};
 pub use path::SharePath;

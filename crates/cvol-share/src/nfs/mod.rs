@@ -18,6 +18,9 @@ mod cache;
 mod pool;
 mod transport;
 
+#[cfg(feature = "fuzzing")]
+pub use transport::fuzzing;
+
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -102,58 +102,107 @@ impl Connector for TcpConnector {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nfs3_client::nfs3_types::nfs3::{nfs_fh3, GETATTR3args};
+/// Hostile replies on demand, for the tests and the `nfs_reply` fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing {
+    use nfs3_client::nfs3_types::nfs3::{nfs_fh3, GETATTR3args, READ3args, READDIRPLUS3args};
     use nfs3_client::nfs3_types::xdr_codec::Opaque;
     use nfs3_client::Nfs3Client;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Runs a GETATTR against a "server" that answers `reply` and then closes.
-    fn getattr_against(reply: &[u8]) -> String {
+    use super::RecordStream;
+
+    /// Sends GETATTR, READ and READDIRPLUS, each to a "server" that answers `reply` (with
+    /// the call's xid written over bytes 4..8, so the reply reaches the decoders) and then
+    /// closes. Returns what each call made of it; panics if one hangs.
+    pub fn answer_nfs_calls_with(reply: &[u8]) -> Vec<Result<(), String>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .expect("a runtime");
+        let fh = || nfs_fh3 {
+            data: Opaque::owned(vec![1; 8]),
+        };
         runtime.block_on(async {
-            let (client_end, mut server_end) = tokio::io::duplex(1 << 16);
-            let reply = reply.to_vec();
-            let server = tokio::spawn(async move {
-                let mut request = [0u8; 256];
-                let _ = server_end.read(&mut request).await;
-                let _ = server_end.write_all(&reply).await;
-            });
-            let mut client = Nfs3Client::new(RecordStream::new(client_end));
-            let args = GETATTR3args {
-                object: nfs_fh3 {
-                    data: Opaque::owned(vec![1; 8]),
-                },
-            };
-            let outcome =
-                tokio::time::timeout(std::time::Duration::from_secs(5), client.getattr(&args))
+            let mut outcomes = Vec::new();
+            for call in 0..3 {
+                let (client_end, server_end) = tokio::io::duplex(1 << 16);
+                let server = tokio::spawn(serve(server_end, reply.to_vec()));
+                let mut client = Nfs3Client::new(RecordStream::new(client_end));
+                let outcome = async {
+                    let e = |e: nfs3_client::RpcError| e.to_string();
+                    match call {
+                        0 => client.getattr(&GETATTR3args { object: fh() }).await.map(drop).map_err(e),
+                        1 => client
+                            .read(&READ3args { file: fh(), offset: 0, count: 4096 })
+                            .await
+                            .map(drop)
+                            .map_err(e),
+                        _ => client
+                            .readdirplus(&READDIRPLUS3args {
+                                dir: fh(),
+                                cookie: 0,
+                                cookieverf: Default::default(),
+                                dircount: 4096,
+                                maxcount: 16384,
+                            })
+                            .await
+                            .map(drop)
+                            .map_err(e),
+                    }
+                };
+                let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), outcome)
                     .await
-                    .expect("the client gave up instead of hanging");
-            server.await.unwrap();
-            match outcome {
-                Ok(reply) => panic!("a hostile reply was accepted: {reply:?}"),
-                Err(e) => e.to_string(),
+                    .expect("the client hung on a hostile reply");
+                server.await.expect("the fake server");
+                outcomes.push(outcome);
             }
+            outcomes
         })
+    }
+
+    async fn serve(mut stream: tokio::io::DuplexStream, mut reply: Vec<u8>) {
+        let mut request = vec![0u8; 1024];
+        let Ok(n) = stream.read(&mut request).await else {
+            return;
+        };
+        if n >= 8 && reply.len() >= 8 {
+            reply[4..8].copy_from_slice(&request[4..8]);
+        }
+        let _ = stream.write_all(&reply).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fuzzing::answer_nfs_calls_with;
+
+    fn errors(reply: &[u8]) -> Vec<String> {
+        answer_nfs_calls_with(reply)
+            .into_iter()
+            .map(|outcome| outcome.expect_err("a hostile reply was accepted"))
+            .collect()
     }
 
     #[test]
     fn hostile_or_dead_servers_give_errors() {
         // The connection ends before, inside and after a record header.
-        for reply in [&[][..], &[0x80, 0], &[0x80, 0, 0, 40, 1, 2, 3]] {
-            let e = getattr_against(reply);
-            assert!(e.contains("eof") || e.contains("EOF"), "{reply:?}: {e}");
+        for reply in [&[][..], &[0x80, 0], &[0x80, 0, 0, 40, 1, 2, 3, 4, 5]] {
+            for e in errors(reply) {
+                assert!(e.to_lowercase().contains("eof"), "{reply:?}: {e}");
+            }
         }
         // A record of 2 GiB is refused before anything is allocated for it.
-        let e = getattr_against(&[0xff, 0xff, 0xff, 0xff]);
-        assert!(e.contains("at most"), "{e}");
-        // Garbage of a plausible length: a decoding error (or a wrong xid), no panic.
+        for e in errors(&[0xff, 0xff, 0xff, 0xff]) {
+            assert!(e.contains("at most"), "{e}");
+        }
+        // An accepted reply whose body is cut short, and one of garbage.
+        let mut accepted = vec![0x80, 0, 0, 28];
+        accepted.extend([0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        accepted.extend([0, 0, 0, 0]);
+        errors(&accepted);
         let mut garbage = vec![0x80, 0, 0, 64];
         garbage.extend((0..64).map(|i| (i * 37) as u8));
-        getattr_against(&garbage);
+        errors(&garbage);
     }
 }
