@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use fuser::{
     ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Container, NodeKind, Opened};
+use crate::fs::{Attr, Container, Entry, NodeKind, Opened};
 use crate::Errno;
 
 /// How long the kernel may cache attributes and names. Other hosts change the share
@@ -37,6 +37,28 @@ struct Adapter {
     /// passthrough open of it lasts, so concurrent opens of an inode must share one id:
     /// handles hold it, and the inode's entry finds it while any handle does.
     backing: Mutex<Backing>,
+    /// The listing each open directory is read from: the kernel reads a big directory in
+    /// many small requests, which must not each list the share again.
+    listings: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
+    next_listing: AtomicU64,
+}
+
+impl Adapter {
+    /// The entries of open directory `fh`: listed afresh when read from the start (as
+    /// after `rewinddir`), else those the earlier requests of this read came from.
+    fn listing(&self, fh: u64, dir: u64, offset: u64) -> Result<Arc<Vec<Entry>>, Errno> {
+        if offset != 0 {
+            if let Some(entries) = self.listings.lock().expect("listings lock").get(&fh) {
+                return Ok(entries.clone());
+            }
+        }
+        let entries = Arc::new(self.container.readdir(dir)?);
+        self.listings
+            .lock()
+            .expect("listings lock")
+            .insert(fh, entries.clone());
+        Ok(entries)
+    }
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -121,6 +143,10 @@ impl Filesystem for Adapter {
             self.passthrough.store(ok, Ordering::Relaxed);
         }
         let _ = config.set_max_write(1 << 20);
+        // Listings carry each entry's attributes, so `ls -l` of a thousand VMs is a few
+        // READDIRPLUS requests instead of a thousand LOOKUPs.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -345,36 +371,79 @@ impl Filesystem for Adapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.container.getattr(ino.0) {
             Ok(attr) if attr.kind == NodeKind::Dir => {
-                reply.opened(FileHandle(0), FopenFlags::empty())
+                let fh = self.next_listing.fetch_add(1, Ordering::Relaxed);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
             }
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),
             Err(e) => reply.error(errno(e)),
         }
     }
 
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings.lock().expect("listings lock").remove(&fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.container.readdir(ino.0) {
+        let entries = match self.listing(fh.0, ino.0, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(e)),
         };
-        let dots = [
-            (ino.0, FileType::Directory, "."),
-            (ino.0, FileType::Directory, ".."),
-        ];
-        let all = dots.into_iter().chain(
-            entries
-                .iter()
-                .map(|e| (e.ino, file_type(e.kind), e.name.as_str())),
-        );
-        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+        for (i, (ino, kind, name)) in with_dots(ino.0, &entries).skip(offset as usize) {
+            if reply.add(INodeNo(ino), i + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let dir = ino.0;
+        let (entries, dir_attr) =
+            match (self.listing(fh.0, dir, offset), self.container.getattr(dir)) {
+                (Ok(entries), Ok(attr)) => (entries, attr),
+                (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
+            };
+        for (i, (ino, _, name)) in with_dots(dir, &entries).skip(offset as usize) {
+            // The kernel takes no attributes from "." and ".."; the others are looked up
+            // as LOOKUP would (from what the share listing just learnt).
+            let attr = if ino == dir {
+                dir_attr.clone()
+            } else {
+                match self.container.lookup(dir, OsStr::new(name)) {
+                    Ok(attr) => attr,
+                    Err(_) => continue, // gone since the listing
+                }
+            };
+            if reply.add(
+                INodeNo(attr.ino),
+                i + 1,
+                name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
                 break;
             }
         }
@@ -422,8 +491,9 @@ impl Filesystem for Adapter {
         }
     }
 
-    // Extended attributes: an NFSv3 share has none, so the container has none either;
-    // saying so (instead of "not implemented") lets the kernel stop asking.
+    // Extended attributes: an NFSv3 share has none, so the container has none either.
+    // ENOSYS (which the kernel turns into EOPNOTSUPP for the caller) makes the kernel stop
+    // asking; any other errno and it asks again for every file `ls -l` shows.
     fn getxattr(
         &self,
         _req: &Request,
@@ -432,11 +502,11 @@ impl Filesystem for Adapter {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(fuser::Errno::ENOTSUP);
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(fuser::Errno::ENOTSUP);
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn setxattr(
@@ -449,11 +519,11 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(fuser::Errno::ENOTSUP);
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(fuser::Errno::ENOTSUP);
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn ioctl(
@@ -547,6 +617,8 @@ pub fn mount(
         container,
         passthrough: AtomicBool::new(settings.passthrough),
         backing: Mutex::new(Backing::default()),
+        listings: Mutex::new(HashMap::new()),
+        next_listing: AtomicU64::new(1),
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     Ok(MountedContainer {
@@ -587,4 +659,23 @@ fn rustix_unmount(mountpoint: &Path) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A directory's entries after "." and "..", each with the offset it is at.
+fn with_dots<'e>(
+    dir: u64,
+    entries: &'e [Entry],
+) -> impl Iterator<Item = (u64, (u64, FileType, &'e str))> + 'e {
+    let dots = [
+        (dir, FileType::Directory, "."),
+        (dir, FileType::Directory, ".."),
+    ];
+    dots.into_iter()
+        .chain(
+            entries
+                .iter()
+                .map(|e| (e.ino, file_type(e.kind), e.name.as_str())),
+        )
+        .enumerate()
+        .map(|(i, entry)| (i as u64, entry))
 }

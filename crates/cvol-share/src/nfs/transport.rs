@@ -132,9 +132,17 @@ pub mod fuzzing {
                 let outcome = async {
                     let e = |e: nfs3_client::RpcError| e.to_string();
                     match call {
-                        0 => client.getattr(&GETATTR3args { object: fh() }).await.map(drop).map_err(e),
+                        0 => client
+                            .getattr(&GETATTR3args { object: fh() })
+                            .await
+                            .map(drop)
+                            .map_err(e),
                         1 => client
-                            .read(&READ3args { file: fh(), offset: 0, count: 4096 })
+                            .read(&READ3args {
+                                file: fh(),
+                                offset: 0,
+                                count: 4096,
+                            })
                             .await
                             .map(drop)
                             .map_err(e),
@@ -198,7 +206,9 @@ mod tests {
         }
         // An accepted reply whose body is cut short, and one of garbage.
         let mut accepted = vec![0x80, 0, 0, 28];
-        accepted.extend([0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        accepted.extend([
+            0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
         accepted.extend([0, 0, 0, 0]);
         errors(&accepted);
         let mut garbage = vec![0x80, 0, 0, 64];
