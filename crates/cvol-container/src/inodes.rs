@@ -53,7 +53,7 @@ impl Inodes {
         let gone: Vec<SharePath> = self
             .by_path
             .keys()
-            .filter(|p| is_within(p, path))
+            .filter(|p| p.is_within(path))
             .cloned()
             .collect();
         for p in gone {
@@ -70,7 +70,7 @@ impl Inodes {
         let moved: Vec<(SharePath, u64)> = self
             .by_path
             .iter()
-            .filter(|(p, _)| is_within(p, from))
+            .filter(|(p, _)| p.is_within(from))
             .map(|(p, &ino)| (p.clone(), ino))
             .collect();
         for (old, ino) in moved {
@@ -82,12 +82,6 @@ impl Inodes {
             self.by_ino.insert(ino, new);
         }
     }
-}
-
-/// True when `path` is `dir` or below it.
-fn is_within(path: &SharePath, dir: &SharePath) -> bool {
-    let (p, d) = (path.as_str(), dir.as_str());
-    p == d || (p.starts_with(d) && p.as_bytes().get(d.len()) == Some(&b'/'))
 }
 
 #[cfg(test)]

@@ -78,15 +78,15 @@ impl HandleTable {
     /// Forgets `path` and everything below it.
     pub(crate) fn removed(&self, path: &SharePath) {
         let mut inner = self.lock();
-        inner.by_path.retain(|p, _| !is_at_or_below(p, path));
-        inner.by_handle.retain(|_, (p, _)| !is_at_or_below(p, path));
+        inner.by_path.retain(|p, _| !p.is_within(path));
+        inner.by_handle.retain(|_, (p, _)| !p.is_within(path));
     }
 
     /// Moves `from` and everything below it to `to`; whatever `to` held is gone.
     pub(crate) fn renamed(&self, from: &SharePath, to: &SharePath) {
         let mut inner = self.lock();
-        inner.by_path.retain(|p, _| !is_at_or_below(p, to));
-        inner.by_handle.retain(|_, (p, _)| !is_at_or_below(p, to));
+        inner.by_path.retain(|p, _| !p.is_within(to));
+        inner.by_handle.retain(|_, (p, _)| !p.is_within(to));
         let moved = |p: &SharePath| {
             let rest = &p.as_str()[from.as_str().len()..];
             SharePath::new(&format!("{}{rest}", to.as_str())).expect("a valid path")
@@ -95,7 +95,7 @@ impl HandleTable {
             by_handle, by_path, ..
         } = &mut *inner;
         for (handle, (p, _)) in by_handle.iter_mut() {
-            if is_at_or_below(p, from) {
+            if p.is_within(from) {
                 by_path.remove(p);
                 *p = moved(p);
                 by_path.insert(p.clone(), *handle);
@@ -106,13 +106,6 @@ impl HandleTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("handle table lock")
     }
-}
-
-fn is_at_or_below(path: &SharePath, top: &SharePath) -> bool {
-    let (path, top) = (path.as_str(), top.as_str());
-    top.is_empty()
-        || path == top
-        || (path.starts_with(top) && path.as_bytes().get(top.len()) == Some(&b'/'))
 }
 
 #[cfg(test)]

@@ -71,6 +71,12 @@ impl SharePath {
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// True when this path is `dir` or below it (everything is within the root).
+    pub fn is_within(&self, dir: &SharePath) -> bool {
+        let (p, d) = (self.as_str(), dir.as_str());
+        d.is_empty() || p == d || (p.starts_with(d) && p.as_bytes().get(d.len()) == Some(&b'/'))
+    }
 }
 
 fn check_component(name: &str) -> Result<(), &'static str> {
@@ -97,6 +103,16 @@ impl fmt::Display for SharePath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_goes_by_whole_components() {
+        let p = |s| SharePath::new(s).unwrap();
+        assert!(p("vm1/vm1.vmx").is_within(&p("vm1")));
+        assert!(p("vm1").is_within(&p("vm1")));
+        assert!(!p("vm10/vm10.vmx").is_within(&p("vm1")));
+        assert!(!p("vm1").is_within(&p("vm1/vm1.vmx")));
+        assert!(p("vm1").is_within(&SharePath::root()));
+    }
 
     #[test]
     fn refuses_escapes() {

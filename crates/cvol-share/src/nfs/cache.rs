@@ -106,10 +106,7 @@ impl Cache {
 
     /// Forgets the handles of `path` and everything below it.
     pub(super) fn forget(&self, path: &SharePath) {
-        let prefix = format!("{}/", path.as_str());
-        self.lock()
-            .handles
-            .retain(|p, _| p != path && !p.as_str().starts_with(&prefix));
+        self.lock().handles.retain(|p, _| !p.is_within(path));
     }
 
     /// Forgets everything but the root (a handle turned out stale).
