@@ -37,6 +37,18 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// The path `name` names in directory `dir`, `.` and `..` included; the root's parent is
+/// the root, so nothing above the export is reachable.
+fn entry_path(dir: &SharePath, name: &str) -> std::result::Result<SharePath, ShareError> {
+    match name {
+        "." => Ok(dir.clone()),
+        ".." => Ok(dir
+            .split_last()
+            .map_or_else(SharePath::root, |(parent, _)| parent)),
+        n => dir.join(n),
+    }
+}
+
 fn name_of<'a>(name: &'a filename3<'_>) -> Result<&'a str> {
     std::str::from_utf8(name.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)
 }
@@ -103,13 +115,7 @@ impl Inner {
     }
 
     fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
-        let dir_path = self.dir(dir)?;
-        let path = match name_of(name)? {
-            "." => dir_path,
-            // The root's parent is the root: nothing above the export is reachable.
-            ".." => dir_path.split_last().map_or(dir_path.clone(), |(p, _)| p),
-            n => dir_path.join(n).map_err(|e| status_of(&e))?,
-        };
+        let path = entry_path(&self.dir(dir)?, name_of(name)?).map_err(|e| status_of(&e))?;
         Ok(self.found(path)?.0)
     }
 
@@ -353,11 +359,7 @@ impl DirIterator {
                 return NextResult::Eof;
             };
             self.next += 1;
-            let path = match name.as_str() {
-                "." => Ok(self.dir.clone()),
-                ".." => Ok(self.dir.split_last().map_or(self.dir.clone(), |(p, _)| p)),
-                n => self.dir.join(n),
-            };
+            let path = entry_path(&self.dir, name);
             // A name the share refuses (not UTF-8, say) or one removed since the listing
             // is left out rather than failing the whole listing.
             let Ok(path) = path else { continue };
