@@ -57,6 +57,10 @@ impl From<BlockError> for Errno {
     fn from(e: BlockError) -> Self {
         match &e {
             BlockError::OutOfRange { .. } => Self::NOSPC,
+            BlockError::Fenced { .. } => {
+                tracing::error!("disk write refused: {e}");
+                Self::IO
+            }
             BlockError::Io(io) => {
                 tracing::error!("disk I/O failed: {e}");
                 from_io(io)

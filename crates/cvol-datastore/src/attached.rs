@@ -51,7 +51,10 @@ impl AttachedVolumes {
             a.opens += 1;
             return Ok(a.device.clone());
         }
-        let attachment = self.ds.provider(provider)?.attach(volume, self.ds.host())?;
+        let attachment = self
+            .ds
+            .provider(provider)?
+            .attach(volume, self.ds.host(), false)?;
         tracing::info!(%volume, host = self.ds.host(), "attached");
         map.insert(
             volume.clone(),

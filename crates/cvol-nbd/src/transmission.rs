@@ -162,6 +162,10 @@ fn check(ctx: &Context, req: &Request) -> Result<(), u32> {
 fn errno_of(e: &BlockError, peer: &str) -> u32 {
     match e {
         BlockError::OutOfRange { .. } => EINVAL,
+        BlockError::Fenced { .. } => {
+            tracing::error!(peer, "NBD request refused: {e}");
+            EIO
+        }
         BlockError::Io(io) => {
             tracing::error!(peer, "NBD request failed: {e}");
             match io.raw_os_error() {

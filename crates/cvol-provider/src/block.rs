@@ -15,6 +15,15 @@ pub enum BlockError {
         /// The device's size.
         size: u64,
     },
+    /// The volume was attached to another host since this device was opened: the change
+    /// was refused so that the new holder's data is never overwritten.
+    #[error("this host's attachment (generation {generation}) was taken over by generation {current}: the volume is fenced")]
+    Fenced {
+        /// The generation this device holds.
+        generation: u64,
+        /// The volume's newest generation.
+        current: u64,
+    },
     /// The device failed.
     #[error("device I/O failed: {0}")]
     Io(#[from] io::Error),

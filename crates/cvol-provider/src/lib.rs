@@ -9,10 +9,13 @@ mod block;
 mod error;
 mod file;
 
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use cvol_format::{ProviderConfig, SnapshotName, VolumeId};
+use serde::{Deserialize, Serialize};
 
 pub use block::{BlockDevice, BlockError, BlockExtent};
 pub use error::ProviderError;
@@ -78,6 +81,33 @@ impl CopyProgress for NoProgress {
     fn finish(&self) {}
 }
 
+/// How a host reaches an attached volume's bytes: what a provider service tells a host
+/// when it attaches a volume for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataAccess {
+    /// A volume of a file pool the host sees at the same path as the service (one
+    /// machine, or a pool on a file system every host mounts).
+    File {
+        /// The volume's data file.
+        data: PathBuf,
+        /// Its fence file, which holds the newest attachment generation.
+        fence: PathBuf,
+    },
+}
+
+impl DataAccess {
+    /// Opens the device of the attachment `generation` reached through `self`. Its
+    /// writes and flushes fail once the volume is attached with a newer generation.
+    pub fn open(&self, generation: u64) -> io::Result<Arc<dyn BlockDevice>> {
+        match self {
+            Self::File { data, fence } => Ok(Arc::new(file::FileBlockDevice::open(
+                data, fence, generation, false,
+            )?)),
+        }
+    }
+}
+
 /// A volume attached to this host: its data plane.
 #[derive(Clone)]
 pub struct Attachment {
@@ -85,6 +115,11 @@ pub struct Attachment {
     pub volume: VolumeId,
     /// The host that holds it.
     pub host: String,
+    /// Grows with every attachment of the volume to a host, forced or not: a device is
+    /// fenced as soon as its generation is no longer the newest.
+    pub generation: u64,
+    /// How the bytes are reached.
+    pub access: DataAccess,
     /// The device that reads and writes it.
     pub device: Arc<dyn BlockDevice>,
 }
@@ -94,6 +129,7 @@ impl std::fmt::Debug for Attachment {
         f.debug_struct("Attachment")
             .field("volume", &self.volume)
             .field("host", &self.host)
+            .field("generation", &self.generation)
             .field("size", &self.device.size())
             .finish()
     }
@@ -149,11 +185,13 @@ pub trait Provider: Send + Sync {
     fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError>;
 
     /// Attaches volume `id` to `host`. A volume is attached to one host at a time: another
-    /// host gets `AttachedElsewhere` naming the holder. Attaching again from the same
-    /// host gives the same attachment.
-    fn attach(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError>;
+    /// host gets `AttachedElsewhere` naming the holder, unless `force`, which takes the
+    /// volume over with a new generation and fences the old holder's device. Attaching
+    /// again from the same host gives the same generation.
+    fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError>;
 
-    /// Detaches volume `id` from `host`; a no-op if it is not attached there.
+    /// Detaches volume `id` from `host` and fences the device it held; a no-op if it is
+    /// not attached there.
     fn detach(&self, id: &VolumeId, host: &str) -> Result<(), ProviderError>;
 
     /// Finds what interrupted operations left behind in the pool (half-built or

@@ -1,23 +1,40 @@
-//! The data plane of a file-pool volume: positioned I/O on its sparse file.
+//! The data plane of a file-pool volume: positioned I/O on its sparse file, every change
+//! fenced by the attachment generation.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 
+use super::fence::Fence;
 use crate::{BlockDevice, BlockError, BlockExtent};
 
 /// An attached file-pool volume.
-pub struct FileBlockDevice {
+pub(crate) struct FileBlockDevice {
     file: File,
+    fence: Fence,
+    passthrough: bool,
 }
 
 impl FileBlockDevice {
-    /// Wraps the open volume file.
-    pub fn new(file: File) -> Self {
-        Self { file }
+    /// Opens the volume file `data` for the holder of attachment `generation`, fenced by
+    /// the fence file `fence`. With `passthrough`, the container may hand the file to the
+    /// kernel, whose writes then bypass the fence: only for pools no other host can take
+    /// a volume over from (the in-process `file` provider).
+    pub(crate) fn open(
+        data: &Path,
+        fence: &Path,
+        generation: u64,
+        passthrough: bool,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            file: File::options().read(true).write(true).open(data)?,
+            fence: Fence::open(fence, generation)?,
+            passthrough,
+        })
     }
 
     fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> Result<(), Errno> {
@@ -67,7 +84,7 @@ impl BlockDevice for FileBlockDevice {
     }
 
     fn backing_file(&self) -> Option<&File> {
-        Some(&self.file)
+        self.passthrough.then_some(&self.file)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
@@ -77,26 +94,37 @@ impl BlockDevice for FileBlockDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.check_range(offset, buf.len() as u64)?;
-        Ok(self.file.write_all_at(buf, offset)?)
+        self.fence
+            .guard(|| Ok(self.file.write_all_at(buf, offset)?))
     }
 
     fn flush(&self) -> Result<(), BlockError> {
-        Ok(self.file.sync_data()?)
+        self.fence.guard(|| Ok(self.file.sync_data()?))
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         self.check_range(offset, len)?;
-        match self.fallocate(FallocateFlags::PUNCH_HOLE, offset, len) {
-            Ok(()) => Ok(()),
-            // A discard is a hint; a file system that cannot punch still reads zeros
-            // after write_zeroes.
-            Err(Errno::OPNOTSUPP) => self.write_zeroes(offset, len),
-            Err(e) => Err(io::Error::from(e).into()),
-        }
+        self.fence.guard(|| self.punch(offset, len))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         self.check_range(offset, len)?;
+        self.fence.guard(|| self.zero(offset, len))
+    }
+}
+
+impl FileBlockDevice {
+    fn punch(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        match self.fallocate(FallocateFlags::PUNCH_HOLE, offset, len) {
+            Ok(()) => Ok(()),
+            // A discard is a hint; a file system that cannot punch still reads zeros
+            // after write_zeroes.
+            Err(Errno::OPNOTSUPP) => self.zero(offset, len),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         match self.fallocate(FallocateFlags::ZERO_RANGE, offset, len) {
             Ok(()) => return Ok(()),
             Err(Errno::OPNOTSUPP) => {}

@@ -4,7 +4,8 @@
 //! <pool>/volumes/<vol-id>/data                 the volume's bytes, a sparse file
 //! <pool>/volumes/<vol-id>/volume.toml          owner and creation time
 //! <pool>/volumes/<vol-id>/snapshots/<name>     read-only copies (reflinks where possible)
-//! <pool>/volumes/<vol-id>/attachment           the host holding the volume, if any
+//! <pool>/volumes/<vol-id>/attachment           the host holding the volume and its generation
+//! <pool>/volumes/<vol-id>/fence                the newest attachment generation (fence.rs)
 //! <pool>/.staging/                             work in progress, never visible as a volume
 //! ```
 //! A volume appears by one rename of a complete directory out of `.staging/`, and
@@ -13,6 +14,7 @@
 
 mod copy;
 mod device;
+mod fence;
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind};
@@ -25,9 +27,12 @@ use cvol_format::{ProviderId, SnapshotName, VolumeId, SECTOR_SIZE};
 use rustix::fs::{RenameFlags, StatVfsMountFlags};
 use serde::{Deserialize, Serialize};
 
-use device::FileBlockDevice;
+pub(crate) use device::FileBlockDevice;
+use fence::FenceFile;
 
-use crate::{Attachment, CopyProgress, Provider, ProviderError, Snapshot, Volume, VolumeSource};
+use crate::{
+    Attachment, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume, VolumeSource,
+};
 
 const VOLUMES: &str = "volumes";
 const STAGING: &str = ".staging";
@@ -35,6 +40,7 @@ const DATA: &str = "data";
 const RECORD: &str = "volume.toml";
 const SNAPSHOTS: &str = "snapshots";
 const ATTACHMENT: &str = "attachment";
+const FENCE: &str = "fence";
 
 /// Staged work older than this is taken to be from a crashed process.
 const STAGING_GRACE: Duration = Duration::from_secs(600);
@@ -44,6 +50,13 @@ const STAGING_GRACE: Duration = Duration::from_secs(600);
 struct VolumeRecord {
     owner: String,
     created_unix: u64,
+}
+
+/// What `attachment` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct AttachmentRecord {
+    host: String,
+    generation: u64,
 }
 
 /// A pool directory of sparse files.
@@ -165,7 +178,7 @@ impl FileProvider {
             size,
             owner: record.owner,
             created: SystemTime::UNIX_EPOCH + Duration::from_secs(record.created_unix),
-            attached_to: self.attachment_holder(&dir)?,
+            attached_to: self.attachment(&dir)?.map(|a| a.host),
         })
     }
 
@@ -246,47 +259,57 @@ impl FileProvider {
         sync_dir(&volumes).map_err(|e| self.io("sync", &volumes, e))
     }
 
-    /// Makes `host` the holder of volume `id` (in `dir`), or says who holds it.
-    fn claim(&self, id: &VolumeId, dir: &Path, host: &str) -> Result<(), ProviderError> {
-        let record = dir.join(ATTACHMENT);
-        // Written aside and hard-linked into place: the link fails if a record exists,
-        // and a record is never seen empty by a racing host.
+    /// Locks the attachment of the volume in `dir` against every other attach, detach
+    /// and delete, by any process, until the returned file is dropped.
+    fn lock_attachment(&self, dir: &Path) -> Result<File, ProviderError> {
+        let file = File::open(dir).map_err(|e| self.io("open", dir, e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| self.io("lock", dir, e.into()))?;
+        Ok(file)
+    }
+
+    fn attachment(&self, dir: &Path) -> Result<Option<AttachmentRecord>, ProviderError> {
+        let path = dir.join(ATTACHMENT);
+        match fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map(Some)
+                .map_err(|e| self.corrupt(&path, e.message())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("read", &path, e)),
+        }
+    }
+
+    /// Records `host` as the holder of the volume in `dir` with a new generation, and
+    /// fences every older one. Called with the attachment locked.
+    fn take(&self, id: &VolumeId, dir: &Path, host: &str) -> Result<u64, ProviderError> {
+        let fence_path = dir.join(FENCE);
+        let fence = FenceFile::open(&fence_path).map_err(|e| self.io("open", &fence_path, e))?;
+        let generation = fence
+            .current()
+            .map_err(|e| self.io("read", &fence_path, e))?
+            + 1;
+        let record = toml::to_string(&AttachmentRecord {
+            host: host.to_string(),
+            generation,
+        })
+        .expect("an attachment record serializes");
+        // Written aside and renamed into place, so that no reader sees it half written.
         let staged = self
             .pool
             .join(STAGING)
             .join(format!("{id}.attach-{}", uuid::Uuid::new_v4().simple()));
-        write_synced(&staged, host.as_bytes()).map_err(|e| self.io("write", &staged, e))?;
-        let result = loop {
-            match fs::hard_link(&staged, &record) {
-                Ok(()) => break sync_dir(dir).map_err(|e| self.io("sync", dir, e)),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    match self.attachment_holder(dir)? {
-                        Some(holder) if holder == host => break Ok(()),
-                        Some(holder) => {
-                            break Err(ProviderError::AttachedElsewhere {
-                                provider: self.id.to_string(),
-                                volume: id.to_string(),
-                                holder,
-                            })
-                        }
-                        // Detached between the link and the read: try again.
-                        None => continue,
-                    }
-                }
-                Err(e) => break Err(self.io("attach", &record, e)),
-            }
-        };
-        let _ = fs::remove_file(&staged);
-        result
-    }
-
-    fn attachment_holder(&self, dir: &Path) -> Result<Option<String>, ProviderError> {
         let path = dir.join(ATTACHMENT);
-        match fs::read_to_string(&path) {
-            Ok(holder) => Ok(Some(holder.trim().to_string())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("read", &path, e)),
-        }
+        write_synced(&staged, record.as_bytes())
+            .and_then(|()| fs::rename(&staged, &path))
+            .and_then(|()| sync_dir(dir))
+            .map_err(|e| {
+                let _ = fs::remove_file(&staged);
+                self.io("attach", &path, e)
+            })?;
+        fence
+            .advance(generation)
+            .map_err(|e| self.io("fence", &fence_path, e))?;
+        Ok(generation)
     }
 }
 
@@ -381,11 +404,12 @@ impl Provider for FileProvider {
 
     fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError> {
         let dir = self.existing(id)?;
-        if let Some(holder) = self.attachment_holder(&dir)? {
+        let _lock = self.lock_attachment(&dir)?;
+        if let Some(held) = self.attachment(&dir)? {
             return Err(ProviderError::AttachedElsewhere {
                 provider: self.id.to_string(),
                 volume: id.to_string(),
-                holder,
+                holder: held.host,
             });
         }
         // One rename makes the volume disappear; the removal after it may be interrupted.
@@ -479,19 +503,36 @@ impl Provider for FileProvider {
         fs::remove_file(&path).map_err(|e| self.io("remove", &path, e))
     }
 
-    fn attach(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
+    fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {
         let dir = self.existing(id)?;
-        self.claim(id, &dir, host)?;
-        let data = dir.join(DATA);
-        let device = File::options()
-            .read(true)
-            .write(true)
-            .open(&data)
-            .map(FileBlockDevice::new)
-            .map_err(|e| self.io("open", &data, e))?;
+        let _lock = self.lock_attachment(&dir)?;
+        let generation = match self.attachment(&dir)? {
+            Some(held) if held.host == host => held.generation,
+            Some(held) if !force => {
+                return Err(ProviderError::AttachedElsewhere {
+                    provider: self.id.to_string(),
+                    volume: id.to_string(),
+                    holder: held.host,
+                })
+            }
+            Some(held) => {
+                tracing::warn!(provider = %self.id, volume = %id, "host {host:?} takes the volume over from host {:?}", held.host);
+                self.take(id, &dir, host)?
+            }
+            None => self.take(id, &dir, host)?,
+        };
+        let access = DataAccess::File {
+            data: dir.join(DATA),
+            fence: dir.join(FENCE),
+        };
+        let DataAccess::File { data, fence } = &access;
+        let device = FileBlockDevice::open(data, fence, generation, true)
+            .map_err(|e| self.io("open", data, e))?;
         Ok(Attachment {
             volume: id.clone(),
             host: host.to_string(),
+            generation,
+            access,
             device: Arc::new(device),
         })
     }
@@ -544,11 +585,16 @@ impl Provider for FileProvider {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         };
-        if self.attachment_holder(&dir)?.as_deref() == Some(host) {
-            let record = dir.join(ATTACHMENT);
-            fs::remove_file(&record).map_err(|e| self.io("detach", &record, e))?;
-        }
-        Ok(())
+        let _lock = self.lock_attachment(&dir)?;
+        let Some(held) = self.attachment(&dir)?.filter(|held| held.host == host) else {
+            return Ok(());
+        };
+        let record = dir.join(ATTACHMENT);
+        fs::remove_file(&record).map_err(|e| self.io("detach", &record, e))?;
+        let fence_path = dir.join(FENCE);
+        FenceFile::open(&fence_path)
+            .and_then(|fence| fence.advance(held.generation + 1))
+            .map_err(|e| self.io("fence", &fence_path, e))
     }
 }
 

@@ -12,7 +12,7 @@ fn blank(size: u64) -> VolumeSource {
 }
 
 fn read_all(p: &FileProvider, id: &VolumeId) -> Vec<u8> {
-    let att = p.attach(id, "reader").unwrap();
+    let att = p.attach(id, "reader", false).unwrap();
     let mut buf = vec![0; att.device.size() as usize];
     att.device.read_at(&mut buf, 0).unwrap();
     p.detach(id, "reader").unwrap();
@@ -73,7 +73,7 @@ fn snapshots_and_clones_copy_content_and_stay_independent() {
     let id = VolumeId::generate();
     p.create_volume(&id, &blank(8 << 20), "o", &NoProgress)
         .unwrap();
-    let att = p.attach(&id, "h1").unwrap();
+    let att = p.attach(&id, "h1", false).unwrap();
     att.device.write_at(b"before snapshot", 4096).unwrap();
     att.device.flush().unwrap();
     let snap = SnapshotName::new("s1").unwrap();
@@ -100,7 +100,7 @@ fn snapshots_and_clones_copy_content_and_stay_independent() {
 
     assert_eq!(&read_all(&p, &from_snap)[4096..4111], b"before snapshot");
     assert_eq!(read_all(&p, &from_vol), read_all(&p, &id));
-    let clone = p.attach(&from_vol, "h1").unwrap();
+    let clone = p.attach(&from_vol, "h1", false).unwrap();
     clone.device.write_at(b"clone only", 0).unwrap();
     assert_eq!(
         &read_all(&p, &id)[..10],
@@ -123,13 +123,13 @@ fn attachment_is_exclusive_to_one_host() {
     let id = VolumeId::generate();
     p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
         .unwrap();
-    p.attach(&id, "host-a").unwrap();
-    p.attach(&id, "host-a").unwrap();
+    p.attach(&id, "host-a", false).unwrap();
+    p.attach(&id, "host-a", false).unwrap();
     assert_eq!(
         p.volume(&id).unwrap().attached_to.as_deref(),
         Some("host-a")
     );
-    let err = p.attach(&id, "host-b").unwrap_err();
+    let err = p.attach(&id, "host-b", false).unwrap_err();
     assert!(
         err.to_string().contains("attached to host \"host-a\""),
         "{err}"
@@ -140,11 +140,98 @@ fn attachment_is_exclusive_to_one_host() {
     ));
     p.detach(&id, "host-b").unwrap();
     p.detach(&id, "host-a").unwrap();
-    p.attach(&id, "host-b").unwrap();
+    p.attach(&id, "host-b", false).unwrap();
     p.detach(&id, "host-b").unwrap();
     p.delete_volume(&id).unwrap();
     assert!(p.volume(&id).unwrap_err().is_not_found());
     assert!(p.delete_volume(&id).unwrap_err().is_not_found());
+}
+
+#[test]
+fn forced_takeover_fences_the_old_holder() {
+    let (_dir, p) = pool();
+    let id = VolumeId::generate();
+    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
+        .unwrap();
+    let old = p.attach(&id, "host-a", false).unwrap();
+    old.device.write_at(b"a was here", 0).unwrap();
+    let new = p.attach(&id, "host-b", true).unwrap();
+    assert!(new.generation > old.generation);
+    assert_eq!(
+        p.volume(&id).unwrap().attached_to.as_deref(),
+        Some("host-b")
+    );
+    for refused in [
+        old.device.write_at(b"a again", 0),
+        old.device.flush(),
+        old.device.discard(0, 512),
+        old.device.write_zeroes(0, 512),
+    ] {
+        match refused {
+            Err(BlockError::Fenced {
+                generation,
+                current,
+            }) => assert_eq!((generation, current), (old.generation, new.generation)),
+            other => panic!("the old holder was not fenced: {other:?}"),
+        }
+    }
+    new.device.write_at(b"b", 0).unwrap();
+    new.device.flush().unwrap();
+    let mut buf = [0u8; 10];
+    old.device.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"b was here");
+    // The old holder's detach does not touch the new holder's attachment.
+    p.detach(&id, "host-a").unwrap();
+    new.device.write_at(b"B", 0).unwrap();
+    p.detach(&id, "host-b").unwrap();
+    assert!(matches!(new.device.flush(), Err(BlockError::Fenced { .. })));
+    let again = p.attach(&id, "host-a", false).unwrap();
+    assert!(again.generation > new.generation);
+    again.device.flush().unwrap();
+}
+
+#[test]
+fn takeover_waits_for_changes_in_flight() {
+    let (_dir, p) = pool();
+    let id = VolumeId::generate();
+    p.create_volume(&id, &blank(64 << 20), "o", &NoProgress)
+        .unwrap();
+    let old = p.attach(&id, "host-a", false).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (dev, stop) = (&old.device, &stop);
+                s.spawn(move || {
+                    let block = vec![0xa0 | t as u8; 1 << 16];
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let offset = ((n * 4 + t) % 1024) * (1 << 16);
+                        if dev.write_at(&block, offset).is_err() {
+                            return true;
+                        }
+                        n += 1;
+                    }
+                    false
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let new = p.attach(&id, "host-b", true).unwrap();
+        // Once the takeover returned, nothing of host-a lands any more.
+        new.device.write_zeroes(0, 64 << 20).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            assert!(w.join().unwrap(), "a writer of host-a was never fenced");
+        }
+        let mut buf = vec![1u8; 64 << 20];
+        new.device.read_at(&mut buf, 0).unwrap();
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "host-a wrote after the takeover"
+        );
+    });
 }
 
 #[test]
@@ -153,7 +240,7 @@ fn device_checks_ranges_and_zeroes() {
     let id = VolumeId::generate();
     p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
         .unwrap();
-    let dev = p.attach(&id, "h").unwrap().device;
+    let dev = p.attach(&id, "h", false).unwrap().device;
     dev.write_at(&[0xff; 8192], 0).unwrap();
     dev.discard(0, 4096).unwrap();
     dev.write_zeroes(4096, 2048).unwrap();
@@ -179,7 +266,7 @@ fn extents_map_data_and_holes() {
     let id = VolumeId::generate();
     p.create_volume(&id, &blank(64 << 20), "o", &NoProgress)
         .unwrap();
-    let dev = p.attach(&id, "h").unwrap().device;
+    let dev = p.attach(&id, "h", false).unwrap().device;
     assert_eq!(
         dev.extents(0, 64 << 20).unwrap(),
         [crate::BlockExtent {
