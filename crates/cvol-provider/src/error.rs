@@ -62,13 +62,15 @@ pub enum ProviderError {
         /// Requested size.
         to: u64,
     },
-    /// A size that is zero or not a multiple of 512.
-    #[error("provider {provider}: invalid size {size}: must be a non-zero multiple of 512")]
+    /// A size that is zero, not a multiple of 512, or more than the pool can hold.
+    #[error("provider {provider}: invalid size {size}: {reason}")]
     InvalidSize {
         /// The provider.
         provider: String,
         /// The size given.
         size: u64,
+        /// Why it is refused.
+        reason: String,
     },
     /// The pool itself is unusable (missing, not a directory, read-only).
     #[error("provider {provider}: pool {}: {reason}", path.display())]
@@ -96,6 +98,27 @@ pub enum ProviderError {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
+        message: String,
+    },
+    /// A request the provider service refused as malformed, or an answer it should not
+    /// have given.
+    #[error("provider {provider}: service {url}: {message}")]
+    Service {
+        /// The provider.
+        provider: String,
+        /// The service.
+        url: String,
+        /// What it said, or what was wrong with what it said.
+        message: String,
+    },
+    /// The provider service did not answer, through every retry.
+    #[error("provider {provider}: service {url} not reachable: {message}")]
+    Unreachable {
+        /// The provider.
+        provider: String,
+        /// The service.
+        url: String,
+        /// The last failure.
         message: String,
     },
     /// Any other I/O failure.

@@ -8,6 +8,7 @@
 mod block;
 mod error;
 mod file;
+pub mod remote;
 
 use std::io;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use block::{BlockDevice, BlockError, BlockExtent};
 pub use error::ProviderError;
 pub use file::FileProvider;
+pub use remote::RemoteProvider;
 
 /// A volume as its provider reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,20 +204,66 @@ pub trait Provider: Send + Sync {
 }
 
 /// The provider kinds this build knows.
-pub const PROVIDER_KINDS: &[&str] = &["file"];
+pub const PROVIDER_KINDS: &[&str] = &["file", "remote"];
+
+/// The environment variable naming the file that holds a `remote` provider's bearer
+/// token, when its settings name none.
+pub const TOKEN_FILE_ENV: &str = "CVOL_PROVIDER_TOKEN_FILE";
+
+/// Reads a bearer token: the file's content without surrounding white space.
+pub fn read_token(path: &str) -> io::Result<String> {
+    let token = std::fs::read_to_string(path)?.trim().to_string();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a token is one word of printable ASCII characters",
+        ));
+    }
+    Ok(token)
+}
 
 /// Opens the provider a datastore configures.
 pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    let setting = |key: &str| config.settings.get(key).map(String::as_str);
+    let setting_error = |message: String| ProviderError::Setting {
+        provider: config.id.to_string(),
+        message,
+    };
     match config.kind.as_str() {
         "file" => {
-            let path = config
-                .settings
-                .get("path")
-                .ok_or_else(|| ProviderError::Setting {
-                    provider: config.id.to_string(),
-                    message: "setting 'path' (the pool directory) is missing".into(),
-                })?;
+            let path = setting("path").ok_or_else(|| {
+                setting_error("setting 'path' (the pool directory) is missing".into())
+            })?;
             Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
+        }
+        "remote" => {
+            let url = setting("url").ok_or_else(|| {
+                setting_error("setting 'url' (the provider service) is missing".into())
+            })?;
+            let timeout = match setting("timeout") {
+                Some(secs) => secs
+                    .parse()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| {
+                        setting_error(format!(
+                            "setting 'timeout' {secs:?}: expected a number of seconds"
+                        ))
+                    })?,
+                None => remote::DEFAULT_TIMEOUT,
+            };
+            let env_token = std::env::var(TOKEN_FILE_ENV).ok();
+            let token = match setting("token_file").or(env_token.as_deref()) {
+                Some(path) => Some(
+                    read_token(path)
+                        .map_err(|e| setting_error(format!("token file {path}: {e}")))?,
+                ),
+                None => None,
+            };
+            Ok(Arc::new(RemoteProvider::new(
+                &config.id, url, token, timeout,
+            )?))
         }
         other => Err(ProviderError::Setting {
             provider: config.id.to_string(),

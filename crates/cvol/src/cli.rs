@@ -95,6 +95,37 @@ pub enum Command {
     /// Serve a local directory over NFSv3: the embedded metadata share.
     #[command(subcommand)]
     Nfs(NfsCommand),
+    /// Serve a storage pool's control plane over HTTP, so that several hosts share it.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+}
+
+/// `cvol provider …`
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Serve the pool POOL over HTTP/JSON (API: crates/cvol-provider-service/openapi.yaml,
+    /// also at /v1/openapi.yaml) until SIGINT or SIGTERM, printing its URL. Hosts use it
+    /// as a provider ID=remote:URL; it alone decides which host holds a volume, and fences
+    /// a holder whose volume is taken over.
+    Serve {
+        /// The pool: file:DIR (an existing directory of volumes).
+        #[arg(long, value_name = "file:DIR", env = "CVOL_POOL")]
+        pool: String,
+        /// Address to listen on; port 0 picks a free port. Loopback unless you say
+        /// otherwise.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:0",
+            value_name = "ADDR:PORT",
+            env = "CVOL_LISTEN"
+        )]
+        listen: std::net::SocketAddr,
+        /// A file holding the bearer token every call must carry (Authorization: Bearer
+        /// TOKEN); hosts name it with the provider setting token_file or
+        /// CVOL_PROVIDER_TOKEN_FILE.
+        #[arg(long, value_name = "FILE", env = "CVOL_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+    },
 }
 
 /// `cvol nfs …`
@@ -154,8 +185,10 @@ pub enum DatastoreCommand {
         /// A human name for the datastore.
         #[arg(long)]
         name: String,
-        /// A provider, as ID=KIND:LOCATION, e.g. pool=file:/srv/cvol/pool (an existing,
-        /// writable directory). Repeatable; the first is the default.
+        /// A provider, as ID=KIND:LOCATION: pool=file:/srv/cvol/pool (an existing,
+        /// writable directory) or pool=remote:http://10.0.0.5:7400 (a `cvol provider
+        /// serve`; its token file from CVOL_PROVIDER_TOKEN_FILE or the provider setting
+        /// token_file). Repeatable; the first is the default.
         #[arg(long = "provider", value_name = "ID=KIND:LOCATION", required = true)]
         providers: Vec<String>,
     },

@@ -142,12 +142,36 @@ impl FileProvider {
 
     fn check_size(&self, size: u64) -> Result<(), ProviderError> {
         if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
-            return Err(ProviderError::InvalidSize {
-                provider: self.id.to_string(),
-                size,
-            });
+            return Err(self.invalid_size(size, "must be a non-zero multiple of 512"));
+        }
+        if i64::try_from(size).is_err() {
+            return Err(self.invalid_size(size, "larger than any file can be"));
         }
         Ok(())
+    }
+
+    fn invalid_size(&self, size: u64, reason: &str) -> ProviderError {
+        ProviderError::InvalidSize {
+            provider: self.id.to_string(),
+            size,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Gives `file` at `path` the length `size`.
+    fn set_len(&self, file: &File, path: &Path, size: u64) -> Result<(), ProviderError> {
+        match file.set_len(size) {
+            // EFBIG: beyond the file system's largest file; EINVAL: beyond off_t.
+            Err(e)
+                if matches!(
+                    rustix::io::Errno::from_io_error(&e),
+                    Some(rustix::io::Errno::FBIG | rustix::io::Errno::INVAL)
+                ) =>
+            {
+                Err(self.invalid_size(size, "larger than this pool's file system can hold"))
+            }
+            result => result.map_err(|e| self.io("size", path, e)),
+        }
     }
 
     fn snapshot_path(&self, id: &VolumeId, name: &SnapshotName) -> Result<PathBuf, ProviderError> {
@@ -218,8 +242,7 @@ impl FileProvider {
         match source {
             VolumeSource::Blank { size } => {
                 self.check_size(*size)?;
-                data.set_len(*size)
-                    .map_err(|e| self.io("size", &data_path, e))?;
+                self.set_len(&data, &data_path, *size)?;
             }
             VolumeSource::Volume(src) => copy_from(self.existing(src)?.join(DATA))?,
             VolumeSource::Snapshot(src, name) => copy_from(self.snapshot_path(src, name)?)?,
@@ -396,9 +419,8 @@ impl Provider for FileProvider {
             .write(true)
             .open(&data)
             .map_err(|e| self.io("open", &data, e))?;
-        file.set_len(size)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| self.io("resize", &data, e))?;
+        self.set_len(&file, &data, size)?;
+        file.sync_all().map_err(|e| self.io("resize", &data, e))?;
         self.read_volume(id)
     }
 

@@ -66,7 +66,8 @@ pub fn run(ctx: &Context, cmd: DatastoreCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses `ID=KIND:LOCATION`, e.g. `pool=file:/srv/pool`.
+/// Parses `ID=KIND:LOCATION`, e.g. `pool=file:/srv/pool` or
+/// `pool=remote:http://10.0.0.5:7400`.
 pub fn parse_provider(spec: &str) -> anyhow::Result<ProviderConfig> {
     let usage = || {
         anyhow!(
@@ -83,6 +84,12 @@ pub fn parse_provider(spec: &str) -> anyhow::Result<ProviderConfig> {
             let dir = std::path::absolute(dir)
                 .with_context(|| format!("provider {id}: bad path {location:?}"))?;
             BTreeMap::from([("path".to_string(), dir.display().to_string())])
+        }
+        "remote" => {
+            if !(location.starts_with("http://") || location.starts_with("https://")) {
+                bail!("provider {id}: expected remote:http://HOST:PORT, got remote:{location}");
+            }
+            BTreeMap::from([("url".to_string(), location.to_string())])
         }
         _ => bail!(
             "provider {id}: unknown kind {kind:?} (this cvol knows: {})",

@@ -4,6 +4,7 @@ mod datastore;
 mod disk;
 mod mount;
 mod nfs;
+mod provider;
 mod signals;
 mod up;
 mod vm;
@@ -112,5 +113,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Up(args) => up::run(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Command::Nfs(cmd) => nfs::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Provider(cmd) => provider::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
     }
 }
