@@ -22,9 +22,18 @@ impl ApiError {
             body: ErrorBody {
                 error: code.to_string(),
                 message: message.into(),
+                volume: None,
+                snapshot: None,
                 holder: None,
             },
         }
+    }
+
+    /// Names the volume (and snapshot) the error is about.
+    fn about(mut self, volume: &str, snapshot: Option<&str>) -> Self {
+        self.body.volume = Some(volume.to_string());
+        self.body.snapshot = snapshot.map(str::to_string);
+        self
     }
 
     /// A malformed request.
@@ -37,12 +46,29 @@ impl From<ProviderError> for ApiError {
     fn from(e: ProviderError) -> Self {
         let message = e.to_string();
         let (status, code) = match &e {
-            ProviderError::VolumeNotFound { .. } => (StatusCode::NOT_FOUND, "volume_not_found"),
-            ProviderError::SnapshotNotFound { .. } => (StatusCode::NOT_FOUND, "snapshot_not_found"),
-            ProviderError::VolumeExists { .. } => (StatusCode::CONFLICT, "volume_exists"),
-            ProviderError::SnapshotExists { .. } => (StatusCode::CONFLICT, "snapshot_exists"),
-            ProviderError::AttachedElsewhere { holder, .. } => {
-                let mut error = Self::new(StatusCode::CONFLICT, "attached_elsewhere", message);
+            ProviderError::VolumeNotFound { volume, .. } => {
+                return Self::new(StatusCode::NOT_FOUND, "volume_not_found", message)
+                    .about(volume, None)
+            }
+            ProviderError::SnapshotNotFound {
+                volume, snapshot, ..
+            } => {
+                return Self::new(StatusCode::NOT_FOUND, "snapshot_not_found", message)
+                    .about(volume, Some(snapshot))
+            }
+            ProviderError::VolumeExists { volume, .. } => {
+                return Self::new(StatusCode::CONFLICT, "volume_exists", message)
+                    .about(volume, None)
+            }
+            ProviderError::SnapshotExists {
+                volume, snapshot, ..
+            } => {
+                return Self::new(StatusCode::CONFLICT, "snapshot_exists", message)
+                    .about(volume, Some(snapshot))
+            }
+            ProviderError::AttachedElsewhere { volume, holder, .. } => {
+                let mut error = Self::new(StatusCode::CONFLICT, "attached_elsewhere", message)
+                    .about(volume, None);
                 error.body.holder = Some(holder.clone());
                 return error;
             }

@@ -397,6 +397,11 @@ fn create_list_delete_a_vm_on_cvol_nfs() {
 }
 
 #[test]
+fn create_list_delete_a_vm_with_a_remote_provider() {
+    create_list_delete_a_vm(Env::datastore_on_remote());
+}
+
+#[test]
 fn disks_grow_snapshot_clone_and_go_on_a_local_share() {
     disks_grow_snapshot_clone_and_go(Env::datastore());
 }
@@ -409,6 +414,11 @@ fn disks_grow_snapshot_clone_and_go_on_nfs() {
 #[test]
 fn disks_grow_snapshot_clone_and_go_on_cvol_nfs() {
     disks_grow_snapshot_clone_and_go(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_with_a_remote_provider() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_remote());
 }
 
 #[test]
@@ -427,6 +437,11 @@ fn a_real_crash_is_repaired_by_fsck_on_cvol_nfs() {
 }
 
 #[test]
+fn a_real_crash_is_repaired_by_fsck_with_a_remote_provider() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_remote());
+}
+
+#[test]
 fn bad_input_gets_one_clear_line_and_changes_nothing_on_a_local_share() {
     bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore());
 }
@@ -442,6 +457,11 @@ fn bad_input_gets_one_clear_line_and_changes_nothing_on_cvol_nfs() {
 }
 
 #[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_with_a_remote_provider() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_remote());
+}
+
+#[test]
 fn malformed_and_foreign_files_are_named_with_their_line_on_a_local_share() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore());
 }
@@ -454,4 +474,9 @@ fn malformed_and_foreign_files_are_named_with_their_line_on_nfs() {
 #[test]
 fn malformed_and_foreign_files_are_named_with_their_line_on_cvol_nfs() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_with_a_remote_provider() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_remote());
 }

@@ -28,8 +28,18 @@ fn assert_pattern_ok(out: &str) {
 
 #[test]
 fn qemu_reads_and_writes_disks_through_the_container() {
-    for passthrough in [true, false] {
-        let env = demo("64M");
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore, &[true, false]);
+}
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_with_a_remote_provider() {
+    // Never passthrough: a device that can be taken over checks every write.
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_remote, &[false]);
+}
+
+fn qemu_reads_and_writes_disks_through_the_container_on(make: fn() -> Env, passthrough: &[bool]) {
+    for &passthrough in passthrough {
+        let env = with_demo(make(), "64M");
         let m = env.mount(passthrough);
         let vmdk = m.path("demo/demo.vmdk");
         let info: serde_json::Value =
@@ -103,8 +113,18 @@ fn qemu_reads_and_writes_disks_through_the_container() {
 
 #[test]
 fn fio_verifies_data_through_the_container() {
-    for passthrough in [true, false] {
-        let env = demo("64M");
+    fio_verifies_data_through_the_container_on(Env::datastore, &[true, false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_with_a_remote_provider() {
+    // Never passthrough: a device that can be taken over checks every write.
+    fio_verifies_data_through_the_container_on(Env::datastore_on_remote, &[false]);
+}
+
+fn fio_verifies_data_through_the_container_on(make: fn() -> Env, passthrough: &[bool]) {
+    for &passthrough in passthrough {
+        let env = with_demo(make(), "64M");
         let m = env.mount(passthrough);
         let flat = m.path("demo/demo-flat.vmdk");
         let out = tool(
@@ -425,6 +445,11 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_cvol_nfs() {
 }
 
 #[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_with_a_remote_provider() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_remote());
+}
+
+#[test]
 fn cp_r_of_a_vm_clones_its_disks_on_a_local_share() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore());
 }
@@ -437,6 +462,11 @@ fn cp_r_of_a_vm_clones_its_disks_on_nfs() {
 #[test]
 fn cp_r_of_a_vm_clones_its_disks_on_cvol_nfs() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_with_a_remote_provider() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_remote());
 }
 
 #[test]

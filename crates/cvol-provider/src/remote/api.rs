@@ -151,6 +151,12 @@ pub struct ErrorBody {
     pub error: String,
     /// What went wrong, for people.
     pub message: String,
+    /// The volume the error is about, if it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The snapshot the error is about, if it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// With `attached_elsewhere`: the host holding the volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<String>,

@@ -174,8 +174,11 @@ impl RemoteProvider {
             return self.service(format!("HTTP {}: {}", answer.status, text.trim()));
         };
         let provider = self.id.to_string();
-        let volume = volume.to_string();
-        let snapshot = snapshot.unwrap_or_default().to_string();
+        // What the service names wins: a copy's error may be about its source.
+        let volume = body.volume.unwrap_or_else(|| volume.to_string());
+        let snapshot = body
+            .snapshot
+            .unwrap_or_else(|| snapshot.unwrap_or_default().to_string());
         match body.error.as_str() {
             "volume_not_found" => ProviderError::VolumeNotFound { provider, volume },
             "volume_exists" => ProviderError::VolumeExists { provider, volume },

@@ -21,6 +21,11 @@ pub struct Env {
     pub pool: PathBuf,
     /// The `cvol nfs serve` process serving the share, if it is served that way.
     pub server: Option<NfsServe>,
+    /// The `cvol provider serve` process serving the pool, if the datastore's provider
+    /// is `remote`.
+    pub service: Option<ProviderServe>,
+    /// Environment every cvol command of this datastore gets.
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -38,6 +43,8 @@ impl Env {
             share_arg,
             pool,
             server: None,
+            service: None,
+            vars: Vec::new(),
         }
     }
 
@@ -65,6 +72,8 @@ impl Env {
             share_arg,
             pool,
             server: None,
+            service: None,
+            vars: Vec::new(),
         }
     }
 
@@ -98,8 +107,26 @@ impl Env {
         env
     }
 
+    /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of a file
+    /// pool, with a bearer token.
+    pub fn datastore_on_remote() -> Self {
+        let mut env = Self::empty();
+        let token = env.tmp.path().join("token");
+        std::fs::write(&token, format!("{}\n", uuid_like())).unwrap();
+        env.service = Some(ProviderServe::start(&env.pool, Some(&token)));
+        env.vars.push((
+            "CVOL_PROVIDER_TOKEN_FILE".into(),
+            token.display().to_string(),
+        ));
+        env.create_datastore();
+        env
+    }
+
     fn create_datastore(&self) {
-        let provider = format!("pool=file:{}", self.pool.display());
+        let provider = match &self.service {
+            Some(service) => format!("pool=remote:{}", service.url),
+            None => format!("pool=file:{}", self.pool.display()),
+        };
         self.ok(&[
             "datastore",
             "create",
@@ -115,13 +142,21 @@ impl Env {
     }
 
     pub fn run_with_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
-        cvol()
-            .arg("--share")
-            .arg(&self.share_arg)
+        self.command()
             .args(args)
             .envs(vars.iter().copied())
             .output()
             .unwrap()
+    }
+
+    /// `cvol --share SHARE` with this datastore's environment.
+    pub fn command(&self) -> Command {
+        let mut command = cvol();
+        command
+            .arg("--share")
+            .arg(&self.share_arg)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
@@ -219,13 +254,8 @@ impl Env {
             .tmp
             .path()
             .join(format!("mount-{}.log", std::process::id()));
-        let mut command = cvol();
-        command
-            .arg("--share")
-            .arg(&self.share_arg)
-            .args(["-v", "mount"])
-            .arg(&mnt)
-            .args(extra);
+        let mut command = self.command();
+        command.args(["-v", "mount"]).arg(&mnt).args(extra);
         let child = command
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -388,6 +418,83 @@ impl NfsServe {
 }
 
 impl Drop for NfsServe {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A random word, for tokens.
+pub fn uuid_like() -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `cvol provider serve` process, killed when dropped.
+pub struct ProviderServe {
+    pub child: Child,
+    /// The URL it printed.
+    pub url: String,
+    pub pool: PathBuf,
+    pub token_file: Option<PathBuf>,
+}
+
+impl ProviderServe {
+    /// Serves `pool` on a free loopback port.
+    pub fn start(pool: &Path, token_file: Option<&Path>) -> Self {
+        Self::start_on(pool, token_file, "127.0.0.1:0")
+    }
+
+    /// Serves `pool` on `addr`.
+    pub fn start_on(pool: &Path, token_file: Option<&Path>, addr: &str) -> Self {
+        use std::io::BufRead;
+        let mut command = cvol();
+        command
+            .args(["provider", "serve", "--listen", addr, "--pool"])
+            .arg(format!("file:{}", pool.display()));
+        if let Some(token) = token_file {
+            command.arg("--token-file").arg(token);
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+        let mut url = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut url)
+            .unwrap();
+        let url = url.trim().to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "cvol provider serve printed {url:?}"
+        );
+        Self {
+            child,
+            url,
+            pool: pool.to_path_buf(),
+            token_file: token_file.map(Path::to_path_buf),
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> &str {
+        self.url.strip_prefix("http://").unwrap()
+    }
+
+    /// Kills the service at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills it and starts it again on the same address.
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr().to_string();
+        *self = Self::start_on(&self.pool, self.token_file.as_deref(), &addr);
+    }
+}
+
+impl Drop for ProviderServe {
     fn drop(&mut self) {
         self.kill();
     }
