@@ -11,7 +11,8 @@ use cvol_provider::ProviderError;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    body: ErrorBody,
+    // Boxed: handlers return it in every Result.
+    body: Box<ErrorBody>,
 }
 
 impl ApiError {
@@ -19,13 +20,13 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 error: code.to_string(),
                 message: message.into(),
                 volume: None,
                 snapshot: None,
                 holder: None,
-            },
+            }),
         }
     }
 
