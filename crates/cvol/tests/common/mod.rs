@@ -248,12 +248,17 @@ impl Env {
 
     /// Mounts the datastore at `<tmp>/mnt` with extra `cvol mount` arguments.
     pub fn mount_with(&self, extra: &[&str]) -> Mounted {
-        let mnt = self.tmp.path().join("mnt");
+        self.mount_at("mnt", extra)
+    }
+
+    /// Mounts the datastore at `<tmp>/NAME` with extra `cvol mount` arguments.
+    pub fn mount_at(&self, name: &str, extra: &[&str]) -> Mounted {
+        let mnt = self.tmp.path().join(name);
         std::fs::create_dir_all(&mnt).unwrap();
         let log = self
             .tmp
             .path()
-            .join(format!("mount-{}.log", std::process::id()));
+            .join(format!("{name}-{}.log", std::process::id()));
         let mut command = self.command();
         command.args(["-v", "mount"]).arg(&mnt).args(extra);
         let child = command
@@ -447,10 +452,22 @@ impl ProviderServe {
         Self::start_on(pool, token_file, "127.0.0.1:0")
     }
 
+    /// Serves `pool` on a free loopback port, logging every call to `log`.
+    pub fn start_logged(pool: &Path, token_file: Option<&Path>, log: &Path) -> Self {
+        let mut command = cvol();
+        command
+            .arg("-vv")
+            .stderr(std::fs::File::create(log).unwrap());
+        Self::spawn(command, pool, token_file, "127.0.0.1:0")
+    }
+
     /// Serves `pool` on `addr`.
     pub fn start_on(pool: &Path, token_file: Option<&Path>, addr: &str) -> Self {
+        Self::spawn(cvol(), pool, token_file, addr)
+    }
+
+    fn spawn(mut command: Command, pool: &Path, token_file: Option<&Path>, addr: &str) -> Self {
         use std::io::BufRead;
-        let mut command = cvol();
         command
             .args(["provider", "serve", "--listen", addr, "--pool"])
             .arg(format!("file:{}", pool.display()));
