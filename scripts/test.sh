@@ -21,4 +21,5 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
+./scripts/schemathesis.sh 100
 ./scripts/e2e-boot.sh

@@ -11,10 +11,12 @@ use axum::Json;
 use cvol_format::{SnapshotName, VolumeId};
 use cvol_provider::remote::api::{
     AttachmentBody, CreateAttachment, CreateSnapshot, CreateVolume, Leftovers, PoolBody, Reclaim,
-    ResizeVolume, SnapshotBody, SnapshotList, VolumeBody, VolumePage,
+    ResizeVolume, SnapshotBody, SnapshotList, VolumeBody, VolumePage, MAX_VOLUME_SIZE,
 };
 use cvol_provider::{NoProgress, Provider, ProviderError, Snapshot, Volume, VolumeSource};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -45,24 +47,68 @@ async fn run<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// A request body: a JSON object of the call's fields. (serde would also take an array
+/// of them in order, which the API does not.)
+fn object<T: DeserializeOwned>(body: Result<Json<Value>, JsonRejection>) -> Answer<T> {
+    let Json(value) = body?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("Failed to deserialize the JSON body into the target type: {e}"),
+        )
+    })
+}
+
 fn volume_id(id: &str) -> Answer<VolumeId> {
     VolumeId::new(id).map_err(|e| ApiError::bad_request("invalid_volume_id", e.to_string()))
 }
 
+/// A snapshot name of the API: stricter than the pool's (ASCII, so that its length in
+/// bytes and in characters agree), so that every name the API takes fits every pool.
 fn snapshot_name(name: &str) -> Answer<SnapshotName> {
+    let ascii = name
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b.is_ascii_alphanumeric() || b"_+=,@-".contains(&b) || (i > 0 && b == b'.'));
+    if !ascii || name.len() > 255 {
+        return Err(ApiError::bad_request(
+            "invalid_snapshot_name",
+            format!("snapshot name {name:?}: expected 1 to 255 of A-Z a-z 0-9 _ + = , @ - and '.' (not first)"),
+        ));
+    }
     SnapshotName::new(name)
         .map_err(|e| ApiError::bad_request("invalid_snapshot_name", e.to_string()))
 }
 
-/// Host ids and owners are labels: one line of printable text.
+/// Host ids and owners are labels: one line of text.
 fn label(what: &str, text: &str) -> Answer<()> {
-    if text.is_empty() || text.len() > 255 || text.chars().any(char::is_control) {
+    let chars = text.chars().count();
+    if !(1..=255).contains(&chars) || text.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             &format!("invalid_{what}"),
-            format!("{what} {text:?}: expected 1 to 255 bytes of text without control characters"),
+            format!("{what} {text:?}: expected 1 to 255 characters without control characters"),
         ));
     }
     Ok(())
+}
+
+/// A size the API takes; the pool checks the rest.
+fn size(size: u64) -> Answer<u64> {
+    if size > MAX_VOLUME_SIZE {
+        return Err(ApiError::bad_request(
+            "invalid_size",
+            format!("size {size}: at most {MAX_VOLUME_SIZE} bytes (8 TiB)"),
+        ));
+    }
+    Ok(size)
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -98,13 +144,13 @@ pub async fn pool(State(service): Shared) -> Json<PoolBody> {
 /// `POST /v1/volumes`.
 pub async fn create_volume(
     State(service): Shared,
-    body: Result<Json<CreateVolume>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<VolumeBody>)> {
-    let Json(request) = body?;
+    let request: CreateVolume = object(body)?;
     let id = volume_id(&request.id)?;
     label("owner", &request.owner)?;
     let source = match (request.size, request.source) {
-        (Some(size), None) => VolumeSource::Blank { size },
+        (Some(bytes), None) => VolumeSource::Blank { size: size(bytes)? },
         (None, Some(source)) => {
             let from = volume_id(&source.volume)?;
             match source.snapshot {
@@ -183,12 +229,13 @@ pub async fn get_volume(
 pub async fn resize_volume(
     State(service): Shared,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Json<ResizeVolume>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Answer<Json<VolumeBody>> {
     let id = volume_id(&path?.0)?;
-    let Json(request) = body?;
+    let request: ResizeVolume = object(body)?;
+    let new_size = size(request.size)?;
     let volume = run(&service, move |p| {
-        p.resize_volume(&id, request.size, request.allow_shrink)
+        p.resize_volume(&id, new_size, request.allow_shrink)
     })
     .await?;
     Ok(Json(volume_body(volume)))
@@ -208,10 +255,10 @@ pub async fn delete_volume(
 pub async fn create_snapshot(
     State(service): Shared,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Json<CreateSnapshot>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<SnapshotBody>)> {
     let id = volume_id(&path?.0)?;
-    let Json(request) = body?;
+    let request: CreateSnapshot = object(body)?;
     let name = snapshot_name(&request.name)?;
     let snapshot = run(&service, move |p| {
         p.create_snapshot(&id, &name, &NoProgress)
@@ -247,10 +294,10 @@ pub async fn delete_snapshot(
 pub async fn attach(
     State(service): Shared,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Json<CreateAttachment>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Answer<Json<AttachmentBody>> {
     let id = volume_id(&path?.0)?;
-    let Json(request) = body?;
+    let request: CreateAttachment = object(body)?;
     label("host_id", &request.host_id)?;
     let host = request.host_id;
     let attachment = run(&service, move |p| p.attach(&id, &host, request.force)).await?;
@@ -278,9 +325,9 @@ pub async fn detach(
 /// `POST /v1/reclaim`.
 pub async fn reclaim(
     State(service): Shared,
-    body: Result<Json<Reclaim>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Answer<Json<Leftovers>> {
-    let Json(request) = body?;
+    let request: Reclaim = object(body)?;
     let leftovers = run(&service, move |p| p.reclaim_interrupted(request.apply)).await?;
     Ok(Json(Leftovers { leftovers }))
 }

@@ -462,8 +462,9 @@ impl Provider for FileProvider {
         if target.exists() {
             return Err(exists());
         }
-        // Snapshot names never start with '.', so this cannot collide with one.
-        let staged = snapshots.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+        // Snapshot names never start with '.', so this cannot collide with one; the name
+        // is left out so that a name of the longest length still fits.
+        let staged = snapshots.join(format!(".staged-{}", uuid::Uuid::new_v4().simple()));
         let result = (|| {
             let src_path = dir.join(DATA);
             let src = File::open(&src_path).map_err(|e| self.io("open", &src_path, e))?;

@@ -1,12 +1,21 @@
 //! The provider service's wire format (API version 1), shared by the service and the
 //! `remote` provider. `openapi.yaml` in the service's crate documents the same shapes.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::DataAccess;
 
 /// The path prefix of every version-1 call.
 pub const PREFIX: &str = "/v1";
+
+/// The largest volume API version 1 creates: 8 TiB.
+pub const MAX_VOLUME_SIZE: u64 = 8 << 40;
+
+/// An optional field that, when present, holds a value: `null` is refused like any
+/// other wrong type, as the OpenAPI schema says.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
 
 /// A volume (`GET /v1/volumes/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,10 +51,18 @@ pub struct CreateVolume {
     /// Who creates it.
     pub owner: String,
     /// Bytes of a blank volume.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub size: Option<u64>,
     /// The volume or snapshot to copy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub source: Option<Source>,
 }
 
@@ -56,7 +73,11 @@ pub struct Source {
     /// The volume.
     pub volume: String,
     /// The snapshot of it, if copying a snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub snapshot: Option<String>,
 }
 
