@@ -27,7 +27,12 @@ fn measure(provider: Arc<dyn Provider>, clients: usize, secs: f64) -> (f64, Dura
                         let t = Instant::now();
                         let id = VolumeId::generate();
                         provider
-                            .create_volume(&id, &VolumeSource::Blank { size: 1 << 30 }, "bench", &NoProgress)
+                            .create_volume(
+                                &id,
+                                &VolumeSource::Blank { size: 1 << 30 },
+                                "bench",
+                                &NoProgress,
+                            )
                             .unwrap();
                         let attachment = provider.attach(&id, &host, false).unwrap();
                         drop(attachment);
@@ -39,7 +44,10 @@ fn measure(provider: Arc<dyn Provider>, clients: usize, secs: f64) -> (f64, Dura
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
     });
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
@@ -65,12 +73,21 @@ fn main() {
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     runtime.spawn(async move {
-        axum::serve(listener, cvol_provider_service::router(served, Some("bench-token".into())))
-            .await
-            .unwrap()
+        axum::serve(
+            listener,
+            cvol_provider_service::router(served, Some("bench-token".into())),
+        )
+        .await
+        .unwrap()
     });
     let remote: Arc<dyn Provider> = Arc::new(
-        RemoteProvider::new(&id, &url, Some("bench-token".into()), Duration::from_secs(30)).unwrap(),
+        RemoteProvider::new(
+            &id,
+            &url,
+            Some("bench-token".into()),
+            Duration::from_secs(30),
+        )
+        .unwrap(),
     );
 
     println!("create+attach+detach+delete of a 1 GiB volume, {secs} s per row");
