@@ -36,10 +36,13 @@ done
 url=$(cat "$work/url")
 [[ $url == http://* ]] || { echo "cvol provider serve did not start: $(cat "$work/service.log")" >&2; exit 1; }
 
-"$venv/bin/st" run crates/cvol-provider-service/openapi.yaml --url "$url" \
+# From the scratch directory: schemathesis keeps a cache in the current directory.
+schema=$PWD/crates/cvol-provider-service/openapi.yaml
+st=$PWD/$venv/bin/st
+(cd "$work" && "$st" run "$schema" --url "$url" \
     -H "Authorization: Bearer $(cat "$work/token")" \
     --checks all --max-examples "$examples" --seed "${SCHEMATHESIS_SEED:-$RANDOM}" \
-    --report-dir "$work/report" --no-color
+    --report-dir "$work/report" --no-color)
 if grep -q ERROR "$work/service.log"; then
     echo "the service logged errors:" >&2
     grep ERROR "$work/service.log" >&2
