@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{Env, ProviderServe};
+use common::{Env, Mounted, ProviderServe};
 
 /// A client of a service's API.
 struct Api {
@@ -403,8 +403,9 @@ fn wait_detached(api: &Api, id: &str) {
     }
 }
 
-#[test]
-fn two_hosts_race_for_a_disk_and_exactly_one_wins_each_time() {
+/// A VM `demo` with a 1 MiB disk on a remote provider, its volume id, and two host
+/// daemons (`host-a`, `host-b`) mounting the datastore.
+fn demo_on_two_hosts() -> (Env, Api, String, Mounted, Mounted) {
     let env = Env::datastore_on_remote();
     env.ok(&["vm", "create", "demo", "--disk", "1M"]);
     let api = Api::of(env.service.as_ref().unwrap());
@@ -412,8 +413,14 @@ fn two_hosts_race_for_a_disk_and_exactly_one_wins_each_time() {
         .as_str()
         .unwrap()
         .to_string();
-    let a = env.mount_at("host-a", &["--host-id", "host-a", "--no-passthrough"]);
-    let b = env.mount_at("host-b", &["--host-id", "host-b", "--no-passthrough"]);
+    let a = env.mount_at("host-a", &["--host-id", "host-a"]);
+    let b = env.mount_at("host-b", &["--host-id", "host-b"]);
+    (env, api, volume, a, b)
+}
+
+#[test]
+fn two_hosts_race_for_a_disk_and_exactly_one_wins_each_time() {
+    let (env, api, volume, a, b) = demo_on_two_hosts();
     let paths = [a.path("demo/demo-flat.vmdk"), b.path("demo/demo-flat.vmdk")];
     let mut wins = [0usize; 2];
     for round in 0..1000 {
@@ -474,15 +481,7 @@ fn two_hosts_race_for_a_disk_and_exactly_one_wins_each_time() {
 
 #[test]
 fn a_forced_takeover_fences_the_old_holder() {
-    let env = Env::datastore_on_remote();
-    env.ok(&["vm", "create", "demo", "--disk", "1M"]);
-    let api = Api::of(env.service.as_ref().unwrap());
-    let volume = env.json(&["disk", "list", "demo"])[0]["volume"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let a = env.mount_at("host-a", &["--host-id", "host-a", "--no-passthrough"]);
-    let b = env.mount_at("host-b", &["--host-id", "host-b", "--no-passthrough"]);
+    let (env, api, volume, a, b) = demo_on_two_hosts();
     let old = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
