@@ -76,9 +76,9 @@ impl From<ProviderError> for ApiError {
             ProviderError::ShrinkRefused { .. } => (StatusCode::CONFLICT, "shrink_refused"),
             ProviderError::InvalidSize { .. } => (StatusCode::BAD_REQUEST, "invalid_size"),
             ProviderError::Pool { .. } => (StatusCode::SERVICE_UNAVAILABLE, "pool_unavailable"),
-            ProviderError::Service { .. } | ProviderError::Unreachable { .. } => {
-                (StatusCode::BAD_GATEWAY, "upstream_failed")
-            }
+            ProviderError::Service { .. }
+            | ProviderError::Unreachable { .. }
+            | ProviderError::Store { .. } => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ProviderError::Setting { .. }
             | ProviderError::Corrupt { .. }
             | ProviderError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "pool_failed"),

@@ -121,6 +121,16 @@ pub enum ProviderError {
         /// The last failure.
         message: String,
     },
+    /// The object store of an object pool failed or refused a call.
+    #[error("provider {provider}: {location}: {message}")]
+    Store {
+        /// The provider.
+        provider: String,
+        /// The pool, e.g. `object:s3://bucket/prefix`.
+        location: String,
+        /// The call and what went wrong.
+        message: String,
+    },
     /// Any other I/O failure.
     #[error("provider {provider}: {op} {}: {source}", path.display())]
     Io {

@@ -8,6 +8,7 @@
 mod block;
 mod error;
 mod file;
+pub mod object;
 pub mod remote;
 
 use std::io;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use block::{BlockDevice, BlockError, BlockExtent};
 pub use error::ProviderError;
 pub use file::FileProvider;
+pub use object::ObjectProvider;
 pub use remote::RemoteProvider;
 
 /// A volume as its provider reports it.
@@ -96,16 +98,44 @@ pub enum DataAccess {
         /// Its fence file, which holds the newest attachment generation.
         fence: PathBuf,
     },
+    /// A volume of an object pool the host reaches itself (with its own credentials,
+    /// from the usual AWS environment for `s3://`).
+    Object {
+        /// The pool, `file:///dir` or `s3://bucket/prefix`.
+        url: String,
+    },
 }
 
 impl DataAccess {
     /// Opens the device of the attachment `generation` reached through `self`. Its
     /// writes and flushes fail once the volume is attached with a newer generation.
-    pub fn open(&self, generation: u64) -> io::Result<Arc<dyn BlockDevice>> {
+    pub fn open(
+        &self,
+        volume: &VolumeId,
+        generation: u64,
+    ) -> Result<Arc<dyn BlockDevice>, ProviderError> {
         match self {
-            Self::File { data, fence } => Ok(Arc::new(file::FileBlockDevice::open(
-                data, fence, generation, false,
-            )?)),
+            Self::File { data, fence } => {
+                let device = file::FileBlockDevice::open(data, fence, generation, false).map_err(
+                    |source| ProviderError::Io {
+                        provider: "remote".into(),
+                        op: "open",
+                        path: data.clone(),
+                        source,
+                    },
+                )?;
+                Ok(Arc::new(device))
+            }
+            Self::Object { url } => {
+                let id = cvol_format::ProviderId::new("remote").expect("a valid id");
+                let pool = ObjectProvider::open(
+                    &id,
+                    url,
+                    object::DEFAULT_CHUNK_SIZE,
+                    object::DEFAULT_CACHE_BYTES,
+                )?;
+                Ok(Arc::new(pool.device(volume, generation)?))
+            }
         }
     }
 }
@@ -204,7 +234,7 @@ pub trait Provider: Send + Sync {
 }
 
 /// The provider kinds this build knows.
-pub const PROVIDER_KINDS: &[&str] = &["file", "remote"];
+pub const PROVIDER_KINDS: &[&str] = &["file", "object", "remote"];
 
 /// The environment variable naming the file that holds a `remote` provider's bearer
 /// token, when its settings name none.
@@ -235,6 +265,26 @@ pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, Provi
                 setting_error("setting 'path' (the pool directory) is missing".into())
             })?;
             Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
+        }
+        "object" => {
+            let url = setting("url").ok_or_else(|| {
+                setting_error("setting 'url' (file:///DIR or s3://BUCKET/PREFIX) is missing".into())
+            })?;
+            let number = |key: &str, default: u64| -> Result<u64, ProviderError> {
+                setting(key).map_or(Ok(default), |v| {
+                    v.parse().map_err(|_| {
+                        setting_error(format!("setting '{key}' {v:?}: expected a number"))
+                    })
+                })
+            };
+            let chunk_size = number("chunk_size", object::DEFAULT_CHUNK_SIZE)?;
+            let cache_mib = number("cache_mib", (object::DEFAULT_CACHE_BYTES >> 20) as u64)?;
+            Ok(Arc::new(ObjectProvider::open(
+                &config.id,
+                url,
+                chunk_size,
+                (cache_mib as usize) << 20,
+            )?))
         }
         "remote" => {
             let url = setting("url").ok_or_else(|| {

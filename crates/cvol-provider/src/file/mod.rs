@@ -544,13 +544,10 @@ impl Provider for FileProvider {
             }
             None => self.take(id, &dir, host)?,
         };
-        let access = DataAccess::File {
-            data: dir.join(DATA),
-            fence: dir.join(FENCE),
-        };
-        let DataAccess::File { data, fence } = &access;
-        let device = FileBlockDevice::open(data, fence, generation, true)
-            .map_err(|e| self.io("open", data, e))?;
+        let (data, fence) = (dir.join(DATA), dir.join(FENCE));
+        let device = FileBlockDevice::open(&data, &fence, generation, true)
+            .map_err(|e| self.io("open", &data, e))?;
+        let access = DataAccess::File { data, fence };
         Ok(Attachment {
             volume: id.clone(),
             host: host.to_string(),

@@ -458,12 +458,7 @@ impl Provider for RemoteProvider {
                 body.volume, body.host_id
             )));
         }
-        let device = body.access.open(body.generation).map_err(|e| {
-            self.service(format!(
-                "cannot reach volume {id} through {:?}: {e}",
-                body.access
-            ))
-        })?;
+        let device = body.access.open(id, body.generation)?;
         Ok(Attachment {
             volume: id.clone(),
             host: host.to_string(),

@@ -1,0 +1,482 @@
+//! The data plane of an object-pool volume: chunks cached in memory, written back on
+//! flush.
+//!
+//! Writes change cached chunks ("dirty"); `flush` uploads every dirty chunk to a new key,
+//! then commits a manifest naming them. Nothing is overwritten in place, so a crash at
+//! any moment leaves the last committed manifest, whole. The cache holds at most
+//! `cache_bytes`: clean chunks are evicted least recently used first, and when dirty
+//! chunks alone exceed it they are uploaded early (committed by the next flush).
+//!
+//! A flush commits only while this device's attachment generation is the volume's
+//! newest, checked before and after the commit: a takeover writes its first manifest
+//! after raising the generation, so a commit that a check after it still sees as current
+//! was made before the takeover read the volume, and is part of what the new holder has.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cvol_format::VolumeId;
+use futures::StreamExt;
+use object_store::PutMode;
+
+use super::layout::{AttachmentRecord, Layout, Manifest};
+use super::store::Store;
+use crate::{BlockDevice, BlockError, BlockExtent};
+
+/// Uploads and downloads in flight at once.
+const PARALLEL: usize = 8;
+
+struct Cached {
+    data: Arc<Vec<u8>>,
+    dirty: bool,
+    used: u64,
+}
+
+struct State {
+    /// The chunk map as of the last upload: committed, or uploaded early.
+    chunks: BTreeMap<u64, String>,
+    cache: HashMap<u64, Cached>,
+    clock: u64,
+    seq: u64,
+    last_read: Option<u64>,
+    /// Changed since the last commit.
+    pending: bool,
+}
+
+impl State {
+    fn touch(&mut self, index: u64) {
+        self.clock += 1;
+        if let Some(c) = self.cache.get_mut(&index) {
+            c.used = self.clock;
+        }
+    }
+}
+
+/// An attached object-pool volume.
+pub(crate) struct ObjectBlockDevice {
+    store: Store,
+    layout: Layout,
+    volume: VolumeId,
+    generation: u64,
+    size: u64,
+    chunk_size: u64,
+    cache_bytes: usize,
+    state: Arc<Mutex<State>>,
+    /// One flush at a time, so that manifests are committed in order.
+    flushing: Mutex<()>,
+}
+
+fn io(message: String) -> BlockError {
+    BlockError::Io(std::io::Error::other(message))
+}
+
+impl ObjectBlockDevice {
+    /// The device of attachment `generation`, starting from `manifest`.
+    pub(crate) fn new(
+        store: Store,
+        layout: Layout,
+        volume: VolumeId,
+        generation: u64,
+        manifest: Manifest,
+        cache_bytes: usize,
+    ) -> Self {
+        let seq = if manifest.generation == generation {
+            manifest.seq
+        } else {
+            0
+        };
+        Self {
+            store,
+            layout,
+            volume,
+            generation,
+            size: manifest.size,
+            chunk_size: manifest.chunk_size,
+            cache_bytes,
+            state: Arc::new(Mutex::new(State {
+                chunks: manifest.chunks,
+                cache: HashMap::new(),
+                clock: 0,
+                seq,
+                last_read: None,
+                pending: false,
+            })),
+            flushing: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("device state lock")
+    }
+
+    /// The bytes of chunk `index` as stored (zeros if it has none), from the cache or
+    /// the store.
+    fn load(&self, index: u64) -> Result<Arc<Vec<u8>>, BlockError> {
+        let key = {
+            let mut state = self.lock();
+            if state.cache.contains_key(&index) {
+                state.touch(index);
+                return Ok(state.cache[&index].data.clone());
+            }
+            state.chunks.get(&index).cloned()
+        };
+        let data = match key {
+            None => vec![0u8; self.chunk_size as usize],
+            Some(key) => self.fetch(&key)?,
+        };
+        let mut state = self.lock();
+        // Another thread may have loaded or written it meanwhile: theirs is newer.
+        let clock = state.clock + 1;
+        state.clock = clock;
+        let entry = state.cache.entry(index).or_insert(Cached {
+            data: Arc::new(data),
+            dirty: false,
+            used: clock,
+        });
+        Ok(entry.data.clone())
+    }
+
+    fn fetch(&self, key: &str) -> Result<Vec<u8>, BlockError> {
+        let path = self.layout.chunk(key);
+        let bytes = self
+            .store
+            .get(&path)
+            .map_err(|e| io(self.store.error("read", &path, e).to_string()))?;
+        if bytes.len() as u64 != self.chunk_size {
+            return Err(io(format!(
+                "chunk {path} has {} bytes, not {}",
+                bytes.len(),
+                self.chunk_size
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Starts loading chunk `index` in the background, if it is stored and not cached.
+    fn read_ahead(&self, index: u64) {
+        if index * self.chunk_size >= self.size {
+            return;
+        }
+        let key = {
+            let state = self.lock();
+            if state.cache.contains_key(&index) {
+                return;
+            }
+            match state.chunks.get(&index) {
+                Some(key) => key.clone(),
+                None => return,
+            }
+        };
+        let (store, path, state, chunk_size) = (
+            self.store.inner.clone(),
+            self.layout.chunk(&key),
+            self.state.clone(),
+            self.chunk_size,
+        );
+        self.store.runtime.spawn(async move {
+            let Ok(bytes) = store.get(&path).await else {
+                return;
+            };
+            let Ok(bytes) = bytes.bytes().await else {
+                return;
+            };
+            if bytes.len() as u64 != chunk_size {
+                return;
+            }
+            let mut state = state.lock().expect("device state lock");
+            // Only if the map still names that chunk: a write or discard may have won.
+            if state.chunks.get(&index) == Some(&key) && !state.cache.contains_key(&index) {
+                let used = state.clock;
+                state.cache.insert(
+                    index,
+                    Cached {
+                        data: Arc::new(bytes.to_vec()),
+                        dirty: false,
+                        used,
+                    },
+                );
+            }
+        });
+    }
+
+    /// Applies `change` to chunk `index`, marking it dirty.
+    fn modify(&self, index: u64, change: impl FnOnce(&mut [u8])) -> Result<(), BlockError> {
+        let full = self.load(index)?;
+        let mut state = self.lock();
+        state.clock += 1;
+        let clock = state.clock;
+        let entry = state.cache.entry(index).or_insert(Cached {
+            data: full,
+            dirty: false,
+            used: clock,
+        });
+        change(Arc::make_mut(&mut entry.data).as_mut_slice());
+        entry.dirty = true;
+        entry.used = clock;
+        state.pending = true;
+        Ok(())
+    }
+
+    /// Keeps the cache within its budget: evicts clean chunks, least recently used
+    /// first, and uploads dirty ones when they alone fill it.
+    fn trim(&self) -> Result<(), BlockError> {
+        let dirty_bytes = {
+            let mut state = self.lock();
+            let mut total: usize = state.cache.values().map(|c| c.data.len()).sum();
+            if total <= self.cache_bytes {
+                return Ok(());
+            }
+            let mut clean: Vec<(u64, u64)> = state
+                .cache
+                .iter()
+                .filter(|(_, c)| !c.dirty)
+                .map(|(&i, c)| (c.used, i))
+                .collect();
+            clean.sort_unstable();
+            for (_, index) in clean {
+                if total <= self.cache_bytes {
+                    break;
+                }
+                total -= state.cache.remove(&index).map_or(0, |c| c.data.len());
+            }
+            total
+        };
+        if dirty_bytes > self.cache_bytes {
+            self.upload_dirty()?;
+        }
+        Ok(())
+    }
+
+    /// Uploads every dirty chunk to a new key and records the key in the map (not yet
+    /// committed). Returns the map to commit.
+    fn upload_dirty(&self) -> Result<BTreeMap<u64, String>, BlockError> {
+        let (dirty, mut map) = {
+            let state = self.lock();
+            let dirty: Vec<(u64, Arc<Vec<u8>>)> = state
+                .cache
+                .iter()
+                .filter(|(_, c)| c.dirty)
+                .map(|(&i, c)| (i, c.data.clone()))
+                .collect();
+            (dirty, state.chunks.clone())
+        };
+        let mut uploads = Vec::new();
+        for (index, data) in &dirty {
+            if data.iter().all(|&b| b == 0) {
+                // A chunk of zeros needs no object: no key reads as zeros.
+                map.remove(index);
+                uploads.push((*index, None));
+            } else {
+                let key = self.layout.new_chunk(&self.volume, self.generation);
+                map.insert(*index, key.clone());
+                uploads.push((*index, Some((key, data.clone()))));
+            }
+        }
+        let store = self.store.inner.clone();
+        let layout = self.layout.clone();
+        let puts = uploads
+            .iter()
+            .filter_map(|(_, u)| u.clone())
+            .map(|(key, data)| {
+                let (store, path) = (store.clone(), layout.chunk(&key));
+                async move {
+                    store
+                        .put_opts(
+                            &path,
+                            Bytes::from(data.as_ref().clone()).into(),
+                            object_store::PutOptions {
+                                mode: PutMode::Create,
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .collect::<Vec<_>>();
+        self.store
+            .block(async move {
+                let results: Vec<_> = futures::stream::iter(puts)
+                    .buffer_unordered(PARALLEL)
+                    .collect()
+                    .await;
+                results.into_iter().collect::<Result<Vec<()>, _>>()
+            })
+            .map_err(|e| {
+                io(self
+                    .store
+                    .error("upload chunks of", &self.layout.volume_dir(&self.volume), e)
+                    .to_string())
+            })?;
+        let mut state = self.lock();
+        for ((index, data), (_, upload)) in dirty.iter().zip(&uploads) {
+            let unchanged = state
+                .cache
+                .get(index)
+                .is_some_and(|c| Arc::ptr_eq(&c.data, data));
+            if unchanged {
+                state.cache.get_mut(index).expect("cached").dirty = false;
+                match upload {
+                    Some((key, _)) => {
+                        state.chunks.insert(*index, key.clone());
+                    }
+                    None => {
+                        state.chunks.remove(index);
+                    }
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// Fails unless this device's generation is the volume's newest.
+    fn check_fence(&self) -> Result<(), BlockError> {
+        let path = self.layout.attachment(&self.volume);
+        let record: Option<AttachmentRecord> =
+            self.store.get_json(&path).map_err(|e| io(e.to_string()))?;
+        let current = record.map_or(0, |r| r.generation);
+        if current != self.generation {
+            return Err(BlockError::Fenced {
+                generation: self.generation,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    fn chunks_of(&self, offset: u64, len: u64) -> impl Iterator<Item = (u64, usize, usize)> {
+        let cs = self.chunk_size;
+        let end = offset + len;
+        (offset / cs..end.div_ceil(cs)).map(move |index| {
+            let start = (index * cs).max(offset);
+            let stop = ((index + 1) * cs).min(end);
+            (
+                index,
+                (start - index * cs) as usize,
+                (stop - start) as usize,
+            )
+        })
+    }
+}
+
+impl BlockDevice for ObjectBlockDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let mut done = 0;
+        for (index, at, n) in self.chunks_of(offset, buf.len() as u64) {
+            let sequential = {
+                let mut state = self.lock();
+                let sequential = state.last_read.is_some_and(|last| last + 1 == index);
+                state.last_read = Some(index);
+                sequential
+            };
+            if sequential {
+                self.read_ahead(index + 1);
+            }
+            let data = self.load(index)?;
+            buf[done..done + n].copy_from_slice(&data[at..at + n]);
+            done += n;
+        }
+        self.trim()
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let mut done = 0;
+        for (index, at, n) in self.chunks_of(offset, buf.len() as u64) {
+            let part = &buf[done..done + n];
+            self.modify(index, |chunk| chunk[at..at + n].copy_from_slice(part))?;
+            done += n;
+        }
+        self.trim()
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        let _one = self.flushing.lock().expect("flush lock");
+        let (pending, seq) = {
+            let mut state = self.lock();
+            (std::mem::take(&mut state.pending), state.seq)
+        };
+        if !pending {
+            return self.check_fence();
+        }
+        let committed = self.check_fence().and_then(|()| {
+            let manifest = Manifest {
+                size: self.size,
+                chunk_size: self.chunk_size,
+                generation: self.generation,
+                seq: seq + 1,
+                chunks: self.upload_dirty()?,
+            };
+            let path = self.layout.manifest(&self.volume, self.generation, seq + 1);
+            self.store
+                .put_json(&path, &manifest, PutMode::Create)
+                .map_err(|e| io(self.store.error("commit", &path, e).to_string()))
+        });
+        let mut state = self.lock();
+        match committed {
+            Ok(()) => state.seq = seq + 1,
+            Err(e) => {
+                state.pending = true;
+                return Err(e);
+            }
+        }
+        drop(state);
+        self.check_fence()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.check_range(offset, len)?;
+        for (index, at, n) in self.chunks_of(offset, len) {
+            if n as u64 == self.chunk_size {
+                // A whole chunk: its zeros need no bytes, cached or stored.
+                let mut state = self.lock();
+                state.chunks.remove(&index);
+                state.pending = true;
+                state.clock += 1;
+                let used = state.clock;
+                state.cache.insert(
+                    index,
+                    Cached {
+                        data: Arc::new(vec![0; self.chunk_size as usize]),
+                        dirty: true,
+                        used,
+                    },
+                );
+            } else {
+                self.modify(index, |chunk| chunk[at..at + n].fill(0))?;
+            }
+        }
+        self.trim()
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.discard(offset, len)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
+        self.check_range(offset, len)?;
+        let state = self.lock();
+        let mut runs: Vec<BlockExtent> = Vec::new();
+        for (index, _, n) in self.chunks_of(offset, len) {
+            let hole = !state.chunks.contains_key(&index)
+                && state
+                    .cache
+                    .get(&index)
+                    .is_none_or(|c| c.data.iter().all(|&b| b == 0));
+            match runs.last_mut() {
+                Some(last) if last.hole == hole => last.length += n as u64,
+                _ => runs.push(BlockExtent {
+                    length: n as u64,
+                    hole,
+                }),
+            }
+        }
+        Ok(runs)
+    }
+}

@@ -1,0 +1,172 @@
+//! Where an object pool keeps what, and the records it writes.
+//!
+//! ```text
+//! pool.json                                   chunk size (fixed when the pool is made)
+//! volumes/<vol>/volume.json                   owner, creation time; the volume exists iff this does
+//! volumes/<vol>/manifests/<gen>-<seq>.json    one committed version: size and chunk map
+//! volumes/<vol>/snapshots/<name>.json         a frozen manifest
+//! volumes/<vol>/attachment.json               holder and generation
+//! chunks/<vol>/<gen>-<uuid>                   one chunk's bytes, never overwritten
+//! ```
+//! Generations and sequence numbers are zero-padded, so that names sort as numbers: the
+//! newest manifest of a volume is the last one listed. Chunk keys name the volume and
+//! generation that wrote them but not their content or place: a clone's manifest names
+//! its origin's chunks until it writes its own.
+
+use std::collections::BTreeMap;
+
+use cvol_format::{SnapshotName, VolumeId};
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+/// Keys of one pool, under its prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    root: Path,
+}
+
+impl Layout {
+    pub(crate) fn new(root: Path) -> Self {
+        Self { root }
+    }
+
+    fn child(&self, parts: &[&str]) -> Path {
+        parts
+            .iter()
+            .fold(self.root.clone(), |p, part| p.child(*part))
+    }
+
+    pub(crate) fn pool(&self) -> Path {
+        self.child(&["pool.json"])
+    }
+
+    pub(crate) fn volumes(&self) -> Path {
+        self.child(&["volumes"])
+    }
+
+    pub(crate) fn volume(&self, id: &VolumeId) -> Path {
+        self.child(&["volumes", id.as_str(), "volume.json"])
+    }
+
+    pub(crate) fn volume_dir(&self, id: &VolumeId) -> Path {
+        self.child(&["volumes", id.as_str()])
+    }
+
+    pub(crate) fn manifests(&self, id: &VolumeId) -> Path {
+        self.child(&["volumes", id.as_str(), "manifests"])
+    }
+
+    pub(crate) fn manifest(&self, id: &VolumeId, generation: u64, seq: u64) -> Path {
+        self.manifests(id)
+            .child(format!("{generation:020}-{seq:020}.json"))
+    }
+
+    pub(crate) fn snapshots(&self, id: &VolumeId) -> Path {
+        self.child(&["volumes", id.as_str(), "snapshots"])
+    }
+
+    pub(crate) fn snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Path {
+        self.snapshots(id).child(format!("{name}.json"))
+    }
+
+    pub(crate) fn attachment(&self, id: &VolumeId) -> Path {
+        self.child(&["volumes", id.as_str(), "attachment.json"])
+    }
+
+    pub(crate) fn chunks(&self) -> Path {
+        self.child(&["chunks"])
+    }
+
+    /// A fresh key for a chunk written by `volume` at `generation`.
+    pub(crate) fn new_chunk(&self, volume: &VolumeId, generation: u64) -> String {
+        format!(
+            "{volume}/{generation:020}-{}",
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    /// The object of chunk `key` (as a manifest names it).
+    pub(crate) fn chunk(&self, key: &str) -> Path {
+        key.split('/').fold(self.chunks(), |p, part| p.child(part))
+    }
+
+    /// The chunk key of a chunk object, the inverse of [`Layout::chunk`].
+    pub(crate) fn chunk_key(&self, object: &Path) -> Option<String> {
+        let parts: Vec<_> = object
+            .prefix_match(&self.chunks())?
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        (parts.len() == 2).then(|| parts.join("/"))
+    }
+}
+
+/// Parses a manifest's object name `<gen>-<seq>.json`.
+pub(crate) fn manifest_version(name: &str) -> Option<(u64, u64)> {
+    let (generation, seq) = name.strip_suffix(".json")?.split_once('-')?;
+    Some((generation.parse().ok()?, seq.parse().ok()?))
+}
+
+/// `pool.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PoolRecord {
+    pub(crate) chunk_size: u64,
+}
+
+/// `volume.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VolumeRecord {
+    pub(crate) owner: String,
+    pub(crate) created_unix_ms: u64,
+}
+
+/// One committed version of a volume: its size and which chunk holds each chunk-sized
+/// piece (pieces without a chunk read as zeros).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Manifest {
+    pub(crate) size: u64,
+    pub(crate) chunk_size: u64,
+    pub(crate) generation: u64,
+    pub(crate) seq: u64,
+    pub(crate) chunks: BTreeMap<u64, String>,
+}
+
+impl Manifest {
+    /// Checks what a parser cannot: chunk indexes within the size.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.chunk_size == 0 || !self.chunk_size.is_power_of_two() {
+            return Err(format!(
+                "chunk size {} is not a power of two",
+                self.chunk_size
+            ));
+        }
+        let count = self.size.div_ceil(self.chunk_size);
+        if let Some((&last, _)) = self.chunks.last_key_value() {
+            if last >= count {
+                return Err(format!(
+                    "chunk {last} lies beyond the end ({} bytes)",
+                    self.size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot: a manifest frozen at a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SnapshotRecord {
+    pub(crate) created_unix_ms: u64,
+    pub(crate) manifest: Manifest,
+}
+
+/// `attachment.json`: kept after a detach (holder none) so that generations only grow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AttachmentRecord {
+    pub(crate) holder: Option<String>,
+    pub(crate) generation: u64,
+}

@@ -1,0 +1,591 @@
+//! The `object` provider: volumes as fixed-size chunks in an object store
+//! (`object_store`: a local directory, or any S3-compatible store), each version named by
+//! a manifest, so that snapshots and clones copy manifests, never data. See `layout.rs`
+//! for the keys, `device.rs` for the data plane and `gc.rs` for reclaiming chunks.
+//!
+//! Which host holds a volume is recorded in the store, but object stores offer no lock
+//! that every S3 implementation honours (Garage accepts a create over an existing key):
+//! with several hosts, the provider service is what keeps attachments exclusive. What
+//! the store itself guarantees is fencing: a holder whose generation is not the newest
+//! cannot commit (device.rs).
+
+mod device;
+mod gc;
+mod layout;
+mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cvol_format::{ProviderId, SnapshotName, VolumeId, SECTOR_SIZE};
+use object_store::path::Path;
+use object_store::PutMode;
+
+use device::ObjectBlockDevice;
+pub use gc::GcReport;
+use layout::{
+    manifest_version, AttachmentRecord, Layout, Manifest, PoolRecord, SnapshotRecord, VolumeRecord,
+};
+use store::{Store, StoreError};
+
+use crate::{
+    Attachment, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume, VolumeSource,
+};
+
+/// Chunk size of a new pool unless its settings say otherwise.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+
+/// Memory for cached chunks per attached volume unless the settings say otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// Leftovers of interrupted work older than this are reclaimed.
+const GRACE: Duration = Duration::from_secs(600);
+
+/// An object pool.
+pub struct ObjectProvider {
+    id: ProviderId,
+    url: String,
+    store: Store,
+    layout: Layout,
+    chunk_size: u64,
+    cache_bytes: usize,
+    /// Attach, detach and delete of this process, one at a time.
+    attachments: Mutex<()>,
+}
+
+impl std::fmt::Debug for ObjectProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectProvider")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The store a pool URL names, and the prefix of the pool within it.
+fn open_store(url: &str) -> Result<(Arc<dyn object_store::ObjectStore>, Path), String> {
+    if let Some(dir) = url.strip_prefix("file://") {
+        if !dir.starts_with('/') {
+            return Err(format!("{url}: expected file:///ABSOLUTE/DIR"));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| e.to_string())?;
+        return Ok((Arc::new(store), Path::default()));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url}: expected s3://BUCKET[/PREFIX]"));
+        }
+        // Endpoint, region and credentials as every AWS tool reads them
+        // (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        let store = builder.build().map_err(|e| e.to_string())?;
+        return Ok((Arc::new(store), Path::from(prefix)));
+    }
+    Err(format!(
+        "{url}: expected file:///DIR or s3://BUCKET[/PREFIX]"
+    ))
+}
+
+impl ObjectProvider {
+    /// Opens (making it if it is new) the pool at `url`: `file:///dir` or
+    /// `s3://bucket/prefix`. A new pool gets chunks of `chunk_size` bytes; an existing
+    /// one keeps its own. Each attached volume caches up to `cache_bytes` of chunks.
+    pub fn open(
+        id: &ProviderId,
+        url: &str,
+        chunk_size: u64,
+        cache_bytes: usize,
+    ) -> Result<Self, ProviderError> {
+        let refuse = |reason: String| ProviderError::Pool {
+            provider: id.to_string(),
+            path: url.into(),
+            reason,
+        };
+        if !chunk_size.is_power_of_two() || !(64 << 10..=64 << 20).contains(&chunk_size) {
+            return Err(refuse(format!(
+                "chunk size {chunk_size}: expected a power of two from 64 KiB to 64 MiB"
+            )));
+        }
+        let (inner, root) = open_store(url).map_err(refuse)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cvol-object")
+            .enable_all()
+            .build()
+            .map_err(|e| refuse(e.to_string()))?;
+        let store = Store {
+            provider: id.to_string(),
+            location: format!("object:{url}"),
+            inner,
+            runtime: Arc::new(runtime),
+        };
+        let layout = Layout::new(root);
+        let chunk_size = match store.get_json::<PoolRecord>(&layout.pool())? {
+            Some(pool) => pool.chunk_size,
+            None => {
+                let record = PoolRecord { chunk_size };
+                match store.put_json(&layout.pool(), &record, PutMode::Create) {
+                    Ok(()) | Err(StoreError::Exists) => {}
+                    Err(e) => {
+                        return Err(refuse(store.error("create", &layout.pool(), e).to_string()))
+                    }
+                }
+                store
+                    .get_json::<PoolRecord>(&layout.pool())?
+                    .ok_or_else(|| refuse("pool.json vanished after it was made".into()))?
+                    .chunk_size
+            }
+        };
+        Ok(Self {
+            id: id.clone(),
+            url: url.to_string(),
+            store,
+            layout,
+            chunk_size,
+            cache_bytes,
+            attachments: Mutex::new(()),
+        })
+    }
+
+    fn not_found(&self, id: &VolumeId) -> ProviderError {
+        ProviderError::VolumeNotFound {
+            provider: self.id.to_string(),
+            volume: id.to_string(),
+        }
+    }
+
+    fn corrupt(&self, path: &Path, message: String) -> ProviderError {
+        ProviderError::Corrupt {
+            provider: self.id.to_string(),
+            path: format!("{}/{path}", self.store.location).into(),
+            message,
+        }
+    }
+
+    fn record(&self, id: &VolumeId) -> Result<VolumeRecord, ProviderError> {
+        self.store
+            .get_json(&self.layout.volume(id))?
+            .ok_or_else(|| self.not_found(id))
+    }
+
+    /// The newest manifest of volume `id`: the highest (generation, sequence).
+    fn latest(&self, id: &VolumeId) -> Result<Manifest, ProviderError> {
+        let prefix = self.layout.manifests(id);
+        let newest = self
+            .store
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|m| Some((manifest_version(m.location.filename()?)?, m.location)))
+            .max_by_key(|(version, _)| *version);
+        let Some((_, path)) = newest else {
+            return Err(self.corrupt(&prefix, "the volume has no manifest".into()));
+        };
+        let manifest: Manifest = self
+            .store
+            .get_json(&path)?
+            .ok_or_else(|| self.corrupt(&path, "vanished while read".into()))?;
+        manifest.validate().map_err(|m| self.corrupt(&path, m))?;
+        Ok(manifest)
+    }
+
+    fn attachment(&self, id: &VolumeId) -> Result<AttachmentRecord, ProviderError> {
+        Ok(self
+            .store
+            .get_json(&self.layout.attachment(id))?
+            .unwrap_or(AttachmentRecord {
+                holder: None,
+                generation: 0,
+            }))
+    }
+
+    fn put_attachment(
+        &self,
+        id: &VolumeId,
+        record: &AttachmentRecord,
+    ) -> Result<(), ProviderError> {
+        let path = self.layout.attachment(id);
+        self.store
+            .put_json(&path, record, PutMode::Overwrite)
+            .map_err(|e| self.store.error("write", &path, e))
+    }
+
+    fn refuse_attached(&self, id: &VolumeId) -> Result<(), ProviderError> {
+        if let Some(holder) = self.attachment(id)?.holder {
+            return Err(ProviderError::AttachedElsewhere {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                holder,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), ProviderError> {
+        if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
+            return Err(ProviderError::InvalidSize {
+                provider: self.id.to_string(),
+                size,
+                reason: "must be a non-zero multiple of 512".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn snapshot_record(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+    ) -> Result<SnapshotRecord, ProviderError> {
+        self.record(id)?;
+        self.store
+            .get_json(&self.layout.snapshot(id, name))?
+            .ok_or_else(|| ProviderError::SnapshotNotFound {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                snapshot: name.to_string(),
+            })
+    }
+
+    /// Deletes chunks no manifest or snapshot names, and manifests newer ones superseded,
+    /// once older than `grace`; only reports them unless `apply`. See gc.rs.
+    pub fn gc(&self, grace: Duration, apply: bool) -> Result<GcReport, ProviderError> {
+        gc::collect(&self.store, &self.layout, grace, apply)
+    }
+
+    /// The device of attachment `generation` of volume `id`, from its newest manifest.
+    pub(crate) fn device(
+        &self,
+        id: &VolumeId,
+        generation: u64,
+    ) -> Result<ObjectBlockDevice, ProviderError> {
+        self.record(id)?;
+        Ok(ObjectBlockDevice::new(
+            self.store.clone(),
+            self.layout.clone(),
+            id.clone(),
+            generation,
+            self.latest(id)?,
+            self.cache_bytes,
+        ))
+    }
+
+    fn volume_of(&self, id: &VolumeId, record: VolumeRecord) -> Result<Volume, ProviderError> {
+        Ok(Volume {
+            id: id.clone(),
+            size: self.latest(id)?.size,
+            owner: record.owner,
+            created: from_ms(record.created_unix_ms),
+            attached_to: self.attachment(id)?.holder,
+        })
+    }
+}
+
+impl Provider for ObjectProvider {
+    fn location(&self) -> String {
+        self.store.location.clone()
+    }
+
+    fn create_volume(
+        &self,
+        id: &VolumeId,
+        source: &VolumeSource,
+        owner: &str,
+        _progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError> {
+        if self
+            .store
+            .get_json::<VolumeRecord>(&self.layout.volume(id))?
+            .is_some()
+        {
+            return Err(ProviderError::VolumeExists {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+            });
+        }
+        // A copy names the chunks of its origin: no data moves.
+        let (size, chunks) = match source {
+            VolumeSource::Blank { size } => {
+                self.check_size(*size)?;
+                (*size, Default::default())
+            }
+            VolumeSource::Volume(from) => {
+                self.record(from)?;
+                let m = self.latest(from)?;
+                (m.size, m.chunks)
+            }
+            VolumeSource::Snapshot(from, name) => {
+                let m = self.snapshot_record(from, name)?.manifest;
+                (m.size, m.chunks)
+            }
+        };
+        let manifest = Manifest {
+            size,
+            chunk_size: self.chunk_size,
+            generation: 0,
+            seq: 0,
+            chunks,
+        };
+        let path = self.layout.manifest(id, 0, 0);
+        self.store
+            .put_json(&path, &manifest, PutMode::Overwrite)
+            .map_err(|e| self.store.error("write", &path, e))?;
+        // The volume exists from here on.
+        let record = VolumeRecord {
+            owner: owner.to_string(),
+            created_unix_ms: now_ms(),
+        };
+        let path = self.layout.volume(id);
+        match self.store.put_json(&path, &record, PutMode::Create) {
+            Ok(()) => {}
+            Err(StoreError::Exists) => {
+                return Err(ProviderError::VolumeExists {
+                    provider: self.id.to_string(),
+                    volume: id.to_string(),
+                })
+            }
+            Err(e) => return Err(self.store.error("write", &path, e)),
+        }
+        self.volume_of(id, record)
+    }
+
+    fn volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
+        let record = self.record(id)?;
+        self.volume_of(id, record)
+    }
+
+    fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {
+        let mut volumes = Vec::new();
+        for name in self.store.list_dirs(&self.layout.volumes())? {
+            let Ok(id) = VolumeId::new(&name) else {
+                tracing::warn!(provider = %self.id, "ignoring volumes/{name}: not a volume");
+                continue;
+            };
+            // Half made or half deleted: not a volume (reclaim_interrupted removes it).
+            let Some(record) = self
+                .store
+                .get_json::<VolumeRecord>(&self.layout.volume(&id))?
+            else {
+                continue;
+            };
+            volumes.push(self.volume_of(&id, record)?);
+        }
+        volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(volumes)
+    }
+
+    fn resize_volume(
+        &self,
+        id: &VolumeId,
+        size: u64,
+        allow_shrink: bool,
+    ) -> Result<Volume, ProviderError> {
+        self.check_size(size)?;
+        let _one = self.attachments.lock().expect("attachment lock");
+        let record = self.record(id)?;
+        // An attached device knows the size it was attached with.
+        self.refuse_attached(id)?;
+        let mut manifest = self.latest(id)?;
+        if size < manifest.size && !allow_shrink {
+            return Err(ProviderError::ShrinkRefused {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                from: manifest.size,
+                to: size,
+            });
+        }
+        let count = size.div_ceil(manifest.chunk_size);
+        manifest.chunks.retain(|&index, _| index < count);
+        manifest.size = size;
+        manifest.seq += 1;
+        let path = self.layout.manifest(id, manifest.generation, manifest.seq);
+        self.store
+            .put_json(&path, &manifest, PutMode::Create)
+            .map_err(|e| self.store.error("write", &path, e))?;
+        self.volume_of(id, record)
+    }
+
+    fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError> {
+        let _one = self.attachments.lock().expect("attachment lock");
+        self.record(id)?;
+        self.refuse_attached(id)?;
+        // Gone with its record; the rest is leftovers, and chunks are gc's.
+        self.store.delete(&self.layout.volume(id))?;
+        for object in self.store.list(&self.layout.volume_dir(id))? {
+            self.store.delete(&object.location)?;
+        }
+        Ok(())
+    }
+
+    fn create_snapshot(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        _progress: &dyn CopyProgress,
+    ) -> Result<Snapshot, ProviderError> {
+        self.record(id)?;
+        let record = SnapshotRecord {
+            created_unix_ms: now_ms(),
+            manifest: self.latest(id)?,
+        };
+        let path = self.layout.snapshot(id, name);
+        match self.store.put_json(&path, &record, PutMode::Create) {
+            Ok(()) => Ok(Snapshot {
+                name: name.clone(),
+                size: record.manifest.size,
+                created: from_ms(record.created_unix_ms),
+            }),
+            Err(StoreError::Exists) => Err(ProviderError::SnapshotExists {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                snapshot: name.to_string(),
+            }),
+            Err(e) => Err(self.store.error("write", &path, e)),
+        }
+    }
+
+    fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError> {
+        self.record(id)?;
+        let mut snapshots = Vec::new();
+        for object in self.store.list(&self.layout.snapshots(id))? {
+            let Some(name) = object
+                .location
+                .filename()
+                .and_then(|f| f.strip_suffix(".json"))
+                .and_then(|n| SnapshotName::new(n).ok())
+            else {
+                continue;
+            };
+            let record = self.snapshot_record(id, &name)?;
+            snapshots.push(Snapshot {
+                name,
+                size: record.manifest.size,
+                created: from_ms(record.created_unix_ms),
+            });
+        }
+        snapshots.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
+        Ok(snapshots)
+    }
+
+    fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError> {
+        self.snapshot_record(id, name)?;
+        self.store.delete(&self.layout.snapshot(id, name))
+    }
+
+    fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {
+        let _one = self.attachments.lock().expect("attachment lock");
+        self.record(id)?;
+        let held = self.attachment(id)?;
+        let generation = match held.holder.as_deref() {
+            Some(holder) if holder == host => held.generation,
+            Some(holder) if !force => {
+                return Err(ProviderError::AttachedElsewhere {
+                    provider: self.id.to_string(),
+                    volume: id.to_string(),
+                    holder: holder.to_string(),
+                })
+            }
+            previous => {
+                if let Some(previous) = previous {
+                    tracing::warn!(provider = %self.id, volume = %id, "host {host:?} takes the volume over from host {previous:?}");
+                }
+                // Raise the generation first, then read and restate the newest manifest
+                // under it: what the old holder commits after this is never newest.
+                let generation = held.generation + 1;
+                self.put_attachment(
+                    id,
+                    &AttachmentRecord {
+                        holder: Some(host.to_string()),
+                        generation,
+                    },
+                )?;
+                let mut manifest = self.latest(id)?;
+                manifest.generation = generation;
+                manifest.seq = 0;
+                let path = self.layout.manifest(id, generation, 0);
+                self.store
+                    .put_json(&path, &manifest, PutMode::Overwrite)
+                    .map_err(|e| self.store.error("write", &path, e))?;
+                generation
+            }
+        };
+        Ok(Attachment {
+            volume: id.clone(),
+            host: host.to_string(),
+            generation,
+            access: DataAccess::Object {
+                url: self.url.clone(),
+            },
+            device: Arc::new(self.device(id, generation)?),
+        })
+    }
+
+    fn detach(&self, id: &VolumeId, host: &str) -> Result<(), ProviderError> {
+        let _one = self.attachments.lock().expect("attachment lock");
+        match self.record(id) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let held = self.attachment(id)?;
+        if held.holder.as_deref() != Some(host) {
+            return Ok(());
+        }
+        // A new generation fences what the detached device might still try to commit.
+        self.put_attachment(
+            id,
+            &AttachmentRecord {
+                holder: None,
+                generation: held.generation + 1,
+            },
+        )
+    }
+
+    fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError> {
+        let mut leftovers = Vec::new();
+        for name in self.store.list_dirs(&self.layout.volumes())? {
+            let Ok(id) = VolumeId::new(&name) else {
+                continue;
+            };
+            if self
+                .store
+                .get_json::<VolumeRecord>(&self.layout.volume(&id))?
+                .is_some()
+            {
+                continue;
+            }
+            for object in self.store.list(&self.layout.volume_dir(&id))? {
+                let age = SystemTime::now()
+                    .duration_since(object.last_modified.into())
+                    .unwrap_or_default();
+                if age >= GRACE {
+                    if apply {
+                        self.store.delete(&object.location)?;
+                    }
+                    leftovers.push(format!("{}/{}", self.store.location, object.location));
+                }
+            }
+        }
+        Ok(leftovers)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Blocking access to an `object_store` for the provider's synchronous callers, with
+//! errors that name the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ProviderError;
+
+/// How long one store call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An object store and the runtime its calls run on.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pub(crate) provider: String,
+    pub(crate) location: String,
+    pub(crate) inner: Arc<dyn ObjectStore>,
+    pub(crate) runtime: Arc<tokio::runtime::Runtime>,
+}
+
+/// What a failed store call means to a caller.
+#[derive(Debug)]
+pub(crate) enum StoreError {
+    /// The object is not there.
+    NotFound,
+    /// A create found the object there.
+    Exists,
+    /// Anything else, said for people.
+    Failed(String),
+}
+
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => Self::NotFound,
+            object_store::Error::AlreadyExists { .. } => Self::Exists,
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+impl Store {
+    /// Runs `future` to completion from a synchronous caller.
+    pub(crate) fn block<T>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, object_store::Error>> + Send,
+    ) -> Result<T, StoreError>
+    where
+        T: Send,
+    {
+        // The timer is made inside the runtime, which it needs.
+        let timed = async { tokio::time::timeout(CALL_TIMEOUT, future).await };
+        // Callers may run inside another runtime (the provider service's blocking pool);
+        // a scoped thread keeps this runtime's block_on out of theirs.
+        let result = if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| s.spawn(|| self.runtime.block_on(timed)).join())
+                .expect("a store call does not panic")
+        } else {
+            self.runtime.block_on(timed)
+        };
+        match result {
+            Ok(inner) => inner.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Failed(format!(
+                "no answer within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// The error of a store call on `path`.
+    pub(crate) fn error(&self, op: &str, path: &Path, e: StoreError) -> ProviderError {
+        let message = match e {
+            StoreError::NotFound => "not found".to_string(),
+            StoreError::Exists => "already exists".to_string(),
+            StoreError::Failed(m) => m,
+        };
+        ProviderError::Store {
+            provider: self.provider.clone(),
+            location: self.location.clone(),
+            message: format!("{op} {path}: {message}"),
+        }
+    }
+
+    pub(crate) fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
+        let store = &self.inner;
+        self.block(async move { store.get(path).await?.bytes().await })
+    }
+
+    /// Reads a JSON record; `None` if it is not there, `Corrupt` if it does not parse.
+    pub(crate) fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, ProviderError> {
+        match self.get(path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| ProviderError::Corrupt {
+                        provider: self.provider.clone(),
+                        path: format!("{}/{path}", self.location).into(),
+                        message: e.to_string(),
+                    })
+            }
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(self.error("read", path, e)),
+        }
+    }
+
+    pub(crate) fn put(&self, path: &Path, bytes: Bytes, mode: PutMode) -> Result<(), StoreError> {
+        let store = &self.inner;
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.block(async move {
+            store
+                .put_opts(path, PutPayload::from_bytes(bytes), options)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    pub(crate) fn put_json(
+        &self,
+        path: &Path,
+        record: &impl Serialize,
+        mode: PutMode,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("records serialize");
+        self.put(path, bytes.into(), mode)
+    }
+
+    /// Every object below `prefix`.
+    pub(crate) fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, ProviderError> {
+        let store = &self.inner;
+        self.block(async move { store.list(Some(prefix)).try_collect().await })
+            .map_err(|e| self.error("list", prefix, e))
+    }
+
+    /// The names of the "directories" right below `prefix`.
+    pub(crate) fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, ProviderError> {
+        let store = &self.inner;
+        let listing = self
+            .block(async move { store.list_with_delimiter(Some(prefix)).await })
+            .map_err(|e| self.error("list", prefix, e))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Deletes `path`; gone already is fine.
+    pub(crate) fn delete(&self, path: &Path) -> Result<(), ProviderError> {
+        let store = &self.inner;
+        match self.block(async move { store.delete(path).await }) {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(self.error("delete", path, e)),
+        }
+    }
+}

@@ -1,0 +1,333 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::{BlockDevice, BlockError, NoProgress};
+
+const CHUNK: u64 = 64 << 10;
+
+fn pool(dir: &std::path::Path, cache: usize) -> ObjectProvider {
+    let url = format!("file://{}", dir.display());
+    ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, CHUNK, cache).unwrap()
+}
+
+fn blank(p: &ObjectProvider, size: u64) -> VolumeId {
+    let id = VolumeId::generate();
+    p.create_volume(&id, &VolumeSource::Blank { size }, "o", &NoProgress)
+        .unwrap();
+    id
+}
+
+fn read_all(device: &dyn BlockDevice) -> Vec<u8> {
+    let mut buf = vec![0u8; device.size() as usize];
+    device.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+fn content(p: &ObjectProvider, id: &VolumeId) -> Vec<u8> {
+    read_all(&p.device(id, 0).unwrap())
+}
+
+fn chunk_objects(p: &ObjectProvider) -> usize {
+    p.store.list(&p.layout.chunks()).unwrap().len()
+}
+
+#[test]
+fn flushed_writes_survive_and_unflushed_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 1 << 20);
+    let a = p.attach(&id, "h", false).unwrap();
+    // Across a chunk boundary, and the tail.
+    a.device.write_at(b"hello", CHUNK - 2).unwrap();
+    a.device.write_at(b"end", (1 << 20) - 3).unwrap();
+    let mut buf = [0u8; 5];
+    a.device.read_at(&mut buf, CHUNK - 2).unwrap();
+    assert_eq!(&buf, b"hello", "reads see cached writes");
+    assert_eq!(
+        content(&p, &id),
+        vec![0; 1 << 20],
+        "nothing is visible before a flush"
+    );
+    a.device.flush().unwrap();
+    let after = content(&p, &id);
+    assert_eq!(&after[CHUNK as usize - 2..CHUNK as usize + 3], b"hello");
+    assert_eq!(&after[(1 << 20) - 3..], b"end");
+    // Written but never flushed: gone with the device, as with a crash.
+    a.device.write_at(b"lost", 0).unwrap();
+    drop(a);
+    p.detach(&id, "h").unwrap();
+    assert_eq!(content(&p, &id), after);
+    let extents = p
+        .attach(&id, "h", false)
+        .unwrap()
+        .device
+        .extents(0, 1 << 20)
+        .unwrap();
+    assert_eq!(
+        extents
+            .iter()
+            .filter(|e| !e.hole)
+            .map(|e| e.length)
+            .sum::<u64>(),
+        3 * CHUNK,
+        "{extents:?}"
+    );
+}
+
+#[test]
+fn a_small_cache_writes_back_early_and_reads_back_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 4 * CHUNK as usize);
+    let id = blank(&p, 64 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    let data: Vec<u8> = (0..64 * CHUNK).map(|i| (i * 7 % 251) as u8).collect();
+    for (n, piece) in data.chunks(100_000).enumerate() {
+        device.write_at(piece, n as u64 * 100_000).unwrap();
+    }
+    assert!(
+        chunk_objects(&p) > 0,
+        "dirty chunks beyond the cache were uploaded early"
+    );
+    assert_eq!(read_all(&*device), data);
+    device.flush().unwrap();
+    assert_eq!(content(&p, &id), data);
+}
+
+#[test]
+fn snapshots_and_clones_copy_no_data_and_stay_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 16 * CHUNK);
+    let a = p.attach(&id, "h", false).unwrap();
+    a.device.write_at(&[1; 4096], 0).unwrap();
+    a.device.write_at(&[2; 4096], 9 * CHUNK).unwrap();
+    a.device.flush().unwrap();
+    let chunks = chunk_objects(&p);
+    let snap = SnapshotName::new("s").unwrap();
+    p.create_snapshot(&id, &snap, &NoProgress).unwrap();
+    let clone = VolumeId::generate();
+    p.create_volume(
+        &clone,
+        &VolumeSource::Snapshot(id.clone(), snap.clone()),
+        "o",
+        &NoProgress,
+    )
+    .unwrap();
+    let live = VolumeId::generate();
+    p.create_volume(&live, &VolumeSource::Volume(id.clone()), "o", &NoProgress)
+        .unwrap();
+    assert_eq!(
+        chunk_objects(&p),
+        chunks,
+        "a snapshot or clone copied chunks"
+    );
+    let before = content(&p, &id);
+    assert_eq!(content(&p, &clone), before);
+    assert_eq!(content(&p, &live), before);
+
+    let c = p.attach(&clone, "h", false).unwrap();
+    c.device.write_at(&[3; 4096], 0).unwrap();
+    c.device.flush().unwrap();
+    a.device.write_at(&[4; 4096], 9 * CHUNK).unwrap();
+    a.device.flush().unwrap();
+    assert_eq!(
+        &content(&p, &id)[..4096],
+        &[1; 4096],
+        "the clone's write reached the origin"
+    );
+    assert_eq!(
+        &content(&p, &clone)[9 * CHUNK as usize..][..4096],
+        &[2; 4096],
+        "the origin's write reached the clone"
+    );
+    assert_eq!(&content(&p, &live)[..4096], &[1; 4096]);
+    assert_eq!(p.list_snapshots(&id).unwrap().len(), 1);
+    assert!(matches!(
+        p.create_snapshot(&id, &snap, &NoProgress),
+        Err(ProviderError::SnapshotExists { .. })
+    ));
+}
+
+#[test]
+fn a_takeover_fences_the_old_holder_and_keeps_its_last_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 4 * CHUNK);
+    let old = p.attach(&id, "a", false).unwrap();
+    old.device.write_at(b"flushed by a", 0).unwrap();
+    old.device.flush().unwrap();
+    old.device.write_at(b"never flushed", CHUNK).unwrap();
+    let err = p.attach(&id, "b", false).unwrap_err();
+    assert!(
+        matches!(err, ProviderError::AttachedElsewhere { ref holder, .. } if holder == "a"),
+        "{err}"
+    );
+    let new = p.attach(&id, "b", true).unwrap();
+    assert!(new.generation > old.generation);
+    match old.device.flush() {
+        Err(BlockError::Fenced {
+            generation,
+            current,
+        }) => {
+            assert_eq!((generation, current), (old.generation, new.generation))
+        }
+        other => panic!("the old holder committed: {other:?}"),
+    }
+    let seen = read_all(&*new.device);
+    assert_eq!(&seen[..12], b"flushed by a");
+    assert_eq!(&seen[CHUNK as usize..][..13], &[0; 13]);
+    new.device.write_at(b"b", 0).unwrap();
+    new.device.flush().unwrap();
+    assert_eq!(&content(&p, &id)[..12], b"blushed by a");
+    p.detach(&id, "b").unwrap();
+    assert!(
+        matches!(new.device.flush(), Err(BlockError::Fenced { .. })),
+        "a detached holder is fenced"
+    );
+    new.device.write_at(b"x", 0).unwrap();
+    assert!(matches!(new.device.flush(), Err(BlockError::Fenced { .. })));
+    assert_eq!(&content(&p, &id)[..12], b"blushed by a");
+}
+
+#[test]
+fn a_corrupt_manifest_is_refused_and_other_volumes_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let bad = blank(&p, CHUNK);
+    let good = blank(&p, CHUNK);
+    let manifest = dir
+        .path()
+        .join(format!("volumes/{bad}/manifests/{:020}-{:020}.json", 0, 0));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    for broken in [&text[..text.len() / 2], "{\"size\": 512}", "not json"] {
+        std::fs::write(&manifest, broken).unwrap();
+        let err = p.attach(&bad, "h", false).unwrap_err();
+        assert!(matches!(err, ProviderError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&bad.to_string()), "{err}");
+        p.detach(&bad, "h").unwrap();
+    }
+    let beyond = text.replace("\"chunks\":{}", "\"chunks\":{\"5\":\"x/y\"}");
+    std::fs::write(&manifest, beyond).unwrap();
+    let err = p.volume(&bad).unwrap_err();
+    assert!(err.to_string().contains("beyond the end"), "{err}");
+    let device = p.attach(&good, "h", false).unwrap().device;
+    device.write_at(b"fine", 0).unwrap();
+    device.flush().unwrap();
+    assert_eq!(&content(&p, &good)[..4], b"fine");
+}
+
+#[test]
+fn discarded_chunks_are_dropped_and_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 8 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    device.write_at(&vec![9; 8 * CHUNK as usize], 0).unwrap();
+    device.flush().unwrap();
+    device.discard(CHUNK, 6 * CHUNK).unwrap();
+    device.write_zeroes(100, 100).unwrap();
+    device.flush().unwrap();
+    let report = p.gc(Duration::ZERO, true).unwrap();
+    assert_eq!(report.referenced, 2, "{report:?}");
+    // The six dropped chunks, and chunk 0 as it was before write_zeroes changed it.
+    assert_eq!(report.garbage_chunks.len(), 7, "{report:?}");
+    assert_eq!(chunk_objects(&p), 2);
+    let data = content(&p, &id);
+    assert!(data[100..200].iter().all(|&b| b == 0));
+    assert!(data[CHUNK as usize..7 * CHUNK as usize]
+        .iter()
+        .all(|&b| b == 0));
+    assert!(data[7 * CHUNK as usize..].iter().all(|&b| b == 9));
+    assert_eq!(p.gc(Duration::ZERO, false).unwrap().garbage_chunks.len(), 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { volume: usize, chunk: u64, byte: u8 },
+    Flush { volume: usize },
+    Snapshot { volume: usize },
+    Clone { volume: usize },
+    Delete { volume: usize },
+    Gc,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..4usize, 0..8u64, any::<u8>()).prop_map(|(volume, chunk, byte)| Op::Write { volume, chunk, byte }),
+        2 => (0..4usize).prop_map(|volume| Op::Flush { volume }),
+        1 => (0..4usize).prop_map(|volume| Op::Snapshot { volume }),
+        1 => (0..4usize).prop_map(|volume| Op::Clone { volume }),
+        1 => (0..4usize).prop_map(|volume| Op::Delete { volume }),
+        1 => Just(Op::Gc),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever happens between collections, a collection with no grace at all never
+    /// deletes a chunk that a volume or snapshot still reads.
+    #[test]
+    fn gc_never_deletes_a_referenced_chunk(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path(), 1 << 20);
+        let mut volumes: Vec<(VolumeId, Arc<dyn BlockDevice>)> = Vec::new();
+        let mut snapshots: Vec<(VolumeId, SnapshotName)> = Vec::new();
+        for _ in 0..2 {
+            let id = blank(&p, 8 * CHUNK);
+            let device = p.attach(&id, "h", false).unwrap().device;
+            volumes.push((id, device));
+        }
+        for (n, op) in ops.into_iter().enumerate() {
+            let pick = |v: usize| v % volumes.len().max(1);
+            match op {
+                Op::Write { volume, chunk, byte } if !volumes.is_empty() => {
+                    volumes[pick(volume)].1.write_at(&[byte; 1000], chunk * CHUNK + 7).unwrap();
+                }
+                Op::Flush { volume } if !volumes.is_empty() => volumes[pick(volume)].1.flush().unwrap(),
+                Op::Snapshot { volume } if !volumes.is_empty() => {
+                    let id = volumes[pick(volume)].0.clone();
+                    let name = SnapshotName::new(&format!("s{n}")).unwrap();
+                    p.create_snapshot(&id, &name, &NoProgress).unwrap();
+                    snapshots.push((id, name));
+                }
+                Op::Clone { volume } if !volumes.is_empty() => {
+                    let from = volumes[pick(volume)].0.clone();
+                    let id = VolumeId::generate();
+                    p.create_volume(&id, &VolumeSource::Volume(from), "o", &NoProgress).unwrap();
+                    let device = p.attach(&id, "h", false).unwrap().device;
+                    volumes.push((id, device));
+                }
+                Op::Delete { volume } if volumes.len() > 1 => {
+                    let (id, device) = volumes.remove(pick(volume));
+                    drop(device);
+                    p.detach(&id, "h").unwrap();
+                    p.delete_volume(&id).unwrap();
+                    snapshots.retain(|(v, _)| v != &id);
+                }
+                Op::Gc => {
+                    // What every volume and snapshot reads, before and after.
+                    let read = |p: &ObjectProvider| -> BTreeMap<String, Vec<u8>> {
+                        let mut seen = BTreeMap::new();
+                        for (id, _) in &volumes {
+                            seen.insert(id.to_string(), content(p, id));
+                        }
+                        for (id, name) in &snapshots {
+                            let clone = VolumeId::generate();
+                            p.create_volume(&clone, &VolumeSource::Snapshot(id.clone(), name.clone()), "o", &NoProgress).unwrap();
+                            seen.insert(format!("{id}@{name}"), content(p, &clone));
+                            p.delete_volume(&clone).unwrap();
+                        }
+                        seen
+                    };
+                    let before = read(&p);
+                    p.gc(Duration::ZERO, true).unwrap();
+                    prop_assert_eq!(read(&p), before);
+                }
+                _ => {}
+            }
+        }
+    }
+}
