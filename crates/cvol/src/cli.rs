@@ -108,8 +108,10 @@ pub enum ProviderCommand {
     /// as a provider ID=remote:URL; it alone decides which host holds a volume, and fences
     /// a holder whose volume is taken over.
     Serve {
-        /// The pool: file:DIR (an existing directory of volumes).
-        #[arg(long, value_name = "file:DIR", env = "CVOL_POOL")]
+        /// The pool: file:DIR (an existing directory of volumes) or object:URL (chunks in
+        /// an object store: object:file:///DIR, or object:s3://BUCKET/PREFIX with the
+        /// endpoint, region and credentials from the AWS_* environment).
+        #[arg(long, value_name = "file:DIR|object:URL", env = "CVOL_POOL")]
         pool: String,
         /// Address to listen on; port 0 picks a free port. Loopback unless you say
         /// otherwise.
@@ -125,6 +127,21 @@ pub enum ProviderCommand {
         /// CVOL_PROVIDER_TOKEN_FILE.
         #[arg(long, value_name = "FILE", env = "CVOL_TOKEN_FILE")]
         token_file: Option<PathBuf>,
+    },
+    /// Find the chunks of an object pool that no volume, snapshot or current manifest
+    /// names, and superseded manifests; delete them with --apply (a dry run otherwise).
+    /// Nothing younger than the grace period is touched, so a flush in flight elsewhere
+    /// never loses a chunk it uploaded.
+    Gc {
+        /// The pool: object:URL.
+        #[arg(long, value_name = "object:URL", env = "CVOL_POOL")]
+        pool: String,
+        /// Seconds an unreferenced chunk must have existed before it is deleted.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        grace: u64,
+        /// Delete what is found.
+        #[arg(long)]
+        apply: bool,
     },
 }
 
@@ -186,9 +203,11 @@ pub enum DatastoreCommand {
         #[arg(long)]
         name: String,
         /// A provider, as ID=KIND:LOCATION: pool=file:/srv/cvol/pool (an existing,
-        /// writable directory) or pool=remote:http://10.0.0.5:7400 (a `cvol provider
-        /// serve`; its token file from CVOL_PROVIDER_TOKEN_FILE or the provider setting
-        /// token_file). Repeatable; the first is the default.
+        /// writable directory), pool=object:s3://bucket/prefix or
+        /// pool=object:file:///srv/objects (chunks in an object store; S3 endpoint and
+        /// credentials from the AWS_* environment), or pool=remote:http://10.0.0.5:7400
+        /// (a `cvol provider serve`; its token file from CVOL_PROVIDER_TOKEN_FILE or the
+        /// provider setting token_file). Repeatable; the first is the default.
         #[arg(long = "provider", value_name = "ID=KIND:LOCATION", required = true)]
         providers: Vec<String>,
     },

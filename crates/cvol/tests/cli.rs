@@ -15,10 +15,13 @@ fn create_list_delete_a_vm(env: Env) {
         !env.share.join("demo/demo-flat.vmdk").exists(),
         "the flat file is never on the share"
     );
-    let data = env.volume_file("demo/demo");
-    let meta = std::fs::metadata(&data).unwrap();
-    assert_eq!(meta.len(), 64 << 20);
-    assert_eq!(meta.blocks(), 0, "the volume is sparse");
+    if env.is_file_pool() {
+        let meta = std::fs::metadata(env.volume_file("demo/demo")).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert_eq!(meta.blocks(), 0, "the volume is sparse");
+    } else {
+        assert_eq!(env.volume_bytes("demo/demo"), vec![0; 64 << 20]);
+    }
 
     let vms = env.json(&["vm", "list"]);
     assert_eq!(vms[0]["name"], "demo");
@@ -56,10 +59,8 @@ fn disks_grow_snapshot_clone_and_go(env: Env) {
 
     env.ok(&["disk", "clone", "src/src@s1", "dst/from-snap"]);
     env.ok(&["disk", "clone", "src/src", "dst/from-live"]);
-    assert!(std::fs::read(env.volume_file("dst/from-snap")).unwrap() == snapshotted);
-    assert!(
-        std::fs::read(env.volume_file("dst/from-live")).unwrap() == std::fs::read(&src).unwrap()
-    );
+    assert!(env.volume_bytes("dst/from-snap") == snapshotted);
+    assert!(env.volume_bytes("dst/from-live") == env.volume_bytes("src/src"));
     let vmx = std::fs::read_to_string(env.share.join("dst/dst.vmx")).unwrap();
     assert!(
         vmx.contains("scsi0:1.fileName = \"from-live.vmdk\""),
@@ -402,6 +403,16 @@ fn create_list_delete_a_vm_with_a_remote_provider() {
 }
 
 #[test]
+fn create_list_delete_a_vm_on_an_object_pool() {
+    create_list_delete_a_vm(Env::datastore_on_object());
+}
+
+#[test]
+fn create_list_delete_a_vm_on_an_object_pool_behind_the_service() {
+    create_list_delete_a_vm(Env::datastore_on_remote_object());
+}
+
+#[test]
 fn disks_grow_snapshot_clone_and_go_on_a_local_share() {
     disks_grow_snapshot_clone_and_go(Env::datastore());
 }
@@ -442,6 +453,16 @@ fn a_real_crash_is_repaired_by_fsck_with_a_remote_provider() {
 }
 
 #[test]
+fn a_real_crash_is_repaired_by_fsck_on_an_object_pool() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_object());
+}
+
+#[test]
+fn a_real_crash_is_repaired_by_fsck_on_an_object_pool_behind_the_service() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_remote_object());
+}
+
+#[test]
 fn bad_input_gets_one_clear_line_and_changes_nothing_on_a_local_share() {
     bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore());
 }
@@ -462,6 +483,16 @@ fn bad_input_gets_one_clear_line_and_changes_nothing_with_a_remote_provider() {
 }
 
 #[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_an_object_pool() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_object());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_an_object_pool_behind_the_service() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_remote_object());
+}
+
+#[test]
 fn malformed_and_foreign_files_are_named_with_their_line_on_a_local_share() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore());
 }
@@ -479,4 +510,14 @@ fn malformed_and_foreign_files_are_named_with_their_line_on_cvol_nfs() {
 #[test]
 fn malformed_and_foreign_files_are_named_with_their_line_with_a_remote_provider() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_remote());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_on_an_object_pool() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_object());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_on_an_object_pool_behind_the_service() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_remote_object());
 }

@@ -37,6 +37,16 @@ fn qemu_reads_and_writes_disks_through_the_container_with_a_remote_provider() {
     qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_remote, &[false]);
 }
 
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_on_an_object_pool() {
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_object, &[false]);
+}
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_on_an_object_pool_behind_the_service() {
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_remote_object, &[false]);
+}
+
 fn qemu_reads_and_writes_disks_through_the_container_on(make: fn() -> Env, passthrough: &[bool]) {
     for &passthrough in passthrough {
         let env = with_demo(make(), "64M");
@@ -84,7 +94,7 @@ fn qemu_reads_and_writes_disks_through_the_container_on(make: fn() -> Env, passt
             "qemu-img",
             &["compare", "-f", "vmdk", "-F", "raw", s(&vmdk), s(&raw)],
         );
-        let pool_bytes = std::fs::read(env.volume_file("demo/demo")).unwrap();
+        let pool_bytes = env.volume_bytes("demo/demo");
         assert!(
             std::fs::read(&raw).unwrap() == pool_bytes,
             "the bytes are the pool volume's"
@@ -120,6 +130,16 @@ fn fio_verifies_data_through_the_container() {
 fn fio_verifies_data_through_the_container_with_a_remote_provider() {
     // Never passthrough: a device that can be taken over checks every write.
     fio_verifies_data_through_the_container_on(Env::datastore_on_remote, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_an_object_pool() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_object, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_an_object_pool_behind_the_service() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_remote_object, &[false]);
 }
 
 fn fio_verifies_data_through_the_container_on(make: fn() -> Env, passthrough: &[bool]) {
@@ -245,12 +265,16 @@ fn cp_r_of_a_vm_clones_its_disks(env: Env) {
         &[s(&m.path("demo/demo.vmdk")), s(&m.path("solo/demo.vmdk"))],
     );
 
-    let source = env.volume_file("demo/demo");
+    let volume_of = |vm: &str| env.json(&["disk", "list", vm])[0]["volume"].clone();
     for copy in ["copy/demo", "solo/demo"] {
-        let volume = env.volume_file(copy);
-        assert_ne!(volume, source, "{copy} has a volume of its own");
+        let vm = copy.split('/').next().unwrap();
+        assert_ne!(
+            volume_of(vm),
+            volume_of("demo"),
+            "{copy} has a volume of its own"
+        );
         assert!(
-            std::fs::read(&volume).unwrap() == std::fs::read(&source).unwrap(),
+            env.volume_bytes(copy) == env.volume_bytes("demo/demo"),
             "{copy} has the same bytes"
         );
     }
@@ -450,6 +474,16 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it_with_a_remote_provider() {
 }
 
 #[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_an_object_pool() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_object());
+}
+
+#[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_an_object_pool_behind_the_service() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_remote_object());
+}
+
+#[test]
 fn cp_r_of_a_vm_clones_its_disks_on_a_local_share() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore());
 }
@@ -467,6 +501,11 @@ fn cp_r_of_a_vm_clones_its_disks_on_cvol_nfs() {
 #[test]
 fn cp_r_of_a_vm_clones_its_disks_with_a_remote_provider() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore_on_remote());
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_an_object_pool() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_object());
 }
 
 #[test]

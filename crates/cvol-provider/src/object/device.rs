@@ -59,7 +59,8 @@ pub(crate) struct ObjectBlockDevice {
     layout: Layout,
     volume: VolumeId,
     generation: u64,
-    size: u64,
+    /// Changes only through [`ObjectBlockDevice::resize`].
+    size: std::sync::atomic::AtomicU64,
     chunk_size: u64,
     cache_bytes: usize,
     state: Arc<Mutex<State>>,
@@ -91,7 +92,7 @@ impl ObjectBlockDevice {
             layout,
             volume,
             generation,
-            size: manifest.size,
+            size: manifest.size.into(),
             chunk_size: manifest.chunk_size,
             cache_bytes,
             state: Arc::new(Mutex::new(State {
@@ -155,7 +156,7 @@ impl ObjectBlockDevice {
 
     /// Starts loading chunk `index` in the background, if it is stored and not cached.
     fn read_ahead(&self, index: u64) {
-        if index * self.chunk_size >= self.size {
+        if index * self.chunk_size >= self.size() {
             return;
         }
         let key = {
@@ -330,6 +331,24 @@ impl ObjectBlockDevice {
         Ok(map)
     }
 
+    /// Changes the size; the next flush commits it. What lies beyond a smaller size is
+    /// dropped, and reads as zeros if the size grows again.
+    pub(crate) fn resize(&self, size: u64) {
+        let mut state = self.lock();
+        let count = size.div_ceil(self.chunk_size);
+        state.chunks.retain(|&index, _| index < count);
+        state.cache.retain(|&index, _| index < count);
+        if let Some(tail) = state.cache.get_mut(&(count.saturating_sub(1))) {
+            let keep = (size - (count - 1) * self.chunk_size) as usize;
+            if tail.data[keep..].iter().any(|&b| b != 0) {
+                Arc::make_mut(&mut tail.data)[keep..].fill(0);
+                tail.dirty = true;
+            }
+        }
+        state.pending = true;
+        self.size.store(size, std::sync::atomic::Ordering::Release);
+    }
+
     /// Fails unless this device's generation is the volume's newest.
     fn check_fence(&self) -> Result<(), BlockError> {
         let path = self.layout.attachment(&self.volume);
@@ -362,7 +381,7 @@ impl ObjectBlockDevice {
 
 impl BlockDevice for ObjectBlockDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
@@ -407,7 +426,7 @@ impl BlockDevice for ObjectBlockDevice {
         }
         let committed = self.check_fence().and_then(|()| {
             let manifest = Manifest {
-                size: self.size,
+                size: self.size(),
                 chunk_size: self.chunk_size,
                 generation: self.generation,
                 seq: seq + 1,

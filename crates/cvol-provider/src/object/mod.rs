@@ -14,7 +14,8 @@ mod gc;
 mod layout;
 mod store;
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cvol_format::{ProviderId, SnapshotName, VolumeId, SECTOR_SIZE};
@@ -29,7 +30,8 @@ use layout::{
 use store::{Store, StoreError};
 
 use crate::{
-    Attachment, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume, VolumeSource,
+    Attachment, BlockDevice, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume,
+    VolumeSource,
 };
 
 /// Chunk size of a new pool unless its settings say otherwise.
@@ -51,6 +53,8 @@ pub struct ObjectProvider {
     cache_bytes: usize,
     /// Attach, detach and delete of this process, one at a time.
     attachments: Mutex<()>,
+    /// The devices this process attached, so that a resize reaches them.
+    devices: Mutex<HashMap<VolumeId, Weak<ObjectBlockDevice>>>,
 }
 
 impl std::fmt::Debug for ObjectProvider {
@@ -162,6 +166,7 @@ impl ObjectProvider {
             chunk_size,
             cache_bytes,
             attachments: Mutex::new(()),
+            devices: Mutex::new(HashMap::new()),
         })
     }
 
@@ -400,9 +405,30 @@ impl Provider for ObjectProvider {
         self.check_size(size)?;
         let _one = self.attachments.lock().expect("attachment lock");
         let record = self.record(id)?;
-        // An attached device knows the size it was attached with.
-        self.refuse_attached(id)?;
         let mut manifest = self.latest(id)?;
+        let attached_here = self
+            .devices
+            .lock()
+            .expect("devices lock")
+            .get(id)
+            .and_then(Weak::upgrade);
+        if let Some(device) = attached_here {
+            // Its holder commits the size with its next flush.
+            if size < device.size() && !allow_shrink {
+                return Err(ProviderError::ShrinkRefused {
+                    provider: self.id.to_string(),
+                    volume: id.to_string(),
+                    from: device.size(),
+                    to: size,
+                });
+            }
+            device.resize(size);
+            let mut volume = self.volume_of(id, record)?;
+            volume.size = size;
+            return Ok(volume);
+        }
+        // A device attached by another process knows the size it was attached with.
+        self.refuse_attached(id)?;
         if size < manifest.size && !allow_shrink {
             return Err(ProviderError::ShrinkRefused {
                 provider: self.id.to_string(),
@@ -533,7 +559,14 @@ impl Provider for ObjectProvider {
             access: DataAccess::Object {
                 url: self.url.clone(),
             },
-            device: Arc::new(self.device(id, generation)?),
+            device: {
+                let device = Arc::new(self.device(id, generation)?);
+                self.devices
+                    .lock()
+                    .expect("devices lock")
+                    .insert(id.clone(), Arc::downgrade(&device));
+                device
+            },
         })
     }
 

@@ -85,6 +85,12 @@ pub fn parse_provider(spec: &str) -> anyhow::Result<ProviderConfig> {
                 .with_context(|| format!("provider {id}: bad path {location:?}"))?;
             BTreeMap::from([("path".to_string(), dir.display().to_string())])
         }
+        "object" => {
+            if !(location.starts_with("file:///") || location.starts_with("s3://")) {
+                bail!("provider {id}: expected object:file:///DIR or object:s3://BUCKET[/PREFIX], got object:{location}");
+            }
+            BTreeMap::from([("url".to_string(), location.to_string())])
+        }
         "remote" => {
             if !(location.starts_with("http://") || location.starts_with("https://")) {
                 bail!("provider {id}: expected remote:http://HOST:PORT, got remote:{location}");

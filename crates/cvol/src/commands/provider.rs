@@ -1,7 +1,10 @@
 //! `cvol provider serve`: the provider service in the foreground.
 
+use std::time::Duration;
+
 use anyhow::{bail, Context as _};
-use cvol_provider::open_provider;
+use cvol_format::ProviderConfig;
+use cvol_provider::{open_provider, ObjectProvider};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::datastore::parse_provider;
@@ -9,16 +12,75 @@ use super::Context;
 use crate::cli::ProviderCommand;
 
 pub fn run(ctx: &Context, cmd: ProviderCommand) -> anyhow::Result<()> {
-    let ProviderCommand::Serve {
-        pool,
-        listen,
-        token_file,
-    } = cmd;
-    let config = parse_provider(&format!("pool={pool}"))?;
-    if config.kind != "file" {
-        bail!("--pool {pool:?}: a service serves a pool of its own: file:DIR");
+    match cmd {
+        ProviderCommand::Serve {
+            pool,
+            listen,
+            token_file,
+        } => serve(ctx, &pool, listen, token_file),
+        ProviderCommand::Gc { pool, grace, apply } => gc(ctx, &pool, grace, apply),
     }
-    let provider = open_provider(&config)?;
+}
+
+/// The pool `spec` (`file:DIR` or `object:URL`) as this process opens it.
+fn open_pool(spec: &str) -> anyhow::Result<ProviderConfig> {
+    let config = parse_provider(&format!("pool={spec}"))?;
+    if !matches!(config.kind.as_str(), "file" | "object") {
+        bail!(
+            "--pool {spec:?}: expected file:DIR or object:URL (a pool this process opens itself)"
+        );
+    }
+    Ok(config)
+}
+
+fn gc(ctx: &Context, spec: &str, grace: u64, apply: bool) -> anyhow::Result<()> {
+    let config = open_pool(spec)?;
+    if config.kind != "object" {
+        bail!("--pool {spec:?}: only object pools collect garbage (a file pool frees space as it deletes)");
+    }
+    let settings = |key: &str| config.settings.get(key).cloned().unwrap_or_default();
+    let pool = ObjectProvider::open(
+        &config.id,
+        &settings("url"),
+        cvol_provider::object::DEFAULT_CHUNK_SIZE,
+        cvol_provider::object::DEFAULT_CACHE_BYTES,
+    )?;
+    let report = pool.gc(Duration::from_secs(grace), apply)?;
+    if ctx.json {
+        return crate::output::print_json(&serde_json::json!({
+            "applied": apply,
+            "chunks": report.chunks,
+            "referenced": report.referenced,
+            "garbage_chunks": report.garbage_chunks,
+            "garbage_bytes": report.garbage_bytes,
+            "superseded_manifests": report.superseded_manifests,
+            "young_chunks": report.young_chunks,
+        }));
+    }
+    let verb = if apply {
+        "deleted"
+    } else {
+        "would delete (dry run; --apply deletes)"
+    };
+    println!(
+        "{} chunks, {} referenced, {} younger than the grace period; {verb}: {} chunks ({} bytes), {} superseded manifests",
+        report.chunks,
+        report.referenced,
+        report.young_chunks,
+        report.garbage_chunks.len(),
+        report.garbage_bytes,
+        report.superseded_manifests.len()
+    );
+    Ok(())
+}
+
+fn serve(
+    ctx: &Context,
+    pool: &str,
+    listen: std::net::SocketAddr,
+    token_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let provider = open_provider(&open_pool(pool)?)?;
     let token = match &token_file {
         Some(path) => Some(
             cvol_provider::read_token(&path.to_string_lossy())

@@ -107,13 +107,37 @@ impl Env {
         env
     }
 
+    /// A datastore with one `object` provider `pool` on a `file:///` object store.
+    pub fn datastore_on_object() -> Self {
+        let env = Self::empty();
+        env.create_datastore_with(&format!("pool=object:file://{}", env.pool.display()));
+        env
+    }
+
     /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of a file
     /// pool, with a bearer token.
     pub fn datastore_on_remote() -> Self {
+        Self::datastore_on_service("file:")
+    }
+
+    /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of an
+    /// object pool on a `file:///` store, with a bearer token.
+    pub fn datastore_on_remote_object() -> Self {
+        Self::datastore_on_service("object:file://")
+    }
+
+    /// A `remote` provider serving `env.pool` as a pool of `kind` (its spec's prefix).
+    fn datastore_on_service(kind: &str) -> Self {
         let mut env = Self::empty();
         let token = env.tmp.path().join("token");
         std::fs::write(&token, format!("{}\n", uuid_like())).unwrap();
-        env.service = Some(ProviderServe::start(&env.pool, Some(&token)));
+        let spec = format!("{kind}{}", env.pool.display());
+        env.service = Some(ProviderServe::start_spec(
+            &spec,
+            Some(&token),
+            "127.0.0.1:0",
+            cvol(),
+        ));
         env.vars.push((
             "CVOL_PROVIDER_TOKEN_FILE".into(),
             token.display().to_string(),
@@ -127,13 +151,17 @@ impl Env {
             Some(service) => format!("pool=remote:{}", service.url),
             None => format!("pool=file:{}", self.pool.display()),
         };
+        self.create_datastore_with(&provider);
+    }
+
+    fn create_datastore_with(&self, provider: &str) {
         self.ok(&[
             "datastore",
             "create",
             "--name",
             "ds1",
             "--provider",
-            &provider,
+            provider,
         ]);
     }
 
@@ -203,10 +231,61 @@ impl Env {
             .join("data")
     }
 
+    /// Volumes in the pool (a file pool's, or an object pool's on a file:/// store).
     pub fn volumes(&self) -> usize {
         std::fs::read_dir(self.pool.join("volumes"))
+            .map(|entries| {
+                entries
+                    .filter(|e| {
+                        let dir = e.as_ref().unwrap().path();
+                        dir.join("data").exists() || dir.join("volume.json").exists()
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// True when the pool is a file pool (volumes are files).
+    pub fn is_file_pool(&self) -> bool {
+        !self.pool.join("pool.json").exists()
+    }
+
+    /// The bytes of the volume of disk `vm_disk` as last flushed, read from the pool
+    /// directly: a file pool's data file, or an object pool's newest manifest and chunks.
+    pub fn volume_bytes(&self, vm_disk: &str) -> Vec<u8> {
+        if self.is_file_pool() {
+            return std::fs::read(self.volume_file(vm_disk)).unwrap();
+        }
+        let (vm, disk) = vm_disk.split_once('/').unwrap();
+        let disks = self.json(&["disk", "list", vm]);
+        let volume = disks
+            .as_array()
             .unwrap()
-            .count()
+            .iter()
+            .find(|d| d["name"] == disk)
+            .unwrap()["volume"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let manifests = self.pool.join("volumes").join(&volume).join("manifests");
+        let newest = std::fs::read_dir(&manifests)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
+        let chunk_size = manifest["chunk_size"].as_u64().unwrap() as usize;
+        let size = manifest["size"].as_u64().unwrap() as usize;
+        let mut bytes = vec![0u8; size.div_ceil(chunk_size) * chunk_size];
+        for (index, key) in manifest["chunks"].as_object().unwrap() {
+            let at = index.parse::<usize>().unwrap() * chunk_size;
+            let chunk =
+                std::fs::read(self.pool.join("chunks").join(key.as_str().unwrap())).unwrap();
+            bytes[at..at + chunk_size].copy_from_slice(&chunk);
+        }
+        bytes.truncate(size);
+        bytes
     }
 
     /// Every file and directory below the share, with contents.
@@ -442,7 +521,8 @@ pub struct ProviderServe {
     pub child: Child,
     /// The URL it printed.
     pub url: String,
-    pub pool: PathBuf,
+    /// What it serves, as --pool takes it.
+    pub spec: String,
     pub token_file: Option<PathBuf>,
 }
 
@@ -458,19 +538,29 @@ impl ProviderServe {
         command
             .arg("-vv")
             .stderr(std::fs::File::create(log).unwrap());
-        Self::spawn(command, pool, token_file, "127.0.0.1:0")
+        let spec = format!("file:{}", pool.display());
+        Self::start_spec(&spec, token_file, "127.0.0.1:0", command)
     }
 
-    /// Serves `pool` on `addr`.
+    /// Serves the file pool `pool` on `addr`.
     pub fn start_on(pool: &Path, token_file: Option<&Path>, addr: &str) -> Self {
-        Self::spawn(cvol(), pool, token_file, addr)
+        Self::start_spec(
+            &format!("file:{}", pool.display()),
+            token_file,
+            addr,
+            cvol(),
+        )
     }
 
-    fn spawn(mut command: Command, pool: &Path, token_file: Option<&Path>, addr: &str) -> Self {
+    /// Serves the pool `spec` (as --pool takes it) on `addr`, with `command` (a cvol).
+    pub fn start_spec(
+        spec: &str,
+        token_file: Option<&Path>,
+        addr: &str,
+        mut command: Command,
+    ) -> Self {
         use std::io::BufRead;
-        command
-            .args(["provider", "serve", "--listen", addr, "--pool"])
-            .arg(format!("file:{}", pool.display()));
+        command.args(["provider", "serve", "--listen", addr, "--pool", spec]);
         if let Some(token) = token_file {
             command.arg("--token-file").arg(token);
         }
@@ -487,7 +577,7 @@ impl ProviderServe {
         Self {
             child,
             url,
-            pool: pool.to_path_buf(),
+            spec: spec.to_string(),
             token_file: token_file.map(Path::to_path_buf),
         }
     }
@@ -507,7 +597,7 @@ impl ProviderServe {
     pub fn restart(&mut self) {
         self.kill();
         let addr = self.addr().to_string();
-        *self = Self::start_on(&self.pool, self.token_file.as_deref(), &addr);
+        *self = Self::start_spec(&self.spec, self.token_file.as_deref(), &addr, cvol());
     }
 }
 
