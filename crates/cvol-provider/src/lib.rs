@@ -41,6 +41,23 @@ pub struct Volume {
     pub attached_to: Option<String>,
 }
 
+/// Orders volumes as `Provider::list_volumes` lists them: oldest first, then by id.
+pub(crate) fn sort_volumes(volumes: &mut [Volume]) {
+    volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// Refuses a size that is zero or not a multiple of 512.
+pub(crate) fn check_sector_size(provider: &str, size: u64) -> Result<(), ProviderError> {
+    if size == 0 || !size.is_multiple_of(cvol_format::SECTOR_SIZE) {
+        return Err(ProviderError::InvalidSize {
+            provider: provider.to_string(),
+            size,
+            reason: "must be a non-zero multiple of 512".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A read-only point-in-time copy of a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {

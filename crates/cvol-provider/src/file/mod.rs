@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cvol_format::{ProviderId, SnapshotName, VolumeId, SECTOR_SIZE};
+use cvol_format::{ProviderId, SnapshotName, VolumeId};
 use rustix::fs::{RenameFlags, StatVfsMountFlags};
 use serde::{Deserialize, Serialize};
 
@@ -141,9 +141,7 @@ impl FileProvider {
     }
 
     fn check_size(&self, size: u64) -> Result<(), ProviderError> {
-        if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
-            return Err(self.invalid_size(size, "must be a non-zero multiple of 512"));
-        }
+        crate::check_sector_size(self.id.as_str(), size)?;
         if i64::try_from(size).is_err() {
             return Err(self.invalid_size(size, "larger than any file can be"));
         }
@@ -394,7 +392,7 @@ impl Provider for FileProvider {
             };
             volumes.push(self.read_volume(&id)?);
         }
-        volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        crate::sort_volumes(&mut volumes);
         Ok(volumes)
     }
 

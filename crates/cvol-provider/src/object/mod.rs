@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cvol_format::{ProviderId, SnapshotName, VolumeId, SECTOR_SIZE};
+use cvol_format::{ProviderId, SnapshotName, VolumeId};
 use object_store::path::Path;
 use object_store::PutMode;
 
@@ -244,14 +244,7 @@ impl ObjectProvider {
     }
 
     fn check_size(&self, size: u64) -> Result<(), ProviderError> {
-        if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
-            return Err(ProviderError::InvalidSize {
-                provider: self.id.to_string(),
-                size,
-                reason: "must be a non-zero multiple of 512".into(),
-            });
-        }
-        Ok(())
+        crate::check_sector_size(self.id.as_str(), size)
     }
 
     fn snapshot_record(
@@ -392,7 +385,7 @@ impl Provider for ObjectProvider {
             };
             volumes.push(self.volume_of(&id, record)?);
         }
-        volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        crate::sort_volumes(&mut volumes);
         Ok(volumes)
     }
 

@@ -333,7 +333,7 @@ impl Provider for RemoteProvider {
                 None => break,
             }
         }
-        volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        crate::sort_volumes(&mut volumes);
         Ok(volumes)
     }
 
