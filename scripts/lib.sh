@@ -58,7 +58,9 @@ bench_datastore() {
 free_port() {
     local port
     while :; do
-        port=$((20000 + RANDOM % 30000))
+        # Below the kernel's ephemeral range (32768-60999), where a port a connection
+        # just used may sit in TIME_WAIT and refuse a bind that a connect test misses.
+        port=$((10000 + RANDOM % 22000))
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
     done
 }
@@ -67,8 +69,19 @@ free_port() {
 # loopback, exporting EXPORT, with its config, log and pid in DIR; sets ganesha_pid,
 # nfs_port and mount_port.
 start_ganesha() {
-    local dir=$1 export=$2
+    local dir=$1 export=$2 attempt
     (exec 3<>/dev/tcp/127.0.0.1/111) 2>/dev/null || rpcbind -w
+    # A port found free can be taken before ganesha binds it: try fresh ports again.
+    for attempt in 1 2 3; do
+        start_ganesha_once "$dir" "$export" && return 0
+        echo "nfs-ganesha did not start (attempt $attempt):" >&2
+        tail -n 5 "$dir/ganesha.log" >&2
+    done
+    return 1
+}
+
+start_ganesha_once() {
+    local dir=$1 export=$2
     nfs_port=$(free_port)
     mount_port=$(free_port)
     cat >"$dir/ganesha.conf" <<CONF
@@ -85,9 +98,11 @@ CONF
     local _
     for _ in $(seq 300); do
         (exec 3<>"/dev/tcp/127.0.0.1/$nfs_port") 2>/dev/null && return 0
+        kill -0 "$ganesha_pid" 2>/dev/null || break
         sleep 0.1
     done
-    echo "nfs-ganesha did not start:" >&2
-    tail -n 20 "$dir/ganesha.log" >&2
+    kill -9 "$ganesha_pid" 2>/dev/null || true
+    wait "$ganesha_pid" 2>/dev/null || true
+    ganesha_pid=
     return 1
 }
