@@ -283,26 +283,7 @@ pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, Provi
             })?;
             Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
         }
-        "object" => {
-            let url = setting("url").ok_or_else(|| {
-                setting_error("setting 'url' (file:///DIR or s3://BUCKET/PREFIX) is missing".into())
-            })?;
-            let number = |key: &str, default: u64| -> Result<u64, ProviderError> {
-                setting(key).map_or(Ok(default), |v| {
-                    v.parse().map_err(|_| {
-                        setting_error(format!("setting '{key}' {v:?}: expected a number"))
-                    })
-                })
-            };
-            let chunk_size = number("chunk_size", object::DEFAULT_CHUNK_SIZE)?;
-            let cache_mib = number("cache_mib", (object::DEFAULT_CACHE_BYTES >> 20) as u64)?;
-            Ok(Arc::new(ObjectProvider::open(
-                &config.id,
-                url,
-                chunk_size,
-                (cache_mib as usize) << 20,
-            )?))
-        }
+        "object" => Ok(Arc::new(ObjectProvider::from_config(config)?)),
         "remote" => {
             let url = setting("url").ok_or_else(|| {
                 setting_error("setting 'url' (the provider service) is missing".into())

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cvol_format::{ProviderId, SnapshotName, VolumeId};
+use cvol_format::{ProviderConfig, ProviderId, SnapshotName, VolumeId};
 use object_store::path::Path;
 use object_store::PutMode;
 
@@ -170,6 +170,28 @@ impl ObjectProvider {
         })
     }
 
+    /// Opens the pool an `object` provider's settings name: `url`, and optionally
+    /// `chunk_size` (bytes, for a new pool) and `cache_mib` (per attached volume).
+    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let setting_error = |message: String| ProviderError::Setting {
+            provider: config.id.to_string(),
+            message,
+        };
+        let setting = |key: &str| config.settings.get(key).map(String::as_str);
+        let url = setting("url").ok_or_else(|| {
+            setting_error("setting 'url' (file:///DIR or s3://BUCKET/PREFIX) is missing".into())
+        })?;
+        let number = |key: &str, default: u64| -> Result<u64, ProviderError> {
+            setting(key).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| setting_error(format!("setting '{key}' {v:?}: expected a number")))
+            })
+        };
+        let chunk_size = number("chunk_size", DEFAULT_CHUNK_SIZE)?;
+        let cache_mib = number("cache_mib", (DEFAULT_CACHE_BYTES >> 20) as u64)?;
+        Self::open(&config.id, url, chunk_size, (cache_mib as usize) << 20)
+    }
+
     fn not_found(&self, id: &VolumeId) -> ProviderError {
         ProviderError::VolumeNotFound {
             provider: self.id.to_string(),
@@ -275,14 +297,19 @@ impl ObjectProvider {
         generation: u64,
     ) -> Result<ObjectBlockDevice, ProviderError> {
         self.record(id)?;
-        Ok(ObjectBlockDevice::new(
+        Ok(self.device_from(id, generation, self.latest(id)?))
+    }
+
+    /// The device of attachment `generation` of volume `id`, from `manifest`.
+    fn device_from(&self, id: &VolumeId, generation: u64, manifest: Manifest) -> ObjectBlockDevice {
+        ObjectBlockDevice::new(
             self.store.clone(),
             self.layout.clone(),
             id.clone(),
             generation,
-            self.latest(id)?,
+            manifest,
             self.cache_bytes,
-        ))
+        )
     }
 
     fn volume_of(&self, id: &VolumeId, record: VolumeRecord) -> Result<Volume, ProviderError> {
@@ -512,8 +539,8 @@ impl Provider for ObjectProvider {
         let _one = self.attachments.lock().expect("attachment lock");
         self.record(id)?;
         let held = self.attachment(id)?;
-        let generation = match held.holder.as_deref() {
-            Some(holder) if holder == host => held.generation,
+        let (generation, manifest) = match held.holder.as_deref() {
+            Some(holder) if holder == host => (held.generation, self.latest(id)?),
             Some(holder) if !force => {
                 return Err(ProviderError::AttachedElsewhere {
                     provider: self.id.to_string(),
@@ -542,7 +569,7 @@ impl Provider for ObjectProvider {
                 self.store
                     .put_json(&path, &manifest, PutMode::Overwrite)
                     .map_err(|e| self.store.error("write", &path, e))?;
-                generation
+                (generation, manifest)
             }
         };
         Ok(Attachment {
@@ -553,7 +580,7 @@ impl Provider for ObjectProvider {
                 url: self.url.clone(),
             },
             device: {
-                let device = Arc::new(self.device(id, generation)?);
+                let device = Arc::new(self.device_from(id, generation, manifest));
                 self.devices
                     .lock()
                     .expect("devices lock")

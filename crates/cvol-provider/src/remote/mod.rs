@@ -167,6 +167,18 @@ impl RemoteProvider {
             .map_err(|e| self.service(format!("unreadable answer: {e}")))
     }
 
+    /// The body of an answer that must be a success, or the error it means.
+    fn accepted<T: DeserializeOwned>(
+        &self,
+        answer: &Answer,
+        volume: &str,
+    ) -> Result<T, ProviderError> {
+        if !success(answer) {
+            return Err(self.error(answer, volume, None));
+        }
+        self.decode(answer)
+    }
+
     /// The error an unsuccessful answer about `volume` (and `snapshot`) means.
     fn error(&self, answer: &Answer, volume: &str, snapshot: Option<&str>) -> ProviderError {
         let Ok(body) = serde_json::from_slice::<ErrorBody>(&answer.body) else {
@@ -306,10 +318,7 @@ impl Provider for RemoteProvider {
             NO_BODY,
             self.timeout,
         )?;
-        if !success(&answer) {
-            return Err(self.error(&answer, id.as_str(), None));
-        }
-        self.volume_from(self.decode(&answer)?)
+        self.volume_from(self.accepted(&answer, id.as_str())?)
     }
 
     fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {
@@ -321,10 +330,7 @@ impl Provider for RemoteProvider {
                 None => format!("/volumes?limit={PAGE}"),
             };
             let answer = self.call(Method::GET, &path, NO_BODY, self.timeout)?;
-            if !success(&answer) {
-                return Err(self.error(&answer, "", None));
-            }
-            let page: VolumePage = self.decode(&answer)?;
+            let page: VolumePage = self.accepted(&answer, "")?;
             for body in page.volumes {
                 volumes.push(self.volume_from(body)?);
             }
@@ -350,10 +356,7 @@ impl Provider for RemoteProvider {
             Some(&request),
             self.timeout,
         )?;
-        if !success(&answer) {
-            return Err(self.error(&answer, id.as_str(), None));
-        }
-        self.volume_from(self.decode(&answer)?)
+        self.volume_from(self.accepted(&answer, id.as_str())?)
     }
 
     fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError> {
@@ -411,10 +414,7 @@ impl Provider for RemoteProvider {
             NO_BODY,
             self.timeout,
         )?;
-        if !success(&answer) {
-            return Err(self.error(&answer, id.as_str(), None));
-        }
-        let list: SnapshotList = self.decode(&answer)?;
+        let list: SnapshotList = self.accepted(&answer, id.as_str())?;
         list.snapshots
             .into_iter()
             .map(|s| self.snapshot_from(s))
@@ -448,10 +448,7 @@ impl Provider for RemoteProvider {
             Some(&request),
             self.timeout,
         )?;
-        if !success(&answer) {
-            return Err(self.error(&answer, id.as_str(), None));
-        }
-        let body: AttachmentBody = self.decode(&answer)?;
+        let body: AttachmentBody = self.accepted(&answer, id.as_str())?;
         if body.volume != id.as_str() || body.host_id != host {
             return Err(self.service(format!(
                 "asked to attach {id} to {host:?}, answered with {} on {:?}",
@@ -488,9 +485,6 @@ impl Provider for RemoteProvider {
             Some(&Reclaim { apply }),
             COPY_TIMEOUT,
         )?;
-        if !success(&answer) {
-            return Err(self.error(&answer, "", None));
-        }
-        Ok(self.decode::<Leftovers>(&answer)?.leftovers)
+        Ok(self.accepted::<Leftovers>(&answer, "")?.leftovers)
     }
 }

@@ -38,13 +38,7 @@ fn gc(ctx: &Context, spec: &str, grace: u64, apply: bool) -> anyhow::Result<()> 
     if config.kind != "object" {
         bail!("--pool {spec:?}: only object pools collect garbage (a file pool frees space as it deletes)");
     }
-    let settings = |key: &str| config.settings.get(key).cloned().unwrap_or_default();
-    let pool = ObjectProvider::open(
-        &config.id,
-        &settings("url"),
-        cvol_provider::object::DEFAULT_CHUNK_SIZE,
-        cvol_provider::object::DEFAULT_CACHE_BYTES,
-    )?;
+    let pool = ObjectProvider::from_config(&config)?;
     let report = pool.gc(Duration::from_secs(grace), apply)?;
     if ctx.json {
         return crate::output::print_json(&serde_json::json!({
