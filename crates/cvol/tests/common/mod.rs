@@ -527,9 +527,10 @@ pub struct ProviderServe {
 }
 
 impl ProviderServe {
-    /// Serves `pool` on a free loopback port.
+    /// Serves the file pool `pool` on a free loopback port.
     pub fn start(pool: &Path, token_file: Option<&Path>) -> Self {
-        Self::start_on(pool, token_file, "127.0.0.1:0")
+        let spec = format!("file:{}", pool.display());
+        Self::start_spec(&spec, token_file, "127.0.0.1:0", cvol())
     }
 
     /// Serves `pool` on a free loopback port, logging every call to `log`.
@@ -540,16 +541,6 @@ impl ProviderServe {
             .stderr(std::fs::File::create(log).unwrap());
         let spec = format!("file:{}", pool.display());
         Self::start_spec(&spec, token_file, "127.0.0.1:0", command)
-    }
-
-    /// Serves the file pool `pool` on `addr`.
-    pub fn start_on(pool: &Path, token_file: Option<&Path>, addr: &str) -> Self {
-        Self::start_spec(
-            &format!("file:{}", pool.display()),
-            token_file,
-            addr,
-            cvol(),
-        )
     }
 
     /// Serves the pool `spec` (as --pool takes it) on `addr`, with `command` (a cvol).
