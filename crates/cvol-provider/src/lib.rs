@@ -10,6 +10,7 @@ mod error;
 mod file;
 pub mod object;
 pub mod remote;
+mod settings;
 
 use std::io;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use error::ProviderError;
 pub use file::FileProvider;
 pub use object::ObjectProvider;
 pub use remote::RemoteProvider;
+use settings::Settings;
 
 /// A volume as its provider reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,40 +123,6 @@ pub enum DataAccess {
         /// The pool, `file:///dir` or `s3://bucket/prefix`.
         url: String,
     },
-}
-
-impl DataAccess {
-    /// Opens the device of the attachment `generation` reached through `self`. Its
-    /// writes and flushes fail once the volume is attached with a newer generation.
-    pub fn open(
-        &self,
-        volume: &VolumeId,
-        generation: u64,
-    ) -> Result<Arc<dyn BlockDevice>, ProviderError> {
-        match self {
-            Self::File { data, fence } => {
-                let device = file::FileBlockDevice::open(data, fence, generation, false).map_err(
-                    |source| ProviderError::Io {
-                        provider: "remote".into(),
-                        op: "open",
-                        path: data.clone(),
-                        source,
-                    },
-                )?;
-                Ok(Arc::new(device))
-            }
-            Self::Object { url } => {
-                let id = cvol_format::ProviderId::new("remote").expect("a valid id");
-                let pool = ObjectProvider::open(
-                    &id,
-                    url,
-                    object::DEFAULT_CHUNK_SIZE,
-                    object::DEFAULT_CACHE_BYTES,
-                )?;
-                Ok(Arc::new(pool.device(volume, generation)?))
-            }
-        }
-    }
 }
 
 /// A volume attached to this host: its data plane.
@@ -271,41 +239,21 @@ pub fn read_token(path: &str) -> io::Result<String> {
 
 /// Opens the provider a datastore configures.
 pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
-    let setting = |key: &str| config.settings.get(key).map(String::as_str);
-    let setting_error = |message: String| ProviderError::Setting {
-        provider: config.id.to_string(),
-        message,
-    };
+    let settings = Settings::new(config);
     match config.kind.as_str() {
         "file" => {
-            let path = setting("path").ok_or_else(|| {
-                setting_error("setting 'path' (the pool directory) is missing".into())
-            })?;
+            let path = settings.required("path", "the pool directory")?;
             Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
         }
         "object" => Ok(Arc::new(ObjectProvider::from_config(config)?)),
         "remote" => {
-            let url = setting("url").ok_or_else(|| {
-                setting_error("setting 'url' (the provider service) is missing".into())
-            })?;
-            let timeout = match setting("timeout") {
-                Some(secs) => secs
-                    .parse()
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .map(std::time::Duration::from_secs)
-                    .ok_or_else(|| {
-                        setting_error(format!(
-                            "setting 'timeout' {secs:?}: expected a number of seconds"
-                        ))
-                    })?,
-                None => remote::DEFAULT_TIMEOUT,
-            };
+            let url = settings.required("url", "the provider service")?;
+            let timeout = settings.seconds("timeout", remote::DEFAULT_TIMEOUT)?;
             let env_token = std::env::var(TOKEN_FILE_ENV).ok();
-            let token = match setting("token_file").or(env_token.as_deref()) {
+            let token = match settings.get("token_file").or(env_token.as_deref()) {
                 Some(path) => Some(
                     read_token(path)
-                        .map_err(|e| setting_error(format!("token file {path}: {e}")))?,
+                        .map_err(|e| settings.error(format!("token file {path}: {e}")))?,
                 ),
                 None => None,
             };

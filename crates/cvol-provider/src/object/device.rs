@@ -175,11 +175,11 @@ impl ObjectBlockDevice {
             self.state.clone(),
             self.chunk_size,
         );
+        let fetch = self
+            .store
+            .timed(async move { store.get(&path).await?.bytes().await });
         self.store.runtime.spawn(async move {
-            let Ok(bytes) = store.get(&path).await else {
-                return;
-            };
-            let Ok(bytes) = bytes.bytes().await else {
+            let Ok(bytes) = fetch.await else {
                 return;
             };
             if bytes.len() as u64 != chunk_size {
@@ -224,7 +224,9 @@ impl ObjectBlockDevice {
     fn trim(&self) -> Result<(), BlockError> {
         let dirty_bytes = {
             let mut state = self.lock();
-            let mut total: usize = state.cache.values().map(|c| c.data.len()).sum();
+            // Every cached chunk is one chunk long.
+            let chunk = self.chunk_size as usize;
+            let mut total = state.cache.len() * chunk;
             if total <= self.cache_bytes {
                 return Ok(());
             }
@@ -239,7 +241,8 @@ impl ObjectBlockDevice {
                 if total <= self.cache_bytes {
                     break;
                 }
-                total -= state.cache.remove(&index).map_or(0, |c| c.data.len());
+                state.cache.remove(&index);
+                total -= chunk;
             }
             total
         };
@@ -281,7 +284,7 @@ impl ObjectBlockDevice {
             .filter_map(|(_, u)| u.clone())
             .map(|(key, data)| {
                 let (store, path) = (store.clone(), layout.chunk(&key));
-                async move {
+                self.store.timed(async move {
                     store
                         .put_opts(
                             &path,
@@ -293,7 +296,7 @@ impl ObjectBlockDevice {
                         )
                         .await
                         .map(|_| ())
-                }
+                })
             })
             .collect::<Vec<_>>();
         self.store
@@ -453,20 +456,12 @@ impl BlockDevice for ObjectBlockDevice {
         self.check_range(offset, len)?;
         for (index, at, n) in self.chunks_of(offset, len) {
             if n as u64 == self.chunk_size {
-                // A whole chunk: its zeros need no bytes, cached or stored.
+                // A whole chunk: its zeros need no bytes, cached or stored, so a discard
+                // of a large range costs no memory.
                 let mut state = self.lock();
                 state.chunks.remove(&index);
+                state.cache.remove(&index);
                 state.pending = true;
-                state.clock += 1;
-                let used = state.clock;
-                state.cache.insert(
-                    index,
-                    Cached {
-                        data: Arc::new(vec![0; self.chunk_size as usize]),
-                        dirty: true,
-                        used,
-                    },
-                );
             } else {
                 self.modify(index, |chunk| chunk[at..at + n].fill(0))?;
             }

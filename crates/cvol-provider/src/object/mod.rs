@@ -29,6 +29,7 @@ use layout::{
 };
 use store::{Store, StoreError};
 
+use crate::settings::Settings;
 use crate::{
     Attachment, BlockDevice, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume,
     VolumeSource,
@@ -39,6 +40,54 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 
 /// Memory for cached chunks per attached volume unless the settings say otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
+/// How long one store call may take, retries included, unless the settings say
+/// otherwise: after that a flush fails (EIO to the guest) rather than hang.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How an object pool is opened.
+#[derive(Debug, Clone)]
+pub struct ObjectSettings {
+    /// Chunk size of a new pool (an existing pool keeps its own).
+    pub chunk_size: u64,
+    /// Memory for cached chunks per attached volume.
+    pub cache_bytes: usize,
+    /// How long one store call may take, retries included.
+    pub timeout: Duration,
+    /// Whether a pool that is not there yet is made (else it is an error).
+    pub create: bool,
+}
+
+impl Default for ObjectSettings {
+    fn default() -> Self {
+        Self {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            create: true,
+        }
+    }
+}
+
+impl ObjectSettings {
+    /// The settings of an `object` provider: optionally `chunk_size` (bytes, for a new
+    /// pool), `cache_mib` (per attached volume) and `timeout` (seconds per store call).
+    pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
+        let settings = Settings::new(config);
+        let default = Self::default();
+        Ok(Self {
+            chunk_size: settings.positive("chunk_size", "bytes", default.chunk_size)?,
+            cache_bytes: (settings.positive(
+                "cache_mib",
+                "MiB",
+                (default.cache_bytes >> 20) as u64,
+            )? as usize)
+                << 20,
+            timeout: settings.seconds("timeout", default.timeout)?,
+            create: true,
+        })
+    }
+}
 
 /// Leftovers of interrupted work older than this are reclaimed.
 const GRACE: Duration = Duration::from_secs(600);
@@ -77,12 +126,19 @@ fn from_ms(ms: u64) -> SystemTime {
 }
 
 /// The store a pool URL names, and the prefix of the pool within it.
-fn open_store(url: &str) -> Result<(Arc<dyn object_store::ObjectStore>, Path), String> {
+fn open_store(
+    url: &str,
+    settings: &ObjectSettings,
+) -> Result<(Arc<dyn object_store::ObjectStore>, Path), String> {
     if let Some(dir) = url.strip_prefix("file://") {
         if !dir.starts_with('/') {
             return Err(format!("{url}: expected file:///ABSOLUTE/DIR"));
         }
-        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        if settings.create {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+        } else if !std::path::Path::new(dir).is_dir() {
+            return Err(format!("{dir}: no such directory"));
+        }
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| e.to_string())?;
         return Ok((Arc::new(store), Path::default()));
@@ -94,7 +150,12 @@ fn open_store(url: &str) -> Result<(Arc<dyn object_store::ObjectStore>, Path), S
         }
         // Endpoint, region and credentials as every AWS tool reads them
         // (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(object_store::RetryConfig {
+                retry_timeout: settings.timeout,
+                ..Default::default()
+            });
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
             builder = builder
                 .with_allow_http(endpoint.starts_with("http://"))
@@ -109,26 +170,25 @@ fn open_store(url: &str) -> Result<(Arc<dyn object_store::ObjectStore>, Path), S
 }
 
 impl ObjectProvider {
-    /// Opens (making it if it is new) the pool at `url`: `file:///dir` or
-    /// `s3://bucket/prefix`. A new pool gets chunks of `chunk_size` bytes; an existing
-    /// one keeps its own. Each attached volume caches up to `cache_bytes` of chunks.
+    /// Opens the pool at `url`: `file:///dir` or `s3://bucket/prefix`; a pool that is
+    /// not there yet is made if `settings.create` says so.
     pub fn open(
         id: &ProviderId,
         url: &str,
-        chunk_size: u64,
-        cache_bytes: usize,
+        settings: &ObjectSettings,
     ) -> Result<Self, ProviderError> {
         let refuse = |reason: String| ProviderError::Pool {
             provider: id.to_string(),
             path: url.into(),
             reason,
         };
+        let chunk_size = settings.chunk_size;
         if !chunk_size.is_power_of_two() || !(64 << 10..=64 << 20).contains(&chunk_size) {
             return Err(refuse(format!(
                 "chunk size {chunk_size}: expected a power of two from 64 KiB to 64 MiB"
             )));
         }
-        let (inner, root) = open_store(url).map_err(refuse)?;
+        let (inner, root) = open_store(url, settings).map_err(refuse)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cvol-object")
@@ -140,10 +200,17 @@ impl ObjectProvider {
             location: format!("object:{url}"),
             inner,
             runtime: Arc::new(runtime),
+            timeout: settings.timeout,
         };
         let layout = Layout::new(root);
         let chunk_size = match store.get_json::<PoolRecord>(&layout.pool())? {
             Some(pool) => pool.chunk_size,
+            None if !settings.create => {
+                return Err(refuse(format!(
+                    "no pool here ({} is missing)",
+                    layout.pool()
+                )))
+            }
             None => {
                 let record = PoolRecord { chunk_size };
                 match store.put_json(&layout.pool(), &record, PutMode::Create) {
@@ -164,32 +231,17 @@ impl ObjectProvider {
             store,
             layout,
             chunk_size,
-            cache_bytes,
+            cache_bytes: settings.cache_bytes,
             attachments: Mutex::new(()),
             devices: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Opens the pool an `object` provider's settings name: `url`, and optionally
-    /// `chunk_size` (bytes, for a new pool) and `cache_mib` (per attached volume).
+    /// Opens the pool an `object` provider's settings name (`url`, and the settings of
+    /// [`ObjectSettings::from_config`]), making it if it is new.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
-        let setting_error = |message: String| ProviderError::Setting {
-            provider: config.id.to_string(),
-            message,
-        };
-        let setting = |key: &str| config.settings.get(key).map(String::as_str);
-        let url = setting("url").ok_or_else(|| {
-            setting_error("setting 'url' (file:///DIR or s3://BUCKET/PREFIX) is missing".into())
-        })?;
-        let number = |key: &str, default: u64| -> Result<u64, ProviderError> {
-            setting(key).map_or(Ok(default), |v| {
-                v.parse()
-                    .map_err(|_| setting_error(format!("setting '{key}' {v:?}: expected a number")))
-            })
-        };
-        let chunk_size = number("chunk_size", DEFAULT_CHUNK_SIZE)?;
-        let cache_mib = number("cache_mib", (DEFAULT_CACHE_BYTES >> 20) as u64)?;
-        Self::open(&config.id, url, chunk_size, (cache_mib as usize) << 20)
+        let url = Settings::new(config).required("url", "file:///DIR or s3://BUCKET/PREFIX")?;
+        Self::open(&config.id, url, &ObjectSettings::from_config(config)?)
     }
 
     fn not_found(&self, id: &VolumeId) -> ProviderError {

@@ -13,9 +13,6 @@ use serde::Serialize;
 
 use crate::ProviderError;
 
-/// How long one store call may take before it counts as failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// An object store and the runtime its calls run on.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -23,6 +20,8 @@ pub(crate) struct Store {
     pub(crate) location: String,
     pub(crate) inner: Arc<dyn ObjectStore>,
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
+    /// How long one call may take, retries included, before it counts as failed.
+    pub(crate) timeout: Duration,
 }
 
 /// What a failed store call means to a caller.
@@ -55,22 +54,32 @@ impl Store {
     where
         T: Send,
     {
-        // The timer is made inside the runtime, which it needs.
-        let timed = async { tokio::time::timeout(CALL_TIMEOUT, future).await };
         // Callers may run inside another runtime (the provider service's blocking pool);
         // a scoped thread keeps this runtime's block_on out of theirs.
         let result = if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| s.spawn(|| self.runtime.block_on(timed)).join())
+            std::thread::scope(|s| s.spawn(|| self.runtime.block_on(future)).join())
                 .expect("a store call does not panic")
         } else {
-            self.runtime.block_on(timed)
+            self.runtime.block_on(future)
         };
-        match result {
-            Ok(inner) => inner.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Failed(format!(
-                "no answer within {} s",
-                CALL_TIMEOUT.as_secs()
-            ))),
+        result.map_err(StoreError::from)
+    }
+
+    /// `call`, failed if it takes longer than the pool's timeout. Every single call to
+    /// the store goes through here, so that a store that went away fails it instead of
+    /// hanging a flush (object_store retries within the same limit).
+    pub(crate) fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, object_store::Error>> + Send,
+    ) -> impl std::future::Future<Output = Result<T, object_store::Error>> + Send {
+        let limit = self.timeout;
+        async move {
+            tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+                Err(object_store::Error::Generic {
+                    store: "cvol",
+                    source: format!("no answer within {} s", limit.as_secs()).into(),
+                })
+            })
         }
     }
 
@@ -90,7 +99,7 @@ impl Store {
 
     pub(crate) fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
         let store = &self.inner;
-        self.block(async move { store.get(path).await?.bytes().await })
+        self.block(self.timed(async move { store.get(path).await?.bytes().await }))
     }
 
     /// Reads a JSON record; `None` if it is not there, `Corrupt` if it does not parse.
@@ -119,12 +128,12 @@ impl Store {
             mode,
             ..Default::default()
         };
-        self.block(async move {
+        self.block(self.timed(async move {
             store
                 .put_opts(path, PutPayload::from_bytes(bytes), options)
                 .await
                 .map(|_| ())
-        })
+        }))
     }
 
     pub(crate) fn put_json(
@@ -140,7 +149,7 @@ impl Store {
     /// Every object below `prefix`.
     pub(crate) fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, ProviderError> {
         let store = &self.inner;
-        self.block(async move { store.list(Some(prefix)).try_collect().await })
+        self.block(self.timed(async move { store.list(Some(prefix)).try_collect().await }))
             .map_err(|e| self.error("list", prefix, e))
     }
 
@@ -148,7 +157,7 @@ impl Store {
     pub(crate) fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, ProviderError> {
         let store = &self.inner;
         let listing = self
-            .block(async move { store.list_with_delimiter(Some(prefix)).await })
+            .block(self.timed(async move { store.list_with_delimiter(Some(prefix)).await }))
             .map_err(|e| self.error("list", prefix, e))?;
         Ok(listing
             .common_prefixes
@@ -160,7 +169,7 @@ impl Store {
     /// Deletes `path`; gone already is fine.
     pub(crate) fn delete(&self, path: &Path) -> Result<(), ProviderError> {
         let store = &self.inner;
-        match self.block(async move { store.delete(path).await }) {
+        match self.block(self.timed(async move { store.delete(path).await })) {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(self.error("delete", path, e)),
         }

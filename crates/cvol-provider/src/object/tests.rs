@@ -9,7 +9,12 @@ const CHUNK: u64 = 64 << 10;
 
 fn pool(dir: &std::path::Path, cache: usize) -> ObjectProvider {
     let url = format!("file://{}", dir.display());
-    ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, CHUNK, cache).unwrap()
+    let settings = ObjectSettings {
+        chunk_size: CHUNK,
+        cache_bytes: cache,
+        ..Default::default()
+    };
+    ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings).unwrap()
 }
 
 fn blank(p: &ObjectProvider, size: u64) -> VolumeId {

@@ -10,6 +10,8 @@
 
 pub mod api;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use cvol_format::{ProviderId, SnapshotName, VolumeId};
@@ -17,7 +19,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use ureq::http::{Method, Request};
 
-use crate::{Attachment, CopyProgress, Provider, ProviderError, Snapshot, Volume, VolumeSource};
+use crate::file::FileBlockDevice;
+use crate::object::ObjectSettings;
+use crate::{
+    Attachment, BlockDevice, CopyProgress, DataAccess, ObjectProvider, Provider, ProviderError,
+    Snapshot, Volume, VolumeSource,
+};
 use api::{
     AttachmentBody, CreateAttachment, CreateSnapshot, CreateVolume, ErrorBody, Leftovers, Reclaim,
     ResizeVolume, SnapshotBody, SnapshotList, Source, VolumeBody, VolumePage,
@@ -39,6 +46,8 @@ pub struct RemoteProvider {
     token: Option<String>,
     timeout: Duration,
     agent: ureq::Agent,
+    /// The object pools attachments named, opened once per process and URL.
+    object_pools: Mutex<HashMap<String, Arc<ObjectProvider>>>,
 }
 
 impl std::fmt::Debug for RemoteProvider {
@@ -61,6 +70,51 @@ struct Answer {
 impl RemoteProvider {
     /// The provider `id` of the service at `url` (`http://HOST:PORT`), sending `token`
     /// as a bearer token and retrying each call for up to `timeout`.
+    /// The device of attachment `generation` of `volume`, reached as `access` says. Its
+    /// writes and flushes fail once the volume is attached with a newer generation.
+    fn open_access(
+        &self,
+        access: &DataAccess,
+        volume: &VolumeId,
+        generation: u64,
+    ) -> Result<Arc<dyn BlockDevice>, ProviderError> {
+        match access {
+            DataAccess::File { data, fence } => {
+                let device =
+                    FileBlockDevice::open(data, fence, generation, false).map_err(|source| {
+                        ProviderError::Io {
+                            provider: self.id.to_string(),
+                            op: "open",
+                            path: data.clone(),
+                            source,
+                        }
+                    })?;
+                Ok(Arc::new(device))
+            }
+            DataAccess::Object { url } => {
+                let pool = {
+                    let mut pools = self.object_pools.lock().expect("object pools lock");
+                    match pools.get(url) {
+                        Some(pool) => pool.clone(),
+                        None => {
+                            // The service made the pool: one that is not there is a
+                            // wrong URL or missing credentials here, not a pool to make.
+                            let settings = ObjectSettings {
+                                timeout: self.timeout,
+                                create: false,
+                                ..Default::default()
+                            };
+                            let pool = Arc::new(ObjectProvider::open(&self.id, url, &settings)?);
+                            pools.insert(url.clone(), pool.clone());
+                            pool
+                        }
+                    }
+                };
+                Ok(Arc::new(pool.device(volume, generation)?))
+            }
+        }
+    }
+
     pub fn new(
         id: &ProviderId,
         url: &str,
@@ -85,6 +139,7 @@ impl RemoteProvider {
             token,
             timeout,
             agent,
+            object_pools: Mutex::new(HashMap::new()),
         })
     }
 
@@ -455,7 +510,7 @@ impl Provider for RemoteProvider {
                 body.volume, body.host_id
             )));
         }
-        let device = body.access.open(id, body.generation)?;
+        let device = self.open_access(&body.access, id, body.generation)?;
         Ok(Attachment {
             volume: id.clone(),
             host: host.to_string(),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use cvol_format::ProviderConfig;
+use cvol_provider::object::ObjectSettings;
 use cvol_provider::{open_provider, ObjectProvider};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -38,7 +39,12 @@ fn gc(ctx: &Context, spec: &str, grace: u64, apply: bool) -> anyhow::Result<()> 
     if config.kind != "object" {
         bail!("--pool {spec:?}: only object pools collect garbage (a file pool frees space as it deletes)");
     }
-    let pool = ObjectProvider::from_config(&config)?;
+    // Collecting in a pool that is not there is a mistyped URL, not a pool to make.
+    let settings = ObjectSettings {
+        create: false,
+        ..ObjectSettings::from_config(&config)?
+    };
+    let pool = ObjectProvider::open(&config.id, &config.settings["url"], &settings)?;
     let report = pool.gc(Duration::from_secs(grace), apply)?;
     if ctx.json {
         return crate::output::print_json(&serde_json::json!({
