@@ -29,6 +29,23 @@ ensure_packages() {
     fi
 }
 
+# The S3 server the tests and benchmarks run against (Garage: a real object store, in
+# Rust, one binary; Debian has no S3 server package). Only its sqlite metadata engine is
+# built, which keeps the one-time `cargo install` near 15 minutes on 2 cores; later runs
+# find it on PATH and skip it.
+GARAGE_VERSION=2.5.0
+
+# ensure_garage: garage $GARAGE_VERSION on PATH, installed with cargo if it is not.
+ensure_garage() {
+    if garage --version 2>/dev/null | grep -q "v$GARAGE_VERSION\b"; then
+        return 0
+    fi
+    echo "installing garage $GARAGE_VERSION (cargo install, once: about 15 minutes)" >&2
+    cargo install garage --version "$GARAGE_VERSION" --locked --quiet \
+        --no-default-features --features bundled-libs,sqlite
+    garage --version | grep -q "v$GARAGE_VERSION\b"
+}
+
 # wait_mounted DIR: waits up to 20 s for a cvol container at DIR.
 wait_mounted() {
     local _

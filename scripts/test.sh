@@ -9,11 +9,13 @@ source scripts/lib.sh
 # Debian packages the tests drive for real: qemu-img and qemu-io (qemu-utils), the FUSE
 # helpers (fuse3), fio, the libnbd tools (nbdinfo, nbdcopy), nbdkit, an NFS server
 # (rpcbind, nfs-ganesha) and libnfs's tools, and for the boot test QEMU itself, busybox
-# and e2fsprogs (all installed together, in matching versions).
+# and e2fsprogs (all installed together, in matching versions). The S3 server (Garage)
+# comes from crates.io.
 packages=(qemu-utils qemu-system-x86 fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
     busybox-static e2fsprogs)
 
 ensure_packages "${packages[@]}"
+ensure_garage
 for c in clippy rustfmt; do
     cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c"
 done

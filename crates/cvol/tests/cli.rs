@@ -38,21 +38,27 @@ fn create_list_delete_a_vm(env: Env) {
 fn disks_grow_snapshot_clone_and_go(env: Env) {
     env.ok(&["vm", "create", "src", "--disk", "1M"]);
     env.ok(&["vm", "create", "dst"]);
-    let src = env.volume_file("src/src");
+    // A file pool's volume is written in place; an object pool's through a mount.
     let write = |offset: u64, data: &[u8]| {
         use std::os::unix::fs::FileExt;
-        std::fs::File::options()
-            .write(true)
-            .open(&src)
-            .unwrap()
-            .write_all_at(data, offset)
-            .unwrap();
+        let mounted = (!env.is_file_pool()).then(|| env.mount(false));
+        let path = match &mounted {
+            Some(m) => m.path("src/src-flat.vmdk"),
+            None => env.volume_file("src/src"),
+        };
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.write_all_at(data, offset).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        if let Some(m) = mounted {
+            m.stop();
+        }
     };
     write(0, b"snapshotted bytes");
     env.ok(&["disk", "snapshot", "src/src", "s1"]);
     write(0, b"later bytes here!");
     let snapshotted = {
-        let mut v = std::fs::read(&src).unwrap();
+        let mut v = env.volume_bytes("src/src");
         v[..17].copy_from_slice(b"snapshotted bytes");
         v
     };
@@ -76,7 +82,7 @@ fn disks_grow_snapshot_clone_and_go(env: Env) {
     );
 
     env.ok(&["disk", "resize", "src/src", "2M"]);
-    assert_eq!(std::fs::metadata(&src).unwrap().len(), 2 << 20);
+    assert_eq!(env.volume_bytes("src/src").len(), 2 << 20);
     assert!(std::fs::read_to_string(env.share.join("src/src.vmdk"))
         .unwrap()
         .contains("RW 4096 VMFS"));
@@ -520,4 +526,39 @@ fn malformed_and_foreign_files_are_named_with_their_line_on_an_object_pool() {
 #[test]
 fn malformed_and_foreign_files_are_named_with_their_line_on_an_object_pool_behind_the_service() {
     malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_remote_object());
+}
+
+#[test]
+fn create_list_delete_a_vm_on_s3() {
+    create_list_delete_a_vm(Env::datastore_on_s3());
+}
+
+#[test]
+fn create_list_delete_a_vm_on_s3_behind_the_service() {
+    create_list_delete_a_vm(Env::datastore_on_remote_s3());
+}
+
+#[test]
+fn a_real_crash_is_repaired_by_fsck_on_s3() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_s3());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_s3() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_s3());
+}
+
+#[test]
+fn malformed_and_foreign_files_are_named_with_their_line_on_s3() {
+    malformed_and_foreign_files_are_named_with_their_line(Env::datastore_on_s3());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_an_object_pool() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_object());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_s3() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_s3());
 }

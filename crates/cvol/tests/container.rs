@@ -541,3 +541,28 @@ fn qemu_through_a_container_whose_share_is_on_nfs(env: Env) {
         "metadata lands on the export"
     );
 }
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_on_s3() {
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_s3, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_s3() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_s3, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_s3_behind_the_service() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_remote_s3, &[false]);
+}
+
+#[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_s3() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_s3());
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_s3() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_s3());
+}

@@ -44,9 +44,23 @@ impl Nbd {
 
 #[test]
 fn real_clients_read_write_map_and_copy() {
+    real_clients_read_write_map_and_copy_on(Env::datastore());
+}
+
+#[test]
+fn real_clients_read_write_map_and_copy_on_an_object_pool() {
+    real_clients_read_write_map_and_copy_on(Env::datastore_on_object());
+}
+
+#[test]
+fn real_clients_read_write_map_and_copy_on_s3() {
+    real_clients_read_write_map_and_copy_on(Env::datastore_on_s3());
+}
+
+fn real_clients_read_write_map_and_copy_on(env: Env) {
     let port = free_port();
     let tcp = format!("tcp:127.0.0.1:{port}");
-    let nbd = Nbd::start(&["--nbd", &tcp]);
+    let nbd = Nbd::start_on(env, &["--nbd", &tcp]);
     let uri = nbd.uri("demo/demo");
 
     let list = tool("nbdinfo", &["--list", &nbd.uri("")]);
@@ -98,11 +112,11 @@ fn real_clients_read_write_map_and_copy() {
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
 
-    // The same bytes through the container's flat file and in the pool file.
+    // The same bytes through the container's flat file and in the pool (as flushed).
     let flat = std::fs::read(nbd.m.path("demo/demo-flat.vmdk")).unwrap();
     assert!(flat[..1 << 20].iter().all(|&b| b == 0x11));
     assert!(flat[8 << 20..(8 << 20) + 65536].iter().all(|&b| b == 0x33));
-    assert!(flat == std::fs::read(nbd.env.volume_file("demo/demo")).unwrap());
+    assert!(flat == nbd.env.volume_bytes("demo/demo"));
 
     // Holes are reported, so copies can skip them.
     let map: serde_json::Value = serde_json::from_str(&tool(
@@ -147,10 +161,10 @@ fn real_clients_read_write_map_and_copy() {
     let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
     std::fs::write(&in_raw, &pattern).unwrap();
     let other = nbd.uri("other/other");
-    tool("nbdcopy", &[s(&in_raw), &other]);
+    tool("nbdcopy", &["--flush", s(&in_raw), &other]);
     assert!(
-        std::fs::read(nbd.env.volume_file("other/other")).unwrap() == pattern,
-        "nbdcopy in"
+        nbd.env.volume_bytes("other/other") == pattern,
+        "nbdcopy in, flushed"
     );
 
     let out = tool(

@@ -1,6 +1,9 @@
 //! What the binary's tests share: a datastore in a temporary folder, and a mounted container.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod garage;
+pub mod objects;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ pub struct Env {
     pub service: Option<ProviderServe>,
     /// Environment every cvol command of this datastore gets.
     pub vars: Vec<(String, String)>,
+    /// The object pool's URL, if the pool is an object pool.
+    pub object_url: Option<String>,
 }
 
 impl Env {
@@ -45,6 +50,7 @@ impl Env {
             server: None,
             service: None,
             vars: Vec::new(),
+            object_url: None,
         }
     }
 
@@ -74,6 +80,7 @@ impl Env {
             server: None,
             service: None,
             vars: Vec::new(),
+            object_url: None,
         }
     }
 
@@ -109,41 +116,79 @@ impl Env {
 
     /// A datastore with one `object` provider `pool` on a `file:///` object store.
     pub fn datastore_on_object() -> Self {
-        let env = Self::empty();
-        env.create_datastore_with(&format!("pool=object:file://{}", env.pool.display()));
+        let mut env = Self::empty();
+        let url = format!("file://{}", env.pool.display());
+        env.create_datastore_with(&format!("pool=object:{url}"));
+        env.object_url = Some(url);
+        env
+    }
+
+    /// A datastore with one `object` provider `pool` in the test S3 server (Garage).
+    pub fn datastore_on_s3() -> Self {
+        let mut env = Self::empty();
+        let garage = garage::garage();
+        let url = garage.new_pool_url();
+        env.vars.extend(garage.vars());
+        env.create_datastore_with(&format!("pool=object:{url}"));
+        env.object_url = Some(url);
         env
     }
 
     /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of a file
     /// pool, with a bearer token.
     pub fn datastore_on_remote() -> Self {
-        Self::datastore_on_service("file:")
+        Self::empty().start_service(None)
     }
 
     /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of an
     /// object pool on a `file:///` store, with a bearer token.
     pub fn datastore_on_remote_object() -> Self {
-        Self::datastore_on_service("object:file://")
+        let env = Self::empty();
+        let url = format!("file://{}", env.pool.display());
+        env.start_service(Some(url))
     }
 
-    /// A `remote` provider serving `env.pool` as a pool of `kind` (its spec's prefix).
-    fn datastore_on_service(kind: &str) -> Self {
+    /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of an
+    /// object pool in the test S3 server, which the service and the host both reach.
+    pub fn datastore_on_remote_s3() -> Self {
+        let garage = garage::garage();
         let mut env = Self::empty();
-        let token = env.tmp.path().join("token");
+        env.vars.extend(garage.vars());
+        env.start_service(Some(garage.new_pool_url()))
+    }
+
+    /// Makes the datastore with a `remote` provider: a service of a file pool in
+    /// `self.pool`, or of the object pool `object_url`.
+    fn start_service(mut self, object_url: Option<String>) -> Self {
+        let token = self.tmp.path().join("token");
         std::fs::write(&token, format!("{}\n", uuid_like())).unwrap();
-        let spec = format!("{kind}{}", env.pool.display());
-        env.service = Some(ProviderServe::start_spec(
+        let spec = match &object_url {
+            Some(url) => format!("object:{url}"),
+            None => format!("file:{}", self.pool.display()),
+        };
+        let mut command = cvol();
+        command.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        self.service = Some(ProviderServe::start_spec(
             &spec,
             Some(&token),
             "127.0.0.1:0",
-            cvol(),
+            command,
         ));
-        env.vars.push((
+        self.vars.push((
             "CVOL_PROVIDER_TOKEN_FILE".into(),
             token.display().to_string(),
         ));
-        env.create_datastore();
-        env
+        self.object_url = object_url;
+        self.create_datastore();
+        self
+    }
+
+    /// The object pool's objects, read directly (panics for a file pool).
+    pub fn pool_objects(&self) -> objects::PoolObjects {
+        objects::PoolObjects::open(
+            self.object_url.as_deref().expect("an object pool"),
+            &self.vars,
+        )
     }
 
     fn create_datastore(&self) {
@@ -217,29 +262,21 @@ impl Env {
     }
 
     pub fn volume_file(&self, vm_disk: &str) -> PathBuf {
-        let (vm, disk) = vm_disk.split_once('/').unwrap();
-        let disks = self.json(&["disk", "list", vm]);
-        let disk = disks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == disk)
-            .unwrap();
         self.pool
             .join("volumes")
-            .join(disk["volume"].as_str().unwrap())
+            .join(self.volume_of(vm_disk))
             .join("data")
     }
 
-    /// Volumes in the pool (a file pool's, or an object pool's on a file:/// store).
+    /// Volumes in the pool.
     pub fn volumes(&self) -> usize {
+        if !self.is_file_pool() {
+            return self.pool_objects().volumes();
+        }
         std::fs::read_dir(self.pool.join("volumes"))
             .map(|entries| {
                 entries
-                    .filter(|e| {
-                        let dir = e.as_ref().unwrap().path();
-                        dir.join("data").exists() || dir.join("volume.json").exists()
-                    })
+                    .filter(|e| e.as_ref().unwrap().path().join("data").exists())
                     .count()
             })
             .unwrap_or(0)
@@ -247,7 +284,22 @@ impl Env {
 
     /// True when the pool is a file pool (volumes are files).
     pub fn is_file_pool(&self) -> bool {
-        !self.pool.join("pool.json").exists()
+        self.object_url.is_none()
+    }
+
+    /// The volume id of disk `vm_disk`.
+    pub fn volume_of(&self, vm_disk: &str) -> String {
+        let (vm, disk) = vm_disk.split_once('/').unwrap();
+        let disks = self.json(&["disk", "list", vm]);
+        disks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == disk)
+            .unwrap()["volume"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// The bytes of the volume of disk `vm_disk` as last flushed, read from the pool
@@ -256,36 +308,7 @@ impl Env {
         if self.is_file_pool() {
             return std::fs::read(self.volume_file(vm_disk)).unwrap();
         }
-        let (vm, disk) = vm_disk.split_once('/').unwrap();
-        let disks = self.json(&["disk", "list", vm]);
-        let volume = disks
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == disk)
-            .unwrap()["volume"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let manifests = self.pool.join("volumes").join(&volume).join("manifests");
-        let newest = std::fs::read_dir(&manifests)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .max()
-            .unwrap();
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
-        let chunk_size = manifest["chunk_size"].as_u64().unwrap() as usize;
-        let size = manifest["size"].as_u64().unwrap() as usize;
-        let mut bytes = vec![0u8; size.div_ceil(chunk_size) * chunk_size];
-        for (index, key) in manifest["chunks"].as_object().unwrap() {
-            let at = index.parse::<usize>().unwrap() * chunk_size;
-            let chunk =
-                std::fs::read(self.pool.join("chunks").join(key.as_str().unwrap())).unwrap();
-            bytes[at..at + chunk_size].copy_from_slice(&chunk);
-        }
-        bytes.truncate(size);
-        bytes
+        self.pool_objects().volume_bytes(&self.volume_of(vm_disk))
     }
 
     /// Every file and directory below the share, with contents.
@@ -509,11 +532,38 @@ impl Drop for NfsServe {
 
 /// A random word, for tokens.
 pub fn uuid_like() -> String {
-    let mut bytes = [0u8; 16];
+    random_hex(16)
+}
+
+/// `bytes` random bytes in hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
         .unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Spawns `command` so that it dies with this test process even if never waited for:
+/// from a thread that lives as long as the process, with SIGKILL as its parent-death
+/// signal (which follows the spawning thread, not the process).
+pub fn spawn_tied(mut command: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (started, spawned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = started.send(command.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    spawned.recv().unwrap()
 }
 
 /// A `cvol provider serve` process, killed when dropped.
@@ -524,6 +574,8 @@ pub struct ProviderServe {
     /// What it serves, as --pool takes it.
     pub spec: String,
     pub token_file: Option<PathBuf>,
+    /// The environment it was started with, for restarts.
+    vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl ProviderServe {
@@ -551,6 +603,10 @@ impl ProviderServe {
         mut command: Command,
     ) -> Self {
         use std::io::BufRead;
+        let vars = command
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
         command.args(["provider", "serve", "--listen", addr, "--pool", spec]);
         if let Some(token) = token_file {
             command.arg("--token-file").arg(token);
@@ -570,6 +626,7 @@ impl ProviderServe {
             url,
             spec: spec.to_string(),
             token_file: token_file.map(Path::to_path_buf),
+            vars,
         }
     }
 
@@ -588,7 +645,9 @@ impl ProviderServe {
     pub fn restart(&mut self) {
         self.kill();
         let addr = self.addr().to_string();
-        *self = Self::start_spec(&self.spec, self.token_file.as_deref(), &addr, cvol());
+        let mut command = cvol();
+        command.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        *self = Self::start_spec(&self.spec, self.token_file.as_deref(), &addr, command);
     }
 }
 
@@ -622,7 +681,6 @@ pub fn free_port() -> u16 {
 }
 
 fn start_ganesha() -> Ganesha {
-    use std::os::unix::process::CommandExt;
     // rpcbind must run first, or ganesha fails with "Cannot register NFS V3 on UDP".
     if std::net::TcpStream::connect("127.0.0.1:111").is_err() {
         let status = Command::new("rpcbind")
@@ -661,24 +719,7 @@ fn start_ganesha() -> Ganesha {
         .arg(dir.join("ganesha.pid"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; it makes ganesha die with the thread that
-    // started it, which lives as long as this test process.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let (started, spawned) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = started.send(command.spawn().map(drop));
-        loop {
-            std::thread::park();
-        }
-    });
-    spawned
-        .recv()
-        .unwrap()
+    spawn_tied(command)
         .expect("nfs-ganesha is needed (apt-get install nfs-ganesha nfs-ganesha-vfs)");
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -1,0 +1,129 @@
+//! An object pool's objects read and written directly with `object_store`, not through
+//! cvol: what tests check a pool's contents with, and how they damage it.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+/// The objects of the pool at a `file:///DIR` or `s3://BUCKET/PREFIX` URL.
+pub struct PoolObjects {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl PoolObjects {
+    /// Opens the pool at `url`; `vars` is the AWS environment for `s3://` URLs.
+    pub fn open(url: &str, vars: &[(String, String)]) -> Self {
+        let var = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{name} is not set for {url}"))
+        };
+        let (store, root): (Arc<dyn ObjectStore>, Path) =
+            if let Some(dir) = url.strip_prefix("file://") {
+                std::fs::create_dir_all(dir).unwrap();
+                let store = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
+                (Arc::new(store), Path::default())
+            } else {
+                let rest = url.strip_prefix("s3://").expect("file:// or s3:// URL");
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let store = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_endpoint(var("AWS_ENDPOINT_URL"))
+                    .with_allow_http(true)
+                    .with_region(var("AWS_REGION"))
+                    .with_access_key_id(var("AWS_ACCESS_KEY_ID"))
+                    .with_secret_access_key(var("AWS_SECRET_ACCESS_KEY"))
+                    .build()
+                    .unwrap();
+                (Arc::new(store), Path::from(prefix))
+            };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            store,
+            root,
+            runtime,
+        }
+    }
+
+    fn path(&self, key: &str) -> Path {
+        key.split('/')
+            .fold(self.root.clone(), |path, part| path.child(part))
+    }
+
+    /// The object `key` (relative to the pool), if it is there.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let path = self.path(key);
+        self.runtime.block_on(async {
+            match self.store.get(&path).await {
+                Ok(got) => Some(got.bytes().await.unwrap().to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("get {path}: {e}"),
+            }
+        })
+    }
+
+    /// Writes object `key` over whatever is there.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        let path = self.path(key);
+        self.runtime
+            .block_on(self.store.put(&path, bytes.into()))
+            .unwrap();
+    }
+
+    /// The keys (relative to the pool) of every object below `prefix`, sorted.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        let path = self.path(prefix);
+        let root = self.root.as_ref().len();
+        let mut keys: Vec<String> = self
+            .runtime
+            .block_on(self.store.list(Some(&path)).try_collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let full = m.location.as_ref();
+                full[root..].trim_start_matches('/').to_string()
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// How many volumes the pool has (volumes with a `volume.json`).
+    pub fn volumes(&self) -> usize {
+        self.list("volumes")
+            .iter()
+            .filter(|k| k.ends_with("/volume.json"))
+            .count()
+    }
+
+    /// The bytes of `volume` as its newest manifest says, assembled from its chunks.
+    pub fn volume_bytes(&self, volume: &str) -> Vec<u8> {
+        let newest = self
+            .list(&format!("volumes/{volume}/manifests"))
+            .into_iter()
+            .max()
+            .expect("the volume has a manifest");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&self.get(&newest).unwrap()).unwrap();
+        let chunk_size = manifest["chunk_size"].as_u64().unwrap() as usize;
+        let size = manifest["size"].as_u64().unwrap() as usize;
+        let mut bytes = vec![0u8; size.div_ceil(chunk_size) * chunk_size];
+        for (index, key) in manifest["chunks"].as_object().unwrap() {
+            let at = index.parse::<usize>().unwrap() * chunk_size;
+            let chunk = self
+                .get(&format!("chunks/{}", key.as_str().unwrap()))
+                .expect("a chunk the manifest names");
+            bytes[at..at + chunk_size].copy_from_slice(&chunk);
+        }
+        bytes.truncate(size);
+        bytes
+    }
+}
