@@ -664,6 +664,8 @@ pub struct Ganesha {
     pub export: PathBuf,
     pub port: u16,
     pub mount_port: u16,
+    /// Killed with this process (see `spawn_tied`).
+    _server: Child,
 }
 
 pub fn ganesha() -> &'static Ganesha {
@@ -719,7 +721,7 @@ fn start_ganesha() -> Ganesha {
         .arg(dir.join("ganesha.pid"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    spawn_tied(command)
+    let child = spawn_tied(command)
         .expect("nfs-ganesha is needed (apt-get install nfs-ganesha nfs-ganesha-vfs)");
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -734,5 +736,6 @@ fn start_ganesha() -> Ganesha {
         export,
         port,
         mount_port,
+        _server: child,
     }
 }
