@@ -412,6 +412,21 @@ impl Mounted {
         self.mnt.join(rel)
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would, and detaches its dead mount
+    /// (which the kernel keeps until then); returns its log.
+    pub fn kill_9(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let status = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(status.success(), "umount -l {}", self.mnt.display());
+        self.log()
+    }
+
     /// Unmounts with `cvol umount` and waits for the daemon to exit cleanly; returns its log.
     pub fn stop(mut self) -> String {
         self.shut_down();

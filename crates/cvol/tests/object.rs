@@ -1,0 +1,278 @@
+//! Object pools against a real S3 server (Garage): bad buckets and credentials, a server
+//! that goes away mid-flush, and kill -9 of the host daemon while a writer fsyncs.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use common::garage::{self, Garage};
+use common::Env;
+
+/// Runs cvol with `vars`; must fail with one line on stderr, which is returned.
+fn fails_with<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    env: &Env,
+    vars: &[(String, String)],
+    args: &[S],
+) -> String {
+    let out = env
+        .command()
+        .env_remove("AWS_ENDPOINT_URL")
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "cvol {args:?} succeeded");
+    assert_eq!(stderr.lines().count(), 1, "cvol {args:?}: {stderr}");
+    stderr.trim_end().to_string()
+}
+
+#[test]
+fn missing_buckets_pools_and_bad_credentials_are_named_and_change_nothing() {
+    let server = garage::garage();
+    let env = Env::empty();
+    let create = |url: &str| {
+        vec![
+            "datastore".to_string(),
+            "create".into(),
+            "--name".into(),
+            "ds1".into(),
+            "--provider".into(),
+            format!("pool=object:{url}"),
+        ]
+    };
+
+    let vars = server.vars();
+    let err = fails_with(&env, &vars, &create("s3://no-such-bucket/pool"));
+    assert!(
+        err.contains("no-such-bucket") && err.to_lowercase().contains("bucket"),
+        "{err}"
+    );
+
+    let mut wrong_secret = server.vars();
+    wrong_secret.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    wrong_secret.push(("AWS_SECRET_ACCESS_KEY".into(), "0".repeat(64)));
+    let url = server.new_pool_url();
+    let err = fails_with(&env, &wrong_secret, &create(&url));
+    assert!(err.contains(&url), "{err}");
+    assert!(
+        err.contains("403") || err.to_lowercase().contains("signature"),
+        "{err}"
+    );
+
+    let mut unknown_key = server.vars();
+    unknown_key.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID");
+    unknown_key.push(("AWS_ACCESS_KEY_ID".into(), "GK0000000000000000000000".into()));
+    let err = fails_with(&env, &unknown_key, &create(&url));
+    assert!(err.contains(&url), "{err}");
+
+    // Nothing was made: no datastore, no pool.
+    assert!(std::fs::read_dir(&env.share).unwrap().next().is_none());
+    let objects = common::objects::PoolObjects::open(&url, &vars);
+    assert!(objects.list("").is_empty(), "{:?}", objects.list(""));
+
+    // Collecting garbage in a pool that is not there is refused, and makes none.
+    let err = fails_with(
+        &env,
+        &vars,
+        &["provider", "gc", "--pool", &format!("object:{url}")],
+    );
+    assert!(err.contains("no pool here"), "{err}");
+    assert!(objects.list("").is_empty());
+
+    // A bucket name that S3 would refuse never reaches it.
+    let err = fails_with(&env, &vars, &create("s3:///pool"));
+    assert!(err.contains("s3://BUCKET"), "{err}");
+}
+
+/// The provider settings of the datastore's `pool`, with `key = value` added.
+fn add_setting(env: &Env, key: &str, value: &str) {
+    let toml = env.share.join(".cvol/datastore.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    assert!(text.trim_end().ends_with(&format!(
+        "url = \"{}\"",
+        env.object_url.as_deref().unwrap()
+    )));
+    text.push_str(&format!("{key} = \"{value}\"\n"));
+    std::fs::write(toml, text).unwrap();
+}
+
+#[test]
+fn a_store_that_goes_away_mid_flush_fails_it_and_a_retry_succeeds_untorn() {
+    let mut server = Garage::start();
+    let mut env = Env::empty();
+    let url = server.new_pool_url();
+    env.vars.extend(server.vars());
+    env.ok(&[
+        "datastore",
+        "create",
+        "--name",
+        "ds1",
+        "--provider",
+        &format!("pool=object:{url}"),
+    ]);
+    env.object_url = Some(url);
+    add_setting(&env, "timeout", "2");
+    env.ok(&["vm", "create", "demo", "--disk", "32M"]);
+
+    let m = env.mount(false);
+    let disk = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("demo/demo-flat.vmdk"))
+        .unwrap();
+    let first = vec![0xa1u8; 24 << 20];
+    disk.write_all_at(&first, 0).unwrap();
+    disk.sync_all().unwrap();
+
+    let second: Vec<u8> = (0..24u32 << 20).map(|i| (i % 253) as u8).collect();
+    disk.write_all_at(&second, 4 << 20).unwrap();
+    server.kill();
+    let started = Instant::now();
+    let err = disk.sync_all().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the flush failed in {:?}",
+        started.elapsed()
+    );
+    // The guest still reads what it wrote: the cache keeps what was not flushed.
+    let mut back = vec![0u8; 24 << 20];
+    disk.read_exact_at(&mut back, 4 << 20).unwrap();
+    assert!(back == second);
+
+    server.restart();
+    // Nothing of the failed flush is visible: the pool holds the first flush, whole.
+    let mut expected = vec![0u8; 32 << 20];
+    expected[..24 << 20].copy_from_slice(&first);
+    assert!(
+        env.volume_bytes("demo/demo") == expected,
+        "the failed flush left a torn volume"
+    );
+
+    disk.sync_all().expect("the retried flush succeeds");
+    expected[4 << 20..28 << 20].copy_from_slice(&second);
+    assert!(env.volume_bytes("demo/demo") == expected);
+    drop(disk);
+    let log = m.stop();
+    assert!(log.contains("commit") || log.contains("upload"), "{log}");
+    assert_eq!(
+        std::fs::read(env.share.join("demo/demo.vmdk"))
+            .unwrap()
+            .is_empty(),
+        false
+    );
+    let report = env.json(&["datastore", "fsck"]);
+    assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");
+}
+
+/// kill -9 of the host daemon at random moments while a writer writes and fsyncs: after
+/// each, the volume reads back exactly as of a completed flush (the last one the writer
+/// saw succeed, or one it started whose answer the kill cut off), never a mix.
+pub fn kill_9_during_writes_keeps_every_flushed_block(env: &Env, cycles: usize) {
+    const SIZE: usize = 16 << 20;
+    const BLOCK: usize = 64 << 10;
+    env.ok(&["vm", "create", "crash", "--disk", "16M"]);
+    // What the disk held when the previous cycle's daemon was killed, as read back.
+    let mut previous = vec![0u8; SIZE];
+    let mut total_flushes = 0;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for cycle in 0..cycles {
+        let m = env.mount(false);
+        let path = m.path("crash/crash-flat.vmdk");
+        let kill_after = Duration::from_millis(50 + next() % 400);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let start = previous.clone();
+        let rounds = next();
+        let writer = std::thread::spawn(move || {
+            // Returns the image as of its last completed fsync, and the one it was
+            // fsyncing when the daemon died (if any).
+            let mut image = start;
+            let mut synced = image.clone();
+            let mut flushes = 0;
+            let disk = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let mut r = rounds;
+            loop {
+                for _ in 0..8 {
+                    r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let block = (r >> 33) as usize % (SIZE / BLOCK);
+                    let fill = (r >> 20) as u8;
+                    let data = vec![fill; BLOCK];
+                    if disk.write_all_at(&data, (block * BLOCK) as u64).is_err() {
+                        return (synced, None, flushes);
+                    }
+                    image[block * BLOCK..(block + 1) * BLOCK].copy_from_slice(&data);
+                }
+                match disk.sync_all() {
+                    Ok(()) => {
+                        synced = image.clone();
+                        flushes += 1;
+                    }
+                    Err(e) => {
+                        assert_ne!(e.kind(), ErrorKind::InvalidInput);
+                        return (synced, Some(image), flushes);
+                    }
+                }
+                if done_rx.try_recv().is_ok() {
+                    return (synced, None, flushes);
+                }
+            }
+        });
+        std::thread::sleep(kill_after);
+        m.kill_9();
+        let _ = done_tx.send(());
+        let (synced, in_flight, flushes) = writer.join().unwrap();
+        total_flushes += flushes;
+
+        let m = env.mount(false);
+        let back = std::fs::read(m.path("crash/crash-flat.vmdk")).unwrap();
+        let matches_synced = back == synced;
+        let matches_in_flight = in_flight.as_ref().is_some_and(|i| back == *i);
+        assert!(
+            matches_synced || matches_in_flight,
+            "cycle {cycle}: after kill -9 the disk is neither the last flushed state nor the one being flushed ({} of {} blocks differ from the flushed one)",
+            back.chunks(BLOCK)
+                .zip(synced.chunks(BLOCK))
+                .filter(|(a, b)| a != b)
+                .count(),
+            SIZE / BLOCK
+        );
+        previous = back;
+        m.stop();
+    }
+    assert!(
+        total_flushes >= cycles,
+        "only {total_flushes} flushes completed in {cycles} cycles: the kills tested little"
+    );
+    eprintln!("{cycles} kill -9 cycles, {total_flushes} completed flushes, every one intact");
+}
+
+#[test]
+fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_s3() {
+    let cycles = std::env::var("CVOL_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(5);
+    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_s3(), cycles);
+}
+
+#[test]
+fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_file_objects() {
+    let cycles = std::env::var("CVOL_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(5);
+    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_object(), cycles);
+}
