@@ -37,13 +37,13 @@ GARAGE_VERSION=2.5.0
 
 # ensure_garage: garage $GARAGE_VERSION on PATH, installed with cargo if it is not.
 ensure_garage() {
-    if garage --version 2>/dev/null | grep -q "v$GARAGE_VERSION\b"; then
+    if garage --version 2>/dev/null | grep -q "[:v]$GARAGE_VERSION\b"; then
         return 0
     fi
     echo "installing garage $GARAGE_VERSION (cargo install, once: about 15 minutes)" >&2
     cargo install garage --version "$GARAGE_VERSION" --locked --quiet \
         --no-default-features --features bundled-libs,sqlite
-    garage --version | grep -q "v$GARAGE_VERSION\b"
+    garage --version | grep -q "[:v]$GARAGE_VERSION\b"
 }
 
 # wait_mounted DIR: waits up to 20 s for a cvol container at DIR.

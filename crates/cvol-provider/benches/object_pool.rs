@@ -28,7 +28,9 @@ fn store(url: &str) -> (Arc<dyn ObjectStore>, Path) {
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
         return (Arc::new(store), Path::default());
     }
-    let rest = url.strip_prefix("s3://").expect("file:///DIR or s3://BUCKET/PREFIX");
+    let rest = url
+        .strip_prefix("s3://")
+        .expect("file:///DIR or s3://BUCKET/PREFIX");
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let store = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
@@ -112,15 +114,15 @@ fn snapshots(url: &str) {
             .unwrap();
         let attachment = pool.attach(&volume, "bench", false).unwrap();
         let chunk = DEFAULT_CHUNK_SIZE as usize;
-        attachment
-            .device
-            .write_at(&random_bytes(chunk), 0)
-            .unwrap();
+        attachment.device.write_at(&random_bytes(chunk), 0).unwrap();
         attachment.device.flush().unwrap();
         drop(attachment);
         pool.detach(&volume, "bench").unwrap();
         // Map every chunk index to the one written chunk (see the module comment).
-        let manifests = root.child("volumes").child(volume.as_str()).child("manifests");
+        let manifests = root
+            .child("volumes")
+            .child(volume.as_str())
+            .child("manifests");
         let newest = runtime
             .block_on(async {
                 let mut all: Vec<_> = store
@@ -178,8 +180,16 @@ fn snapshots(url: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["peer", url, mib] => peer(url, mib.parse().expect("MIB")),
         ["snapshots", url] => snapshots(url),
         _ => {

@@ -13,6 +13,9 @@ use serde::Serialize;
 
 use crate::ProviderError;
 
+/// The `store` of the error `Store::timed` makes.
+const TIMEOUT_STORE: &str = "cvol-timeout";
+
 /// An object store and the runtime its calls run on.
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -40,6 +43,11 @@ impl From<object_store::Error> for StoreError {
         match e {
             object_store::Error::NotFound { .. } => Self::NotFound,
             object_store::Error::AlreadyExists { .. } => Self::Exists,
+            // Our own timeout (see `timed`), said without object_store's prefix.
+            object_store::Error::Generic {
+                store: TIMEOUT_STORE,
+                source,
+            } => Self::Failed(source.to_string()),
             other => Self::Failed(other.to_string()),
         }
     }
