@@ -123,3 +123,42 @@ CONF
     ganesha_pid=
     return 1
 }
+
+# start_garage DIR: runs a single-node Garage in DIR on loopback, with bucket "cvol" and
+# a key allowed on it; exports the AWS_* variables that point clients at it and sets
+# garage_pid. The same setup as the Rust tests' (crates/cvol/tests/common/garage.rs).
+start_garage() {
+    local dir=$1 rpc s3 admin node _
+    rpc=$(free_port) s3=$(free_port) admin=$(free_port)
+    mkdir -p "$dir"
+    cat >"$dir/garage.toml" <<CONF
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+CONF
+    RUST_LOG=garage=warn garage -c "$dir/garage.toml" server 2>"$dir/garage.log" &
+    garage_pid=$!
+    for _ in $(seq 300); do
+        node=$(garage -c "$dir/garage.toml" node id -q 2>/dev/null) && break
+        sleep 0.1
+    done
+    [[ -n $node ]] || { cat "$dir/garage.log" >&2; return 1; }
+    garage -c "$dir/garage.toml" layout assign -z dc1 -c 1G "${node%@*}" >/dev/null
+    garage -c "$dir/garage.toml" layout apply --version 1 >/dev/null
+    garage -c "$dir/garage.toml" bucket create cvol >/dev/null
+    AWS_ACCESS_KEY_ID=GK$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+    AWS_SECRET_ACCESS_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+    garage -c "$dir/garage.toml" key import --yes -n cvol "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >/dev/null
+    garage -c "$dir/garage.toml" bucket allow --read --write --owner cvol --key "$AWS_ACCESS_KEY_ID" >/dev/null
+    export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL=http://127.0.0.1:$s3 AWS_REGION=garage
+}
