@@ -100,6 +100,19 @@ pub enum Command {
     Provider(ProviderCommand),
 }
 
+impl Command {
+    /// Whether the command runs until stopped, serving others (a mount, a service).
+    pub fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Self::Mount(_)
+                | Self::Up(_)
+                | Self::Nfs(NfsCommand::Serve { .. })
+                | Self::Provider(ProviderCommand::Serve { .. })
+        )
+    }
+}
+
 /// `cvol provider …`
 #[derive(Debug, Subcommand)]
 pub enum ProviderCommand {

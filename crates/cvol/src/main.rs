@@ -10,12 +10,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Die quietly when a pipe reader goes away (`cvol vm list | head`), as Unix tools do.
-    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = cli::Cli::parse();
+    // A command that prints dies quietly when its pipe reader goes away (`cvol vm list |
+    // head`), as Unix tools do. A server keeps Rust's default (ignored): a peer that
+    // resets a connection mid-write (an S3 server going away) must be an error on that
+    // connection, not the death of every VM disk the daemon serves.
+    if !cli.command.is_server() {
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging(cli.verbose);
     match commands::run(cli) {
         Ok(code) => code,

@@ -24,7 +24,7 @@ use super::layout::{AttachmentRecord, Layout, Manifest};
 use super::store::Store;
 use crate::{BlockDevice, BlockError, BlockExtent};
 
-/// Uploads and downloads in flight at once.
+/// Uploads in flight at once, and chunks read ahead of a sequential reader.
 const PARALLEL: usize = 8;
 
 struct Cached {
@@ -40,8 +40,37 @@ struct State {
     clock: u64,
     seq: u64,
     last_read: Option<u64>,
+    /// Chunks being downloaded, so that a chunk is fetched once however many readers
+    /// (and the readahead) want it at the same time.
+    fetching: HashMap<u64, Arc<Fetch>>,
     /// Changed since the last commit.
     pending: bool,
+}
+
+/// A download in flight; waiters wake when it is done.
+#[derive(Default)]
+struct Fetch {
+    /// `None` while in flight; then `Ok` (the chunk is in the cache, unless it changed
+    /// meanwhile) or the error, said for people.
+    outcome: Mutex<Option<Result<(), String>>>,
+    done: std::sync::Condvar,
+}
+
+impl Fetch {
+    fn finish(&self, outcome: Result<(), String>) {
+        *self.outcome.lock().expect("fetch lock") = Some(outcome);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut outcome = self.outcome.lock().expect("fetch lock");
+        loop {
+            if let Some(outcome) = outcome.as_ref() {
+                return outcome.clone();
+            }
+            outcome = self.done.wait(outcome).expect("fetch lock");
+        }
+    }
 }
 
 impl State {
@@ -101,6 +130,7 @@ impl ObjectBlockDevice {
                 clock: 0,
                 seq,
                 last_read: None,
+                fetching: HashMap::new(),
                 pending: false,
             })),
             flushing: Mutex::new(()),
@@ -114,91 +144,140 @@ impl ObjectBlockDevice {
     /// The bytes of chunk `index` as stored (zeros if it has none), from the cache or
     /// the store.
     fn load(&self, index: u64) -> Result<Arc<Vec<u8>>, BlockError> {
-        let key = {
-            let mut state = self.lock();
-            if state.cache.contains_key(&index) {
-                state.touch(index);
-                return Ok(state.cache[&index].data.clone());
-            }
-            state.chunks.get(&index).cloned()
-        };
-        let data = match key {
-            None => vec![0u8; self.chunk_size as usize],
-            Some(key) => self.fetch(&key)?,
-        };
-        let mut state = self.lock();
-        // Another thread may have loaded or written it meanwhile: theirs is newer.
-        let clock = state.clock + 1;
-        state.clock = clock;
-        let entry = state.cache.entry(index).or_insert(Cached {
-            data: Arc::new(data),
-            dirty: false,
-            used: clock,
-        });
-        Ok(entry.data.clone())
+        loop {
+            let fetch = {
+                let mut state = self.lock();
+                if state.cache.contains_key(&index) {
+                    state.touch(index);
+                    return Ok(state.cache[&index].data.clone());
+                }
+                match state.fetching.get(&index) {
+                    Some(fetch) => fetch.clone(),
+                    None => {
+                        let Some(key) = state.chunks.get(&index).cloned() else {
+                            let zeros = Arc::new(vec![0u8; self.chunk_size as usize]);
+                            self.insert_clean(&mut state, index, zeros.clone());
+                            return Ok(zeros);
+                        };
+                        let fetch = Arc::new(Fetch::default());
+                        state.fetching.insert(index, fetch.clone());
+                        drop(state);
+                        let fetched = self
+                            .store
+                            .block(self.get_chunk(&key))
+                            .map_err(|e| self.store.error("read", &self.layout.chunk(&key), e));
+                        let fetched = fetched.map(|b| b.to_vec());
+                        Self::fetched_into(&self.state, index, &key, &fetch, fetched);
+                        fetch
+                    }
+                }
+            };
+            // Once it is done the chunk is cached (or changed meanwhile): look again.
+            fetch.wait().map_err(io)?;
+        }
     }
 
-    fn fetch(&self, key: &str) -> Result<Vec<u8>, BlockError> {
-        let path = self.layout.chunk(key);
-        let bytes = self
-            .store
-            .get(&path)
-            .map_err(|e| io(self.store.error("read", &path, e).to_string()))?;
-        if bytes.len() as u64 != self.chunk_size {
-            return Err(io(format!(
-                "chunk {path} has {} bytes, not {}",
-                bytes.len(),
-                self.chunk_size
-            )));
-        }
-        Ok(bytes.to_vec())
+    fn insert_clean(&self, state: &mut State, index: u64, data: Arc<Vec<u8>>) {
+        state.clock += 1;
+        let used = state.clock;
+        state.cache.insert(
+            index,
+            Cached {
+                data,
+                dirty: false,
+                used,
+            },
+        );
     }
 
-    /// Starts loading chunk `index` in the background, if it is stored and not cached.
-    fn read_ahead(&self, index: u64) {
-        if index * self.chunk_size >= self.size() {
-            return;
-        }
-        let key = {
-            let state = self.lock();
-            if state.cache.contains_key(&index) {
-                return;
-            }
-            match state.chunks.get(&index) {
-                Some(key) => key.clone(),
-                None => return,
-            }
-        };
-        let (store, path, state, chunk_size) = (
+    /// The download of chunk `key`, checked for length.
+    fn get_chunk(
+        &self,
+        key: &str,
+    ) -> impl std::future::Future<Output = Result<Bytes, object_store::Error>> + Send + 'static
+    {
+        let (store, path, chunk_size) = (
             self.store.inner.clone(),
-            self.layout.chunk(&key),
-            self.state.clone(),
+            self.layout.chunk(key),
             self.chunk_size,
         );
-        let fetch = self
-            .store
-            .timed(async move { store.get(&path).await?.bytes().await });
-        self.store.runtime.spawn(async move {
-            let Ok(bytes) = fetch.await else {
-                return;
-            };
+        self.store.timed(async move {
+            let bytes = store.get(&path).await?.bytes().await?;
             if bytes.len() as u64 != chunk_size {
-                return;
+                return Err(object_store::Error::Generic {
+                    store: "cvol",
+                    source: format!("chunk {path} has {} bytes, not {chunk_size}", bytes.len())
+                        .into(),
+                });
             }
-            let mut state = state.lock().expect("device state lock");
-            // Only if the map still names that chunk: a write or discard may have won.
-            if state.chunks.get(&index) == Some(&key) && !state.cache.contains_key(&index) {
+            Ok(bytes)
+        })
+    }
+
+    /// Ends the download of chunk `index` from `key`: caches it unless a write or
+    /// discard changed the chunk meanwhile, and wakes whoever waits.
+    fn fetched_into(
+        state: &Mutex<State>,
+        index: u64,
+        key: &str,
+        fetch: &Fetch,
+        outcome: Result<Vec<u8>, crate::ProviderError>,
+    ) {
+        let mut state = state.lock().expect("device state lock");
+        if state
+            .fetching
+            .get(&index)
+            .is_some_and(|f| std::ptr::eq(f.as_ref(), fetch))
+        {
+            state.fetching.remove(&index);
+        }
+        let outcome = outcome.map(|data| {
+            let current = state.chunks.get(&index).map(String::as_str) == Some(key);
+            if current && !state.cache.contains_key(&index) {
+                state.clock += 1;
                 let used = state.clock;
                 state.cache.insert(
                     index,
                     Cached {
-                        data: Arc::new(bytes.to_vec()),
+                        data: Arc::new(data),
                         dirty: false,
                         used,
                     },
                 );
             }
         });
+        drop(state);
+        fetch.finish(outcome.map_err(|e| e.to_string()));
+    }
+
+    /// Starts downloading the `PARALLEL` chunks after `index` that are stored, not cached
+    /// and not already on their way.
+    fn read_ahead(&self, index: u64) {
+        let count = self.size().div_ceil(self.chunk_size);
+        let mut state = self.lock();
+        for next in index + 1..(index + 1 + PARALLEL as u64).min(count) {
+            if state.cache.contains_key(&next) || state.fetching.contains_key(&next) {
+                continue;
+            }
+            let Some(key) = state.chunks.get(&next).cloned() else {
+                continue;
+            };
+            let fetch = Arc::new(Fetch::default());
+            state.fetching.insert(next, fetch.clone());
+            let download = self.get_chunk(&key);
+            let (shared, store, path) = (
+                self.state.clone(),
+                self.store.clone(),
+                self.layout.chunk(&key),
+            );
+            self.store.runtime.spawn(async move {
+                let outcome = download
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| store.error("read", &path, e.into()));
+                Self::fetched_into(&shared, next, &key, &fetch, outcome);
+            });
+        }
     }
 
     /// Applies `change` to chunk `index`, marking it dirty.
@@ -391,14 +470,18 @@ impl BlockDevice for ObjectBlockDevice {
         self.check_range(offset, buf.len() as u64)?;
         let mut done = 0;
         for (index, at, n) in self.chunks_of(offset, buf.len() as u64) {
+            // Sequential: this chunk or the next after the last read (readers keep
+            // several requests of one chunk in flight).
             let sequential = {
                 let mut state = self.lock();
-                let sequential = state.last_read.is_some_and(|last| last + 1 == index);
+                let sequential = state
+                    .last_read
+                    .is_some_and(|last| index == last || index == last + 1);
                 state.last_read = Some(index);
                 sequential
             };
             if sequential {
-                self.read_ahead(index + 1);
+                self.read_ahead(index);
             }
             let data = self.load(index)?;
             buf[done..done + n].copy_from_slice(&data[at..at + n]);
