@@ -440,7 +440,14 @@ impl Provider for ObjectProvider {
             }
             Err(e) => return Err(self.store.error("write", &path, e)),
         }
-        self.volume_of(id, record)
+        // What was just written, not read back: a clone's manifest can be megabytes.
+        Ok(Volume {
+            id: id.clone(),
+            size,
+            owner: record.owner,
+            created: from_ms(record.created_unix_ms),
+            attached_to: None,
+        })
     }
 
     fn volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
