@@ -268,7 +268,10 @@ pub fn kill_9_during_writes_keeps_every_flushed_block(env: &Env, cycles: usize) 
         total_flushes >= cycles,
         "only {total_flushes} flushes completed in {cycles} cycles: the kills tested little"
     );
-    eprintln!("{cycles} kill -9 cycles, {total_flushes} completed flushes, every one intact");
+    let store = env.object_url.as_deref().and_then(|u| u.split(':').next());
+    eprintln!(
+        "{store:?}: {cycles} kill -9 cycles, {total_flushes} completed flushes, every one intact"
+    );
 }
 
 #[test]
