@@ -43,15 +43,6 @@ jobs=(
     "1M seq write|--rw=write --bs=1M --iodepth=4"
 )
 
-wait_socket() {
-    for _ in $(seq 100); do
-        [[ -S $sock ]] && return 0
-        sleep 0.1
-    done
-    echo "bench-nbd.sh: no server on $sock" >&2
-    exit 1
-}
-
 # run_jobs SERVER URI: fills result[SERVER,job] with MiB/s (reads + writes)
 declare -A result
 run_jobs() {
@@ -67,19 +58,19 @@ run_jobs() {
 
 "$cvol" mount "$mnt" --nbd "unix:$sock" &
 server_pid=$!
-wait_socket
+wait_socket "$sock"
 run_jobs cvol "nbd+unix:///bench/bench?socket=$sock"
 stop_server
 
 qemu-nbd --persistent --shared=8 --format=raw --cache=writeback --aio=threads --socket="$sock" --export-name=bench "$pool_file" &
 server_pid=$!
-wait_socket
+wait_socket "$sock"
 run_jobs qemu-nbd "nbd+unix:///bench?socket=$sock"
 stop_server
 
 nbdkit --foreground --unix "$sock" --exportname=bench file "$pool_file" &
 server_pid=$!
-wait_socket
+wait_socket "$sock"
 run_jobs nbdkit "nbd+unix:///bench?socket=$sock"
 stop_server
 

@@ -43,15 +43,6 @@ ports="nfsport=$nfs_port&mountport=$mount_port"
 src=$work/small.txt
 printf 'a small metadata file\n' >"$src"
 
-# seconds CMD...: wall-clock seconds of CMD.
-seconds() {
-    local start end
-    start=$(date +%s.%N)
-    "$@" >/dev/null
-    end=$(date +%s.%N)
-    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }'
-}
-
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 create_files() { # DIR: one cp per file, as a tool run per file would

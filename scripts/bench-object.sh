@@ -45,25 +45,11 @@ serve() {
     rm -f "$sock"
     CVOL_SHARE=$1 "$cvol" mount "$work/mnt" --nbd "unix:$sock" 2>"$work/daemon.log" &
     server_pid=$!
-    for _ in $(seq 100); do
-        [[ -S $sock ]] && return 0
-        sleep 0.1
-    done
-    cat "$work/daemon.log" >&2
-    exit 1
+    wait_socket "$sock" || { cat "$work/daemon.log" >&2; exit 1; }
 }
 
 # mib_per_s SECONDS: 1 GiB in SECONDS, in MiB/s.
 mib_per_s() { awk -v s="$1" 'BEGIN { printf "%.1f", 1024 / s }'; }
-
-# timed COMMAND...: runs it, prints its wall time in seconds.
-timed() {
-    local start end
-    start=$(date +%s.%N)
-    "$@" >/dev/null
-    end=$(date +%s.%N)
-    awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
-}
 
 randread() {
     fio --name=job --ioengine=nbd --uri="$1" --size=1G --time_based --runtime="$runtime" \
@@ -82,10 +68,10 @@ printf 'cache_mib = "1200"\n' >>"$work/s3-share/.cvol/datastore.toml"
 "$cvol" vm create bench --disk 1G >/dev/null
 uri="nbd+unix:///bench/bench?socket=$sock"
 serve "$work/s3-share"
-write_s=$(timed nbdcopy --flush "$work/disk.raw" "$uri")
+write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
 stop_server
 serve "$work/s3-share"
-read_s=$(timed nbdcopy "$uri" null:)
+read_s=$(seconds nbdcopy "$uri" null:)
 nbdcopy "$uri" "$work/back.raw"
 cmp "$work/disk.raw" "$work/back.raw"
 s3_randread=$(randread "$uri")

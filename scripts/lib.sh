@@ -71,6 +71,26 @@ bench_datastore() {
     fio --name=fill --filename="$pool_file" --rw=write --bs=1M --size=2G --ioengine=psync --output=/dev/null
 }
 
+# seconds CMD...: runs CMD (its output dropped), prints its wall-clock seconds.
+seconds() {
+    local start end
+    start=$(date +%s.%N)
+    "$@" >/dev/null
+    end=$(date +%s.%N)
+    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }'
+}
+
+# wait_socket SOCK: waits up to 10 s for a server's unix socket SOCK.
+wait_socket() {
+    local _
+    for _ in $(seq 100); do
+        [[ -S $1 ]] && return 0
+        sleep 0.1
+    done
+    echo "no server on $1" >&2
+    return 1
+}
+
 # free_port: prints a TCP port nothing listens on at 127.0.0.1.
 free_port() {
     local port

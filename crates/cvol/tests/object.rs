@@ -181,7 +181,12 @@ fn a_store_that_goes_away_mid_flush_fails_it_and_a_retry_succeeds_untorn() {
 /// kill -9 of the host daemon at random moments while a writer writes and fsyncs: after
 /// each, the volume reads back exactly as of a completed flush (the last one the writer
 /// saw succeed, or one it started whose answer the kill cut off), never a mix.
-pub fn kill_9_during_writes_keeps_every_flushed_block(env: &Env, cycles: usize) {
+/// CVOL_CRASH_CYCLES cycles (5 by default; scripts/crash-object.sh runs 100).
+fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
+    let cycles: usize = std::env::var("CVOL_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(5);
     const SIZE: usize = 16 << 20;
     const BLOCK: usize = 64 << 10;
     env.ok(&["vm", "create", "crash", "--disk", "16M"]);
@@ -276,18 +281,10 @@ pub fn kill_9_during_writes_keeps_every_flushed_block(env: &Env, cycles: usize) 
 
 #[test]
 fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_s3() {
-    let cycles = std::env::var("CVOL_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(5);
-    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_s3(), cycles);
+    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_s3());
 }
 
 #[test]
 fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_file_objects() {
-    let cycles = std::env::var("CVOL_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(5);
-    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_object(), cycles);
+    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_object());
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cvol_format::{ProviderConfig, ProviderId, SnapshotName, VolumeId};
 use object_store::path::Path;
-use object_store::PutMode;
+use object_store::{PutMode, UpdateVersion};
 
 use device::ObjectBlockDevice;
 pub use gc::GcReport;
@@ -286,24 +286,66 @@ impl ObjectProvider {
     }
 
     fn attachment(&self, id: &VolumeId) -> Result<AttachmentRecord, ProviderError> {
-        Ok(self
-            .store
-            .get_json(&self.layout.attachment(id))?
-            .unwrap_or(AttachmentRecord {
-                holder: None,
-                generation: 0,
-            }))
+        Ok(self.attachment_versioned(id)?.0)
     }
 
+    /// The attachment record of volume `id`, and the version of it that was read (none
+    /// if there is none yet).
+    fn attachment_versioned(
+        &self,
+        id: &VolumeId,
+    ) -> Result<(AttachmentRecord, Option<UpdateVersion>), ProviderError> {
+        let path = self.layout.attachment(id);
+        match self.store.get_versioned(&path) {
+            Ok((bytes, version)) => {
+                let record = serde_json::from_slice(&bytes)
+                    .map_err(|e| self.corrupt(&path, e.to_string()))?;
+                Ok((record, Some(version)))
+            }
+            Err(StoreError::NotFound) => Ok((
+                AttachmentRecord {
+                    holder: None,
+                    generation: 0,
+                },
+                None,
+            )),
+            Err(e) => Err(self.store.error("read", &path, e)),
+        }
+    }
+
+    /// Replaces the attachment record of volume `id` that was read as version `read`.
+    /// Where the store honours conditional writes (AWS S3; a local directory for
+    /// creates), a host that changed it meanwhile makes this fail rather than be
+    /// overwritten; where it does not (Garage), the generation every commit is checked
+    /// against still keeps two holders from both committing.
     fn put_attachment(
         &self,
         id: &VolumeId,
         record: &AttachmentRecord,
+        read: Option<UpdateVersion>,
     ) -> Result<(), ProviderError> {
         let path = self.layout.attachment(id);
-        self.store
-            .put_json(&path, record, PutMode::Overwrite)
-            .map_err(|e| self.store.error("write", &path, e))
+        let mode = match read {
+            Some(version) => PutMode::Update(version),
+            None => PutMode::Create,
+        };
+        let written = match self.store.put_json(&path, record, mode) {
+            Err(StoreError::Unsupported) => self.store.put_json(&path, record, PutMode::Overwrite),
+            other => other,
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(StoreError::Exists | StoreError::Changed) => {
+                Err(ProviderError::AttachedElsewhere {
+                    provider: self.id.to_string(),
+                    volume: id.to_string(),
+                    holder: self.attachment(id)?.holder.unwrap_or_else(|| {
+                        "another host (the attachment changed meanwhile)".into()
+                    }),
+                })
+            }
+            Err(e) => Err(self.store.error("write", &path, e)),
+        }
     }
 
     fn refuse_attached(&self, id: &VolumeId) -> Result<(), ProviderError> {
@@ -597,7 +639,7 @@ impl Provider for ObjectProvider {
     fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {
         let _one = self.attachments.lock().expect("attachment lock");
         self.record(id)?;
-        let held = self.attachment(id)?;
+        let (held, read) = self.attachment_versioned(id)?;
         let (generation, manifest) = match held.holder.as_deref() {
             Some(holder) if holder == host => (held.generation, self.latest(id)?),
             Some(holder) if !force => {
@@ -620,6 +662,7 @@ impl Provider for ObjectProvider {
                         holder: Some(host.to_string()),
                         generation,
                     },
+                    read,
                 )?;
                 let mut manifest = self.latest(id)?;
                 manifest.generation = generation;
@@ -656,7 +699,7 @@ impl Provider for ObjectProvider {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         }
-        let held = self.attachment(id)?;
+        let (held, read) = self.attachment_versioned(id)?;
         if held.holder.as_deref() != Some(host) {
             return Ok(());
         }
@@ -667,6 +710,7 @@ impl Provider for ObjectProvider {
                 holder: None,
                 generation: held.generation + 1,
             },
+            read,
         )
     }
 

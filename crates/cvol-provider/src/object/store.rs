@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -34,6 +34,11 @@ pub(crate) enum StoreError {
     NotFound,
     /// A create found the object there.
     Exists,
+    /// A conditional update found the object changed since it was read.
+    Changed,
+    /// The store does not offer the operation (a conditional update, on a local
+    /// directory).
+    Unsupported,
     /// Anything else, said for people.
     Failed(String),
 }
@@ -43,6 +48,8 @@ impl From<object_store::Error> for StoreError {
         match e {
             object_store::Error::NotFound { .. } => Self::NotFound,
             object_store::Error::AlreadyExists { .. } => Self::Exists,
+            object_store::Error::Precondition { .. } => Self::Changed,
+            object_store::Error::NotImplemented => Self::Unsupported,
             // Our own timeout (see `timed`), said without object_store's prefix.
             object_store::Error::Generic {
                 store: TIMEOUT_STORE,
@@ -96,6 +103,8 @@ impl Store {
         let message = match e {
             StoreError::NotFound => "not found".to_string(),
             StoreError::Exists => "already exists".to_string(),
+            StoreError::Changed => "changed meanwhile".to_string(),
+            StoreError::Unsupported => "not supported by this store".to_string(),
             StoreError::Failed(m) => m,
         };
         ProviderError::Store {
@@ -106,8 +115,20 @@ impl Store {
     }
 
     pub(crate) fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
+        Ok(self.get_versioned(path)?.0)
+    }
+
+    /// The object at `path`, and its version for a conditional update of it.
+    pub(crate) fn get_versioned(&self, path: &Path) -> Result<(Bytes, UpdateVersion), StoreError> {
         let store = &self.inner;
-        self.block(self.timed(async move { store.get(path).await?.bytes().await }))
+        self.block(self.timed(async move {
+            let got = store.get(path).await?;
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            Ok((got.bytes().await?, version))
+        }))
     }
 
     /// Reads a JSON record; `None` if it is not there, `Corrupt` if it does not parse.

@@ -197,6 +197,40 @@ fn a_takeover_fences_the_old_holder_and_keeps_its_last_flush() {
 }
 
 #[test]
+fn two_hosts_attaching_a_fresh_volume_at_once_never_both_win() {
+    // Two processes' providers on one store; the store honours create-if-absent, which
+    // the first attachment record is written with.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (pool(dir.path(), 1 << 20), pool(dir.path(), 1 << 20));
+    for round in 0..50 {
+        let id = blank(&a, 1 << 20);
+        let barrier = std::sync::Barrier::new(2);
+        let (won_a, won_b) = std::thread::scope(|s| {
+            let ta = s.spawn(|| {
+                barrier.wait();
+                a.attach(&id, "host-a", false)
+            });
+            let tb = s.spawn(|| {
+                barrier.wait();
+                b.attach(&id, "host-b", false)
+            });
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        assert!(
+            won_a.is_ok() != won_b.is_ok(),
+            "round {round}: exactly one host attaches ({:?} / {:?})",
+            won_a.as_ref().err(),
+            won_b.as_ref().err()
+        );
+        let loser = won_a.as_ref().err().or(won_b.as_ref().err()).unwrap();
+        assert!(
+            matches!(loser, ProviderError::AttachedElsewhere { .. }),
+            "{loser}"
+        );
+    }
+}
+
+#[test]
 fn a_corrupt_manifest_is_refused_and_other_volumes_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();
     let p = pool(dir.path(), 1 << 20);
