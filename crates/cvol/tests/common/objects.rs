@@ -1,5 +1,5 @@
-//! An object pool's objects read and written directly with `object_store`, not through
-//! cvol: what tests check a pool's contents with, and how they damage it.
+//! An object pool's objects read directly with `object_store`, not through cvol: what
+//! tests check a pool's contents with.
 
 use std::sync::Arc;
 
@@ -68,14 +68,6 @@ impl PoolObjects {
                 Err(e) => panic!("get {path}: {e}"),
             }
         })
-    }
-
-    /// Writes object `key` over whatever is there.
-    pub fn put(&self, key: &str, bytes: Vec<u8>) {
-        let path = self.path(key);
-        self.runtime
-            .block_on(self.store.put(&path, bytes.into()))
-            .unwrap();
     }
 
     /// The keys (relative to the pool) of every object below `prefix`, sorted.
