@@ -16,28 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cvol_format::{ProviderId, SnapshotName, VolumeId};
-use cvol_provider::object::{ObjectSettings, DEFAULT_CHUNK_SIZE};
+use cvol_provider::object::{open_store, ObjectSettings, DEFAULT_CHUNK_SIZE};
 use cvol_provider::{NoProgress, ObjectProvider, Provider, VolumeSource};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
 
 fn store(url: &str) -> (Arc<dyn ObjectStore>, Path) {
-    if let Some(dir) = url.strip_prefix("file://") {
-        std::fs::create_dir_all(dir).unwrap();
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
-        return (Arc::new(store), Path::default());
-    }
-    let rest = url
-        .strip_prefix("s3://")
-        .expect("file:///DIR or s3://BUCKET/PREFIX");
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let store = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_allow_http(true)
-        .build()
-        .unwrap();
-    (Arc::new(store), Path::from(prefix))
+    open_store(url, &ObjectSettings::default()).unwrap()
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {

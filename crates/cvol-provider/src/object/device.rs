@@ -74,6 +74,20 @@ impl Fetch {
 }
 
 impl State {
+    /// Caches `data` as the clean (as stored) bytes of chunk `index`.
+    fn insert_clean(&mut self, index: u64, data: Arc<Vec<u8>>) {
+        self.clock += 1;
+        let used = self.clock;
+        self.cache.insert(
+            index,
+            Cached {
+                data,
+                dirty: false,
+                used,
+            },
+        );
+    }
+
     fn touch(&mut self, index: u64) {
         self.clock += 1;
         if let Some(c) = self.cache.get_mut(&index) {
@@ -151,25 +165,16 @@ impl ObjectBlockDevice {
                     state.touch(index);
                     return Ok(state.cache[&index].data.clone());
                 }
-                match state.fetching.get(&index) {
-                    Some(fetch) => fetch.clone(),
-                    None => {
-                        let Some(key) = state.chunks.get(&index).cloned() else {
+                match state.fetching.get(&index).cloned() {
+                    Some(fetch) => fetch,
+                    None => match state.chunks.get(&index).cloned() {
+                        Some(key) => self.start_fetch(&mut state, index, key),
+                        None => {
                             let zeros = Arc::new(vec![0u8; self.chunk_size as usize]);
-                            self.insert_clean(&mut state, index, zeros.clone());
+                            state.insert_clean(index, zeros.clone());
                             return Ok(zeros);
-                        };
-                        let fetch = Arc::new(Fetch::default());
-                        state.fetching.insert(index, fetch.clone());
-                        drop(state);
-                        let fetched = self
-                            .store
-                            .block(self.get_chunk(&key))
-                            .map_err(|e| self.store.error("read", &self.layout.chunk(&key), e));
-                        let fetched = fetched.map(|b| b.to_vec());
-                        Self::fetched_into(&self.state, index, &key, &fetch, fetched);
-                        fetch
-                    }
+                        }
+                    },
                 }
             };
             // Once it is done the chunk is cached (or changed meanwhile): look again.
@@ -177,77 +182,45 @@ impl ObjectBlockDevice {
         }
     }
 
-    fn insert_clean(&self, state: &mut State, index: u64, data: Arc<Vec<u8>>) {
-        state.clock += 1;
-        let used = state.clock;
-        state.cache.insert(
-            index,
-            Cached {
-                data,
-                dirty: false,
-                used,
-            },
-        );
-    }
-
-    /// The download of chunk `key`, checked for length.
-    fn get_chunk(
-        &self,
-        key: &str,
-    ) -> impl std::future::Future<Output = Result<Bytes, object_store::Error>> + Send + 'static
-    {
-        let (store, path, chunk_size) = (
-            self.store.inner.clone(),
-            self.layout.chunk(key),
-            self.chunk_size,
-        );
-        self.store.timed(async move {
-            let bytes = store.get(&path).await?.bytes().await?;
-            if bytes.len() as u64 != chunk_size {
-                return Err(object_store::Error::Generic {
-                    store: "cvol",
-                    source: format!("chunk {path} has {} bytes, not {chunk_size}", bytes.len())
-                        .into(),
-                });
-            }
-            Ok(bytes)
-        })
-    }
-
-    /// Ends the download of chunk `index` from `key`: caches it unless a write or
-    /// discard changed the chunk meanwhile, and wakes whoever waits.
-    fn fetched_into(
-        state: &Mutex<State>,
-        index: u64,
-        key: &str,
-        fetch: &Fetch,
-        outcome: Result<Vec<u8>, crate::ProviderError>,
-    ) {
-        let mut state = state.lock().expect("device state lock");
-        if state
-            .fetching
-            .get(&index)
-            .is_some_and(|f| std::ptr::eq(f.as_ref(), fetch))
-        {
-            state.fetching.remove(&index);
-        }
-        let outcome = outcome.map(|data| {
-            let current = state.chunks.get(&index).map(String::as_str) == Some(key);
-            if current && !state.cache.contains_key(&index) {
-                state.clock += 1;
-                let used = state.clock;
-                state.cache.insert(
-                    index,
-                    Cached {
-                        data: Arc::new(data),
-                        dirty: false,
-                        used,
-                    },
-                );
+    /// Starts downloading chunk `index`, stored as `key`; whoever wants it waits on the
+    /// returned fetch. The chunk is cached when it arrives, unless a write or discard
+    /// changed it meanwhile.
+    fn start_fetch(&self, state: &mut State, index: u64, key: String) -> Arc<Fetch> {
+        let fetch = Arc::new(Fetch::default());
+        state.fetching.insert(index, fetch.clone());
+        let (store, path, chunk_size) =
+            (self.store.clone(), self.layout.chunk(&key), self.chunk_size);
+        let (shared, done) = (self.state.clone(), fetch.clone());
+        let inner = store.inner.clone();
+        let download = store.timed({
+            let path = path.clone();
+            async move {
+                let bytes = inner.get(&path).await?.bytes().await?;
+                if bytes.len() as u64 != chunk_size {
+                    return Err(object_store::Error::Generic {
+                        store: "cvol",
+                        source: format!("chunk {path} has {} bytes, not {chunk_size}", bytes.len())
+                            .into(),
+                    });
+                }
+                Ok(bytes)
             }
         });
-        drop(state);
-        fetch.finish(outcome.map_err(|e| e.to_string()));
+        self.store.runtime.spawn(async move {
+            let outcome = download.await;
+            let mut state = shared.lock().expect("device state lock");
+            state.fetching.remove(&index);
+            let outcome = outcome
+                .map(|data| {
+                    if state.chunks.get(&index) == Some(&key) && !state.cache.contains_key(&index) {
+                        state.insert_clean(index, Arc::new(data.to_vec()));
+                    }
+                })
+                .map_err(|e| store.error("read", &path, e.into()).to_string());
+            drop(state);
+            done.finish(outcome);
+        });
+        fetch
     }
 
     /// Starts downloading the `PARALLEL` chunks after `index` that are stored, not cached
@@ -259,24 +232,9 @@ impl ObjectBlockDevice {
             if state.cache.contains_key(&next) || state.fetching.contains_key(&next) {
                 continue;
             }
-            let Some(key) = state.chunks.get(&next).cloned() else {
-                continue;
-            };
-            let fetch = Arc::new(Fetch::default());
-            state.fetching.insert(next, fetch.clone());
-            let download = self.get_chunk(&key);
-            let (shared, store, path) = (
-                self.state.clone(),
-                self.store.clone(),
-                self.layout.chunk(&key),
-            );
-            self.store.runtime.spawn(async move {
-                let outcome = download
-                    .await
-                    .map(|b| b.to_vec())
-                    .map_err(|e| store.error("read", &path, e.into()));
-                Self::fetched_into(&shared, next, &key, &fetch, outcome);
-            });
+            if let Some(key) = state.chunks.get(&next).cloned() {
+                self.start_fetch(&mut state, next, key);
+            }
         }
     }
 

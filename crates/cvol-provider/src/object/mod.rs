@@ -125,8 +125,9 @@ fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// The store a pool URL names, and the prefix of the pool within it.
-fn open_store(
+/// The store a pool URL names, and the prefix of the pool within it, as a pool opens it
+/// (public for benchmarks that compare cvol with the store itself).
+pub fn open_store(
     url: &str,
     settings: &ObjectSettings,
 ) -> Result<(Arc<dyn object_store::ObjectStore>, Path), String> {

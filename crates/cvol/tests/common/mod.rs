@@ -38,10 +38,15 @@ impl Env {
     pub fn empty() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let share = tmp.path().join("share");
-        let pool = tmp.path().join("pool");
         std::fs::create_dir_all(&share).unwrap();
-        std::fs::create_dir_all(&pool).unwrap();
         let share_arg = share.display().to_string();
+        Self::with_share(tmp, share, share_arg)
+    }
+
+    /// A pool folder in `tmp`, and the share at `share`, which cvol is told as `share_arg`.
+    fn with_share(tmp: tempfile::TempDir, share: PathBuf, share_arg: String) -> Self {
+        let pool = tmp.path().join("pool");
+        std::fs::create_dir_all(&pool).unwrap();
         Self {
             tmp,
             share,
@@ -64,24 +69,13 @@ impl Env {
             .tempdir_in(&ganesha.export)
             .unwrap()
             .keep();
-        let pool = tmp.path().join("pool");
-        std::fs::create_dir_all(&pool).unwrap();
         let share_arg = format!(
             "nfs://127.0.0.1:{}{}?mountport={}",
             ganesha.port,
             share.display(),
             ganesha.mount_port
         );
-        Self {
-            tmp,
-            share,
-            share_arg,
-            pool,
-            server: None,
-            service: None,
-            vars: Vec::new(),
-            object_url: None,
-        }
+        Self::with_share(tmp, share, share_arg)
     }
 
     /// Empty share and pool folders, the share served by `cvol nfs serve`.
