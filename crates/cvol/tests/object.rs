@@ -180,7 +180,9 @@ fn a_store_that_goes_away_mid_flush_fails_it_and_a_retry_succeeds_untorn() {
 
 /// kill -9 of the host daemon at random moments while a writer writes and fsyncs: after
 /// each, the volume reads back exactly as of a completed flush (the last one the writer
-/// saw succeed, or one it started whose answer the kill cut off), never a mix.
+/// saw succeed, or one it started whose answer the kill cut off), never a mix. The kill
+/// comes at a random moment after the cycle's first completed flush, so every cycle has
+/// flushed state to lose however slow the store is on the day.
 /// CVOL_CRASH_CYCLES cycles (5 by default; scripts/crash-object.sh runs 100).
 fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
     let cycles: usize = std::env::var("CVOL_CRASH_CYCLES")
@@ -203,8 +205,9 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
     for cycle in 0..cycles {
         let m = env.mount(false);
         let path = m.path("crash/crash-flat.vmdk");
-        let kill_after = Duration::from_millis(50 + next() % 400);
+        let kill_after = Duration::from_millis(next() % 400);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (flushed_tx, flushed_rx) = std::sync::mpsc::channel();
         let start = previous.clone();
         let rounds = next();
         let writer = std::thread::spawn(move || {
@@ -236,6 +239,7 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
                     Ok(()) => {
                         synced = image.clone();
                         flushes += 1;
+                        let _ = flushed_tx.send(());
                     }
                     Err(e) => {
                         assert_ne!(e.kind(), ErrorKind::InvalidInput);
@@ -247,6 +251,9 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
                 }
             }
         });
+        flushed_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("cycle {cycle}: no flush completed within 60 s"));
         std::thread::sleep(kill_after);
         m.kill_9();
         let _ = done_tx.send(());
@@ -269,10 +276,6 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
         previous = back;
         m.stop();
     }
-    assert!(
-        total_flushes >= cycles,
-        "only {total_flushes} flushes completed in {cycles} cycles: the kills tested little"
-    );
     let store = env.object_url.as_deref().and_then(|u| u.split(':').next());
     eprintln!(
         "{store:?}: {cycles} kill -9 cycles, {total_flushes} completed flushes, every one intact"
