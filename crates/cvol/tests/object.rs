@@ -129,13 +129,22 @@ fn a_store_that_goes_away_mid_flush_fails_it_and_a_retry_succeeds_untorn() {
     disk.write_all_at(&first, 0).unwrap();
     disk.sync_all().unwrap();
 
-    // Enough dirty chunks that the flush is still uploading when the server dies.
+    // Enough dirty chunks that the flush is still uploading when the server dies: it is
+    // killed once the first of them has landed, however fast the machine is.
     let second: Vec<u8> = (0..192u32 << 20).map(|i| (i % 253) as u8).collect();
     disk.write_all_at(&second, 4 << 20).unwrap();
+    let objects = env.pool_objects();
+    let chunks_before = objects.list("chunks").len();
     let started = Instant::now();
     let err = std::thread::scope(|s| {
         let flush = s.spawn(|| disk.sync_all());
-        std::thread::sleep(Duration::from_millis(150));
+        while objects.list("chunks").len() == chunks_before {
+            assert!(
+                !flush.is_finished(),
+                "the flush ended before any chunk landed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         server.kill();
         flush.join().unwrap()
     })
