@@ -108,15 +108,22 @@ struct Line {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     lines: Vec<Line>,
-    /// Trailing NUL bytes: QEMU pads a descriptor it rewrites (to update `CID` on the
-    /// first write) with NULs up to a sector boundary. Kept so the file round-trips.
-    nul_padding: usize,
+    /// What follows the text: QEMU rewrites a descriptor (to update `CID` on the first
+    /// write) as a C string in a buffer of the file's length rounded up to a sector, so
+    /// the text ends at a NUL and is padded with NULs; when the new `CID` has fewer hex
+    /// digits than the old one, the last bytes of the old text stay behind that NUL.
+    /// Kept so the file round-trips.
+    tail: String,
 }
+
+/// How many bytes of an older text QEMU can leave after the terminating NUL: a `CID` of
+/// 8 hex digits rewritten as one of 1.
+const MAX_STALE_BYTES: usize = 7;
 
 impl Descriptor {
     /// Parses `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, FormatError> {
-        let body = text.trim_end_matches('\0');
+        let (body, tail) = split_qemu_tail(text);
         check_text(file, body, MAX_DESCRIPTOR_LEN)?;
         let lines = raw_lines(body)
             .enumerate()
@@ -131,7 +138,7 @@ impl Descriptor {
             .collect::<Result<Vec<_>, FormatError>>()?;
         let descriptor = Self {
             lines,
-            nul_padding: text.len() - body.len(),
+            tail: tail.to_string(),
         };
         if descriptor.header("createType").is_none() {
             return Err(FormatError::new(
@@ -235,7 +242,25 @@ impl Descriptor {
 impl fmt::Display for Descriptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.lines.iter().try_for_each(|l| f.write_str(&l.raw))?;
-        (0..self.nul_padding).try_for_each(|_| f.write_str("\0"))
+        f.write_str(&self.tail)
+    }
+}
+
+/// Splits `text` into the descriptor QEMU reads and the tail it leaves behind (see
+/// [`Descriptor::tail`]). A NUL followed by more than that is left in the text, where
+/// [`check_text`] refuses it: it is not a descriptor QEMU wrote.
+fn split_qemu_tail(text: &str) -> (&str, &str) {
+    let Some(end) = text.find('\0') else {
+        return (text, "");
+    };
+    let (body, tail) = text.split_at(end);
+    let padding = |skip: usize| tail.bytes().skip(skip).all(|b| b == 0);
+    // Stale bytes only ever follow a whole text: QEMU's text ends with its last line's
+    // newline.
+    if padding(0) || (body.ends_with('\n') && padding(1 + MAX_STALE_BYTES)) {
+        (body, tail)
+    } else {
+        (text, "")
     }
 }
 
@@ -569,6 +594,25 @@ mod tests {
         let err =
             Descriptor::parse(&text.replacen("version", "ver\0sion", 1), "demo.vmdk").unwrap_err();
         assert_eq!(err.line, Some(2), "a NUL inside the text is still refused");
+    }
+
+    #[test]
+    fn stale_bytes_qemu_leaves_after_a_shorter_cid_round_trip() {
+        // QEMU rewrote an 8-digit CID as `CID=84cbfe`: the text got two bytes shorter and
+        // its old last byte stayed behind the NUL that ends the new text.
+        let text = sample_disk().to_descriptor().to_string();
+        let cid = text.find("\nCID=").unwrap() + "\nCID=".len();
+        assert_eq!(text[cid..].find('\n'), Some(8));
+        let shorter = format!("{}84cbfe{}", &text[..cid], &text[cid + 8..]);
+        let qemu = format!("{shorter}\0\n{}", "\0".repeat(400));
+        let d = Descriptor::parse(&qemu, "demo.vmdk").unwrap();
+        assert_eq!(d.to_string(), qemu);
+        assert_eq!(d.header("CID"), Some("84cbfe"));
+        assert!(CvolDisk::from_descriptor(&d, "demo.vmdk").is_ok());
+
+        let err = Descriptor::parse(&format!("{text}\0binary!!{}", "\0".repeat(8)), "demo.vmdk")
+            .unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
     }
 
     #[test]

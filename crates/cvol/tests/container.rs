@@ -236,7 +236,12 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it(env: Env) {
     ));
 
     let err = std::fs::remove_file(m.path("demo/new-flat.vmdk")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EPERM),
+        "{err}; the descriptor: {:?}",
+        String::from_utf8_lossy(&std::fs::read(env.share.join("demo/new.vmdk")).unwrap())
+    );
     std::fs::remove_file(&new).unwrap();
     assert!(!env.share.join("demo/new.vmdk").exists());
     assert!(!m.path("demo/new-flat.vmdk").exists());
@@ -265,7 +270,12 @@ fn cp_r_of_a_vm_clones_its_disks(env: Env) {
         &[s(&m.path("demo/demo.vmdk")), s(&m.path("solo/demo.vmdk"))],
     );
 
-    let volume_of = |vm: &str| env.json(&["disk", "list", vm])[0]["volume"].clone();
+    let volume_of = |vm: &str| {
+        let disks = env.json(&["disk", "list", vm]);
+        let volume = disks[0]["volume"].clone();
+        assert!(volume.is_string(), "{vm} has a disk with a volume: {disks}");
+        volume
+    };
     for copy in ["copy/demo", "solo/demo"] {
         let vm = copy.split('/').next().unwrap();
         assert_ne!(
