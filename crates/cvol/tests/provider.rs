@@ -44,7 +44,8 @@ impl Api {
 
     /// Sends `body` as is (it may be anything) with `content_type`.
     fn raw(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
-        self.try_raw(method, path, content_type, body).unwrap()
+        self.try_raw(method, path, content_type, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// [`Api::raw`], with a broken connection as an error.
