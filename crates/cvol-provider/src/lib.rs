@@ -60,6 +60,26 @@ pub(crate) fn check_sector_size(provider: &str, size: u64) -> Result<(), Provide
     Ok(())
 }
 
+/// Refuses a resize from `from` to a smaller `to` unless shrinking was allowed: what lies
+/// past the new end would be lost.
+pub(crate) fn check_shrink(
+    provider: &str,
+    volume: &VolumeId,
+    from: u64,
+    to: u64,
+    allow_shrink: bool,
+) -> Result<(), ProviderError> {
+    if to < from && !allow_shrink {
+        return Err(ProviderError::ShrinkRefused {
+            provider: provider.to_string(),
+            volume: volume.to_string(),
+            from,
+            to,
+        });
+    }
+    Ok(())
+}
+
 /// A read-only point-in-time copy of a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {

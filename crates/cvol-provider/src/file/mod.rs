@@ -404,14 +404,7 @@ impl Provider for FileProvider {
     ) -> Result<Volume, ProviderError> {
         self.check_size(size)?;
         let current = self.read_volume(id)?;
-        if size < current.size && !allow_shrink {
-            return Err(ProviderError::ShrinkRefused {
-                provider: self.id.to_string(),
-                volume: id.to_string(),
-                from: current.size,
-                to: size,
-            });
-        }
+        crate::check_shrink(self.id.as_str(), id, current.size, size, allow_shrink)?;
         let data = self.volume_dir(id).join(DATA);
         let file = File::options()
             .write(true)

@@ -536,14 +536,7 @@ impl Provider for ObjectProvider {
             .and_then(Weak::upgrade);
         if let Some(device) = attached_here {
             // Its holder commits the size with its next flush.
-            if size < device.size() && !allow_shrink {
-                return Err(ProviderError::ShrinkRefused {
-                    provider: self.id.to_string(),
-                    volume: id.to_string(),
-                    from: device.size(),
-                    to: size,
-                });
-            }
+            crate::check_shrink(self.id.as_str(), id, device.size(), size, allow_shrink)?;
             device.resize(size);
             let mut volume = self.volume_of(id, record)?;
             volume.size = size;
@@ -551,14 +544,7 @@ impl Provider for ObjectProvider {
         }
         // A device attached by another process knows the size it was attached with.
         self.refuse_attached(id)?;
-        if size < manifest.size && !allow_shrink {
-            return Err(ProviderError::ShrinkRefused {
-                provider: self.id.to_string(),
-                volume: id.to_string(),
-                from: manifest.size,
-                to: size,
-            });
-        }
+        crate::check_shrink(self.id.as_str(), id, manifest.size, size, allow_shrink)?;
         let count = size.div_ceil(manifest.chunk_size);
         manifest.chunks.retain(|&index, _| index < count);
         manifest.size = size;
