@@ -43,6 +43,39 @@ impl ProviderId {
     }
 }
 
+/// A host's id in a cluster: the name of its record under `.cvol/hosts/`, and the holder
+/// name of its attachments and leases: 1 to 64 of `[A-Za-z0-9._-]`, not starting with `.`
+/// (a hostname fits).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostId(String);
+
+impl HostId {
+    /// Validates and wraps a host id.
+    pub fn new(id: &str) -> Result<Self, IdError> {
+        let ok = (1..=64).contains(&id.len())
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(Self(id.to_string()))
+        } else {
+            Err(IdError {
+                what: "host",
+                id: id.to_string(),
+                expected:
+                    "expected 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+            })
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The id of a volume (object instance) in a provider: `vol-` and 32 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -110,6 +143,7 @@ macro_rules! string_conversions {
 }
 string_conversions!(ProviderId);
 string_conversions!(VolumeId);
+string_conversions!(HostId);
 
 #[cfg(test)]
 mod tests {

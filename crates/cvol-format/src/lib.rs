@@ -17,7 +17,7 @@ pub use descriptor::{
     Access, CvolDisk, Descriptor, Extent, DDB_DATASTORE, DDB_OBJECT, DDB_PROVIDER, DDB_UUID,
 };
 pub use error::FormatError;
-pub use ids::{IdError, ProviderId, VolumeId};
+pub use ids::{HostId, IdError, ProviderId, VolumeId};
 pub use names::{DiskName, NameError, SnapshotName, VmName};
 pub use size::{parse_size, SizeError, SECTOR_SIZE};
 pub use vmx::Vmx;

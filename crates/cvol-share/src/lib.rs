@@ -140,6 +140,15 @@ pub trait Share: Send + Sync {
     /// Creates file `path` with `data`, durably; fails with `AlreadyExists` if it exists.
     fn create_new(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError>;
 
+    /// Creates file `path` with `data` as [`Share::create_new`] does, for callers that use
+    /// the creation as a lock: it succeeds only for the call that made the file. Where a
+    /// repeated create cannot tell whether its first attempt made the file (an NFS reply
+    /// lost), it fails with `AlreadyExists`, so a caller may wrongly believe it lost a
+    /// race, never that it won one. A reader may see the file empty until `data` lands.
+    fn create_exclusive(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
+        self.create_new(path, data)
+    }
+
     /// Creates directory `path`; fails with `AlreadyExists` if it exists.
     fn create_dir(&self, path: &SharePath) -> Result<(), ShareError>;
 

@@ -459,8 +459,10 @@ impl NfsShare {
         Ok(())
     }
 
-    /// GUARDED CREATE of `path`: fails with EXIST if something is there.
-    fn create(&self, path: &SharePath, mode: u32) -> Result<nfs_fh3, CallError> {
+    /// GUARDED CREATE of `path`: fails with EXIST if something is there. A repeat after
+    /// a lost reply that finds the file counts as done unless `exclusive`, where it stays
+    /// EXIST: the file may be another caller's.
+    fn create(&self, path: &SharePath, mode: u32, exclusive: bool) -> Result<nfs_fh3, CallError> {
         let (dir, leaf) = self.parent(path)?;
         let attributes = || {
             sattr(&SetAttributes {
@@ -468,7 +470,8 @@ impl NfsShare {
                 ..SetAttributes::default()
             })
         };
-        let created = rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.create(
+        let done_if = (!exclusive).then_some(nfsstat3::NFS3ERR_EXIST);
+        let created = rpc!(@ self, done_if, |c| c.create(
             &CREATE3args {
                 where_: diropargs3 {
                     dir: dir.clone(),
@@ -490,6 +493,19 @@ impl NfsShare {
             }
             _ => self.resolve(path),
         }
+    }
+
+    /// Creates file `path` with `data` (see [`NfsShare::create`] for `exclusive`).
+    fn create_with(
+        &self,
+        path: &SharePath,
+        data: &[u8],
+        exclusive: bool,
+    ) -> Result<(), ShareError> {
+        self.with(path, "create", || {
+            let fh = self.create(path, crate::FILE_MODE, exclusive)?;
+            self.write_range(&fh, 0, data)
+        })
     }
 
     /// REMOVE (or RMDIR, for a directory) of `path`.
@@ -596,10 +612,11 @@ impl Share for NfsShare {
     }
 
     fn create_new(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
-        self.with(path, "create", || {
-            let fh = self.create(path, crate::FILE_MODE)?;
-            self.write_range(&fh, 0, data)
-        })
+        self.create_with(path, data, false)
+    }
+
+    fn create_exclusive(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
+        self.create_with(path, data, true)
     }
 
     fn create_dir(&self, path: &SharePath) -> Result<(), ShareError> {
@@ -672,7 +689,7 @@ impl Share for NfsShare {
     }
 
     fn create_file(&self, path: &SharePath, mode: u32) -> Result<(), ShareError> {
-        self.with(path, "create", || self.create(path, mode).map(drop))
+        self.with(path, "create", || self.create(path, mode, false).map(drop))
     }
 
     fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError> {
