@@ -182,3 +182,67 @@ CONF
     garage -c "$dir/garage.toml" bucket allow --read --write --owner cvol --key "$AWS_ACCESS_KEY_ID" >/dev/null
     export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL=http://127.0.0.1:$s3 AWS_REGION=garage
 }
+
+# guest_kernel: a Debian cloud kernel for test guests, unpacked (not installed) into
+# $CVOL_E2E_CACHE (default /var/tmp/cvol-e2e-kernel) once; sets kernel and modules.
+guest_kernel() {
+    local cache=${CVOL_E2E_CACHE:-/var/tmp/cvol-e2e-kernel} pkg
+    if ! compgen -G "$cache/boot/vmlinuz-*" >/dev/null; then
+        pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image/ { print $2; exit }')
+        mkdir -p "$cache"
+        (cd "$cache" && apt-get download -q "$pkg" 2>/dev/null && dpkg -x ./*.deb . && rm -f ./*.deb)
+    fi
+    kernel=$(compgen -G "$cache/boot/vmlinuz-*" | head -1)
+    modules=$(compgen -G "$cache/lib/modules/*" | head -1)
+}
+
+# The virtio modules the cloud kernel has as modules, in dependency order.
+GUEST_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk"
+
+# guest_initrd DIR INIT: an initramfs DIR/initrd.gz with busybox, the virtio modules and
+# INIT (a shell script run after /dev/vda appeared) as /init. Needs guest_kernel first.
+guest_initrd() {
+    local dir=$1 init=$2 root=$1/initrd m
+    mkdir -p "$root"/{bin,dev,proc,sys,lib}
+    cp /bin/busybox "$root/bin/busybox"
+    for m in $GUEST_MODULES; do
+        cp "$(find "$modules" -name "$m.ko" | head -1)" "$root/lib/"
+    done
+    {
+        echo '#!/bin/busybox sh'
+        echo '/bin/busybox --install -s /bin'
+        echo 'mount -t proc proc /proc'
+        echo 'mount -t devtmpfs dev /dev'
+        echo "for m in $GUEST_MODULES; do insmod /lib/\$m.ko; done"
+        echo 'for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done'
+        cat "$init"
+    } >"$root/init"
+    chmod +x "$root/init"
+    (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 >"$dir/initrd.gz")
+}
+
+# counter_guest DIR: a guest (guest_kernel, then DIR/initrd.gz) that writes an increasing
+# counter to /dev/vda, one 512-byte block per step with O_DIRECT and fsync: block N holds
+# "N BOOT" (BOOT: random per boot). It continues after the highest N on the disk, and
+# prints "cvol-counter: N BOOT" on its console for each step completed.
+counter_guest() {
+    local dir=$1
+    mkdir -p "$dir"
+    cat >"$dir/counter.sh" <<'INIT'
+boot=$(cat /proc/sys/kernel/random/uuid)
+last=$(dd if=/dev/vda bs=1M count=1 iflag=direct 2>/dev/null | tr -d '\000' |
+    awk '$1 ~ /^[0-9]+$/ && $1 + 0 > m { m = $1 + 0 } END { print m + 0 }')
+n=$((last + 1))
+echo "cvol-counter: start $n $boot"
+while [ "$n" -lt 2048 ]; do
+    echo "$n $boot" | dd of=/dev/vda bs=512 seek="$n" count=1 conv=sync,notrunc,fsync oflag=direct 2>/dev/null ||
+        { echo "cvol-counter: write $n failed"; sleep 1; continue; }
+    echo "cvol-counter: $n $boot"
+    n=$((n + 1))
+    sleep 0.05
+done
+poweroff -f
+INIT
+    guest_kernel
+    guest_initrd "$dir" "$dir/counter.sh"
+}

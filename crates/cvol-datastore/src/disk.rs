@@ -151,7 +151,7 @@ impl Datastore {
     }
 
     /// Reads `vm`'s `.vmx`, if it has one.
-    fn read_vmx(&self, vm: &VmName) -> Result<Option<Vmx>, DatastoreError> {
+    pub(crate) fn read_vmx(&self, vm: &VmName) -> Result<Option<Vmx>, DatastoreError> {
         let path = layout::vmx_file(vm);
         match self.share().read(&path) {
             Ok(bytes) => Ok(Some(Vmx::parse(

@@ -32,7 +32,7 @@ pub use disk::DiskInfo;
 pub use error::DatastoreError;
 pub use fsck::{FsckOptions, FsckReport, Problem};
 pub use pending::PendingDisk;
-pub use vm::{VmInfo, VmSpec};
+pub use vm::{VmInfo, VmSpec, OPTION_PREFIX};
 
 /// Called with `op:step` after each step of a multi-step operation. Tests and the CLI's
 /// `CVOL_FAILPOINT` use it to stop an operation dead at a chosen step, as a crash would.
@@ -137,6 +137,11 @@ impl Datastore {
     /// The share.
     pub fn share(&self) -> &dyn Share {
         self.share.as_ref()
+    }
+
+    /// The share, to keep (the cluster's records live on it too).
+    pub fn share_arc(&self) -> Arc<dyn Share> {
+        self.share.clone()
     }
 
     /// The host this process acts as.

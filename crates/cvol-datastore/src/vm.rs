@@ -1,5 +1,7 @@
 //! VMs: a namespace directory with a `.vmx` and the disks' descriptors.
 
+use std::collections::BTreeMap;
+
 use cvol_format::{DiskName, ProviderId, VmName, Vmx};
 use cvol_provider::{NoProgress, VolumeSource};
 use cvol_share::FileKind;
@@ -38,6 +40,20 @@ pub struct VmInfo {
     pub disks: Vec<DiskInfo>,
     /// What is wrong with its metadata, if anything.
     pub problems: Vec<String>,
+    /// cvol's own settings in the `.vmx` (`cvol.ha`, `cvol.kernel`, …), by key.
+    pub options: BTreeMap<String, String>,
+}
+
+/// The `.vmx` key prefix of cvol's own VM settings.
+pub const OPTION_PREFIX: &str = "cvol.";
+
+impl VmInfo {
+    /// Whether another host restarts the VM when its host dies (`cvol.ha = "TRUE"`).
+    pub fn ha(&self) -> bool {
+        self.options
+            .get("cvol.ha")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
 }
 
 impl Datastore {
@@ -175,7 +191,38 @@ impl Datastore {
                 .unwrap_or_default(),
             disks,
             problems,
+            options: vmx
+                .iter()
+                .flat_map(|v| v.entries())
+                .filter(|(key, _)| key.starts_with(OPTION_PREFIX))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
         })
+    }
+
+    /// Sets (or, with `None`, removes) the cvol setting `key` (`cvol.…`) in VM `name`'s
+    /// `.vmx`, leaving every other line as it was.
+    pub fn vm_set_option(
+        &self,
+        name: &VmName,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), DatastoreError> {
+        if !key.starts_with(OPTION_PREFIX) {
+            return Err(DatastoreError::Invalid(format!(
+                "{key:?} is not a cvol setting (they start with {OPTION_PREFIX:?})"
+            )));
+        }
+        let mut vmx = self.read_vmx(name)?.ok_or_else(|| {
+            DatastoreError::Invalid(format!("VM {name} has no .vmx to set {key} in"))
+        })?;
+        match value {
+            Some(value) => vmx.set(key, value),
+            None => vmx.remove(key),
+        }
+        self.share()
+            .write_atomic(&layout::vmx_file(name), vmx.to_string().as_bytes())?;
+        Ok(())
     }
 
     /// Every VM.

@@ -62,12 +62,17 @@ pub fn router(provider: Arc<dyn Provider>, token: Option<String>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(service);
-    api.layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(token),
-            authenticate,
-        ))
+    with_bearer_token(api.layer(DefaultBodyLimit::max(MAX_BODY)), token)
         .layer(middleware::from_fn(log_call))
+}
+
+/// Refuses every call of `router` that does not carry `token` as its bearer token (401);
+/// with no token, lets every call through. Also guards the host agent's peer API.
+pub fn with_bearer_token(router: Router, token: Option<String>) -> Router {
+    router.layer(middleware::from_fn_with_state(
+        Arc::new(token),
+        authenticate,
+    ))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -104,7 +109,7 @@ async fn authenticate(
             let mut refusal = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "this service needs its bearer token (Authorization: Bearer …)",
+                "this API needs its bearer token (Authorization: Bearer …)",
             )
             .into_response();
             refusal.headers_mut().insert(

@@ -98,6 +98,9 @@ pub enum Command {
     /// Serve a storage pool's control plane over HTTP, so that several hosts share it.
     #[command(subcommand)]
     Provider(ProviderCommand),
+    /// Run this host's agent, and see the hosts of the cluster.
+    #[command(subcommand)]
+    Host(HostCommand),
 }
 
 impl Command {
@@ -109,6 +112,7 @@ impl Command {
                 | Self::Up(_)
                 | Self::Nfs(NfsCommand::Serve { .. })
                 | Self::Provider(ProviderCommand::Serve { .. })
+                | Self::Host(HostCommand::Run(_))
         )
     }
 }
@@ -156,6 +160,78 @@ pub enum ProviderCommand {
         #[arg(long)]
         apply: bool,
     },
+}
+
+/// `cvol host …`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Run the host agent in the foreground (fit for a systemd unit) until SIGINT or
+    /// SIGTERM: mounts the container and serves NBD as `cvol mount` does, keeps this
+    /// host's record under .cvol/hosts/ alive, runs VMs (`cvol vm start`) as QEMU
+    /// children under leases it renews, kills them if it cannot renew (self-fencing),
+    /// and restarts the HA VMs of hosts that died. Answers the CLI on STATE_DIR/agent.sock
+    /// and peer hosts on --listen (bearer token). Settings: --config (default
+    /// /etc/cvol/host.toml, keys named as the flags with '_'), overridden by flags and env.
+    Run(HostRunArgs),
+    /// List every host of the datastore: heartbeat age, alive or dead, its VMs.
+    List(AgentArg),
+}
+
+/// How the CLI reaches the host agent on this host.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArg {
+    /// The agent's unix socket.
+    #[arg(long, env = "CVOL_AGENT", default_value = crate::agent::client::DEFAULT_SOCKET, value_name = "SOCKET")]
+    pub agent: PathBuf,
+}
+
+/// `cvol host run`
+#[derive(Debug, Args)]
+pub struct HostRunArgs {
+    /// The settings file [default: /etc/cvol/host.toml, if it exists].
+    #[arg(long, env = "CVOL_HOST_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to mount the container (an existing, empty directory).
+    #[arg(long, env = "CVOL_MOUNTPOINT", value_name = "DIR")]
+    pub mountpoint: Option<PathBuf>,
+    /// Where the agent keeps its socket and each VM's QMP socket, console and QEMU log
+    /// [default: /run/cvol].
+    #[arg(long, env = "CVOL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Serve the peer API on this address (needs --token-file).
+    #[arg(long, env = "CVOL_AGENT_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The URL peers reach the API at, written to this host's record
+    /// [default: http://LISTEN].
+    #[arg(long, env = "CVOL_AGENT_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// A file holding the bearer token peer calls must carry.
+    #[arg(long, env = "CVOL_AGENT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Also export every disk over NBD, as `cvol mount --nbd`. Repeatable.
+    #[arg(long = "nbd", value_name = "unix:PATH|tcp:ADDR:PORT")]
+    pub nbd: Vec<cvol_nbd::Listen>,
+    /// The QEMU binary [default: qemu-system-x86_64].
+    #[arg(long, env = "CVOL_QEMU")]
+    pub qemu: Option<String>,
+    /// QEMU's accelerator [default: auto].
+    #[arg(long, env = "CVOL_ACCEL", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: Option<String>,
+    /// How often leases and the host record are renewed [default: 2000]. Every host of a
+    /// datastore must use the same three lease timings.
+    #[arg(long, env = "CVOL_LEASE_RENEW_MS", value_name = "MS")]
+    pub lease_renew_ms: Option<u64>,
+    /// Kill a VM whose lease could not be renewed for this long [default: 10000].
+    #[arg(long, env = "CVOL_FENCE_AFTER_MS", value_name = "MS")]
+    pub fence_after_ms: Option<u64>,
+    /// Another host may take a VM over once its lease has not changed for this long;
+    /// must exceed fence_after with margin [default: 16000].
+    #[arg(long, env = "CVOL_LEASE_EXPIRY_MS", value_name = "MS")]
+    pub lease_expiry_ms: Option<u64>,
+    /// Seconds `cvol vm stop` (and the agent's own stop) waits for a guest to power off
+    /// before ending QEMU [default: 60].
+    #[arg(long, env = "CVOL_STOP_TIMEOUT", value_name = "SECONDS")]
+    pub stop_timeout_s: Option<u64>,
 }
 
 /// `cvol nfs …`
@@ -271,25 +347,73 @@ pub enum VmCommand {
         /// The VM's name.
         vm: String,
     },
-    /// Run a VM under QEMU: memory, CPUs and disks come from its .vmx; disks are opened
-    /// through a mounted container (or over NBD). Extra QEMU arguments go after `--`.
+    /// Start a VM through this host's agent (`cvol host run`): it takes the VM's lease
+    /// (refused while another host holds it live, naming that host), starts QEMU with
+    /// the memory, CPUs and disks of the .vmx, and renews the lease while it runs.
+    /// With --container or --nbd-socket, runs QEMU here in the foreground instead,
+    /// without agent or lease (one host only). Extra QEMU arguments go after `--`.
     Start(StartArgs),
+    /// Stop a VM running on this host: ACPI power-down, then QEMU is ended after the
+    /// timeout; its lease is released.
+    Stop {
+        /// The VM's name.
+        vm: String,
+        /// Seconds to wait for the guest to power off [default: the agent's, 60].
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// End QEMU at once, without asking the guest.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        agent: AgentArg,
+    },
+    /// Show where a VM runs: its lease's owner, epoch, state and heartbeat age.
+    Status {
+        /// The VM's name.
+        vm: String,
+        #[command(flatten)]
+        agent: AgentArg,
+    },
+    /// Change cvol's settings of a VM (kept in its .vmx as cvol.* keys).
+    Set(SetArgs),
+}
+
+/// `cvol vm set`
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The VM's name.
+    pub vm: String,
+    /// High availability: when the VM's host dies, another host's agent restarts it.
+    #[arg(long, value_parser = ["on", "off"])]
+    pub ha: Option<String>,
+    /// Boot this kernel directly (a path on every host); "" removes it.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<String>,
+    /// The initrd for --kernel; "" removes it.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<String>,
+    /// The kernel command line for --kernel; "" removes it.
+    #[arg(long, value_name = "TEXT")]
+    pub cmdline: Option<String>,
 }
 
 /// `cvol vm start`
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("local").args(["container", "nbd_socket"]))]
 pub struct StartArgs {
     /// The VM's name.
     pub vm: String,
-    /// Where the datastore's container is mounted (`cvol mount`).
-    #[arg(
-        long,
-        value_name = "MOUNTPOINT",
-        required_unless_present = "nbd_socket"
-    )]
+    /// Take the VM over from a host whose lease expired (its disks are fenced from that
+    /// host first); refused while the lease is live.
+    #[arg(long, conflicts_with_all = ["container", "nbd_socket"])]
+    pub takeover: bool,
+    #[command(flatten)]
+    pub agent: AgentArg,
+    /// Run QEMU here, opening the disks in the container mounted there (`cvol mount`).
+    #[arg(long, value_name = "MOUNTPOINT")]
     pub container: Option<PathBuf>,
-    /// Reach the disks over NBD on this unix socket instead of through the container.
-    #[arg(long, value_name = "PATH")]
+    /// Run QEMU here, reaching the disks over NBD on this unix socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "container")]
     pub nbd_socket: Option<PathBuf>,
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
@@ -299,7 +423,7 @@ pub struct StartArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
     /// Print the QEMU command line instead of running it.
-    #[arg(long)]
+    #[arg(long, requires = "local")]
     pub dry_run: bool,
     /// More QEMU arguments, e.g. `-- -kernel vmlinuz -nographic`.
     #[arg(last = true)]

@@ -1,5 +1,6 @@
 //! The `cvol` binary: parses the command line and runs one command.
 
+mod agent;
 mod cli;
 mod commands;
 mod output;

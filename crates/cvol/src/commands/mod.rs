@@ -2,6 +2,7 @@
 
 mod datastore;
 mod disk;
+mod host;
 mod mount;
 mod nfs;
 mod provider;
@@ -29,6 +30,8 @@ pub struct Context {
     share: Option<String>,
     nfs: NfsOptions,
     host: String,
+    /// The host id as given (`--host-id`, `CVOL_HOST_ID`), if it was.
+    host_arg: Option<String>,
     json: bool,
 }
 
@@ -48,7 +51,11 @@ impl Context {
 
     /// The share given by `--share`: an `nfs://` URL or a local directory.
     fn share(&self) -> anyhow::Result<Arc<dyn Share>> {
-        let share = self.share_arg()?;
+        self.open_share_at(self.share_arg()?)
+    }
+
+    /// The share at `share`: an `nfs://` URL or a local directory.
+    fn open_share_at(&self, share: &str) -> anyhow::Result<Arc<dyn Share>> {
         if share.starts_with("nfs://") {
             return self.open_nfs(&NfsUrl::parse(share)?);
         }
@@ -82,7 +89,8 @@ fn with_env_failpoint(datastore: Datastore) -> Datastore {
     }
 }
 
-fn default_host_id() -> String {
+/// This machine's host name: the host id unless one is given.
+pub fn default_host_id() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()
@@ -98,7 +106,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             attribute_cache: Duration::from_millis(cli.attr_cache_ms),
             connections: usize::from(cli.nfs_connections),
         },
-        host: cli.host_id.unwrap_or_else(default_host_id),
+        host: cli.host_id.clone().unwrap_or_else(default_host_id),
+        host_arg: cli.host_id,
         json: cli.json,
     };
     match cli.command {
@@ -114,5 +123,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(&ctx, &args).map(|()| ExitCode::SUCCESS),
         Command::Nfs(cmd) => nfs::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
         Command::Provider(cmd) => provider::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
+        Command::Host(cmd) => host::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),
     }
 }

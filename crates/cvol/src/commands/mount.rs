@@ -13,22 +13,31 @@ use super::Context;
 use crate::cli::{MountArgs, ServeArgs};
 
 pub fn run(ctx: &Context, args: &MountArgs) -> anyhow::Result<()> {
-    serve(ctx.datastore()?, &args.mountpoint, &args.serve, || {})
+    serve(
+        Arc::new(ctx.datastore()?),
+        &args.mountpoint,
+        &args.serve,
+        || Ok(()),
+        || {},
+    )
 }
 
 /// Mounts `datastore` at `mountpoint`, calls `ready`, and serves until a signal or an
-/// outside unmount; then unmounts, flushing and detaching every volume.
+/// outside unmount; then calls `stopping` and unmounts, flushing and detaching every
+/// volume. Threads that `ready` starts block the termination signals too, so that the
+/// serving thread gets them.
 pub fn serve(
-    datastore: Datastore,
+    datastore: Arc<Datastore>,
     mountpoint: &Path,
     args: &ServeArgs,
-    ready: impl FnOnce(),
+    ready: impl FnOnce() -> anyhow::Result<()>,
+    stopping: impl FnOnce(),
 ) -> anyhow::Result<()> {
     if !mountpoint.is_dir() {
         bail!("mountpoint {} is not a directory", mountpoint.display());
     }
     let signals = block_termination_signals();
-    let volumes = Arc::new(AttachedVolumes::new(Arc::new(datastore)));
+    let volumes = Arc::new(AttachedVolumes::new(datastore));
     let nbd = start_nbd(&volumes, args)?;
     let container = Arc::new(Container::new(volumes));
     let settings = MountSettings {
@@ -39,17 +48,11 @@ pub fn serve(
     let mounted = cvol_container::mount(container, mountpoint, &settings)
         .with_context(|| format!("cannot mount the container at {}", mountpoint.display()))?;
     tracing::info!("serving {}", mountpoint.display());
-    ready();
-    loop {
-        if let Some(signal) = wait_signal(&signals, Duration::from_millis(200)) {
-            tracing::info!("signal {signal}: unmounting {}", mountpoint.display());
-            break;
-        }
-        if mounted.is_finished() {
-            tracing::info!("{} was unmounted", mountpoint.display());
-            break;
-        }
-    }
+    let served = ready().and_then(|()| {
+        wait_for_the_end(&signals, &mounted, mountpoint);
+        Ok(())
+    });
+    stopping();
     // NBD first: its connections close their volumes before the container detaches all.
     if let Some(runtime) = nbd {
         runtime.shutdown_timeout(Duration::from_secs(5));
@@ -59,9 +62,28 @@ pub fn serve(
             let _ = std::fs::remove_file(path);
         }
     }
-    mounted
+    let unmounted = mounted
         .unmount()
-        .with_context(|| format!("unmounting {}", mountpoint.display()))
+        .with_context(|| format!("unmounting {}", mountpoint.display()));
+    served.and(unmounted)
+}
+
+/// Waits for a termination signal or an outside unmount.
+fn wait_for_the_end(
+    signals: &libc::sigset_t,
+    mounted: &cvol_container::MountedContainer,
+    mountpoint: &Path,
+) {
+    loop {
+        if let Some(signal) = wait_signal(signals, Duration::from_millis(200)) {
+            tracing::info!("signal {signal}: unmounting {}", mountpoint.display());
+            break;
+        }
+        if mounted.is_finished() {
+            tracing::info!("{} was unmounted", mountpoint.display());
+            break;
+        }
+    }
 }
 
 /// Starts the NBD listeners asked for, on a runtime of their own; `None` if none.

@@ -90,7 +90,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     if serve.nbd.is_empty() {
         serve.nbd.push(cvol_nbd::Listen::Unix(socket.clone()));
     }
-    super::mount::serve(ds, &mnt, &serve, || {
+    let ready = || {
         println!("container mounted at {}; in another shell:", mnt.display());
         println!("  ls -l {mnt_arg}/{DEMO_VM}");
         println!("  qemu-img info {mnt_arg}/{DEMO_VM}/{DEMO_VM}.vmdk");
@@ -110,7 +110,9 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
         }
         println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
         println!("stop with Ctrl-C (or: cvol umount {mnt_arg})");
-    })
+        Ok(())
+    };
+    super::mount::serve(std::sync::Arc::new(ds), &mnt, &serve, ready, || {})
 }
 
 fn print_summary(

@@ -1,10 +1,16 @@
-//! `cvol vm create|list|show|delete`
+//! `cvol vm create|list|show|delete|set`, and `start|stop|status` through the host agent.
 
 use cvol_datastore::{VmInfo, VmSpec};
 use cvol_format::{parse_size, ProviderId, VmName};
 
+use cvol_cluster::Leases;
+
 use super::Context;
-use crate::cli::{StartArgs, VmCommand};
+use crate::agent::api::{StartRequest, StopRequest};
+use crate::agent::client::AgentClient;
+use crate::agent::qemu::{self, DiskPaths, QemuOptions};
+use crate::agent::VmStatus;
+use crate::cli::{SetArgs, StartArgs, VmCommand};
 use crate::output::{human_size, print_json, print_table, shell_quote};
 
 pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
@@ -57,9 +63,33 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
         }
         VmCommand::Show { vm } => show(ctx, &ctx.datastore()?.vm_info(&VmName::new(&vm)?)?),
         VmCommand::Start(args) => start(ctx, &args),
+        VmCommand::Stop {
+            vm,
+            timeout,
+            force,
+            agent,
+        } => {
+            let vm = VmName::new(&vm)?;
+            let status: VmStatus = AgentClient::new(&agent.agent).post(
+                &format!("/v1/vms/{vm}/stop"),
+                &StopRequest {
+                    timeout_s: timeout,
+                    force,
+                },
+            )?;
+            print_status(ctx, &status)
+        }
+        VmCommand::Status { vm, agent } => {
+            let vm = VmName::new(&vm)?;
+            let status: VmStatus = AgentClient::new(&agent.agent).get(&format!("/v1/vms/{vm}"))?;
+            print_status(ctx, &status)
+        }
+        VmCommand::Set(args) => set(ctx, &args),
         VmCommand::Delete { vm } => {
             let name = VmName::new(&vm)?;
+            let leases = check_not_leased(ctx, &name)?;
             ctx.datastore()?.vm_delete(&name)?;
+            leases.remove(&name)?;
             if !ctx.json {
                 println!("deleted VM {name}");
             }
@@ -88,58 +118,21 @@ fn show(ctx: &Context, vm: &VmInfo) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The QEMU command line that runs `vm` as its `.vmx` describes it.
-fn qemu_command(vm: &VmInfo, args: &StartArgs) -> anyhow::Result<Vec<String>> {
-    if vm.vmx_disks.is_empty() {
-        anyhow::bail!("VM {} has no disk in its .vmx to boot from", vm.name);
-    }
-    let accel = match args.accel.as_str() {
-        "auto"
-            if std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_ok() =>
-        {
-            "kvm:tcg"
-        }
-        "auto" => "tcg",
-        other => other,
-    };
-    let mut cmd = vec![
-        args.qemu.clone(),
-        "-name".into(),
-        vm.name.clone(),
-        "-machine".into(),
-        format!("q35,accel={accel}"),
-        "-m".into(),
-        vm.memory_mib.unwrap_or(1024).to_string(),
-        "-smp".into(),
-        vm.cpus.unwrap_or(1).to_string(),
-    ];
-    for file in &vm.vmx_disks {
-        let disk = file.strip_suffix(".vmdk").unwrap_or(file);
-        let drive = match (&args.nbd_socket, &args.container) {
-            (Some(socket), _) => format!(
-                "file=nbd+unix:///{}/{disk}?socket={},format=raw,if=virtio,cache=none",
-                vm.name,
-                socket.display()
-            ),
-            (None, Some(mnt)) => format!(
-                "file={},format=vmdk,if=virtio,cache=none",
-                mnt.join(&vm.name).join(file).display()
-            ),
-            (None, None) => unreachable!("clap requires one"),
-        };
-        cmd.extend(["-drive".to_string(), drive]);
-    }
-    cmd.extend(args.qemu_args.iter().cloned());
-    Ok(cmd)
-}
-
-fn start(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
+/// Runs QEMU here in the foreground (`--container` or `--nbd-socket`): no agent, no
+/// lease.
+fn start_local(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
     let vm = ctx.datastore()?.vm_info(&VmName::new(&args.vm)?)?;
-    let cmd = qemu_command(&vm, args)?;
+    let options = QemuOptions {
+        qemu: args.qemu.clone(),
+        accel: args.accel.clone(),
+    };
+    let disks = match (&args.nbd_socket, &args.container) {
+        (Some(socket), _) => DiskPaths::Nbd(socket),
+        (None, Some(mnt)) => DiskPaths::Container(mnt),
+        (None, None) => unreachable!("called with one"),
+    };
+    let mut cmd = qemu::command(&vm, &options, disks)?;
+    cmd.extend(args.qemu_args.iter().cloned());
     if args.dry_run {
         let quoted: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
         println!("{}", quoted.join(" "));
@@ -148,4 +141,91 @@ fn start(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
     Err(anyhow::anyhow!("cannot run {}: {err}", cmd[0]))
+}
+
+fn start(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
+    if args.container.is_some() || args.nbd_socket.is_some() {
+        return start_local(ctx, args);
+    }
+    if !args.qemu_args.is_empty() {
+        anyhow::bail!("extra QEMU arguments are for --container or --nbd-socket; the agent runs what the .vmx says (see cvol vm set)");
+    }
+    let vm = VmName::new(&args.vm)?;
+    let status: VmStatus = AgentClient::new(&args.agent.agent).post(
+        &format!("/v1/vms/{vm}/start"),
+        &StartRequest {
+            takeover: args.takeover,
+        },
+    )?;
+    print_status(ctx, &status)
+}
+
+fn print_status(ctx: &Context, status: &VmStatus) -> anyhow::Result<()> {
+    if ctx.json {
+        return print_json(status);
+    }
+    println!("VM {}: {}", status.vm, status.state);
+    if let Some(owner) = &status.owner {
+        println!("  host:      {owner}");
+    }
+    if let Some(epoch) = status.epoch {
+        println!("  epoch:     {epoch}");
+    }
+    if let (Some(age), Some(live)) = (status.heartbeat_age_ms, status.live) {
+        println!(
+            "  heartbeat: unchanged for {:.1} s ({})",
+            age as f64 / 1000.0,
+            if live { "live" } else { "expired" }
+        );
+    }
+    println!("  ha:        {}", if status.ha { "on" } else { "off" });
+    if let Some(here) = &status.here {
+        println!(
+            "  qemu:      pid {} on this host, console {}",
+            here.pid, here.console
+        );
+    }
+    if let Some(problem) = &status.problem {
+        println!("problem: {problem}");
+    }
+    Ok(())
+}
+
+fn set(ctx: &Context, args: &SetArgs) -> anyhow::Result<()> {
+    let vm = VmName::new(&args.vm)?;
+    let ds = ctx.datastore()?;
+    let changes = [
+        (
+            "cvol.ha",
+            args.ha
+                .as_deref()
+                .map(|h| if h == "on" { "TRUE" } else { "FALSE" }),
+        ),
+        ("cvol.kernel", args.kernel.as_deref()),
+        ("cvol.initrd", args.initrd.as_deref()),
+        ("cvol.cmdline", args.cmdline.as_deref()),
+    ];
+    if changes.iter().all(|(_, v)| v.is_none()) {
+        anyhow::bail!("nothing to set: give --ha, --kernel, --initrd or --cmdline");
+    }
+    for (key, value) in changes {
+        if let Some(value) = value {
+            ds.vm_set_option(&vm, key, Some(value).filter(|v| !v.is_empty()))?;
+        }
+    }
+    show(ctx, &ds.vm_info(&vm)?)
+}
+
+/// Refuses to delete a VM that some host may run: its lease is not stopped.
+fn check_not_leased(ctx: &Context, vm: &VmName) -> anyhow::Result<Leases> {
+    let leases = Leases::new(ctx.share()?);
+    if let Some(view) = leases.current(vm)? {
+        if !view.is_free() {
+            anyhow::bail!(
+                "not deleting VM {vm}: its lease is held by {}; stop it first",
+                view.holder()
+            );
+        }
+    }
+    Ok(leases)
 }

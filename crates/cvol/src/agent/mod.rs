@@ -1,0 +1,872 @@
+//! `cvol host run`: the host agent (DESIGN.md, "Cluster"). One per host: it serves the
+//! container and NBD as `cvol mount` does, keeps this host's record on the share, runs
+//! VMs as QEMU children under leases it renews, fences itself when it cannot, and
+//! restarts the HA VMs of hosts that died.
+//!
+//! Threads, each with one job, so that none can hold up another's deadline:
+//! - *renew*: every `lease_renew`, the host record and the lease of every VM here;
+//! - *watchdog*: kills the QEMU of a VM whose lease went unrenewed for `fence_after`
+//!   (it only reads clocks, so a hung NFS call cannot delay it);
+//! - *scan*: every `lease_renew`, reads every host record and lease, so that this host
+//!   knows how long each has been unchanged, and takes over expired HA VMs;
+//! - one per VM, which started its QEMU and waits for it to exit.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod qemu;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cvol_cluster::{
+    ClusterError, HeldLease, HostEntry, HostRecord, HostRecords, HostState, LeaseContent,
+    LeaseState, LeaseView, Leases, Liveness,
+};
+use cvol_datastore::{Datastore, DatastoreError, VmInfo};
+use cvol_format::{HostId, VmName};
+use serde::{Deserialize, Serialize};
+
+use self::config::HostSettings;
+use self::qemu::{DiskPaths, QemuOptions, Qmp, VmFiles};
+
+/// How long QEMU may take to answer on QMP after it was started.
+const QEMU_START_LIMIT: Duration = Duration::from_secs(30);
+
+/// A refused or failed agent call.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such VM.
+    #[error("{0}")]
+    NotFound(String),
+    /// The VM is held by another host, or busy here.
+    #[error("{message}")]
+    Conflict {
+        /// What is in the way.
+        message: String,
+        /// The holder, if one is known.
+        holder: Option<String>,
+    },
+    /// A malformed request.
+    #[error("{0}")]
+    Invalid(String),
+    /// The agent is stopping.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<ClusterError> for AgentError {
+    fn from(e: ClusterError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<DatastoreError> for AgentError {
+    fn from(e: DatastoreError) -> Self {
+        match e {
+            DatastoreError::VmNotFound(_) => Self::NotFound(e.to_string()),
+            other => Self::Failed(other.into()),
+        }
+    }
+}
+
+/// A VM as this agent sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmStatus {
+    /// The VM.
+    pub vm: String,
+    /// `running`, `stopped`, `migrating`, `claiming` (a host is taking it), `corrupt`
+    /// (its lease file cannot be read) or `never started`.
+    pub state: String,
+    /// The host that holds (or last held) it.
+    pub owner: Option<String>,
+    /// The lease's epoch.
+    pub epoch: Option<u64>,
+    /// How long this host has seen the lease unchanged.
+    pub heartbeat_age_ms: Option<u64>,
+    /// Whether the lease is live (changed within the expiry time).
+    pub live: Option<bool>,
+    /// Whether another host restarts it when its host dies.
+    pub ha: bool,
+    /// Its QEMU, if it runs on this host.
+    pub here: Option<LocalStatus>,
+    /// What is wrong with its lease, if anything.
+    pub problem: Option<String>,
+}
+
+/// A VM running on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalStatus {
+    /// QEMU's process id.
+    pub pid: u32,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// The guest's serial console.
+    pub console: String,
+}
+
+/// A host as this agent sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The host.
+    pub host: String,
+    /// `up`, `down` (stopped cleanly) or `corrupt`.
+    pub state: String,
+    /// Whether its agent is alive: up, and its record changed within the expiry time.
+    pub alive: bool,
+    /// How long this host has seen its record unchanged.
+    pub heartbeat_age_ms: Option<u64>,
+    /// Its agent's run.
+    pub boot_id: Option<String>,
+    /// Its peer API.
+    pub address: Option<String>,
+    /// The VMs whose lease it holds (running or migrating).
+    pub vms: Vec<String>,
+    /// Whether this is the host answering.
+    pub this_host: bool,
+    /// What is wrong with its record, if anything.
+    pub problem: Option<String>,
+}
+
+/// This agent itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The host.
+    pub host: String,
+    /// This run of the agent.
+    pub boot_id: String,
+    /// Its peer API.
+    pub address: Option<String>,
+    /// The cvol version.
+    pub version: String,
+}
+
+/// A VM whose QEMU runs (or is starting) here.
+struct LocalVm {
+    name: VmName,
+    lease: Mutex<HeldLease>,
+    /// When the last successful renewal started.
+    last_ok: Mutex<Instant>,
+    /// QEMU's pid; 0 until it is spawned.
+    pid: AtomicU32,
+    /// Killed for fencing (or about to be): it must not be started again from here.
+    fenced: AtomicBool,
+    started: Instant,
+    files: VmFiles,
+}
+
+/// What the scan last read, and how long each record has been unchanged.
+#[derive(Default)]
+struct ClusterView {
+    liveness: Liveness,
+    hosts: Vec<HostEntry>,
+    leases: BTreeMap<VmName, LeaseView>,
+}
+
+/// The host agent.
+pub struct Agent {
+    settings: HostSettings,
+    ds: Arc<Datastore>,
+    leases: Leases,
+    hosts: HostRecords,
+    boot_id: String,
+    vms: Mutex<HashMap<VmName, Arc<LocalVm>>>,
+    /// Signalled whenever a VM leaves `vms`.
+    vm_exited: Condvar,
+    /// VMs being started here (they are not in `vms` yet, or only just).
+    starting: Mutex<HashSet<VmName>>,
+    /// Leases of VMs that exited while the share did not answer: released once it does.
+    unreleased: Mutex<Vec<HeldLease>>,
+    view: Mutex<ClusterView>,
+    record: Mutex<HostRecord>,
+    /// When the host record was last written successfully.
+    record_ok: Mutex<Instant>,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().expect("agent lock")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn lease_key(vm: &VmName) -> String {
+    format!("lease/{vm}")
+}
+
+fn host_key(host: &HostId) -> String {
+    format!("host/{host}")
+}
+
+impl Agent {
+    /// An agent for `settings` on `datastore` (opened with this host's id). Refuses to
+    /// run while another live agent uses the same host id: waits up to the lease expiry
+    /// time to see whether an old record still changes.
+    pub fn new(settings: HostSettings, datastore: Arc<Datastore>) -> anyhow::Result<Arc<Self>> {
+        let share = datastore.share_arc();
+        let boot_id = uuid::Uuid::new_v4().to_string();
+        let record = HostRecord {
+            host: settings.host.clone(),
+            boot_id: boot_id.clone(),
+            pid: std::process::id(),
+            address: settings.advertise.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            heartbeat: 0,
+            state: HostState::Up,
+        };
+        let agent = Arc::new(Self {
+            leases: Leases::new(share.clone()),
+            hosts: HostRecords::new(share),
+            boot_id,
+            vms: Mutex::new(HashMap::new()),
+            vm_exited: Condvar::new(),
+            starting: Mutex::new(HashSet::new()),
+            unreleased: Mutex::new(Vec::new()),
+            view: Mutex::new(ClusterView::default()),
+            record: Mutex::new(record),
+            record_ok: Mutex::new(Instant::now()),
+            stopping: AtomicBool::new(false),
+            settings,
+            ds: datastore,
+        });
+        agent.claim_host_id()?;
+        Ok(agent)
+    }
+
+    /// The settings the agent runs with.
+    pub fn settings(&self) -> &HostSettings {
+        &self.settings
+    }
+
+    /// This agent.
+    pub fn info(&self) -> HostInfo {
+        HostInfo {
+            host: self.settings.host.to_string(),
+            boot_id: self.boot_id.clone(),
+            address: self.settings.advertise.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Refuses a host id whose record another agent still renews; then writes ours.
+    fn claim_host_id(&self) -> anyhow::Result<()> {
+        let host = &self.settings.host;
+        let expiry = self.settings.timing.expiry;
+        if let Some(first) = self.hosts.read(host)? {
+            let up = matches!(&first.record, Ok(r) if r.state == HostState::Up);
+            if up {
+                let other = first.record.as_ref().expect("an up record");
+                tracing::warn!(
+                    "host id {host} has a record of another agent (boot id {}, pid {}); watching it for up to {} to be sure that agent is gone",
+                    other.boot_id, other.pid, secs(expiry)
+                );
+                let since = Instant::now();
+                while since.elapsed() < expiry {
+                    std::thread::sleep(self.settings.timing.renew.min(expiry - since.elapsed()));
+                    let now = self.hosts.read(host)?;
+                    if now.as_ref().map(|e| &e.bytes) != Some(&first.bytes) {
+                        anyhow::bail!(
+                            "host id {host} is in use: the agent with boot id {} (pid {}{}) keeps renewing .cvol/hosts/{host}; give this host another id (--host-id, or host_id in the config)",
+                            other.boot_id,
+                            other.pid,
+                            other.address.as_deref().map(|a| format!(", at {a}")).unwrap_or_default()
+                        );
+                    }
+                }
+                tracing::warn!(
+                    "the record of host id {host} did not change for {}: its agent is gone; taking the id over",
+                    secs(expiry)
+                );
+            }
+        }
+        self.hosts.write(&lock(&self.record))?;
+        *lock(&self.record_ok) = Instant::now();
+        Ok(())
+    }
+
+    /// Starts the renew, watchdog and scan threads.
+    pub fn start_threads(self: &Arc<Self>) -> anyhow::Result<()> {
+        for (name, job) in [
+            ("cvol-renew", Self::renew_loop as fn(&Arc<Self>)),
+            ("cvol-watchdog", Self::watchdog_loop),
+            ("cvol-scan", Self::scan_loop),
+        ] {
+            let agent = self.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || job(&agent))?;
+        }
+        Ok(())
+    }
+
+    /// Sleeps `d`, or less once the agent is stopping; false then.
+    fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while !self.stopping.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        false
+    }
+
+    fn local_vms(&self) -> Vec<Arc<LocalVm>> {
+        lock(&self.vms).values().cloned().collect()
+    }
+
+    fn renew_loop(self: &Arc<Self>) {
+        loop {
+            let tick = Instant::now();
+            self.renew_record();
+            for vm in self.local_vms() {
+                let started = Instant::now();
+                let mut lease = lock(&vm.lease);
+                match self.leases.renew(&mut lease) {
+                    Ok(()) => *lock(&vm.last_ok) = started,
+                    Err(e @ ClusterError::Superseded { .. }) => {
+                        drop(lease);
+                        self.fence(&vm, &e.to_string());
+                    }
+                    Err(e) => tracing::warn!(vm = %vm.name, "cannot renew the lease: {e}"),
+                }
+            }
+            self.retry_releases();
+            if !self.pause(self.settings.timing.renew.saturating_sub(tick.elapsed())) {
+                return;
+            }
+        }
+    }
+
+    fn renew_record(&self) {
+        let started = Instant::now();
+        let mut record = lock(&self.record);
+        record.heartbeat += 1;
+        match self.hosts.write(&record) {
+            Ok(_) => *lock(&self.record_ok) = started,
+            Err(e) => tracing::warn!("cannot renew this host's record: {e}"),
+        }
+    }
+
+    fn retry_releases(&self) {
+        let pending: Vec<HeldLease> = std::mem::take(&mut *lock(&self.unreleased));
+        for mut lease in pending {
+            if let Err(e) = self.leases.release(&mut lease) {
+                tracing::debug!(vm = lease.lease().vm, "still cannot release the lease: {e}");
+                lock(&self.unreleased).push(lease);
+            }
+        }
+    }
+
+    fn watchdog_loop(self: &Arc<Self>) {
+        let timing = self.settings.timing;
+        while self.pause(timing.watchdog_tick()) {
+            for vm in self.local_vms() {
+                let silent = lock(&vm.last_ok).elapsed();
+                if silent > timing.fence_after {
+                    self.fence(
+                        &vm,
+                        &format!(
+                            "the lease of VM {} could not be renewed for {} (fence_after {}), so another host may soon take it over",
+                            vm.name,
+                            secs(silent),
+                            secs(timing.fence_after)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Kills `vm`'s QEMU at once, so that no write of it can follow a takeover.
+    fn fence(&self, vm: &LocalVm, why: &str) {
+        if vm.fenced.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pid = vm.pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            // SAFETY: kill(2) with a pid this agent spawned and has not yet reaped (the
+            // VM's thread reaps it only after it left `vms`).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        tracing::error!(vm = %vm.name, pid, "self-fencing: {why}; killed its QEMU");
+    }
+
+    fn scan_loop(self: &Arc<Self>) {
+        loop {
+            if let Err(e) = self.scan() {
+                tracing::warn!("cannot read the cluster's records: {e}");
+            }
+            if !self.pause(self.settings.timing.renew) {
+                return;
+            }
+        }
+    }
+
+    /// Reads every host record and lease, and restarts expired HA VMs here.
+    fn scan(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let hosts = self.hosts.list()?;
+        let mut leases = BTreeMap::new();
+        for vm in self.leases.vms()? {
+            if let Some(view) = self.leases.current(&vm)? {
+                leases.insert(vm, view);
+            }
+        }
+        let now = Instant::now();
+        let expiry = self.settings.timing.expiry;
+        let local: HashSet<VmName> = lock(&self.vms).keys().cloned().collect();
+        let mut expired = Vec::new();
+        {
+            let mut view = lock(&self.view);
+            let mut keys = HashSet::new();
+            for entry in &hosts {
+                let key = host_key(&entry.host);
+                view.liveness.observe(&key, &entry.bytes, now);
+                keys.insert(key);
+            }
+            for (vm, lease) in &leases {
+                let key = lease_key(vm);
+                let age = view.liveness.observe(&key, &lease.bytes, now);
+                if !lease.is_free() && age >= expiry && !local.contains(vm) {
+                    expired.push(vm.clone());
+                }
+                keys.insert(key);
+            }
+            view.liveness.retain(|k| keys.contains(k));
+            view.hosts = hosts;
+            view.leases = leases;
+        }
+        // A host cut off from the share must not take over anything: it could not keep it.
+        if lock(&self.record_ok).elapsed() > self.settings.timing.fence_after {
+            return Ok(());
+        }
+        for vm in expired {
+            match self.ds.vm_info(&vm) {
+                Ok(info) if info.ha() => match self.start_vm(&vm, true) {
+                    Ok(_) => {
+                        tracing::warn!(%vm, "HA: took over the VM of a dead host and started it here")
+                    }
+                    Err(AgentError::Conflict { message, .. }) => {
+                        tracing::info!(%vm, "HA: not taken over here: {message}")
+                    }
+                    Err(e) => tracing::error!(%vm, "HA: could not restart the VM here: {e}"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%vm, "not a VM any more: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// How long this host has seen `view` unchanged (zero at first sight).
+    fn observe(&self, view: &LeaseView) -> Duration {
+        lock(&self.view)
+            .liveness
+            .observe(&lease_key(&view.vm), &view.bytes, Instant::now())
+    }
+
+    /// Starts VM `name` here: takes its lease (refused while another host holds it live;
+    /// with `takeover`, taken once it expired, its disks fenced from the old holder
+    /// first), then QEMU.
+    pub fn start_vm(
+        self: &Arc<Self>,
+        name: &VmName,
+        takeover: bool,
+    ) -> Result<VmStatus, AgentError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(AgentError::Unavailable("the host agent is stopping".into()));
+        }
+        let info = self.ds.vm_info(name)?;
+        if lock(&self.vms).contains_key(name) || !lock(&self.starting).insert(name.clone()) {
+            return Err(AgentError::Conflict {
+                message: format!(
+                    "VM {name} already runs on this host ({})",
+                    self.settings.host
+                ),
+                holder: Some(self.settings.host.to_string()),
+            });
+        }
+        let started = self.take_and_launch(name, &info, takeover);
+        lock(&self.starting).remove(name);
+        started?;
+        Ok(self.vm_status(name)?)
+    }
+
+    fn take_and_launch(
+        self: &Arc<Self>,
+        name: &VmName,
+        info: &VmInfo,
+        takeover: bool,
+    ) -> Result<(), AgentError> {
+        let current = self.leases.current(name)?;
+        let fence_disks = match &current {
+            Some(view) => self.judge(name, view, takeover)?,
+            None => false,
+        };
+        let held = match self.leases.acquire(
+            name,
+            current.as_ref().map(|v| v.epoch),
+            &self.settings.host,
+            &self.boot_id,
+        ) {
+            Err(e @ ClusterError::LostRace { .. }) => {
+                let holder = self.leases.current(name).ok().flatten().map(|v| v.holder());
+                return Err(AgentError::Conflict {
+                    message: format!("{e}: {}", holder.as_deref().unwrap_or("unknown")),
+                    holder,
+                });
+            }
+            other => other?,
+        };
+        lock(&self.unreleased).retain(|l| l.lease().vm != name.as_str());
+        let vm = Arc::new(LocalVm {
+            name: name.clone(),
+            lease: Mutex::new(held),
+            last_ok: Mutex::new(Instant::now()),
+            pid: AtomicU32::new(0),
+            fenced: AtomicBool::new(false),
+            started: Instant::now(),
+            files: VmFiles::new(&self.settings.state_dir, name.as_str()),
+        });
+        lock(&self.vms).insert(name.clone(), vm.clone());
+        let launched = if fence_disks {
+            self.fence_disks(info)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.launch(&vm, info));
+        if let Err(e) = launched {
+            // The VM's thread cleans up after a QEMU that started; this is for the rest.
+            if lock(&self.vms)
+                .get(name)
+                .is_some_and(|v| Arc::ptr_eq(v, &vm))
+            {
+                self.exited(&vm, "did not start");
+            }
+            return Err(AgentError::Failed(e));
+        }
+        Ok(())
+    }
+
+    /// Whether `view` lets this host take `name` (`Ok(true)`: taken over, so its disks
+    /// must be fenced first); refuses with the holder otherwise.
+    fn judge(&self, name: &VmName, view: &LeaseView, takeover: bool) -> Result<bool, AgentError> {
+        if view.is_free() {
+            return Ok(false);
+        }
+        if let Some(lease) = view.lease() {
+            // Ours from this very run: its QEMU is gone (it is not in `vms`).
+            if lease.owner == self.settings.host && lease.boot_id == self.boot_id {
+                return Ok(false);
+            }
+        }
+        let holder = view.holder();
+        let expiry = self.settings.timing.expiry;
+        let age = self.observe(view);
+        let refuse = |message: String| AgentError::Conflict {
+            message,
+            holder: Some(holder.clone()),
+        };
+        if let LeaseContent::Corrupt(_) = &view.content {
+            return Err(refuse(format!(
+                "VM {name} cannot be started: its lease is held by {holder}; a corrupt lease counts as held; `cvol datastore fsck --repair` clears it once it has not changed for {}",
+                secs(expiry)
+            )));
+        }
+        if age < expiry {
+            let wait = if takeover {
+                format!(
+                    "; a takeover needs the lease unchanged for {} (seen unchanged for {} so far)",
+                    secs(expiry),
+                    secs(age)
+                )
+            } else {
+                String::new()
+            };
+            return Err(refuse(format!(
+                "VM {name} is held by {holder}, whose lease is live (unchanged for {}){wait}",
+                secs(age)
+            )));
+        }
+        if !takeover {
+            return Err(refuse(format!(
+                "VM {name} was running on {holder}, whose lease has not changed for {} (expired); `cvol vm start --takeover {name}` takes it over, fencing its disks from that host first",
+                secs(age)
+            )));
+        }
+        tracing::warn!(%name, "taking over from {holder}: its lease has not changed for {}", secs(age));
+        Ok(true)
+    }
+
+    /// Attaches every disk of `info` here by force and lets go: each volume's generation
+    /// rises, so the old holder's device can write nothing more.
+    fn fence_disks(&self, info: &VmInfo) -> anyhow::Result<()> {
+        for disk in &info.disks {
+            let (Some(provider), Some(volume)) = (&disk.provider, &disk.volume) else {
+                anyhow::bail!(
+                    "disk {} of VM {}: {}",
+                    disk.name,
+                    info.name,
+                    disk.problem.as_deref().unwrap_or("no volume")
+                );
+            };
+            let provider = self.ds.provider(&cvol_format::ProviderId::new(provider)?)?;
+            let volume = cvol_format::VolumeId::new(volume)?;
+            let host = self.settings.host.as_str();
+            let attachment = provider
+                .attach(&volume, host, true)
+                .with_context(|| format!("cannot fence disk {} of VM {}", disk.name, info.name))?;
+            provider.detach(&volume, host)?;
+            tracing::info!(vm = info.name, %volume, generation = attachment.generation, "fenced the disk from its old holder");
+        }
+        Ok(())
+    }
+
+    /// Starts QEMU for `vm` on a thread of its own, which waits for it to exit; returns
+    /// once QEMU answers on QMP with the guest running.
+    fn launch(self: &Arc<Self>, vm: &Arc<LocalVm>, info: &VmInfo) -> anyhow::Result<()> {
+        let options = QemuOptions {
+            qemu: self.settings.qemu.clone(),
+            accel: self.settings.accel.clone(),
+        };
+        let cmd = qemu::command(
+            info,
+            &options,
+            DiskPaths::Container(&self.settings.mountpoint),
+        )?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (agent, vm) = (self.clone(), vm.clone());
+        std::thread::Builder::new()
+            .name(format!("vm-{}", vm.name))
+            .spawn(move || {
+                let mut child = match qemu::spawn(&cmd, &vm.files) {
+                    Ok(child) => child,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                vm.pid.store(child.id(), Ordering::SeqCst);
+                tracing::info!(vm = %vm.name, pid = child.id(), "QEMU started");
+                let ready = if vm.fenced.load(Ordering::SeqCst) {
+                    Err(anyhow::anyhow!("fenced while starting"))
+                } else {
+                    Qmp::wait_ready(&mut child, &vm.files, QEMU_START_LIMIT).map(drop)
+                };
+                let failed = ready.as_ref().err().map(|e| format!("{e:#}"));
+                if failed.is_some() {
+                    let _ = child.kill();
+                } else {
+                    let _ = ready_tx.send(Ok(()));
+                }
+                let status = child.wait();
+                let how = match (&failed, status) {
+                    (Some(e), _) => format!("did not start: {e}"),
+                    (None, Ok(status)) => format!("exited ({status})"),
+                    (None, Err(e)) => format!("could not be waited for: {e}"),
+                };
+                agent.exited(&vm, &how);
+                if let Some(e) = failed {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!(e)));
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the VM's thread ended without a word"))?
+    }
+
+    /// `vm`'s QEMU is gone: releases its lease (or leaves that for later, if the share
+    /// does not answer) and forgets it.
+    fn exited(&self, vm: &LocalVm, how: &str) {
+        let fenced = vm.fenced.load(Ordering::SeqCst);
+        if fenced {
+            tracing::warn!(vm = %vm.name, "QEMU {how} after fencing; the VM is not restarted here");
+        } else {
+            tracing::info!(vm = %vm.name, "QEMU {how}");
+        }
+        let mut lease = lock(&vm.lease);
+        if let Err(e) = self.leases.release(&mut lease) {
+            tracing::warn!(vm = %vm.name, "cannot release the lease now ({e}); retrying while the agent runs");
+            lock(&self.unreleased).push(lease.clone());
+        }
+        drop(lease);
+        lock(&self.vms).remove(&vm.name);
+        self.vm_exited.notify_all();
+    }
+
+    /// Stops VM `name` here: ACPI power-down, then after `timeout` (or at once with
+    /// `force`) QEMU is ended; returns once it exited and the lease is released.
+    pub fn stop_vm(
+        &self,
+        name: &VmName,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Result<VmStatus, AgentError> {
+        let Some(vm) = lock(&self.vms).get(name).cloned() else {
+            let status = self.vm_status(name)?;
+            return Err(match status.owner.filter(|_| status.live == Some(true)) {
+                Some(owner) if owner != self.settings.host.as_str() => AgentError::Conflict {
+                    message: format!("VM {name} runs on host {owner}, not here: stop it there"),
+                    holder: Some(owner),
+                },
+                _ => AgentError::NotFound(format!("VM {name} does not run on this host")),
+            });
+        };
+        let timeout = timeout.unwrap_or(self.settings.stop_timeout);
+        if !force {
+            match Qmp::connect(&vm.files.qmp()).and_then(|mut q| q.powerdown()) {
+                Ok(()) => tracing::info!(vm = %name, "asked the guest to power off"),
+                Err(e) => tracing::warn!(vm = %name, "cannot ask the guest to power off: {e:#}"),
+            }
+        }
+        if force || !self.wait_exit(name, timeout) {
+            if !force {
+                tracing::warn!(vm = %name, "the guest did not power off within {}; ending QEMU", secs(timeout));
+            }
+            if Qmp::connect(&vm.files.qmp())
+                .and_then(|mut q| q.quit())
+                .is_err()
+            {
+                let pid = vm.pid.load(Ordering::SeqCst);
+                // SAFETY: kill(2) of this agent's own, not yet reaped child.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+            if !self.wait_exit(name, Duration::from_secs(10)) {
+                return Err(AgentError::Failed(anyhow::anyhow!(
+                    "QEMU of VM {name} did not exit"
+                )));
+            }
+        }
+        Ok(self.vm_status(name)?)
+    }
+
+    /// Waits up to `limit` for `name` to leave `vms`; whether it did.
+    fn wait_exit(&self, name: &VmName, limit: Duration) -> bool {
+        let vms = lock(&self.vms);
+        let (vms, _) = self
+            .vm_exited
+            .wait_timeout_while(vms, limit, |vms| vms.contains_key(name))
+            .expect("agent lock");
+        !vms.contains_key(name)
+    }
+
+    /// What this host knows of VM `name`: its lease (read now) and its QEMU here.
+    pub fn vm_status(&self, name: &VmName) -> Result<VmStatus, AgentError> {
+        let info = self.ds.vm_info(name)?;
+        let view = self.leases.current(name)?;
+        let expiry = self.settings.timing.expiry;
+        let here = lock(&self.vms).get(name).map(|vm| LocalStatus {
+            pid: vm.pid.load(Ordering::SeqCst),
+            uptime_ms: vm.started.elapsed().as_millis() as u64,
+            console: vm.files.console().display().to_string(),
+        });
+        let Some(view) = view else {
+            return Ok(VmStatus {
+                vm: name.to_string(),
+                state: "never started".into(),
+                owner: None,
+                epoch: None,
+                heartbeat_age_ms: None,
+                live: None,
+                ha: info.ha(),
+                here,
+                problem: None,
+            });
+        };
+        let age = self.observe(&view);
+        let (state, owner, problem) = match &view.content {
+            LeaseContent::Valid(lease) => (
+                lease.state.name().to_string(),
+                Some(lease.owner.to_string()),
+                None,
+            ),
+            LeaseContent::Claiming => ("claiming".to_string(), None, None),
+            LeaseContent::Corrupt(reason) => (
+                "corrupt".to_string(),
+                None,
+                Some(format!("{}: {reason}", view.file)),
+            ),
+        };
+        Ok(VmStatus {
+            vm: name.to_string(),
+            live: (!view.is_free()).then_some(age < expiry),
+            state,
+            owner,
+            epoch: Some(view.epoch),
+            heartbeat_age_ms: Some(age.as_millis() as u64),
+            ha: info.ha(),
+            here,
+            problem,
+        })
+    }
+
+    /// Every host with a record, as this host has seen them.
+    pub fn host_list(&self) -> Vec<HostStatus> {
+        let now = Instant::now();
+        let view = lock(&self.view);
+        let expiry = self.settings.timing.expiry;
+        view.hosts
+            .iter()
+            .map(|entry| {
+                let age = view.liveness.unchanged_for(&host_key(&entry.host), now);
+                let vms = view
+                    .leases
+                    .values()
+                    .filter_map(|l| l.lease())
+                    .filter(|l| l.owner == entry.host && l.state != LeaseState::Stopped)
+                    .map(|l| l.vm.clone())
+                    .collect();
+                let (state, record, problem) = match &entry.record {
+                    Ok(r) if r.state == HostState::Up => ("up", Some(r), None),
+                    Ok(r) => ("down", Some(r), None),
+                    Err(e) => ("corrupt", None, Some(e.clone())),
+                };
+                HostStatus {
+                    host: entry.host.to_string(),
+                    state: state.into(),
+                    alive: state == "up" && age.is_some_and(|a| a < expiry),
+                    heartbeat_age_ms: age.map(|a| a.as_millis() as u64),
+                    boot_id: record.map(|r| r.boot_id.clone()),
+                    address: record.and_then(|r| r.address.clone()),
+                    vms,
+                    this_host: entry.host == self.settings.host,
+                    problem,
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every VM here (ACPI power-down, then QEMU ended after the stop timeout) and
+    /// marks this host down: the end of `cvol host run`.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let vms = self.local_vms();
+        std::thread::scope(|s| {
+            for vm in &vms {
+                s.spawn(move || {
+                    if let Err(e) = self.stop_vm(&vm.name, None, false) {
+                        tracing::error!(vm = %vm.name, "while stopping: {e}");
+                    }
+                });
+            }
+        });
+        self.retry_releases();
+        let mut record = lock(&self.record);
+        record.state = HostState::Down;
+        record.heartbeat += 1;
+        match self.hosts.write(&record) {
+            Ok(_) => tracing::info!("host {} is down", record.host),
+            Err(e) => tracing::error!("cannot mark this host down: {e}"),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! QEMU for a VM: its command line from the `.vmx`, the child process, and QMP.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use cvol_datastore::VmInfo;
+
+/// How QEMU reaches a VM's disks.
+#[derive(Debug, Clone, Copy)]
+pub enum DiskPaths<'a> {
+    /// Through the file system container mounted here (descriptors, `format=vmdk`).
+    Container(&'a Path),
+    /// Over NBD on this unix socket (`format=raw`).
+    Nbd(&'a Path),
+}
+
+/// The QEMU binary and accelerator to run VMs with.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The QEMU binary.
+    pub qemu: String,
+    /// `auto`, `kvm` or `tcg`.
+    pub accel: String,
+}
+
+/// The QEMU command line that runs `vm` as its `.vmx` describes it: memory, CPUs, disks
+/// in `.vmx` order, and a kernel booted directly where `cvol.kernel` (with
+/// `cvol.initrd`, `cvol.cmdline`) names one.
+pub fn command(
+    vm: &VmInfo,
+    options: &QemuOptions,
+    disks: DiskPaths,
+) -> anyhow::Result<Vec<String>> {
+    if vm.vmx_disks.is_empty() {
+        bail!("VM {} has no disk in its .vmx to boot from", vm.name);
+    }
+    let accel = match options.accel.as_str() {
+        "auto"
+            if std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .is_ok() =>
+        {
+            "kvm:tcg"
+        }
+        "auto" => "tcg",
+        other => other,
+    };
+    let mut cmd = vec![
+        options.qemu.clone(),
+        "-name".into(),
+        vm.name.clone(),
+        "-machine".into(),
+        format!("q35,accel={accel}"),
+        "-m".into(),
+        vm.memory_mib.unwrap_or(1024).to_string(),
+        "-smp".into(),
+        vm.cpus.unwrap_or(1).to_string(),
+    ];
+    for (key, flag) in [
+        ("cvol.kernel", "-kernel"),
+        ("cvol.initrd", "-initrd"),
+        ("cvol.cmdline", "-append"),
+    ] {
+        if let Some(value) = vm.options.get(key) {
+            cmd.extend([flag.to_string(), value.clone()]);
+        }
+    }
+    for file in &vm.vmx_disks {
+        let disk = file.strip_suffix(".vmdk").unwrap_or(file);
+        let drive = match disks {
+            DiskPaths::Nbd(socket) => format!(
+                "file=nbd+unix:///{}/{disk}?socket={},format=raw,if=virtio,cache=none",
+                vm.name,
+                socket.display()
+            ),
+            DiskPaths::Container(mnt) => format!(
+                "file={},format=vmdk,if=virtio,cache=none",
+                mnt.join(&vm.name).join(file).display()
+            ),
+        };
+        cmd.extend(["-drive".to_string(), drive]);
+    }
+    Ok(cmd)
+}
+
+/// Where one VM's QEMU keeps its files under the agent's state directory.
+#[derive(Debug, Clone)]
+pub struct VmFiles {
+    dir: PathBuf,
+}
+
+impl VmFiles {
+    /// The files of VM `vm` under `state_dir`.
+    pub fn new(state_dir: &Path, vm: &str) -> Self {
+        Self {
+            dir: state_dir.join("vms").join(vm),
+        }
+    }
+
+    /// The QMP socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    /// The guest's serial console.
+    pub fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// QEMU's own messages (stderr).
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+
+    /// The last lines of QEMU's messages, for an error.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+/// Starts `cmd` (from [`command`]) with a QMP socket, the serial console in a file and no
+/// display. The child gets SIGKILL when the calling thread ends: a VM never outlives
+/// the agent whose daemon serves its disks, and whose lease renewals keep it safe.
+pub fn spawn(cmd: &[String], files: &VmFiles) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(&files.dir)
+        .with_context(|| format!("cannot create {}", files.dir.display()))?;
+    let _ = std::fs::remove_file(files.qmp());
+    let log = std::fs::File::create(files.log())?;
+    let mut command = Command::new(&cmd[0]);
+    command
+        .args(&cmd[1..])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", files.qmp().display()))
+        .args(["-display", "none", "-serial"])
+        .arg(format!("file:{}", files.console().display()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl and sigprocmask are async-signal-safe, and touch only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The agent blocks termination signals to wait for them; QEMU must not
+            // inherit that.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("cannot run {}", cmd[0]))
+}
+
+/// A QMP session with a running QEMU.
+pub struct Qmp {
+    qmp: qapi::Qmp<qapi::Stream<io::BufReader<UnixStream>, UnixStream>>,
+}
+
+impl Qmp {
+    /// Connects to the QMP socket at `path` and negotiates capabilities.
+    pub fn connect(path: &Path) -> anyhow::Result<Self> {
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("cannot reach QMP at {}", path.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let reader = io::BufReader::new(stream.try_clone()?);
+        let mut qmp = qapi::Qmp::new(qapi::Stream::new(reader, stream));
+        qmp.handshake().map_err(|e| anyhow!("QMP handshake: {e}"))?;
+        Ok(Self { qmp })
+    }
+
+    /// Waits up to `limit` for QEMU (`child`) to answer on QMP, then checks that the
+    /// guest runs. An early exit of QEMU is an error with its last messages.
+    pub fn wait_ready(child: &mut Child, files: &VmFiles, limit: Duration) -> anyhow::Result<Self> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "QEMU exited ({status}) while starting:\n{}",
+                    files.log_tail()
+                );
+            }
+            if files.qmp().exists() {
+                if let Ok(mut qmp) = Self::connect(&files.qmp()) {
+                    let status = qmp
+                        .qmp
+                        .execute(&qapi::qmp::query_status {})
+                        .map_err(|e| anyhow!("QMP query-status: {e}"))?;
+                    if !status.running {
+                        bail!("QEMU started, but the guest is {:?}", status.status);
+                    }
+                    return Ok(qmp);
+                }
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "QEMU did not answer on QMP within {limit:?}:\n{}",
+                    files.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks the guest to power off (ACPI power button).
+    pub fn powerdown(&mut self) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::system_powerdown {})
+            .map_err(|e| anyhow!("QMP system_powerdown: {e}"))?;
+        Ok(())
+    }
+
+    /// Ends QEMU at once (the guest is not asked).
+    pub fn quit(&mut self) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::quit {})
+            .map_err(|e| anyhow!("QMP quit: {e}"))?;
+        Ok(())
+    }
+}

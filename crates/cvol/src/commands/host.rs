@@ -1,0 +1,133 @@
+//! `cvol host run|list`: the host agent, and the cluster as it sees it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use cvol_datastore::Datastore;
+
+use super::{with_env_failpoint, Context};
+use crate::agent::client::AgentClient;
+use crate::agent::config::HostSettings;
+use crate::agent::{api, Agent, HostStatus};
+use crate::cli::{AgentArg, HostCommand, HostRunArgs, ServeArgs};
+use crate::output::{print_json, print_table};
+
+pub fn run(ctx: &Context, cmd: HostCommand) -> anyhow::Result<()> {
+    match cmd {
+        HostCommand::Run(args) => run_agent(ctx, &args),
+        HostCommand::List(agent) => list(ctx, &agent),
+    }
+}
+
+fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
+    let settings = HostSettings::resolve(args, ctx.share.as_deref(), ctx.host_arg.as_deref())?;
+    let share = ctx.open_share_at(&settings.share)?;
+    let ds = Arc::new(with_env_failpoint(Datastore::open(
+        share,
+        settings.host.as_str(),
+    )?));
+    let state_dir = &settings.state_dir;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))?;
+    let socket = settings.socket();
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        bail!("another host agent answers at {}", socket.display());
+    }
+    let agent = Agent::new(settings.clone(), ds.clone())?;
+    // No passthrough: the kernel's passthrough writes would bypass fencing, and with
+    // several hosts every write must be checked against the attachment generation.
+    let serve = ServeArgs {
+        no_passthrough: true,
+        threads: 4,
+        allow_other: false,
+        nbd: settings.nbd.clone(),
+        nbd_readonly: false,
+        nbd_max_connections: 256,
+    };
+    let mut api_runtime = None;
+    let ready = || {
+        agent.start_threads()?;
+        api_runtime = Some(serve_api(&agent)?);
+        tracing::info!(host = %settings.host, socket = %socket.display(), "host agent ready");
+        eprintln!(
+            "cvol: host agent {} ready: container at {}, API at {}{}",
+            settings.host,
+            settings.mountpoint.display(),
+            socket.display(),
+            settings
+                .listen
+                .map(|a| format!(" and http://{a}"))
+                .unwrap_or_default()
+        );
+        Ok(())
+    };
+    let served = super::mount::serve(ds, &settings.mountpoint, &serve, ready, || agent.shutdown());
+    drop(api_runtime);
+    let _ = std::fs::remove_file(&socket);
+    served
+}
+
+/// Serves the API on the agent's unix socket (root only) and, if asked, on TCP for peers.
+fn serve_api(agent: &Arc<Agent>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let settings = agent.settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cvol-api")
+        .enable_all()
+        .build()?;
+    let socket = settings.socket();
+    let _ = std::fs::remove_file(&socket);
+    let local = runtime
+        .block_on(async { tokio::net::UnixListener::bind(&socket) })
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let router = api::router(agent.clone());
+    runtime.spawn(async move { axum::serve(local, router).await });
+    if let (Some(listen), Some(token)) = (settings.listen, settings.token.clone()) {
+        let peers = runtime
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let router = api::peer_router(agent.clone(), token);
+        runtime.spawn(async move { axum::serve(peers, router).await });
+    }
+    Ok(runtime)
+}
+
+fn list(ctx: &Context, agent: &AgentArg) -> anyhow::Result<()> {
+    let hosts: Vec<HostStatus> = AgentClient::new(&agent.agent).get("/v1/hosts")?;
+    if ctx.json {
+        return print_json(&hosts);
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                format!(
+                    "{}{}",
+                    h.host,
+                    if h.this_host { " (this host)" } else { "" }
+                ),
+                h.state.clone(),
+                if h.alive { "alive" } else { "dead" }.into(),
+                h.heartbeat_age_ms
+                    .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                if h.vms.is_empty() {
+                    "-".into()
+                } else {
+                    h.vms.join(",")
+                },
+                h.address
+                    .clone()
+                    .or(h.problem.clone())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &["HOST", "STATE", "AGENT", "HEARTBEAT", "VMS", "ADDRESS"],
+        &rows,
+    );
+    Ok(())
+}
