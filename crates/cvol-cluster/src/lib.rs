@@ -12,6 +12,7 @@
 //!   others may take over, with the argument for why that order always holds.
 
 mod error;
+mod fsck;
 mod hosts;
 mod lease;
 mod leases;
@@ -19,6 +20,7 @@ mod liveness;
 mod timing;
 
 pub use error::ClusterError;
+pub use fsck::{check_leases, LeaseProblem};
 pub use hosts::{HostEntry, HostRecord, HostRecords, HostState};
 pub use lease::{Lease, LeaseContent, LeaseState, LeaseView};
 pub use leases::{leases_dir, HeldLease, Leases};

@@ -31,10 +31,23 @@ pub fn run(ctx: &Context, cmd: DatastoreCommand) -> anyhow::Result<ExitCode> {
         DatastoreCommand::Info => print_info(ctx, &ctx.datastore()?)?,
         DatastoreCommand::Fsck { repair, grace } => {
             let ds = ctx.datastore()?;
-            let report = ds.fsck(&FsckOptions {
+            let mut report = ds.fsck(&FsckOptions {
                 repair,
                 intent_grace: Duration::from_secs(grace),
             })?;
+            let leases = cvol_cluster::check_leases(
+                &cvol_cluster::Leases::new(ds.share_arc()),
+                &ds.vm_names()?,
+                repair,
+                &cvol_cluster::LeaseTiming::default(),
+                &cvol_format::HostId::new(&ctx.host)?,
+            )?;
+            report
+                .problems
+                .extend(leases.into_iter().map(|p| cvol_datastore::Problem {
+                    what: p.what,
+                    repaired: p.repaired,
+                }));
             if ctx.json {
                 print_json(&report)?;
             } else {

@@ -1,0 +1,623 @@
+//! Many hosts on one datastore: host agents in network namespaces of their own, the share
+//! (`cvol nfs serve`) and a file pool behind `cvol provider serve` in a storage namespace,
+//! joined by veth pairs to a bridge. Real QEMU guests (TCG) write a counter to their
+//! disks while hosts are partitioned or killed.
+//!
+//! Every namespace and process a test makes is removed when its `Cluster` is dropped,
+//! also when the test fails. Tests run one cluster at a time: TCG guests on two cores.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{cvol, random_hex, spawn_tied};
+
+/// One cluster at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The agents' lease timing (the defaults): what the 30 s failover goal is met with.
+const FENCE_AFTER: Duration = Duration::from_secs(10);
+const EXPIRY: Duration = Duration::from_secs(16);
+/// The failover goal: a dead host's HA VM runs elsewhere within this.
+const FAILOVER_GOAL: Duration = Duration::from_secs(30);
+
+const STORAGE_IP: &str = "10.99.0.1";
+const AGENT_PORT: u16 = 7500;
+
+/// A guest kernel and an initramfs whose init writes a counter to /dev/vda (see
+/// `counter_guest` in scripts/lib.sh), built once per test process.
+struct Guest {
+    kernel: String,
+    initrd: PathBuf,
+}
+
+fn guest() -> &'static Guest {
+    static GUEST: OnceLock<Guest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let dir = PathBuf::from(format!("/var/tmp/cvol-cluster-guest-{}", std::process::id()));
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib.sh");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"set -e; source "$1"; counter_guest "$2"; echo "$kernel""#)
+            .args(["bash".as_ref(), lib.as_os_str(), dir.as_os_str()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot build the test guest (needs busybox-static, a Debian kernel package): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Guest {
+            kernel: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            initrd: dir.join("initrd.gz"),
+        }
+    })
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+fn ip(args: &[&str]) {
+    let out = run(Command::new("ip").args(args));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits for `what` to hold, checking every 100 ms, up to `limit`; how long it took.
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn process_exists(pid: u32) -> bool {
+    // A zombie still has /proc/PID; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+struct Host {
+    id: String,
+    ns: String,
+    ip: String,
+    dir: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Host {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("state/agent.sock")
+    }
+
+    fn console(&self, vm: &str) -> PathBuf {
+        self.dir.join("state/vms").join(vm).join("console.log")
+    }
+}
+
+/// Storage and `n` hosts, each in its own network namespace.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    work: PathBuf,
+    storage_ns: String,
+    hosts: Vec<Host>,
+    servers: Vec<Child>,
+    share_url: String,
+    token_file: PathBuf,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("cvol-cluster.")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let work = tmp.path().to_path_buf();
+        let tag = random_hex(3);
+        let storage_ns = format!("cvs-{tag}");
+        let mut cluster = Self {
+            _tmp: tmp,
+            work: work.clone(),
+            storage_ns: storage_ns.clone(),
+            hosts: Vec::new(),
+            servers: Vec::new(),
+            share_url: String::new(),
+            token_file: work.join("token"),
+        };
+        // Registered before anything is made, so that Drop removes whatever was.
+        ip(&["netns", "add", &storage_ns]);
+        ip(&["-n", &storage_ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &storage_ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &storage_ns, "addr", "add", &format!("{STORAGE_IP}/24"), "dev", "br0"]);
+        ip(&["-n", &storage_ns, "link", "set", "br0", "up"]);
+        for i in 1..=n {
+            let ns = format!("cvh{i}-{tag}");
+            let host_ip = format!("10.99.0.{}", 10 + i);
+            ip(&["netns", "add", &ns]);
+            let dir = work.join(format!("h{i}"));
+            std::fs::create_dir_all(dir.join("mnt")).unwrap();
+            cluster.hosts.push(Host {
+                id: format!("h{i}"),
+                ns: ns.clone(),
+                ip: host_ip.clone(),
+                dir,
+                agent: None,
+            });
+            let peer = format!("h{i}");
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &storage_ns]);
+            ip(&["-n", &storage_ns, "link", "set", &peer, "master", "br0"]);
+            ip(&["-n", &storage_ns, "link", "set", &peer, "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{host_ip}/24"), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        std::fs::write(&cluster.token_file, random_hex(24)).unwrap();
+        for d in ["share", "pool"] {
+            std::fs::create_dir(work.join(d)).unwrap();
+        }
+        let share = work.join("share");
+        let nfs = cluster.serve(&[
+            "nfs".as_ref(),
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            format!("{STORAGE_IP}:2049").as_ref(),
+            share.as_os_str(),
+        ]);
+        cluster.share_url = nfs;
+        let pool = format!("file:{}", work.join("pool").display());
+        let token = cluster.token_file.display().to_string();
+        let provider = cluster.serve(&[
+            "provider".as_ref(),
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            format!("{STORAGE_IP}:7400").as_ref(),
+            "--pool".as_ref(),
+            pool.as_ref(),
+            "--token-file".as_ref(),
+            token.as_ref(),
+        ]);
+        cluster.cvol_ok(
+            0,
+            &["datastore", "create", "--name", "cluster", "--provider", &format!("pool=remote:{provider}")],
+        );
+        cluster
+    }
+
+    /// Starts `cvol ARGS` in the storage namespace; returns the first line it prints
+    /// (its URL, once it serves).
+    fn serve(&mut self, args: &[&std::ffi::OsStr]) -> String {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.storage_ns, env!("CARGO_BIN_EXE_cvol")])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.work.join(format!("server{}.log", self.servers.len()))).unwrap());
+        let mut child = spawn_tied(command).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.servers.push(child);
+        assert!(!line.trim().is_empty(), "a server in the storage namespace did not start");
+        line.trim().to_string()
+    }
+
+    /// `cvol --share URL ARGS` in host `h`'s namespace.
+    fn cvol_in(&self, h: usize, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.hosts[h].ns, env!("CARGO_BIN_EXE_cvol")])
+            .args(["--share", &self.share_url, "--host-id", &self.hosts[h].id])
+            .args(args)
+            .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
+            .env_remove("RUST_LOG"))
+    }
+
+    fn cvol_ok(&self, h: usize, args: &[&str]) -> String {
+        let out = self.cvol_in(h, args);
+        assert!(
+            out.status.success(),
+            "cvol {} on {}: {}",
+            args.join(" "),
+            self.hosts[h].id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A VM with a 16 MiB disk; with `counter`, it boots the counter guest; with `ha`,
+    /// it is restarted elsewhere when its host dies.
+    fn create_vm(&self, vm: &str, counter: bool, ha: bool) {
+        self.cvol_ok(0, &["vm", "create", vm, "--disk", "16M", "--memory", "256"]);
+        let mut set = vec!["vm", "set", vm, "--ha", if ha { "on" } else { "off" }];
+        let guest = counter.then(guest);
+        let initrd = guest.map(|g| g.initrd.display().to_string());
+        if let (Some(g), Some(initrd)) = (guest, &initrd) {
+            set.extend(["--kernel", &g.kernel, "--initrd", initrd, "--cmdline", "console=ttyS0 panic=-1"]);
+        }
+        self.cvol_ok(0, &set);
+    }
+
+    fn agent_command(&self, h: usize, host_id: &str, dir: &Path) -> Command {
+        let host = &self.hosts[h];
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_cvol")])
+            .args(["-v", "--share", &self.share_url, "--host-id", host_id, "host", "run"])
+            .arg("--mountpoint")
+            .arg(dir.join("mnt"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--accel", "tcg", "--listen", &format!("{}:{AGENT_PORT}", host.ip)])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("agent.log"))
+                    .unwrap(),
+            );
+        command
+    }
+
+    /// Starts host `h`'s agent and waits until it answers.
+    fn start_agent(&mut self, h: usize) {
+        let (id, dir) = (self.hosts[h].id.clone(), self.hosts[h].dir.clone());
+        let child = spawn_tied(self.agent_command(h, &id, &dir)).unwrap();
+        self.hosts[h].agent = Some(child);
+        let socket = self.hosts[h].socket();
+        wait_for(Duration::from_secs(60), &format!("agent {id} to answer"), || {
+            if let Some(status) = self.hosts[h].agent.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent {id} exited ({status}):\n{}", self.agent_log(h));
+            }
+            run(cvol().args(["host", "list", "--agent"]).arg(&socket)).status.success()
+        });
+    }
+
+    fn agent_log(&self, h: usize) -> String {
+        std::fs::read_to_string(self.hosts[h].dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// `cvol --json ARGS --agent SOCKET` against host `h`'s agent.
+    fn agent_call(&self, h: usize, args: &[&str]) -> Output {
+        run(cvol().arg("--json").args(args).arg("--agent").arg(self.hosts[h].socket()))
+    }
+
+    fn vm_status(&self, h: usize, vm: &str) -> serde_json::Value {
+        let out = self.agent_call(h, &["vm", "status", vm]);
+        assert!(out.status.success(), "vm status on {}: {}", self.hosts[h].id, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn start_vm(&self, h: usize, vm: &str) -> serde_json::Value {
+        let out = self.agent_call(h, &["vm", "start", vm]);
+        assert!(
+            out.status.success(),
+            "vm start {vm} on {}: {}\n{}",
+            self.hosts[h].id,
+            String::from_utf8_lossy(&out.stderr),
+            self.agent_log(h)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn set_link(&self, h: usize, up: bool) {
+        ip(&["-n", &self.hosts[h].ns, "link", "set", "eth0", if up { "up" } else { "down" }]);
+    }
+
+    /// The bytes of `vm`'s first disk, read from the pool directly.
+    fn disk_bytes(&self, vm: &str) -> Vec<u8> {
+        let descriptor = std::fs::read_to_string(self.work.join(format!("share/{vm}/{vm}.vmdk"))).unwrap();
+        let volume = descriptor
+            .lines()
+            .find_map(|l| l.strip_prefix("ddb.cvol.object = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .expect("a volume in the descriptor");
+        std::fs::read(self.work.join("pool/volumes").join(volume).join("data")).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let namespaces = self.hosts.iter().map(|h| h.ns.clone()).chain([self.storage_ns.clone()]);
+        for ns in namespaces {
+            // Every process in the namespace (agents, QEMU, servers), then the namespace.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        for child in self.hosts.iter_mut().filter_map(|h| h.agent.as_mut()).chain(&mut self.servers) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a counter guest printed: the boot id and the values it completed.
+fn console_counts(console: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("cvol-counter: ").nth(1))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let n = words.next()?.parse().ok()?;
+            Some((n, words.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The counter blocks on a disk: block N holds "N BOOT".
+fn disk_counts(disk: &[u8]) -> Vec<(u64, String)> {
+    disk.chunks(512)
+        .take(2048)
+        .enumerate()
+        .skip(1)
+        .filter_map(|(i, block)| {
+            let text = String::from_utf8_lossy(block);
+            let line = text.trim_end_matches('\0').trim();
+            if line.is_empty() {
+                return None;
+            }
+            let mut words = line.split_whitespace();
+            let n: u64 = words.next()?.parse().unwrap_or_else(|_| panic!("block {i} holds {line:?}"));
+            assert_eq!(n, i as u64, "block {i} holds the count of block {n}");
+            Some((n, words.next()?.to_string()))
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// The host's link goes down: agent and QEMU live on, cut off.
+    Partition,
+    /// kill -9 of the agent (its QEMU dies with it: it is its child, tied to it).
+    KillAgent,
+    /// kill -9 of the agent and its QEMU at the same moment.
+    KillAgentAndQemu,
+}
+
+/// An HA VM writes its counter on host 1; host 1 fails; the VM must run on another host
+/// within the goal, and no write of host 1 may land after the new host's first one.
+fn failover(failure: Failure) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::new(3);
+    c.create_vm("ha1", true, true);
+    for h in 0..3 {
+        c.start_agent(h);
+    }
+    let status = c.start_vm(0, "ha1");
+    let old_pid = status["here"]["pid"].as_u64().unwrap() as u32;
+    let console = c.hosts[0].console("ha1");
+    wait_for(Duration::from_secs(60), "the guest on h1 to count to 5", || console_counts(&console).len() >= 5);
+    let old_boot = console_counts(&console)[0].1.clone();
+
+    let failed_at = Instant::now();
+    match failure {
+        Failure::Partition => c.set_link(0, false),
+        Failure::KillAgent => {
+            c.hosts[0].agent.as_mut().unwrap().kill().unwrap();
+        }
+        Failure::KillAgentAndQemu => {
+            // SAFETY: kill(2) of this test's own children's processes.
+            unsafe {
+                libc::kill(old_pid as i32, libc::SIGKILL);
+            }
+            c.hosts[0].agent.as_mut().unwrap().kill().unwrap();
+        }
+    }
+    // Self-fencing: h1's QEMU is gone within fence_after (and a little), whatever failed.
+    let limit = match failure {
+        Failure::Partition => FENCE_AFTER + Duration::from_secs(3),
+        _ => Duration::from_secs(3),
+    };
+    let qemu_gone = wait_for(limit, "h1's QEMU to be killed", || !process_exists(old_pid));
+
+    let mut new_host = None;
+    wait_for(Duration::from_secs(60), "the VM to run on another host", || {
+        new_host = (1..3).find(|&h| c.vm_status(h, "ha1")["here"].is_object());
+        new_host.is_some()
+    });
+    let running_after = failed_at.elapsed();
+    let new_host = new_host.unwrap();
+    let new_console = c.hosts[new_host].console("ha1");
+    wait_for(Duration::from_secs(60), "the guest's first write on the new host", || {
+        !console_counts(&new_console).is_empty()
+    });
+    let first_write = failed_at.elapsed();
+    eprintln!(
+        "{failure:?}: h1's QEMU gone after {qemu_gone:?}; the VM ran on {} after {running_after:?}, first write after {first_write:?}",
+        c.hosts[new_host].id
+    );
+    assert!(
+        running_after < FAILOVER_GOAL,
+        "the VM ran elsewhere only after {running_after:?} (goal {FAILOVER_GOAL:?})"
+    );
+
+    if let Failure::Partition = failure {
+        c.set_link(0, true);
+        // h1 rejoins: its record is renewed again, and it leaves the VM alone.
+        let other = 3 - new_host;
+        wait_for(Duration::from_secs(90), "h1 to be alive again", || {
+            let out = c.agent_call(other, &["host", "list"]);
+            let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            hosts.as_array().is_some_and(|hs| hs.iter().any(|h| h["host"] == "h1" && h["alive"] == true))
+        });
+        let seen_by_h1 = c.vm_status(0, "ha1");
+        assert!(seen_by_h1["here"].is_null(), "h1 runs the VM again: {seen_by_h1}");
+        assert_eq!(seen_by_h1["owner"], c.hosts[new_host].id.as_str(), "{seen_by_h1}");
+        let log = c.agent_log(0);
+        assert!(log.contains("self-fencing"), "h1 did not log its self-fencing:\n{log}");
+    }
+    let counted = console_counts(&new_console).len();
+    wait_for(Duration::from_secs(60), "the new guest to count 5 more", || {
+        console_counts(&new_console).len() >= counted + 5
+    });
+    let out = c.agent_call(new_host, &["vm", "stop", "ha1", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The disk: every value the old guest completed is there, and nothing of the old
+    // boot lies at or past the new boot's first block.
+    let on_disk = disk_counts(&c.disk_bytes("ha1"));
+    let new_counts = console_counts(&new_console);
+    let new_boot = &new_counts[0].1;
+    assert_ne!(new_boot, &old_boot, "the VM rebooted on the new host");
+    let new_start = new_counts[0].0;
+    for (n, boot) in console_counts(&console) {
+        assert!(
+            on_disk.contains(&(n, boot.clone())),
+            "the old guest completed {n} but the disk does not hold it"
+        );
+    }
+    for (n, boot) in &on_disk {
+        assert!(
+            *n < new_start || boot != &old_boot,
+            "block {n} was written by h1's guest after the new host's first write (at {new_start})"
+        );
+    }
+    assert!(on_disk.iter().any(|(_, b)| b == new_boot), "the new guest's writes are on the disk");
+}
+
+#[test]
+fn a_partitioned_hosts_ha_vm_runs_elsewhere_and_the_host_fences_itself() {
+    failover(Failure::Partition);
+}
+
+#[test]
+fn kill_9_of_an_agent_moves_its_ha_vm() {
+    failover(Failure::KillAgent);
+}
+
+#[test]
+fn kill_9_of_an_agent_and_its_qemu_moves_its_ha_vm() {
+    failover(Failure::KillAgentAndQemu);
+}
+
+/// Two agents start the same VM at the same instant, round after round: exactly one runs
+/// it each round. `CVOL_RACE_ROUNDS` rounds (10 by default; 200 in the benchmark).
+#[test]
+fn two_agents_starting_one_vm_at_once_exactly_one_runs_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds: usize = std::env::var("CVOL_RACE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
+    let mut c = Cluster::new(2);
+    c.create_vm("race", false, false);
+    c.start_agent(0);
+    c.start_agent(1);
+    let c = Arc::new(c);
+    for round in 0..rounds {
+        let barrier = Arc::new(Barrier::new(2));
+        let outcomes: Vec<Output> = (0..2)
+            .map(|h| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    c.agent_call(h, &["vm", "start", "race"])
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let winners: Vec<usize> = (0..2).filter(|&h| outcomes[h].status.success()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {} hosts started the VM", winners.len());
+        let loser = String::from_utf8_lossy(&outcomes[1 - winners[0]].stderr).to_string();
+        assert!(loser.contains("host h"), "round {round}: the refusal names no holder: {loser}");
+        let out = c.agent_call(winners[0], &["vm", "stop", "race", "--force"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    eprintln!("{rounds} rounds: one winner each");
+}
+
+/// What an operator can get wrong: unknown VMs, a wrong token, a takeover before expiry,
+/// a host id used twice, a corrupt lease.
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::new(2);
+    c.create_vm("vm1", false, false);
+    c.start_agent(0);
+    c.start_agent(1);
+
+    let out = c.agent_call(0, &["vm", "start", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VM \"nosuch\" does not exist"));
+    let out = c.agent_call(0, &["vm", "start", "../etc"]);
+    assert!(!out.status.success(), "a path as a VM name");
+
+    // The peer API: without the right token, 401 and nothing started.
+    let curl = |token: &str, method: &str, path: &str| {
+        let out = run(Command::new("ip").args([
+            "netns", "exec", &c.storage_ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+            "-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/json", "-d", "{}",
+            &format!("http://{}:{AGENT_PORT}{path}", c.hosts[1].ip),
+        ]));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(curl("wrong", "POST", "/v1/vms/vm1/start"), "401");
+    assert!(!c.work.join("share/.cvol/leases/vm1").exists(), "a refused call took a lease");
+    let token = std::fs::read_to_string(&c.token_file).unwrap();
+    let out = run(Command::new("ip").args([
+        "netns", "exec", &c.storage_ns, "curl", "-sf", "-H", &format!("Authorization: Bearer {token}"),
+        &format!("http://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
+    ]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"host\":\"h2\""), "{out:?}");
+
+    // A takeover while the holder lives is refused, naming the holder.
+    c.start_vm(0, "vm1");
+    let out = c.agent_call(1, &["vm", "start", "--takeover", "vm1"]);
+    let refusal = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a takeover of a live lease went through");
+    assert!(refusal.contains("held by host h1") && refusal.contains("live"), "{refusal}");
+    assert!(c.vm_status(0, "vm1")["here"].is_object(), "the holder lost its VM");
+
+    // A second agent with a host id in use refuses to run, naming the first's boot id.
+    let record = std::fs::read_to_string(c.work.join("share/.cvol/hosts/h1")).unwrap();
+    let first_boot = record.lines().find_map(|l| l.strip_prefix("boot_id = ")).unwrap().trim_matches('"').to_string();
+    let twin_dir = c.work.join("twin");
+    std::fs::create_dir_all(twin_dir.join("mnt")).unwrap();
+    let out = run(&mut c.agent_command(1, "h1", &twin_dir));
+    assert!(!out.status.success(), "a second agent with host id h1 ran");
+    let log = std::fs::read_to_string(twin_dir.join("agent.log")).unwrap();
+    assert!(log.contains("host id h1 is in use") && log.contains(&first_boot), "{log}");
+
+    let out = c.agent_call(0, &["vm", "stop", "vm1", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A corrupt lease counts as held: start refused, naming the file; fsck reports it,
+    // and --repair clears it once it has stayed unchanged for the expiry time.
+    let corrupt = c.work.join("share/.cvol/leases/vm1/99");
+    std::fs::write(&corrupt, "vm = \"vm1\"\nepoch = 99\nowner =").unwrap();
+    let out = c.agent_call(1, &["vm", "start", "vm1"]);
+    let refusal = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a VM with a corrupt lease started");
+    assert!(refusal.contains(".cvol/leases/vm1/99") && refusal.contains("corrupt"), "{refusal}");
+    let out = c.cvol_in(1, &["datastore", "fsck"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".cvol/leases/vm1/99: corrupt lease"), "{out:?}");
+    let started = Instant::now();
+    let out = c.cvol_in(1, &["datastore", "fsck", "--repair"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(started.elapsed() >= EXPIRY, "fsck cleared the lease without watching it for the expiry time");
+    c.start_vm(1, "vm1");
+    let out = c.agent_call(1, &["vm", "stop", "vm1", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
