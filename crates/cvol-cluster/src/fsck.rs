@@ -41,7 +41,10 @@ pub fn check_leases(
         let LeaseContent::Corrupt(reason) = &view.content else {
             continue;
         };
-        let mut what = format!("{}: corrupt lease of VM {vm} ({reason}); it counts as held", view.file);
+        let mut what = format!(
+            "{}: corrupt lease of VM {vm} ({reason}); it counts as held",
+            view.file
+        );
         let mut repaired = false;
         if repair {
             let since = Instant::now();

@@ -172,7 +172,7 @@ pub enum HostCommand {
     /// and restarts the HA VMs of hosts that died. Answers the CLI on STATE_DIR/agent.sock
     /// and peer hosts on --listen (bearer token). Settings: --config (default
     /// /etc/cvol/host.toml, keys named as the flags with '_'), overridden by flags and env.
-    Run(HostRunArgs),
+    Run(Box<HostRunArgs>),
     /// List every host of the datastore: heartbeat age, alive or dead, its VMs.
     List(AgentArg),
 }

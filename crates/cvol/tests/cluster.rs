@@ -38,7 +38,10 @@ struct Guest {
 fn guest() -> &'static Guest {
     static GUEST: OnceLock<Guest> = OnceLock::new();
     GUEST.get_or_init(|| {
-        let dir = PathBuf::from(format!("/var/tmp/cvol-cluster-guest-{}", std::process::id()));
+        // Beside the kernel it is built from (scripts/lib.sh keeps that cache).
+        let cache =
+            std::env::var("CVOL_E2E_CACHE").unwrap_or_else(|_| "/var/tmp/cvol-e2e-kernel".into());
+        let dir = Path::new(&cache).join("counter-guest");
         let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib.sh");
         let out = Command::new("bash")
             .arg("-c")
@@ -59,7 +62,9 @@ fn guest() -> &'static Guest {
 }
 
 fn run(command: &mut Command) -> Output {
-    command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }
 
 fn ip(args: &[&str]) {
@@ -79,15 +84,21 @@ fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Dura
         if done() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn process_exists(pid: u32) -> bool {
     // A zombie still has /proc/PID; its state letter is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 struct Host {
@@ -141,7 +152,15 @@ impl Cluster {
         ip(&["netns", "add", &storage_ns]);
         ip(&["-n", &storage_ns, "link", "set", "lo", "up"]);
         ip(&["-n", &storage_ns, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &storage_ns, "addr", "add", &format!("{STORAGE_IP}/24"), "dev", "br0"]);
+        ip(&[
+            "-n",
+            &storage_ns,
+            "addr",
+            "add",
+            &format!("{STORAGE_IP}/24"),
+            "dev",
+            "br0",
+        ]);
         ip(&["-n", &storage_ns, "link", "set", "br0", "up"]);
         for i in 1..=n {
             let ns = format!("cvh{i}-{tag}");
@@ -158,10 +177,31 @@ impl Cluster {
             });
             let peer = format!("h{i}");
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            ip(&["-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &storage_ns]);
+            ip(&[
+                "-n",
+                &ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &storage_ns,
+            ]);
             ip(&["-n", &storage_ns, "link", "set", &peer, "master", "br0"]);
             ip(&["-n", &storage_ns, "link", "set", &peer, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{host_ip}/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{host_ip}/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         }
         std::fs::write(&cluster.token_file, random_hex(24)).unwrap();
@@ -191,7 +231,14 @@ impl Cluster {
         ]);
         cluster.cvol_ok(
             0,
-            &["datastore", "create", "--name", "cluster", "--provider", &format!("pool=remote:{provider}")],
+            &[
+                "datastore",
+                "create",
+                "--name",
+                "cluster",
+                "--provider",
+                &format!("pool=remote:{provider}"),
+            ],
         );
         cluster
     }
@@ -201,24 +248,40 @@ impl Cluster {
     fn serve(&mut self, args: &[&std::ffi::OsStr]) -> String {
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", &self.storage_ns, env!("CARGO_BIN_EXE_cvol")])
+            .args([
+                "netns",
+                "exec",
+                &self.storage_ns,
+                env!("CARGO_BIN_EXE_cvol"),
+            ])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(self.work.join(format!("server{}.log", self.servers.len()))).unwrap());
+            .stderr(
+                std::fs::File::create(self.work.join(format!("server{}.log", self.servers.len())))
+                    .unwrap(),
+            );
         let mut child = spawn_tied(command).unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         self.servers.push(child);
-        assert!(!line.trim().is_empty(), "a server in the storage namespace did not start");
+        assert!(
+            !line.trim().is_empty(),
+            "a server in the storage namespace did not start"
+        );
         line.trim().to_string()
     }
 
     /// `cvol --share URL ARGS` in host `h`'s namespace.
     fn cvol_in(&self, h: usize, args: &[&str]) -> Output {
         run(Command::new("ip")
-            .args(["netns", "exec", &self.hosts[h].ns, env!("CARGO_BIN_EXE_cvol")])
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[h].ns,
+                env!("CARGO_BIN_EXE_cvol"),
+            ])
             .args(["--share", &self.share_url, "--host-id", &self.hosts[h].id])
             .args(args)
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
@@ -245,7 +308,14 @@ impl Cluster {
         let guest = counter.then(guest);
         let initrd = guest.map(|g| g.initrd.display().to_string());
         if let (Some(g), Some(initrd)) = (guest, &initrd) {
-            set.extend(["--kernel", &g.kernel, "--initrd", initrd, "--cmdline", "console=ttyS0 panic=-1"]);
+            set.extend([
+                "--kernel",
+                &g.kernel,
+                "--initrd",
+                initrd,
+                "--cmdline",
+                "console=ttyS0 panic=-1",
+            ]);
         }
         self.cvol_ok(0, &set);
     }
@@ -255,12 +325,25 @@ impl Cluster {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_cvol")])
-            .args(["-v", "--share", &self.share_url, "--host-id", host_id, "host", "run"])
+            .args([
+                "-v",
+                "--share",
+                &self.share_url,
+                "--host-id",
+                host_id,
+                "host",
+                "run",
+            ])
             .arg("--mountpoint")
             .arg(dir.join("mnt"))
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .args(["--accel", "tcg", "--listen", &format!("{}:{AGENT_PORT}", host.ip)])
+            .args([
+                "--accel",
+                "tcg",
+                "--listen",
+                &format!("{}:{AGENT_PORT}", host.ip),
+            ])
             .arg("--token-file")
             .arg(&self.token_file)
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
@@ -282,12 +365,18 @@ impl Cluster {
         let child = spawn_tied(self.agent_command(h, &id, &dir)).unwrap();
         self.hosts[h].agent = Some(child);
         let socket = self.hosts[h].socket();
-        wait_for(Duration::from_secs(60), &format!("agent {id} to answer"), || {
-            if let Some(status) = self.hosts[h].agent.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent {id} exited ({status}):\n{}", self.agent_log(h));
-            }
-            run(cvol().args(["host", "list", "--agent"]).arg(&socket)).status.success()
-        });
+        wait_for(
+            Duration::from_secs(60),
+            &format!("agent {id} to answer"),
+            || {
+                if let Some(status) = self.hosts[h].agent.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("agent {id} exited ({status}):\n{}", self.agent_log(h));
+                }
+                run(cvol().args(["host", "list", "--agent"]).arg(&socket))
+                    .status
+                    .success()
+            },
+        );
     }
 
     fn agent_log(&self, h: usize) -> String {
@@ -296,12 +385,21 @@ impl Cluster {
 
     /// `cvol --json ARGS --agent SOCKET` against host `h`'s agent.
     fn agent_call(&self, h: usize, args: &[&str]) -> Output {
-        run(cvol().arg("--json").args(args).arg("--agent").arg(self.hosts[h].socket()))
+        run(cvol()
+            .arg("--json")
+            .args(args)
+            .arg("--agent")
+            .arg(self.hosts[h].socket()))
     }
 
     fn vm_status(&self, h: usize, vm: &str) -> serde_json::Value {
         let out = self.agent_call(h, &["vm", "status", vm]);
-        assert!(out.status.success(), "vm status on {}: {}", self.hosts[h].id, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "vm status on {}: {}",
+            self.hosts[h].id,
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -318,12 +416,20 @@ impl Cluster {
     }
 
     fn set_link(&self, h: usize, up: bool) {
-        ip(&["-n", &self.hosts[h].ns, "link", "set", "eth0", if up { "up" } else { "down" }]);
+        ip(&[
+            "-n",
+            &self.hosts[h].ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
     }
 
     /// The bytes of `vm`'s first disk, read from the pool directly.
     fn disk_bytes(&self, vm: &str) -> Vec<u8> {
-        let descriptor = std::fs::read_to_string(self.work.join(format!("share/{vm}/{vm}.vmdk"))).unwrap();
+        let descriptor =
+            std::fs::read_to_string(self.work.join(format!("share/{vm}/{vm}.vmdk"))).unwrap();
         let volume = descriptor
             .lines()
             .find_map(|l| l.strip_prefix("ddb.cvol.object = \""))
@@ -335,7 +441,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let namespaces = self.hosts.iter().map(|h| h.ns.clone()).chain([self.storage_ns.clone()]);
+        let namespaces = self
+            .hosts
+            .iter()
+            .map(|h| h.ns.clone())
+            .chain([self.storage_ns.clone()]);
         for ns in namespaces {
             // Every process in the namespace (agents, QEMU, servers), then the namespace.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
@@ -345,7 +455,12 @@ impl Drop for Cluster {
             }
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
-        for child in self.hosts.iter_mut().filter_map(|h| h.agent.as_mut()).chain(&mut self.servers) {
+        for child in self
+            .hosts
+            .iter_mut()
+            .filter_map(|h| h.agent.as_mut())
+            .chain(&mut self.servers)
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -379,7 +494,10 @@ fn disk_counts(disk: &[u8]) -> Vec<(u64, String)> {
                 return None;
             }
             let mut words = line.split_whitespace();
-            let n: u64 = words.next()?.parse().unwrap_or_else(|_| panic!("block {i} holds {line:?}"));
+            let n: u64 = words
+                .next()?
+                .parse()
+                .unwrap_or_else(|_| panic!("block {i} holds {line:?}"));
             assert_eq!(n, i as u64, "block {i} holds the count of block {n}");
             Some((n, words.next()?.to_string()))
         })
@@ -408,7 +526,11 @@ fn failover(failure: Failure) {
     let status = c.start_vm(0, "ha1");
     let old_pid = status["here"]["pid"].as_u64().unwrap() as u32;
     let console = c.hosts[0].console("ha1");
-    wait_for(Duration::from_secs(60), "the guest on h1 to count to 5", || console_counts(&console).len() >= 5);
+    wait_for(
+        Duration::from_secs(60),
+        "the guest on h1 to count to 5",
+        || console_counts(&console).len() >= 5,
+    );
     let old_boot = console_counts(&console)[0].1.clone();
 
     let failed_at = Instant::now();
@@ -433,16 +555,22 @@ fn failover(failure: Failure) {
     let qemu_gone = wait_for(limit, "h1's QEMU to be killed", || !process_exists(old_pid));
 
     let mut new_host = None;
-    wait_for(Duration::from_secs(60), "the VM to run on another host", || {
-        new_host = (1..3).find(|&h| c.vm_status(h, "ha1")["here"].is_object());
-        new_host.is_some()
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the VM to run on another host",
+        || {
+            new_host = (1..3).find(|&h| c.vm_status(h, "ha1")["here"].is_object());
+            new_host.is_some()
+        },
+    );
     let running_after = failed_at.elapsed();
     let new_host = new_host.unwrap();
     let new_console = c.hosts[new_host].console("ha1");
-    wait_for(Duration::from_secs(60), "the guest's first write on the new host", || {
-        !console_counts(&new_console).is_empty()
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the guest's first write on the new host",
+        || !console_counts(&new_console).is_empty(),
+    );
     let first_write = failed_at.elapsed();
     eprintln!(
         "{failure:?}: h1's QEMU gone after {qemu_gone:?}; the VM ran on {} after {running_after:?}, first write after {first_write:?}",
@@ -460,20 +588,38 @@ fn failover(failure: Failure) {
         wait_for(Duration::from_secs(90), "h1 to be alive again", || {
             let out = c.agent_call(other, &["host", "list"]);
             let hosts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            hosts.as_array().is_some_and(|hs| hs.iter().any(|h| h["host"] == "h1" && h["alive"] == true))
+            hosts
+                .as_array()
+                .is_some_and(|hs| hs.iter().any(|h| h["host"] == "h1" && h["alive"] == true))
         });
         let seen_by_h1 = c.vm_status(0, "ha1");
-        assert!(seen_by_h1["here"].is_null(), "h1 runs the VM again: {seen_by_h1}");
-        assert_eq!(seen_by_h1["owner"], c.hosts[new_host].id.as_str(), "{seen_by_h1}");
+        assert!(
+            seen_by_h1["here"].is_null(),
+            "h1 runs the VM again: {seen_by_h1}"
+        );
+        assert_eq!(
+            seen_by_h1["owner"],
+            c.hosts[new_host].id.as_str(),
+            "{seen_by_h1}"
+        );
         let log = c.agent_log(0);
-        assert!(log.contains("self-fencing"), "h1 did not log its self-fencing:\n{log}");
+        assert!(
+            log.contains("self-fencing"),
+            "h1 did not log its self-fencing:\n{log}"
+        );
     }
     let counted = console_counts(&new_console).len();
-    wait_for(Duration::from_secs(60), "the new guest to count 5 more", || {
-        console_counts(&new_console).len() >= counted + 5
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the new guest to count 5 more",
+        || console_counts(&new_console).len() >= counted + 5,
+    );
     let out = c.agent_call(new_host, &["vm", "stop", "ha1", "--force"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The disk: every value the old guest completed is there, and nothing of the old
     // boot lies at or past the new boot's first block.
@@ -494,7 +640,10 @@ fn failover(failure: Failure) {
             "block {n} was written by h1's guest after the new host's first write (at {new_start})"
         );
     }
-    assert!(on_disk.iter().any(|(_, b)| b == new_boot), "the new guest's writes are on the disk");
+    assert!(
+        on_disk.iter().any(|(_, b)| b == new_boot),
+        "the new guest's writes are on the disk"
+    );
 }
 
 #[test]
@@ -517,7 +666,10 @@ fn kill_9_of_an_agent_and_its_qemu_moves_its_ha_vm() {
 #[test]
 fn two_agents_starting_one_vm_at_once_exactly_one_runs_it() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let rounds: usize = std::env::var("CVOL_RACE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
+    let rounds: usize = std::env::var("CVOL_RACE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
     let mut c = Cluster::new(2);
     c.create_vm("race", false, false);
     c.start_agent(0);
@@ -538,11 +690,23 @@ fn two_agents_starting_one_vm_at_once_exactly_one_runs_it() {
             .map(|t| t.join().unwrap())
             .collect();
         let winners: Vec<usize> = (0..2).filter(|&h| outcomes[h].status.success()).collect();
-        assert_eq!(winners.len(), 1, "round {round}: {} hosts started the VM", winners.len());
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} hosts started the VM",
+            winners.len()
+        );
         let loser = String::from_utf8_lossy(&outcomes[1 - winners[0]].stderr).to_string();
-        assert!(loser.contains("host h"), "round {round}: the refusal names no holder: {loser}");
+        assert!(
+            loser.contains("host h"),
+            "round {round}: the refusal names no holder: {loser}"
+        );
         let out = c.agent_call(winners[0], &["vm", "stop", "race", "--force"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     eprintln!("{rounds} rounds: one winner each");
 }
@@ -566,41 +730,89 @@ fn bad_requests_are_refused_and_change_nothing() {
     // The peer API: without the right token, 401 and nothing started.
     let curl = |token: &str, method: &str, path: &str| {
         let out = run(Command::new("ip").args([
-            "netns", "exec", &c.storage_ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
-            "-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/json", "-d", "{}",
+            "netns",
+            "exec",
+            &c.storage_ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
             &format!("http://{}:{AGENT_PORT}{path}", c.hosts[1].ip),
         ]));
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(curl("wrong", "POST", "/v1/vms/vm1/start"), "401");
-    assert!(!c.work.join("share/.cvol/leases/vm1").exists(), "a refused call took a lease");
+    assert!(
+        !c.work.join("share/.cvol/leases/vm1").exists(),
+        "a refused call took a lease"
+    );
     let token = std::fs::read_to_string(&c.token_file).unwrap();
     let out = run(Command::new("ip").args([
-        "netns", "exec", &c.storage_ns, "curl", "-sf", "-H", &format!("Authorization: Bearer {token}"),
+        "netns",
+        "exec",
+        &c.storage_ns,
+        "curl",
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
         &format!("http://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
     ]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"host\":\"h2\""), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"host\":\"h2\""),
+        "{out:?}"
+    );
 
     // A takeover while the holder lives is refused, naming the holder.
     c.start_vm(0, "vm1");
     let out = c.agent_call(1, &["vm", "start", "--takeover", "vm1"]);
     let refusal = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a takeover of a live lease went through");
-    assert!(refusal.contains("held by host h1") && refusal.contains("live"), "{refusal}");
-    assert!(c.vm_status(0, "vm1")["here"].is_object(), "the holder lost its VM");
+    assert!(
+        !out.status.success(),
+        "a takeover of a live lease went through"
+    );
+    assert!(
+        refusal.contains("held by host h1") && refusal.contains("live"),
+        "{refusal}"
+    );
+    assert!(
+        c.vm_status(0, "vm1")["here"].is_object(),
+        "the holder lost its VM"
+    );
 
     // A second agent with a host id in use refuses to run, naming the first's boot id.
     let record = std::fs::read_to_string(c.work.join("share/.cvol/hosts/h1")).unwrap();
-    let first_boot = record.lines().find_map(|l| l.strip_prefix("boot_id = ")).unwrap().trim_matches('"').to_string();
+    let first_boot = record
+        .lines()
+        .find_map(|l| l.strip_prefix("boot_id = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
     let twin_dir = c.work.join("twin");
     std::fs::create_dir_all(twin_dir.join("mnt")).unwrap();
     let out = run(&mut c.agent_command(1, "h1", &twin_dir));
     assert!(!out.status.success(), "a second agent with host id h1 ran");
     let log = std::fs::read_to_string(twin_dir.join("agent.log")).unwrap();
-    assert!(log.contains("host id h1 is in use") && log.contains(&first_boot), "{log}");
+    assert!(
+        log.contains("host id h1 is in use") && log.contains(&first_boot),
+        "{log}"
+    );
 
     let out = c.agent_call(0, &["vm", "stop", "vm1", "--force"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A corrupt lease counts as held: start refused, naming the file; fsck reports it,
     // and --repair clears it once it has stayed unchanged for the expiry time.
@@ -609,15 +821,28 @@ fn bad_requests_are_refused_and_change_nothing() {
     let out = c.agent_call(1, &["vm", "start", "vm1"]);
     let refusal = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a VM with a corrupt lease started");
-    assert!(refusal.contains(".cvol/leases/vm1/99") && refusal.contains("corrupt"), "{refusal}");
+    assert!(
+        refusal.contains(".cvol/leases/vm1/99") && refusal.contains("corrupt"),
+        "{refusal}"
+    );
     let out = c.cvol_in(1, &["datastore", "fsck"]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(".cvol/leases/vm1/99: corrupt lease"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(".cvol/leases/vm1/99: corrupt lease"),
+        "{out:?}"
+    );
     let started = Instant::now();
     let out = c.cvol_in(1, &["datastore", "fsck", "--repair"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(started.elapsed() >= EXPIRY, "fsck cleared the lease without watching it for the expiry time");
+    assert!(
+        started.elapsed() >= EXPIRY,
+        "fsck cleared the lease without watching it for the expiry time"
+    );
     c.start_vm(1, "vm1");
     let out = c.agent_call(1, &["vm", "stop", "vm1", "--force"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

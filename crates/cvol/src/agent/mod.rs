@@ -500,7 +500,7 @@ impl Agent {
         let started = self.take_and_launch(name, &info, takeover);
         lock(&self.starting).remove(name);
         started?;
-        Ok(self.vm_status(name)?)
+        self.vm_status(name)
     }
 
     fn take_and_launch(
@@ -747,7 +747,7 @@ impl Agent {
                 )));
             }
         }
-        Ok(self.vm_status(name)?)
+        self.vm_status(name)
     }
 
     /// Waits up to `limit` for `name` to leave `vms`; whether it did.

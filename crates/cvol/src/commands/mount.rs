@@ -48,10 +48,7 @@ pub fn serve(
     let mounted = cvol_container::mount(container, mountpoint, &settings)
         .with_context(|| format!("cannot mount the container at {}", mountpoint.display()))?;
     tracing::info!("serving {}", mountpoint.display());
-    let served = ready().and_then(|()| {
-        wait_for_the_end(&signals, &mounted, mountpoint);
-        Ok(())
-    });
+    let served = ready().map(|()| wait_for_the_end(&signals, &mounted, mountpoint));
     stopping();
     // NBD first: its connections close their volumes before the container detaches all.
     if let Some(runtime) = nbd {
