@@ -185,4 +185,10 @@ pub trait Share: Send + Sync {
 
     /// Space on the share.
     fn stats(&self) -> Result<ShareStats, ShareError>;
+
+    /// Requests sent to the share's server so far (NFS RPCs), for measuring what a
+    /// client costs the server; `None` for a local directory.
+    fn requests_sent(&self) -> Option<u64> {
+        None
+    }
 }

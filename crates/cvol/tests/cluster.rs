@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::garage::{Garage, BUCKET};
 use common::{cvol, random_hex, spawn_tied};
 
 /// One cluster at a time.
@@ -119,6 +120,16 @@ impl Host {
     }
 }
 
+/// Where the disks of a test cluster live.
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    /// A file pool, behind `cvol provider serve`.
+    File,
+    /// An object pool in Garage (S3) in the storage namespace, behind `cvol provider
+    /// serve`; hosts reach the store themselves.
+    S3,
+}
+
 /// Storage and `n` hosts, each in its own network namespace.
 struct Cluster {
     _tmp: tempfile::TempDir,
@@ -128,10 +139,17 @@ struct Cluster {
     servers: Vec<Child>,
     share_url: String,
     token_file: PathBuf,
+    /// The S3 server of an object pool, and the environment that reaches it.
+    garage: Option<Garage>,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     fn new(n: usize) -> Self {
+        Self::with_pool(n, Pool::File)
+    }
+
+    fn with_pool(n: usize, pool: Pool) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("cvol-cluster.")
             .tempdir_in("/var/tmp")
@@ -147,6 +165,8 @@ impl Cluster {
             servers: Vec::new(),
             share_url: String::new(),
             token_file: work.join("token"),
+            garage: None,
+            env: Vec::new(),
         };
         // Registered before anything is made, so that Drop removes whatever was.
         ip(&["netns", "add", &storage_ns]);
@@ -217,7 +237,15 @@ impl Cluster {
             share.as_os_str(),
         ]);
         cluster.share_url = nfs;
-        let pool = format!("file:{}", work.join("pool").display());
+        let pool = match pool {
+            Pool::File => format!("file:{}", work.join("pool").display()),
+            Pool::S3 => {
+                let garage = Garage::start_at(Some(&storage_ns), STORAGE_IP);
+                cluster.env = garage.vars();
+                cluster.garage = Some(garage);
+                format!("object:s3://{BUCKET}/{}", random_hex(8))
+            }
+        };
         let token = cluster.token_file.display().to_string();
         let provider = cluster.serve(&[
             "provider".as_ref(),
@@ -246,6 +274,7 @@ impl Cluster {
     /// Starts `cvol ARGS` in the storage namespace; returns the first line it prints
     /// (its URL, once it serves).
     fn serve(&mut self, args: &[&std::ffi::OsStr]) -> String {
+        let log = self.work.join(format!("server{}.log", self.servers.len()));
         let mut command = Command::new("ip");
         command
             .args([
@@ -255,11 +284,9 @@ impl Cluster {
                 env!("CARGO_BIN_EXE_cvol"),
             ])
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(
-                std::fs::File::create(self.work.join(format!("server{}.log", self.servers.len())))
-                    .unwrap(),
-            );
+            .stderr(std::fs::File::create(&log).unwrap());
         let mut child = spawn_tied(command).unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
@@ -268,7 +295,8 @@ impl Cluster {
         self.servers.push(child);
         assert!(
             !line.trim().is_empty(),
-            "a server in the storage namespace did not start"
+            "cvol {args:?} did not start in the storage namespace:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         line.trim().to_string()
     }
@@ -285,6 +313,7 @@ impl Cluster {
             .args(["--share", &self.share_url, "--host-id", &self.hosts[h].id])
             .args(args)
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG"))
     }
 
@@ -346,7 +375,10 @@ impl Cluster {
             ])
             .arg("--token-file")
             .arg(&self.token_file)
+            .arg("--nbd")
+            .arg(format!("unix:{}", dir.join("nbd.sock").display()))
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(
@@ -426,16 +458,21 @@ impl Cluster {
         ]);
     }
 
-    /// The bytes of `vm`'s first disk, read from the pool directly.
-    fn disk_bytes(&self, vm: &str) -> Vec<u8> {
-        let descriptor =
-            std::fs::read_to_string(self.work.join(format!("share/{vm}/{vm}.vmdk"))).unwrap();
-        let volume = descriptor
-            .lines()
-            .find_map(|l| l.strip_prefix("ddb.cvol.object = \""))
-            .and_then(|v| v.strip_suffix('"'))
-            .expect("a volume in the descriptor");
-        std::fs::read(self.work.join("pool/volumes").join(volume).join("data")).unwrap()
+    /// The bytes of `vm`'s first disk, read over NBD from host `h`'s agent (a real
+    /// client, whatever the pool).
+    fn disk_bytes(&self, h: usize, vm: &str) -> Vec<u8> {
+        let socket = self.hosts[h].dir.join("nbd.sock");
+        let out_file = self.work.join(format!("{vm}.raw"));
+        let out = run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(format!("nbd+unix:///{vm}/{vm}?socket={}", socket.display()))
+            .arg(&out_file));
+        assert!(
+            out.status.success(),
+            "reading {vm} over NBD: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(out_file).unwrap()
     }
 }
 
@@ -516,9 +553,9 @@ enum Failure {
 
 /// An HA VM writes its counter on host 1; host 1 fails; the VM must run on another host
 /// within the goal, and no write of host 1 may land after the new host's first one.
-fn failover(failure: Failure) {
+fn failover(failure: Failure, pool: Pool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = Cluster::new(3);
+    let mut c = Cluster::with_pool(3, pool);
     c.create_vm("ha1", true, true);
     for h in 0..3 {
         c.start_agent(h);
@@ -573,7 +610,7 @@ fn failover(failure: Failure) {
     );
     let first_write = failed_at.elapsed();
     eprintln!(
-        "{failure:?}: h1's QEMU gone after {qemu_gone:?}; the VM ran on {} after {running_after:?}, first write after {first_write:?}",
+        "{failure:?} ({pool:?} pool): h1's QEMU gone after {qemu_gone:?}; the VM ran on {} after {running_after:?}, first write after {first_write:?}",
         c.hosts[new_host].id
     );
     assert!(
@@ -623,7 +660,7 @@ fn failover(failure: Failure) {
 
     // The disk: every value the old guest completed is there, and nothing of the old
     // boot lies at or past the new boot's first block.
-    let on_disk = disk_counts(&c.disk_bytes("ha1"));
+    let on_disk = disk_counts(&c.disk_bytes(new_host, "ha1"));
     let new_counts = console_counts(&new_console);
     let new_boot = &new_counts[0].1;
     assert_ne!(new_boot, &old_boot, "the VM rebooted on the new host");
@@ -648,17 +685,22 @@ fn failover(failure: Failure) {
 
 #[test]
 fn a_partitioned_hosts_ha_vm_runs_elsewhere_and_the_host_fences_itself() {
-    failover(Failure::Partition);
+    failover(Failure::Partition, Pool::File);
+}
+
+#[test]
+fn a_partitioned_hosts_ha_vm_on_an_object_pool_runs_elsewhere() {
+    failover(Failure::Partition, Pool::S3);
 }
 
 #[test]
 fn kill_9_of_an_agent_moves_its_ha_vm() {
-    failover(Failure::KillAgent);
+    failover(Failure::KillAgent, Pool::File);
 }
 
 #[test]
 fn kill_9_of_an_agent_and_its_qemu_moves_its_ha_vm() {
-    failover(Failure::KillAgentAndQemu);
+    failover(Failure::KillAgentAndQemu, Pool::File);
 }
 
 /// Two agents start the same VM at the same instant, round after round: exactly one runs

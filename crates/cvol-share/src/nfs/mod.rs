@@ -71,6 +71,8 @@ pub struct NfsShare {
     cache: Cache,
     /// Since when the server has not answered for a whole timeout, if it has not.
     down_since: std::sync::Mutex<Option<Instant>>,
+    /// RPCs sent, repeats included.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 /// Why a call failed.
@@ -187,6 +189,7 @@ macro_rules! rpc {
         let patience = share.patience();
         let mut delay = Duration::from_millis(50);
         loop {
+            share.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = match share.connection() {
                 Err(e) => Err(CallError::Transport(e)),
                 Ok(mut connection) => {
@@ -266,6 +269,7 @@ impl NfsShare {
             pool: Pool::new(url.clone(), options.connections),
             cache: Cache::new(options.attribute_cache),
             down_since: std::sync::Mutex::new(None),
+            sent: std::sync::atomic::AtomicU64::new(0),
         };
         let connection = share
             .connection()
@@ -762,5 +766,9 @@ impl Share for NfsShare {
                 name_max: 255,
             })
         })
+    }
+
+    fn requests_sent(&self) -> Option<u64> {
+        Some(self.sent.load(std::sync::atomic::Ordering::Relaxed))
     }
 }

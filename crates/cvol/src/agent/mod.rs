@@ -145,6 +145,12 @@ pub struct HostInfo {
     pub address: Option<String>,
     /// The cvol version.
     pub version: String,
+    /// The VMs running here.
+    pub vms: usize,
+    /// Requests this host sent to the share's server so far (NFS RPCs), if it is on NFS.
+    pub share_requests: Option<u64>,
+    /// The agent's resident memory, in KiB.
+    pub rss_kib: Option<u64>,
 }
 
 /// A VM whose QEMU runs (or is starting) here.
@@ -253,6 +259,15 @@ impl Agent {
             boot_id: self.boot_id.clone(),
             address: self.settings.advertise.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            vms: lock(&self.vms).len(),
+            share_requests: self.ds.share().requests_sent(),
+            rss_kib: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                }),
         }
     }
 

@@ -14,8 +14,9 @@ pub const BUCKET: &str = "cvol";
 pub struct Garage {
     dir: PathBuf,
     config: PathBuf,
-    s3_port: u16,
-    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<String>,
+    /// The S3 endpoint, `http://ADDR:PORT`.
     pub endpoint: String,
     pub key_id: String,
     pub secret: String,
@@ -29,8 +30,14 @@ pub fn garage() -> &'static Garage {
 }
 
 impl Garage {
-    /// A fresh node in its own directory, with bucket [`BUCKET`] and a key allowed on it.
+    /// A fresh node on loopback in its own directory, with bucket [`BUCKET`] and a key
+    /// allowed on it.
     pub fn start() -> Self {
+        Self::start_at(None, "127.0.0.1")
+    }
+
+    /// The same in network namespace `netns` (if any), listening on `ip`.
+    pub fn start_at(netns: Option<&str>, ip: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cvol-garage")
             .tempdir()
@@ -45,15 +52,15 @@ impl Garage {
                  data_dir = \"{dir}/data\"\n\
                  db_engine = \"sqlite\"\n\
                  replication_factor = 1\n\
-                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
-                 rpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_bind_addr = \"{ip}:{rpc}\"\n\
+                 rpc_public_addr = \"{ip}:{rpc}\"\n\
                  rpc_secret = \"{secret}\"\n\
                  [s3_api]\n\
                  s3_region = \"garage\"\n\
-                 api_bind_addr = \"127.0.0.1:{s3_port}\"\n\
+                 api_bind_addr = \"{ip}:{s3_port}\"\n\
                  root_domain = \".s3.garage.localhost\"\n\
                  [admin]\n\
-                 api_bind_addr = \"127.0.0.1:{admin}\"\n",
+                 api_bind_addr = \"{ip}:{admin}\"\n",
                 dir = dir.display(),
                 secret = random_hex(32),
             ),
@@ -62,8 +69,8 @@ impl Garage {
         let mut garage = Self {
             dir,
             config,
-            s3_port,
-            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            netns: netns.map(str::to_string),
+            endpoint: format!("http://{ip}:{s3_port}"),
             key_id: format!("GK{}", random_hex(12)),
             secret: random_hex(32),
             child: None,
@@ -82,8 +89,20 @@ impl Garage {
         garage
     }
 
+    /// `garage`, in the node's namespace.
+    fn garage(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, "garage"]);
+                command
+            }
+            None => Command::new("garage"),
+        }
+    }
+
     fn run_server(&mut self) {
-        let mut command = Command::new("garage");
+        let mut command = self.garage();
         command
             .arg("-c")
             .arg(&self.config)
@@ -95,7 +114,7 @@ impl Garage {
             "garage is needed (./scripts/test.sh installs it: cargo install garage --version 2.5.0)",
         ));
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_err() {
+        while !self.s3_listens() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "garage did not start:\n{}",
@@ -105,11 +124,29 @@ impl Garage {
         }
     }
 
+    /// Whether the S3 port accepts connections (tried from the node's namespace).
+    fn s3_listens(&self) -> bool {
+        let addr = self.endpoint.trim_start_matches("http://");
+        match &self.netns {
+            None => std::net::TcpStream::connect(addr).is_ok(),
+            Some(ns) => {
+                let (ip, port) = addr.rsplit_once(':').unwrap();
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "bash", "-c"])
+                    .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }
+        }
+    }
+
     /// Runs the `garage` CLI against this node, retried while the node comes up.
     fn cli(&self, args: &[&str]) -> String {
         let start = Instant::now();
         loop {
-            let out = Command::new("garage")
+            let out = self
+                .garage()
                 .arg("-c")
                 .arg(&self.config)
                 .args(args)
