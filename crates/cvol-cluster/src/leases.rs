@@ -161,9 +161,10 @@ impl Leases {
         Ok(HeldLease { lease, file })
     }
 
-    /// Raises the heartbeat of `held`, after checking that no newer epoch took it over.
+    /// Raises the heartbeat of `held`. It does not look for a newer epoch (a holder's
+    /// regular scan of [`Leases::current`] does): a renewal is three requests, one per VM
+    /// every few seconds, and a fourth would add a third to what a host costs the share.
     pub fn renew(&self, held: &mut HeldLease) -> Result<(), ClusterError> {
-        self.check_newest(held)?;
         held.lease.heartbeat += 1;
         self.share
             .write_atomic(&held.file, &held.lease.to_bytes())?;
@@ -265,23 +266,12 @@ mod tests {
     }
 
     #[test]
-    fn a_taken_over_holder_can_neither_renew_nor_release() {
+    fn a_taken_over_holder_changes_nothing_by_renewing_or_releasing() {
         let (_dir, _share, leases) = leases();
         let vm = VmName::new("web").unwrap();
         let mut old = leases.acquire(&vm, None, &host("h1"), "b1").unwrap();
         let new = leases.acquire(&vm, Some(1), &host("h2"), "b2").unwrap();
-        let e = leases.renew(&mut old).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ClusterError::Superseded {
-                    held: 1,
-                    newest: 2,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        leases.renew(&mut old).unwrap();
         leases.release(&mut old).unwrap();
         let view = leases.current(&vm).unwrap().unwrap();
         assert_eq!(

@@ -175,6 +175,8 @@ pub enum HostCommand {
     Run(Box<HostRunArgs>),
     /// List every host of the datastore: heartbeat age, alive or dead, its VMs.
     List(AgentArg),
+    /// Show this host's agent: its id, boot id, VMs, memory and share requests so far.
+    Show(AgentArg),
 }
 
 /// How the CLI reaches the host agent on this host.

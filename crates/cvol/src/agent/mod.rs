@@ -348,10 +348,6 @@ impl Agent {
                 let mut lease = lock(&vm.lease);
                 match self.leases.renew(&mut lease) {
                     Ok(()) => *lock(&vm.last_ok) = started,
-                    Err(e @ ClusterError::Superseded { .. }) => {
-                        drop(lease);
-                        self.fence(&vm, &e.to_string());
-                    }
                     Err(e) => tracing::warn!(vm = %vm.name, "cannot renew the lease: {e}"),
                 }
             }
@@ -440,6 +436,17 @@ impl Agent {
         }
         let now = Instant::now();
         let expiry = self.settings.timing.expiry;
+        for vm in self.local_vms() {
+            let held = lock(&vm.lease).epoch();
+            if let Some(newest) = leases.get(&vm.name).map(|v| v.epoch).filter(|&e| e > held) {
+                let e = ClusterError::Superseded {
+                    vm: vm.name.to_string(),
+                    held,
+                    newest,
+                };
+                self.fence(&vm, &e.to_string());
+            }
+        }
         let local: HashSet<VmName> = lock(&self.vms).keys().cloned().collect();
         let mut expired = Vec::new();
         {

@@ -9,7 +9,7 @@ use cvol_datastore::Datastore;
 use super::{with_env_failpoint, Context};
 use crate::agent::client::AgentClient;
 use crate::agent::config::HostSettings;
-use crate::agent::{api, Agent, HostStatus};
+use crate::agent::{api, Agent, HostInfo, HostStatus};
 use crate::cli::{AgentArg, HostCommand, HostRunArgs, ServeArgs};
 use crate::output::{print_json, print_table};
 
@@ -17,6 +17,7 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> anyhow::Result<()> {
     match cmd {
         HostCommand::Run(args) => run_agent(ctx, &args),
         HostCommand::List(agent) => list(ctx, &agent),
+        HostCommand::Show(agent) => show(ctx, &agent),
     }
 }
 
@@ -129,5 +130,26 @@ fn list(ctx: &Context, agent: &AgentArg) -> anyhow::Result<()> {
         &["HOST", "STATE", "AGENT", "HEARTBEAT", "VMS", "ADDRESS"],
         &rows,
     );
+    Ok(())
+}
+
+fn show(ctx: &Context, agent: &AgentArg) -> anyhow::Result<()> {
+    let info: HostInfo = AgentClient::new(&agent.agent).get("/v1/host")?;
+    if ctx.json {
+        return print_json(&info);
+    }
+    println!("host {} (cvol {})", info.host, info.version);
+    println!("  boot id:        {}", info.boot_id);
+    println!(
+        "  peer API:       {}",
+        info.address.as_deref().unwrap_or("-")
+    );
+    println!("  VMs running:    {}", info.vms);
+    if let Some(rss) = info.rss_kib {
+        println!("  memory (RSS):   {} MiB", rss / 1024);
+    }
+    if let Some(requests) = info.share_requests {
+        println!("  share requests: {requests} sent so far");
+    }
     Ok(())
 }
