@@ -22,14 +22,7 @@ source scripts/lib.sh
 ensure_packages qemu-system-x86 busybox-static e2fsprogs rpcbind nfs-ganesha nfs-ganesha-vfs
 
 t0=$SECONDS
-cache=${CVOL_E2E_CACHE:-/var/tmp/cvol-e2e-kernel}
-if ! compgen -G "$cache/boot/vmlinuz-*" >/dev/null; then
-    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image/ { print $2; exit }')
-    mkdir -p "$cache"
-    (cd "$cache" && apt-get download -q "$pkg" 2>/dev/null && dpkg -x ./*.deb . && rm -f ./*.deb)
-fi
-kernel=$(compgen -G "$cache/boot/vmlinuz-*" | head -1)
-modules=$(compgen -G "$cache/lib/modules/*" | head -1)
+guest_kernel
 
 cargo build --quiet --bin cvol
 cvol=$PWD/target/debug/cvol
@@ -94,30 +87,16 @@ INIT
 chmod +x "$root/init"
 mkfs.ext4 -q -F -d "$root" "$mnt/e2e/e2e-flat.vmdk"
 
-# The initramfs: load the virtio modules the cloud kernel has as modules (in dependency
-# order), mount
-# /dev/vda and switch to it.
-initrd=$work/initrd
-mkdir -p "$initrd"/{bin,dev,proc,sys,newroot,lib}
-cp /bin/busybox "$initrd/bin/busybox"
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
-    cp "$(find "$modules" -name "$m.ko" | head -1)" "$initrd/lib/"
-done
-cat >"$initrd/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
-    /bin/busybox insmod /lib/$m.ko
-done
-for i in $(/bin/busybox seq 100); do [ -b /dev/vda ] && break; /bin/busybox sleep 0.1; done
-/bin/busybox mount -t ext4 /dev/vda /newroot || { echo "cvol-e2e: no /dev/vda"; /bin/busybox poweroff -f; }
-/bin/busybox mount --move /dev /newroot/dev
-/bin/busybox umount /proc
-exec /bin/busybox switch_root /newroot /init
+# The initramfs (scripts/lib.sh: busybox and the virtio modules; waits for /dev/vda):
+# mount /dev/vda and switch to it.
+cat >"$work/switch-root.sh" <<'INIT'
+mkdir -p /newroot
+mount -t ext4 /dev/vda /newroot || { echo "cvol-e2e: no /dev/vda"; poweroff -f; }
+mount --move /dev /newroot/dev
+umount /proc
+exec switch_root /newroot /init
 INIT
-chmod +x "$initrd/init"
-(cd "$initrd" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 >"$work/initrd.gz")
+guest_initrd "$work" "$work/switch-root.sh"
 setup=$((SECONDS - t0))
 
 # boot LABEL VM TOKEN START-ARGS...: boots VM once, with TOKEN on its command line.
