@@ -171,6 +171,12 @@ impl Leases {
         Ok(())
     }
 
+    /// Rewrites `held` in `state` (running, or migrating), as a renewal does.
+    pub fn set_state(&self, held: &mut HeldLease, state: LeaseState) -> Result<(), ClusterError> {
+        held.lease.state = state;
+        self.renew(held)
+    }
+
     /// Marks `held` stopped, so that any host may start the VM; nothing if it was taken
     /// over meanwhile.
     pub fn release(&self, held: &mut HeldLease) -> Result<(), ClusterError> {

@@ -57,7 +57,7 @@ impl From<BlockError> for Errno {
     fn from(e: BlockError) -> Self {
         match &e {
             BlockError::OutOfRange { .. } => Self::NOSPC,
-            BlockError::Fenced { .. } => {
+            BlockError::Fenced { .. } | BlockError::Standby => {
                 tracing::error!("disk write refused: {e}");
                 Self::IO
             }

@@ -1,14 +1,30 @@
 //! The volumes this host has attached, shared by every way a disk is reached (the file
 //! system container, NBD): one attachment per volume per host, counted by opens.
+//!
+//! The destination of a live migration holds a volume as a *standby* first (reads only,
+//! the source keeps writing), kept while no file has it open, and then *promotes* it:
+//! the files QEMU opened at `-incoming` start writing through the owner's device from
+//! that moment, without being opened again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cvol_format::{ProviderId, VolumeId};
-use cvol_provider::{BlockDevice, Provider};
+use cvol_provider::{BlockDevice, BlockError, BlockExtent, Provider};
 use cvol_share::SharePath;
 
 use crate::{Datastore, DatastoreError};
+
+/// What this host is to an attached volume.
+enum Role {
+    /// It holds the volume.
+    Owner,
+    /// A migration's destination, not promoted yet: the entry stays while nothing has it
+    /// open, until promoted or dropped.
+    Standby(Arc<Promotable>),
+    /// A standby whose migration failed: gone once its last open closes.
+    Dropped,
+}
 
 struct Attached {
     provider: ProviderId,
@@ -16,6 +32,48 @@ struct Attached {
     opens: usize,
     /// The descriptor whose size the volume must keep (none while a disk is pending).
     descriptor: Option<SharePath>,
+    role: Role,
+}
+
+/// A standby's device, whose backing becomes the owner's device at promotion.
+struct Promotable {
+    inner: RwLock<Arc<dyn BlockDevice>>,
+}
+
+impl Promotable {
+    fn current(&self) -> Arc<dyn BlockDevice> {
+        self.inner.read().expect("device lock").clone()
+    }
+}
+
+impl BlockDevice for Promotable {
+    fn size(&self) -> u64 {
+        self.current().size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+        self.current().read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        self.current().write_at(buf, offset)
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        self.current().flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.current().discard(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        self.current().write_zeroes(offset, len)
+    }
+
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
+        self.current().extents(offset, len)
+    }
 }
 
 /// This host's attached volumes.
@@ -63,9 +121,89 @@ impl AttachedVolumes {
                 device: attachment.device.clone(),
                 opens: 1,
                 descriptor: descriptor.cloned(),
+                role: Role::Owner,
             },
         );
         Ok(attachment.device)
+    }
+
+    /// Attaches `volume` as a standby (the destination of a live migration): opens get
+    /// a device that reads and refuses writes, until [`AttachedVolumes::promote`] or
+    /// [`AttachedVolumes::drop_standby`].
+    pub fn attach_standby(
+        &self,
+        provider: &ProviderId,
+        volume: &VolumeId,
+        descriptor: Option<&SharePath>,
+    ) -> Result<(), DatastoreError> {
+        let mut map = self.map.lock().expect("attachment lock");
+        if map.contains_key(volume) {
+            return Err(DatastoreError::Invalid(format!(
+                "volume {volume} is already attached to this host"
+            )));
+        }
+        let attachment = self
+            .ds
+            .provider(provider)?
+            .attach_standby(volume, self.ds.host())?;
+        let device = Arc::new(Promotable {
+            inner: RwLock::new(attachment.device),
+        });
+        map.insert(
+            volume.clone(),
+            Attached {
+                provider: provider.clone(),
+                device: device.clone(),
+                opens: 0,
+                descriptor: descriptor.cloned(),
+                role: Role::Standby(device),
+            },
+        );
+        tracing::info!(%volume, host = self.ds.host(), "attached as a standby");
+        Ok(())
+    }
+
+    /// Makes this host the owner of standby `volume`: a forced attach fences the old
+    /// holder, and every open of the standby writes through the new device from now on.
+    pub fn promote(&self, volume: &VolumeId) -> Result<(), DatastoreError> {
+        let mut map = self.map.lock().expect("attachment lock");
+        let Some(a) = map.get_mut(volume) else {
+            return Err(DatastoreError::Invalid(format!(
+                "volume {volume} is not attached to this host"
+            )));
+        };
+        let Role::Standby(device) = &a.role else {
+            return Err(DatastoreError::Invalid(format!(
+                "volume {volume} is not a standby here"
+            )));
+        };
+        let attachment = self
+            .ds
+            .provider(&a.provider)?
+            .attach(volume, self.ds.host(), true)?;
+        *device.inner.write().expect("device lock") = attachment.device;
+        a.role = Role::Owner;
+        tracing::info!(%volume, generation = attachment.generation, "standby promoted to owner");
+        if a.opens == 0 {
+            let a = map.remove(volume).expect("present");
+            self.detach(volume, &a)?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of standby `volume` (its migration failed): nothing was written, nothing
+    /// is detached; the entry goes with its last open.
+    pub fn drop_standby(&self, volume: &VolumeId) {
+        let mut map = self.map.lock().expect("attachment lock");
+        if let Some(a) = map.get_mut(volume) {
+            if let Role::Standby(_) = a.role {
+                a.role = Role::Dropped;
+                if a.opens == 0 {
+                    map.remove(volume);
+                }
+                tracing::info!(%volume, "standby dropped");
+            }
+        }
     }
 
     /// Ends one open of `volume`; the last one flushes and detaches it. The map stays
@@ -77,11 +215,18 @@ impl AttachedVolumes {
             return Ok(());
         };
         a.opens -= 1;
-        if a.opens > 0 {
-            return Ok(());
+        match a.role {
+            _ if a.opens > 0 => Ok(()),
+            Role::Standby(_) => Ok(()),
+            Role::Dropped => {
+                map.remove(volume);
+                Ok(())
+            }
+            Role::Owner => {
+                let a = map.remove(volume).expect("present");
+                self.detach(volume, &a)
+            }
         }
-        let a = map.remove(volume).expect("present");
-        self.detach(volume, &a)
     }
 
     /// True while `volume` is open here.
@@ -96,7 +241,10 @@ impl AttachedVolumes {
     pub fn close_all(&self) {
         let all: Vec<(VolumeId, Attached)> =
             self.map.lock().expect("attachment lock").drain().collect();
-        for (volume, a) in all {
+        for (volume, a) in all
+            .into_iter()
+            .filter(|(_, a)| matches!(a.role, Role::Owner))
+        {
             if let Err(e) = self.detach(&volume, &a) {
                 tracing::error!(%volume, "could not flush and detach: {e}");
             }

@@ -162,7 +162,7 @@ fn check(ctx: &Context, req: &Request) -> Result<(), u32> {
 fn errno_of(e: &BlockError, peer: &str) -> u32 {
     match e {
         BlockError::OutOfRange { .. } => EINVAL,
-        BlockError::Fenced { .. } => {
+        BlockError::Fenced { .. } | BlockError::Standby => {
             tracing::error!(peer, "NBD request refused: {e}");
             EIO
         }

@@ -299,8 +299,18 @@ pub async fn attach(
     let id = volume_id(&path?.0)?;
     let request: CreateAttachment = object(body)?;
     label("host_id", &request.host_id)?;
+    if request.force && request.standby {
+        return Err(ApiError::bad_request(
+            "invalid_attachment",
+            "an attachment is either forced (a takeover) or a standby, not both",
+        ));
+    }
     let host = request.host_id;
-    let attachment = run(&service, move |p| p.attach(&id, &host, request.force)).await?;
+    let attachment = run(&service, move |p| match request.standby {
+        true => p.attach_standby(&id, &host),
+        false => p.attach(&id, &host, request.force),
+    })
+    .await?;
     tracing::info!(volume = %attachment.volume, host = attachment.host, generation = attachment.generation, "attached");
     Ok(Json(AttachmentBody {
         volume: attachment.volume.to_string(),

@@ -24,6 +24,10 @@ pub enum BlockError {
         /// The volume's newest generation.
         current: u64,
     },
+    /// This host holds the volume as a standby (the destination of a live migration):
+    /// it may read, but writes wait until the standby is promoted to owner.
+    #[error("this host holds the volume as a standby (live migration): it writes nothing until promoted")]
+    Standby,
     /// The device failed.
     #[error("device I/O failed: {0}")]
     Io(#[from] io::Error),

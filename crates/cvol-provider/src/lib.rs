@@ -11,6 +11,7 @@ mod file;
 pub mod object;
 pub mod remote;
 mod settings;
+mod standby;
 
 use std::io;
 use std::path::PathBuf;
@@ -226,6 +227,13 @@ pub trait Provider: Send + Sync {
     /// volume over with a new generation and fences the old holder's device. Attaching
     /// again from the same host gives the same generation.
     fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError>;
+
+    /// Opens volume `id` on `host` as a standby (the destination of a live migration):
+    /// its device reads what the holder wrote (an object volume: as of the holder's last
+    /// flush) and refuses every write with `BlockError::Standby`. Nothing changes for the
+    /// holder: no record, no generation. `attach(id, host, true)` promotes the standby to
+    /// owner, fencing the old holder. The attachment reports the holder's generation.
+    fn attach_standby(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError>;
 
     /// Detaches volume `id` from `host` and fences the device it held; a no-op if it is
     /// not attached there.

@@ -369,6 +369,19 @@ pub enum VmCommand {
         #[command(flatten)]
         agent: AgentArg,
     },
+    /// Move a running VM to another host without stopping it (live migration): its
+    /// memory is copied while it runs, then its disks are handed over (the source can
+    /// write nothing more) and it resumes there. From any host; fails, with the VM still
+    /// on its host, if anything goes wrong before the hand-over.
+    Migrate {
+        /// The VM's name.
+        vm: String,
+        /// The host to move it to.
+        #[arg(long, value_name = "HOST")]
+        to: String,
+        #[command(flatten)]
+        agent: AgentArg,
+    },
     /// Show where a VM runs: its lease's owner, epoch, state and heartbeat age.
     Status {
         /// The VM's name.

@@ -39,3 +39,14 @@ impl CopyProgress for Bar {
         self.bar.finish_and_clear();
     }
 }
+
+/// A spinner labelled `label` while a call of unknown length runs; hidden for `--json`
+/// and when stderr is not a terminal.
+pub fn spinner(json: bool, label: &str) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner().with_message(label.to_string());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}

@@ -703,6 +703,148 @@ fn kill_9_of_an_agent_and_its_qemu_moves_its_ha_vm() {
     failover(Failure::KillAgentAndQemu, Pool::File);
 }
 
+/// A guest writing its counter moves between two hosts `CVOL_MIGRATIONS` times (20 by
+/// default; more in the benchmark): after each move it keeps counting on its new host,
+/// and in the end the disk holds every write it completed, with no reboot in between.
+fn migrations(pool: Pool) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds: usize = std::env::var("CVOL_MIGRATIONS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let mut c = Cluster::with_pool(2, pool);
+    c.create_vm("mig", true, false);
+    c.start_agent(0);
+    c.start_agent(1);
+    c.start_vm(0, "mig");
+    let counted = |h: usize| console_counts(&c.hosts[h].console("mig"));
+    wait_for(Duration::from_secs(60), "the guest to count", || {
+        counted(0).len() >= 3
+    });
+    let boot = counted(0)[0].1.clone();
+    let mut done = Vec::new();
+    for round in 0..rounds {
+        let (from, to) = (round % 2, 1 - round % 2);
+        let before = counted(from).last().map(|(n, _)| *n).unwrap_or_default();
+        let out = c.agent_call(from, &["vm", "migrate", "mig", "--to", &c.hosts[to].id]);
+        assert!(
+            out.status.success(),
+            "migration {round} to {}: {}\n{}\n{}",
+            c.hosts[to].id,
+            String::from_utf8_lossy(&out.stderr),
+            c.agent_log(from),
+            c.agent_log(to)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!(
+            "migration {round}: {} -> {} in {} ms, downtime {} ms",
+            c.hosts[from].id, c.hosts[to].id, report["total_ms"], report["downtime_ms"]
+        );
+        // The source's QEMU is gone and its console final: keep what it completed.
+        assert!(
+            c.vm_status(from, "mig")["here"].is_null(),
+            "the source still runs the VM"
+        );
+        done.extend(counted(from));
+        wait_for(
+            Duration::from_secs(30),
+            "the guest to go on counting on its new host",
+            || counted(to).iter().filter(|(n, _)| *n > before).count() >= 3,
+        );
+        let status = c.vm_status(to, "mig");
+        assert_eq!(status["owner"], c.hosts[to].id.as_str(), "{status}");
+        assert_eq!(status["state"], "running", "{status}");
+    }
+    let last = rounds % 2;
+    let out = c.agent_call(last, &["vm", "stop", "mig", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    done.extend(counted(last));
+    let on_disk = disk_counts(&c.disk_bytes(last, "mig"));
+    assert!(
+        on_disk.iter().all(|(_, b)| b == &boot),
+        "the guest rebooted during a migration"
+    );
+    for (n, b) in &done {
+        assert!(
+            b == &boot && on_disk.iter().any(|(m, _)| m == n),
+            "the guest completed {n}, the disk does not hold it"
+        );
+    }
+    let max = on_disk.iter().map(|(n, _)| *n).max().unwrap();
+    assert_eq!(
+        on_disk.len() as u64,
+        max - on_disk[0].0 + 1,
+        "a gap in the counter on the disk"
+    );
+}
+
+#[test]
+fn a_running_vm_moves_back_and_forth_between_two_hosts() {
+    migrations(Pool::File);
+}
+
+#[test]
+fn a_running_vm_on_an_object_pool_moves_between_two_hosts() {
+    migrations(Pool::S3);
+}
+
+/// Migrations that cannot be: each a clear error, the VM where it was.
+#[test]
+fn impossible_migrations_are_refused_and_the_vm_stays() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::new(2);
+    c.create_vm("m1", true, false);
+    c.start_agent(0);
+    c.start_agent(1);
+    let refused = |c: &Cluster, h: usize, args: &[&str], says: &str| {
+        let out = c.agent_call(h, args);
+        let error = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} went through");
+        assert!(
+            error.contains(says),
+            "{args:?}: {error}\n{}",
+            c.agent_log(h)
+        );
+    };
+    refused(&c, 0, &["vm", "migrate", "m1", "--to", "h2"], "not running");
+    c.start_vm(0, "m1");
+    refused(
+        &c,
+        0,
+        &["vm", "migrate", "m1", "--to", "h1"],
+        "already runs on host h1",
+    );
+    refused(&c, 0, &["vm", "migrate", "m1", "--to", "h9"], "no host h9");
+    refused(
+        &c,
+        0,
+        &["vm", "migrate", "nosuch", "--to", "h2"],
+        "not running",
+    );
+    // The destination's agent dies: the migration fails, the VM runs on.
+    c.hosts[1].agent.as_mut().unwrap().kill().unwrap();
+    let counted = |c: &Cluster| console_counts(&c.hosts[0].console("m1")).len();
+    refused(
+        &c,
+        0,
+        &["vm", "migrate", "m1", "--to", "h2"],
+        "stays on host h1",
+    );
+    let before = counted(&c);
+    wait_for(
+        Duration::from_secs(30),
+        "the guest to go on counting on h1",
+        || counted(&c) > before + 2,
+    );
+    let status = c.vm_status(0, "m1");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["owner"], "h1", "{status}");
+}
+
 /// Two agents start the same VM at the same instant, round after round: exactly one runs
 /// it each round. `CVOL_RACE_ROUNDS` rounds (10 by default; 200 in the benchmark).
 #[test]

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use device::FileBlockDevice;
 use fence::FenceFile;
 
+use crate::standby::StandbyDevice;
 use crate::{
     Attachment, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume, VolumeSource,
 };
@@ -545,6 +546,25 @@ impl Provider for FileProvider {
             generation,
             access,
             device: Arc::new(device),
+        })
+    }
+
+    fn attach_standby(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
+        let dir = self.existing(id)?;
+        let fence_path = dir.join(FENCE);
+        let generation = FenceFile::open(&fence_path)
+            .and_then(|fence| fence.current())
+            .map_err(|e| self.io("read", &fence_path, e))?;
+        let (data, fence) = (dir.join(DATA), dir.join(FENCE));
+        let device = FileBlockDevice::open(&data, &fence, generation, false)
+            .map_err(|e| self.io("open", &data, e))?;
+        tracing::info!(provider = %self.id, volume = %id, host, "attached as a standby");
+        Ok(Attachment {
+            volume: id.clone(),
+            host: host.to_string(),
+            generation,
+            access: DataAccess::File { data, fence },
+            device: StandbyDevice::wrap(Arc::new(device)),
         })
     }
 

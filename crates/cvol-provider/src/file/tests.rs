@@ -328,3 +328,41 @@ fn interrupted_work_is_reclaimed_after_the_grace_period() {
     assert_eq!(p.reclaim_interrupted(true).unwrap().len(), 1);
     assert!(!leftover.exists());
 }
+
+#[test]
+fn a_standby_reads_the_owners_writes_and_promotion_fences_the_owner() {
+    let (_dir, p) = pool();
+    let id = VolumeId::generate();
+    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
+        .unwrap();
+    let owner = p.attach(&id, "src", false).unwrap();
+    let standby = p.attach_standby(&id, "dst").unwrap();
+    assert_eq!(
+        standby.generation, owner.generation,
+        "a standby changes nothing"
+    );
+    assert_eq!(p.volume(&id).unwrap().attached_to.as_deref(), Some("src"));
+    owner.device.write_at(b"src", 0).unwrap();
+    owner.device.flush().unwrap();
+    let mut buf = [0u8; 3];
+    standby.device.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"src");
+    for refused in [
+        standby.device.write_at(b"dst", 0),
+        standby.device.discard(0, 512),
+        standby.device.write_zeroes(0, 512),
+    ] {
+        assert!(matches!(refused, Err(BlockError::Standby)), "{refused:?}");
+    }
+    standby.device.flush().unwrap();
+    let promoted = p.attach(&id, "dst", true).unwrap();
+    assert!(promoted.generation > owner.generation);
+    assert!(matches!(
+        owner.device.write_at(b"late", 0),
+        Err(BlockError::Fenced { .. })
+    ));
+    promoted.device.write_at(b"dst", 0).unwrap();
+    promoted.device.flush().unwrap();
+    standby.device.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"dst", "the promoted host's write");
+}

@@ -30,6 +30,7 @@ use layout::{
 use store::{Store, StoreError};
 
 use crate::settings::Settings;
+use crate::standby::StandbyDevice;
 use crate::{
     Attachment, BlockDevice, CopyProgress, DataAccess, Provider, ProviderError, Snapshot, Volume,
     VolumeSource,
@@ -676,6 +677,22 @@ impl Provider for ObjectProvider {
                     .insert(id.clone(), Arc::downgrade(&device));
                 device
             },
+        })
+    }
+
+    fn attach_standby(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
+        self.record(id)?;
+        let generation = self.attachment(id)?.generation;
+        let device = Arc::new(self.device_from(id, generation, self.latest(id)?));
+        tracing::info!(provider = %self.id, volume = %id, host, "attached as a standby");
+        Ok(Attachment {
+            volume: id.clone(),
+            host: host.to_string(),
+            generation,
+            access: DataAccess::Object {
+                url: self.url.clone(),
+            },
+            device: StandbyDevice::wrap(device),
         })
     }
 

@@ -370,3 +370,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_standby_reads_the_last_flush_and_promotion_fences_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 4 * CHUNK);
+    let owner = p.attach(&id, "src", false).unwrap();
+    owner.device.write_at(b"flushed by src", 0).unwrap();
+    owner.device.flush().unwrap();
+    let standby = p.attach_standby(&id, "dst").unwrap();
+    assert_eq!(
+        standby.generation, owner.generation,
+        "a standby changes nothing"
+    );
+    assert_eq!(&read_all(&*standby.device)[..14], b"flushed by src");
+    assert!(matches!(
+        standby.device.write_at(b"x", 0),
+        Err(BlockError::Standby)
+    ));
+    // The owner keeps writing and committing while the standby waits.
+    owner.device.write_at(b"F", 0).unwrap();
+    owner.device.flush().unwrap();
+    let promoted = p.attach(&id, "dst", true).unwrap();
+    assert!(matches!(
+        owner.device.flush(),
+        Ok(()) | Err(BlockError::Fenced { .. })
+    ));
+    owner.device.write_at(b"late", 0).unwrap();
+    assert!(matches!(
+        owner.device.flush(),
+        Err(BlockError::Fenced { .. })
+    ));
+    assert_eq!(&read_all(&*promoted.device)[..14], b"Flushed by src");
+    promoted.device.write_at(b"d", 0).unwrap();
+    promoted.device.flush().unwrap();
+    assert_eq!(&content(&p, &id)[..14], b"dlushed by src");
+}

@@ -127,6 +127,10 @@ pub struct CreateAttachment {
     /// Take the volume over from another holder, fencing it.
     #[serde(default)]
     pub force: bool,
+    /// Open the volume as a standby (live migration's destination): reads only, the
+    /// holder keeps it; promoted later by an attach with `force`.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 /// An attachment.

@@ -21,6 +21,7 @@ use ureq::http::{Method, Request};
 
 use crate::file::FileBlockDevice;
 use crate::object::ObjectSettings;
+use crate::standby::StandbyDevice;
 use crate::{
     Attachment, BlockDevice, CopyProgress, DataAccess, ObjectProvider, Provider, ProviderError,
     Snapshot, Volume, VolumeSource,
@@ -70,6 +71,45 @@ struct Answer {
 impl RemoteProvider {
     /// The provider `id` of the service at `url` (`http://HOST:PORT`), sending `token`
     /// as a bearer token and retrying each call for up to `timeout`.
+    /// `POST /volumes/{id}/attachments`: an owner (taken over with `force`) or a standby.
+    fn attach_as(
+        &self,
+        id: &VolumeId,
+        host: &str,
+        force: bool,
+        standby: bool,
+    ) -> Result<Attachment, ProviderError> {
+        let request = CreateAttachment {
+            host_id: host.to_string(),
+            force,
+            standby,
+        };
+        let answer = self.call(
+            Method::POST,
+            &format!("/volumes/{id}/attachments"),
+            Some(&request),
+            self.timeout,
+        )?;
+        let body: AttachmentBody = self.accepted(&answer, id.as_str())?;
+        if body.volume != id.as_str() || body.host_id != host {
+            return Err(self.service(format!(
+                "asked to attach {id} to {host:?}, answered with {} on {:?}",
+                body.volume, body.host_id
+            )));
+        }
+        let mut device = self.open_access(&body.access, id, body.generation)?;
+        if standby {
+            device = StandbyDevice::wrap(device);
+        }
+        Ok(Attachment {
+            volume: id.clone(),
+            host: host.to_string(),
+            generation: body.generation,
+            access: body.access,
+            device,
+        })
+    }
+
     /// The device of attachment `generation` of `volume`, reached as `access` says. Its
     /// writes and flushes fail once the volume is attached with a newer generation.
     fn open_access(
@@ -493,31 +533,11 @@ impl Provider for RemoteProvider {
     }
 
     fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {
-        let request = CreateAttachment {
-            host_id: host.to_string(),
-            force,
-        };
-        let answer = self.call(
-            Method::POST,
-            &format!("/volumes/{id}/attachments"),
-            Some(&request),
-            self.timeout,
-        )?;
-        let body: AttachmentBody = self.accepted(&answer, id.as_str())?;
-        if body.volume != id.as_str() || body.host_id != host {
-            return Err(self.service(format!(
-                "asked to attach {id} to {host:?}, answered with {} on {:?}",
-                body.volume, body.host_id
-            )));
-        }
-        let device = self.open_access(&body.access, id, body.generation)?;
-        Ok(Attachment {
-            volume: id.clone(),
-            host: host.to_string(),
-            generation: body.generation,
-            access: body.access,
-            device,
-        })
+        self.attach_as(id, host, force, false)
+    }
+
+    fn attach_standby(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
+        self.attach_as(id, host, false, true)
     }
 
     fn detach(&self, id: &VolumeId, host: &str) -> Result<(), ProviderError> {

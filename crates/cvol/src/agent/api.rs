@@ -5,7 +5,11 @@
 //! - `GET /v1/hosts`: every host, its heartbeat age, alive or dead, and its VMs;
 //! - `GET /v1/vms/{vm}`: a VM's lease and its QEMU here;
 //! - `POST /v1/vms/{vm}/start` `{"takeover": false}`;
-//! - `POST /v1/vms/{vm}/stop` `{"timeout_s": 60, "force": false}`.
+//! - `POST /v1/vms/{vm}/stop` `{"timeout_s": 60, "force": false}`;
+//! - `POST /v1/vms/{vm}/migrate` `{"to": HOST}`: answers when the VM has moved (or not);
+//! - between agents, for a migration: `POST /v1/vms/{vm}/incoming`
+//!   `{"source": HOST, "epoch": N}`, `POST /v1/vms/{vm}/promote` `{"epoch": N}` and
+//!   `POST /v1/vms/{vm}/abort-incoming`.
 //!
 //! Errors are `{"error": CODE, "message": …, "holder": …}` with 400, 401, 404, 409 or 503.
 
@@ -21,6 +25,7 @@ use axum::{Json, Router};
 use cvol_format::VmName;
 use serde::{Deserialize, Serialize};
 
+use super::migrate::{IncomingRequest, MigrateRequest, PromoteRequest};
 use super::{Agent, AgentError};
 
 /// `POST /v1/vms/{vm}/start`
@@ -84,6 +89,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{vm}", get(vm_status))
         .route("/v1/vms/{vm}/start", post(start))
         .route("/v1/vms/{vm}/stop", post(stop))
+        .route("/v1/vms/{vm}/migrate", post(migrate))
+        .route("/v1/vms/{vm}/incoming", post(incoming))
+        .route("/v1/vms/{vm}/promote", post(promote))
+        .route("/v1/vms/{vm}/abort-incoming", post(abort_incoming))
         .fallback(|| async { AgentError::NotFound("no such API call".into()) })
         .with_state(agent)
 }
@@ -146,4 +155,39 @@ async fn stop(
     let (vm, request) = (vm_name(&vm)?, body(request)?);
     let timeout = request.timeout_s.map(Duration::from_secs);
     blocking(move || agent.stop_vm(&vm, timeout, request.force)).await
+}
+
+async fn migrate(
+    State(agent): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    request: Result<Json<MigrateRequest>, JsonRejection>,
+) -> Answer<super::MigrationReport> {
+    let (vm, request) = (vm_name(&vm)?, body(request)?);
+    blocking(move || agent.migrate_vm(&vm, &request.to)).await
+}
+
+async fn incoming(
+    State(agent): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    request: Result<Json<IncomingRequest>, JsonRejection>,
+) -> Answer<super::IncomingAnswer> {
+    let (vm, request) = (vm_name(&vm)?, body(request)?);
+    blocking(move || agent.incoming_vm(&vm, &request)).await
+}
+
+async fn promote(
+    State(agent): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    request: Result<Json<PromoteRequest>, JsonRejection>,
+) -> Answer<super::VmStatus> {
+    let (vm, request) = (vm_name(&vm)?, body(request)?);
+    blocking(move || agent.promote_vm(&vm, request.epoch)).await
+}
+
+async fn abort_incoming(
+    State(agent): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> Answer<super::VmStatus> {
+    let vm = vm_name(&vm)?;
+    blocking(move || agent.abort_incoming(&vm)).await
 }

@@ -14,11 +14,12 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod migrate;
 pub mod qemu;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -26,11 +27,14 @@ use cvol_cluster::{
     ClusterError, HeldLease, HostEntry, HostRecord, HostRecords, HostState, LeaseContent,
     LeaseState, LeaseView, Leases, Liveness,
 };
-use cvol_datastore::{Datastore, DatastoreError, VmInfo};
+use cvol_datastore::{AttachedVolumes, Datastore, DatastoreError, VmInfo};
 use cvol_format::{HostId, VmName};
 use serde::{Deserialize, Serialize};
 
+pub use self::migrate::{IncomingAnswer, MigrationReport};
+
 use self::config::HostSettings;
+use self::migrate::Incoming;
 use self::qemu::{DiskPaths, QemuOptions, Qmp, VmFiles};
 
 /// How long QEMU may take to answer on QMP after it was started.
@@ -98,6 +102,9 @@ pub struct VmStatus {
     pub here: Option<LocalStatus>,
     /// What is wrong with its lease, if anything.
     pub problem: Option<String>,
+    /// The last live migration of it that this host started, and how it went.
+    #[serde(default)]
+    pub migration: Option<MigrationReport>,
 }
 
 /// A VM running on this host.
@@ -109,6 +116,9 @@ pub struct LocalStatus {
     pub uptime_ms: u64,
     /// The guest's serial console.
     pub console: String,
+    /// Whether it is a migration's destination, not running yet.
+    #[serde(default)]
+    pub incoming: bool,
 }
 
 /// A host as this agent sees it.
@@ -156,7 +166,10 @@ pub struct HostInfo {
 /// A VM whose QEMU runs (or is starting) here.
 struct LocalVm {
     name: VmName,
-    lease: Mutex<HeldLease>,
+    /// Its lease; none while it is a migration's destination, not yet promoted.
+    lease: Mutex<Option<HeldLease>>,
+    /// Set while it is a migration's destination.
+    incoming: Mutex<Option<Incoming>>,
     /// When the last successful renewal started.
     last_ok: Mutex<Instant>,
     /// QEMU's pid; 0 until it is spawned.
@@ -179,6 +192,10 @@ struct ClusterView {
 pub struct Agent {
     settings: HostSettings,
     ds: Arc<Datastore>,
+    /// This host's attached volumes (the container's and NBD's), once they are served.
+    volumes: OnceLock<Arc<AttachedVolumes>>,
+    /// The last migration started here of each VM.
+    migrations: Mutex<HashMap<VmName, MigrationReport>>,
     leases: Leases,
     hosts: HostRecords,
     boot_id: String,
@@ -242,9 +259,22 @@ impl Agent {
             stopping: AtomicBool::new(false),
             settings,
             ds: datastore,
+            volumes: OnceLock::new(),
+            migrations: Mutex::new(HashMap::new()),
         });
         agent.claim_host_id()?;
         Ok(agent)
+    }
+
+    /// Hands the agent the volumes the container and NBD serve, before it runs VMs.
+    pub fn set_volumes(&self, volumes: Arc<AttachedVolumes>) {
+        let _ = self.volumes.set(volumes);
+    }
+
+    fn volumes(&self) -> anyhow::Result<&Arc<AttachedVolumes>> {
+        self.volumes
+            .get()
+            .ok_or_else(|| anyhow::anyhow!("the container is not served yet"))
     }
 
     /// The settings the agent runs with.
@@ -346,7 +376,10 @@ impl Agent {
             for vm in self.local_vms() {
                 let started = Instant::now();
                 let mut lease = lock(&vm.lease);
-                match self.leases.renew(&mut lease) {
+                let Some(lease) = lease.as_mut() else {
+                    continue;
+                };
+                match self.leases.renew(lease) {
                     Ok(()) => *lock(&vm.last_ok) = started,
                     Err(e) => tracing::warn!(vm = %vm.name, "cannot renew the lease: {e}"),
                 }
@@ -382,6 +415,9 @@ impl Agent {
         let timing = self.settings.timing;
         while self.pause(timing.watchdog_tick()) {
             for vm in self.local_vms() {
+                if lock(&vm.lease).is_none() {
+                    continue;
+                }
                 let silent = lock(&vm.last_ok).elapsed();
                 if silent > timing.fence_after {
                     self.fence(
@@ -437,7 +473,10 @@ impl Agent {
         let now = Instant::now();
         let expiry = self.settings.timing.expiry;
         for vm in self.local_vms() {
-            let held = lock(&vm.lease).epoch();
+            let Some(held) = lock(&vm.lease).as_ref().map(HeldLease::epoch) else {
+                self.check_incoming(&vm, leases.get(&vm.name));
+                continue;
+            };
             if let Some(newest) = leases.get(&vm.name).map(|v| v.epoch).filter(|&e| e > held) {
                 let e = ClusterError::Superseded {
                     vm: vm.name.to_string(),
@@ -543,7 +582,7 @@ impl Agent {
             &self.boot_id,
         ) {
             Err(e @ ClusterError::LostRace { .. }) => {
-                let holder = self.leases.current(name).ok().flatten().map(|v| v.holder());
+                let holder = self.winner(name).map(|v| v.holder());
                 return Err(AgentError::Conflict {
                     message: format!("{e}: {}", holder.as_deref().unwrap_or("unknown")),
                     holder,
@@ -552,22 +591,14 @@ impl Agent {
             other => other?,
         };
         lock(&self.unreleased).retain(|l| l.lease().vm != name.as_str());
-        let vm = Arc::new(LocalVm {
-            name: name.clone(),
-            lease: Mutex::new(held),
-            last_ok: Mutex::new(Instant::now()),
-            pid: AtomicU32::new(0),
-            fenced: AtomicBool::new(false),
-            started: Instant::now(),
-            files: VmFiles::new(&self.settings.state_dir, name.as_str()),
-        });
+        let vm = self.new_local_vm(name, Some(held), None);
         lock(&self.vms).insert(name.clone(), vm.clone());
         let launched = if fence_disks {
             self.fence_disks(info)
         } else {
             Ok(())
         }
-        .and_then(|()| self.launch(&vm, info));
+        .and_then(|()| self.launch(&vm, info, &[]));
         if let Err(e) = launched {
             // The VM's thread cleans up after a QEMU that started; this is for the rest.
             if lock(&self.vms)
@@ -579,6 +610,41 @@ impl Agent {
             return Err(AgentError::Failed(e));
         }
         Ok(())
+    }
+
+    /// The lease of `name` as the host that just won it wrote it: its file is created
+    /// empty and filled a moment later, so an empty one is read again for up to a second.
+    fn winner(&self, name: &VmName) -> Option<LeaseView> {
+        let mut view = None;
+        for _ in 0..20 {
+            view = self.leases.current(name).ok().flatten();
+            if !view
+                .as_ref()
+                .is_some_and(|v| v.content == LeaseContent::Claiming)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        view
+    }
+
+    fn new_local_vm(
+        &self,
+        name: &VmName,
+        lease: Option<HeldLease>,
+        incoming: Option<Incoming>,
+    ) -> Arc<LocalVm> {
+        Arc::new(LocalVm {
+            name: name.clone(),
+            lease: Mutex::new(lease),
+            incoming: Mutex::new(incoming),
+            last_ok: Mutex::new(Instant::now()),
+            pid: AtomicU32::new(0),
+            fenced: AtomicBool::new(false),
+            started: Instant::now(),
+            files: VmFiles::new(&self.settings.state_dir, name.as_str()),
+        })
     }
 
     /// Whether `view` lets this host take `name` (`Ok(true)`: taken over, so its disks
@@ -655,18 +721,26 @@ impl Agent {
         Ok(())
     }
 
-    /// Starts QEMU for `vm` on a thread of its own, which waits for it to exit; returns
-    /// once QEMU answers on QMP with the guest running.
-    fn launch(self: &Arc<Self>, vm: &Arc<LocalVm>, info: &VmInfo) -> anyhow::Result<()> {
+    /// Starts QEMU for `vm` (with `extra` arguments) on a thread of its own, which waits
+    /// for it to exit; returns once QEMU answers on QMP with the guest running, or
+    /// waiting for a migration if `vm` is incoming.
+    fn launch(
+        self: &Arc<Self>,
+        vm: &Arc<LocalVm>,
+        info: &VmInfo,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let options = QemuOptions {
             qemu: self.settings.qemu.clone(),
             accel: self.settings.accel.clone(),
         };
-        let cmd = qemu::command(
+        let mut cmd = qemu::command(
             info,
             &options,
-            DiskPaths::Container(&self.settings.mountpoint),
+            DiskPaths::Extents(&self.settings.mountpoint),
         )?;
+        cmd.extend(extra.iter().map(|a| a.to_string()));
+        let incoming = lock(&vm.incoming).is_some();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (agent, vm) = (self.clone(), vm.clone());
         std::thread::Builder::new()
@@ -681,7 +755,7 @@ impl Agent {
                 let ready = if vm.fenced.load(Ordering::SeqCst) {
                     Err(anyhow::anyhow!("fenced while starting"))
                 } else {
-                    Qmp::wait_ready(&mut child, &vm.files, QEMU_START_LIMIT).map(drop)
+                    Qmp::wait_ready(&mut child, &vm.files, QEMU_START_LIMIT, incoming).map(drop)
                 };
                 let failed = ready.as_ref().err().map(|e| format!("{e:#}"));
                 if failed.is_some() {
@@ -715,11 +789,16 @@ impl Agent {
             tracing::info!(vm = %vm.name, "QEMU {how}");
         }
         let mut lease = lock(&vm.lease);
-        if let Err(e) = self.leases.release(&mut lease) {
-            tracing::warn!(vm = %vm.name, "cannot release the lease now ({e}); retrying while the agent runs");
-            lock(&self.unreleased).push(lease.clone());
+        if let Some(lease) = lease.as_mut() {
+            if let Err(e) = self.leases.release(lease) {
+                tracing::warn!(vm = %vm.name, "cannot release the lease now ({e}); retrying while the agent runs");
+                lock(&self.unreleased).push(lease.clone());
+            }
         }
         drop(lease);
+        if let Some(incoming) = lock(&vm.incoming).take() {
+            self.drop_incoming_disks(&incoming);
+        }
         lock(&self.vms).remove(&vm.name);
         self.vm_exited.notify_all();
     }
@@ -791,7 +870,9 @@ impl Agent {
             pid: vm.pid.load(Ordering::SeqCst),
             uptime_ms: vm.started.elapsed().as_millis() as u64,
             console: vm.files.console().display().to_string(),
+            incoming: lock(&vm.incoming).is_some(),
         });
+        let migration = lock(&self.migrations).get(name).cloned();
         let Some(view) = view else {
             return Ok(VmStatus {
                 vm: name.to_string(),
@@ -803,6 +884,7 @@ impl Agent {
                 ha: info.ha(),
                 here,
                 problem: None,
+                migration,
             });
         };
         let age = self.observe(&view);
@@ -829,6 +911,7 @@ impl Agent {
             ha: info.ha(),
             here,
             problem,
+            migration,
         })
     }
 

@@ -15,6 +15,9 @@ use cvol_datastore::VmInfo;
 pub enum DiskPaths<'a> {
     /// Through the file system container mounted here (descriptors, `format=vmdk`).
     Container(&'a Path),
+    /// The disks' flat extents in the container, as raw images: the host agent's way,
+    /// since QEMU's vmdk driver blocks live migration.
+    Extents(&'a Path),
     /// Over NBD on this unix socket (`format=raw`).
     Nbd(&'a Path),
 }
@@ -83,6 +86,12 @@ pub fn command(
             DiskPaths::Container(mnt) => format!(
                 "file={},format=vmdk,if=virtio,cache=none",
                 mnt.join(&vm.name).join(file).display()
+            ),
+            DiskPaths::Extents(mnt) => format!(
+                "file={},format=raw,if=virtio,cache=none",
+                mnt.join(&vm.name)
+                    .join(format!("{disk}-flat.vmdk"))
+                    .display()
             ),
         };
         cmd.extend(["-drive".to_string(), drive]);
@@ -182,8 +191,14 @@ impl Qmp {
     }
 
     /// Waits up to `limit` for QEMU (`child`) to answer on QMP, then checks that the
-    /// guest runs. An early exit of QEMU is an error with its last messages.
-    pub fn wait_ready(child: &mut Child, files: &VmFiles, limit: Duration) -> anyhow::Result<Self> {
+    /// guest runs (unless it was started `incoming`, waiting for a migration). An early
+    /// exit of QEMU is an error with its last messages.
+    pub fn wait_ready(
+        child: &mut Child,
+        files: &VmFiles,
+        limit: Duration,
+        incoming: bool,
+    ) -> anyhow::Result<Self> {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
@@ -198,7 +213,7 @@ impl Qmp {
                         .qmp
                         .execute(&qapi::qmp::query_status {})
                         .map_err(|e| anyhow!("QMP query-status: {e}"))?;
-                    if !status.running {
+                    if !status.running && !incoming {
                         bail!("QEMU started, but the guest is {:?}", status.status);
                     }
                     return Ok(qmp);
@@ -222,6 +237,86 @@ impl Qmp {
         Ok(())
     }
 
+    /// Whether the guest runs.
+    pub fn running(&mut self) -> anyhow::Result<bool> {
+        let status = self
+            .qmp
+            .execute(&qapi::qmp::query_status {})
+            .map_err(|e| anyhow!("QMP query-status: {e}"))?;
+        Ok(status.running)
+    }
+
+    /// Resumes the guest (activating its disks, on a migration's destination).
+    pub fn cont(&mut self) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::cont {})
+            .map_err(|e| anyhow!("QMP cont: {e}"))?;
+        Ok(())
+    }
+
+    /// Turns a migration capability on.
+    pub fn enable(&mut self, capability: qapi::qmp::MigrationCapability) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::migrate_set_capabilities {
+                capabilities: vec![qapi::qmp::MigrationCapabilityStatus {
+                    capability,
+                    state: true,
+                }],
+            })
+            .map_err(|e| anyhow!("QMP migrate-set-capabilities: {e}"))?;
+        Ok(())
+    }
+
+    /// Source: starts migrating to `uri` (`tcp:HOST:PORT`).
+    pub fn migrate(&mut self, uri: &str) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::migrate {
+                uri: Some(uri.to_string()),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .map_err(|e| anyhow!("QMP migrate: {e}"))?;
+        Ok(())
+    }
+
+    /// Destination: waits for the migration on `uri`.
+    pub fn migrate_incoming(&mut self, uri: &str) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::migrate_incoming {
+                uri: Some(uri.to_string()),
+                channels: None,
+                exit_on_error: None,
+            })
+            .map_err(|e| anyhow!("QMP migrate-incoming: {e}"))?;
+        Ok(())
+    }
+
+    /// Source, in `pre-switchover`: go on with the switchover.
+    pub fn migrate_continue(&mut self) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::migrate_continue {
+                state: qapi::qmp::MigrationStatus::pre_switchover,
+            })
+            .map_err(|e| anyhow!("QMP migrate-continue: {e}"))?;
+        Ok(())
+    }
+
+    /// Source: cancels the migration (the guest runs on here).
+    pub fn migrate_cancel(&mut self) -> anyhow::Result<()> {
+        self.qmp
+            .execute(&qapi::qmp::migrate_cancel {})
+            .map_err(|e| anyhow!("QMP migrate_cancel: {e}"))?;
+        Ok(())
+    }
+
+    /// The migration's state, as `query-migrate` reports it.
+    pub fn query_migrate(&mut self) -> anyhow::Result<MigrationInfo> {
+        self.qmp
+            .execute(&QueryMigrate {})
+            .map_err(|e| anyhow!("QMP query-migrate: {e}"))
+    }
+
     /// Ends QEMU at once (the guest is not asked).
     pub fn quit(&mut self) -> anyhow::Result<()> {
         self.qmp
@@ -229,4 +324,49 @@ impl Qmp {
             .map_err(|e| anyhow!("QMP quit: {e}"))?;
         Ok(())
     }
+}
+
+/// `query-migrate`, with only the fields cvol reads: the qapi crate's own types follow a
+/// newer QEMU schema, whose statistics QEMU 7.2 does not all send.
+#[derive(Debug, serde::Serialize)]
+struct QueryMigrate {}
+
+impl qapi::Command for QueryMigrate {
+    type Ok = MigrationInfo;
+    const NAME: &'static str = "query-migrate";
+    const ALLOW_OOB: bool = false;
+}
+
+/// A migration's state (QMP `MigrationInfo`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MigrationInfo {
+    /// `setup`, `active`, `pre-switchover`, `device`, `completed`, `failed`, …
+    #[serde(default)]
+    pub status: Option<String>,
+    /// RAM statistics.
+    #[serde(default)]
+    pub ram: Option<RamStats>,
+    /// Milliseconds the guest was stopped (once completed).
+    #[serde(default)]
+    pub downtime: Option<u64>,
+    /// The expected downtime, in milliseconds (while active).
+    #[serde(default, rename = "expected-downtime")]
+    pub expected_downtime: Option<u64>,
+    /// Why it failed.
+    #[serde(default, rename = "error-desc")]
+    pub error_desc: Option<String>,
+}
+
+/// RAM transfer statistics of a migration.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct RamStats {
+    /// Bytes sent.
+    #[serde(default)]
+    pub transferred: u64,
+    /// Bytes still to send.
+    #[serde(default)]
+    pub remaining: u64,
+    /// The guest's RAM.
+    #[serde(default)]
+    pub total: u64,
 }

@@ -48,7 +48,8 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         nbd_max_connections: 256,
     };
     let mut api_runtime = None;
-    let ready = || {
+    let ready = |volumes: &Arc<_>| {
+        agent.set_volumes(Arc::clone(volumes));
         agent.start_threads()?;
         api_runtime = Some(serve_api(&agent)?);
         tracing::info!(host = %settings.host, socket = %socket.display(), "host agent ready");

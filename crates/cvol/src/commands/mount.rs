@@ -17,12 +17,12 @@ pub fn run(ctx: &Context, args: &MountArgs) -> anyhow::Result<()> {
         Arc::new(ctx.datastore()?),
         &args.mountpoint,
         &args.serve,
-        || Ok(()),
+        |_| Ok(()),
         || {},
     )
 }
 
-/// Mounts `datastore` at `mountpoint`, calls `ready`, and serves until a signal or an
+/// Mounts `datastore` at `mountpoint`, calls `ready` with the volumes it serves, and serves until a signal or an
 /// outside unmount; then calls `stopping` and unmounts, flushing and detaching every
 /// volume. Threads that `ready` starts block the termination signals too, so that the
 /// serving thread gets them.
@@ -30,7 +30,7 @@ pub fn serve(
     datastore: Arc<Datastore>,
     mountpoint: &Path,
     args: &ServeArgs,
-    ready: impl FnOnce() -> anyhow::Result<()>,
+    ready: impl FnOnce(&Arc<AttachedVolumes>) -> anyhow::Result<()>,
     stopping: impl FnOnce(),
 ) -> anyhow::Result<()> {
     if !mountpoint.is_dir() {
@@ -39,7 +39,7 @@ pub fn serve(
     let signals = block_termination_signals();
     let volumes = Arc::new(AttachedVolumes::new(datastore));
     let nbd = start_nbd(&volumes, args)?;
-    let container = Arc::new(Container::new(volumes));
+    let container = Arc::new(Container::new(volumes.clone()));
     let settings = MountSettings {
         threads: args.threads,
         passthrough: !args.no_passthrough,
@@ -48,7 +48,7 @@ pub fn serve(
     let mounted = cvol_container::mount(container, mountpoint, &settings)
         .with_context(|| format!("cannot mount the container at {}", mountpoint.display()))?;
     tracing::info!("serving {}", mountpoint.display());
-    let served = ready().map(|()| wait_for_the_end(&signals, &mounted, mountpoint));
+    let served = ready(&volumes).map(|()| wait_for_the_end(&signals, &mounted, mountpoint));
     stopping();
     // NBD first: its connections close their volumes before the container detaches all.
     if let Some(runtime) = nbd {

@@ -90,7 +90,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     if serve.nbd.is_empty() {
         serve.nbd.push(cvol_nbd::Listen::Unix(socket.clone()));
     }
-    let ready = || {
+    let ready = |_: &_| {
         println!("container mounted at {}; in another shell:", mnt.display());
         println!("  ls -l {mnt_arg}/{DEMO_VM}");
         println!("  qemu-img info {mnt_arg}/{DEMO_VM}/{DEMO_VM}.vmdk");

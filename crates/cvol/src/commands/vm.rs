@@ -8,9 +8,10 @@ use cvol_cluster::Leases;
 use super::Context;
 use crate::agent::api::{StartRequest, StopRequest};
 use crate::agent::client::AgentClient;
+use crate::agent::migrate::MigrateRequest;
 use crate::agent::qemu::{self, DiskPaths, QemuOptions};
-use crate::agent::VmStatus;
-use crate::cli::{SetArgs, StartArgs, VmCommand};
+use crate::agent::{MigrationReport, VmStatus};
+use crate::cli::{AgentArg, SetArgs, StartArgs, VmCommand};
 use crate::output::{human_size, print_json, print_table, shell_quote};
 
 pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
@@ -85,6 +86,7 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
             print_status(ctx, &status)
         }
         VmCommand::Set(args) => set(ctx, &args),
+        VmCommand::Migrate { vm, to, agent } => migrate(ctx, &vm, &to, &agent),
         VmCommand::Delete { vm } => {
             let name = VmName::new(&vm)?;
             let leases = check_not_leased(ctx, &name)?;
@@ -188,6 +190,27 @@ fn print_status(ctx: &Context, status: &VmStatus) -> anyhow::Result<()> {
     if let Some(problem) = &status.problem {
         println!("problem: {problem}");
     }
+    Ok(())
+}
+
+fn migrate(ctx: &Context, vm: &str, to: &str, agent: &AgentArg) -> anyhow::Result<()> {
+    let vm = VmName::new(vm)?;
+    let spinner = crate::progress::spinner(ctx.json, &format!("migrating VM {vm} to host {to}"));
+    let report: MigrationReport = AgentClient::new(&agent.agent).post(
+        &format!("/v1/vms/{vm}/migrate"),
+        &MigrateRequest { to: to.to_string() },
+    )?;
+    spinner.finish_and_clear();
+    if ctx.json {
+        return print_json(&report);
+    }
+    println!(
+        "VM {vm} moved to host {} in {:.1} s: {} of RAM sent, guest stopped for {} ms",
+        report.to,
+        report.total_ms.unwrap_or_default() as f64 / 1000.0,
+        human_size(report.transferred),
+        report.downtime_ms.unwrap_or_default()
+    );
     Ok(())
 }
 
