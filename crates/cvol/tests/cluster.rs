@@ -393,8 +393,17 @@ impl Cluster {
 
     /// Starts host `h`'s agent and waits until it answers.
     fn start_agent(&mut self, h: usize) {
+        self.start_agent_failing_at(h, None);
+    }
+
+    /// The same, with the agent set to die at migration step `failpoint`.
+    fn start_agent_failing_at(&mut self, h: usize, failpoint: Option<&str>) {
         let (id, dir) = (self.hosts[h].id.clone(), self.hosts[h].dir.clone());
-        let child = spawn_tied(self.agent_command(h, &id, &dir)).unwrap();
+        let mut command = self.agent_command(h, &id, &dir);
+        if let Some(step) = failpoint {
+            command.env("CVOL_FAILPOINT", step);
+        }
+        let child = spawn_tied(command).unwrap();
         self.hosts[h].agent = Some(child);
         let socket = self.hosts[h].socket();
         wait_for(
@@ -790,6 +799,122 @@ fn a_running_vm_moves_back_and_forth_between_two_hosts() {
 #[test]
 fn a_running_vm_on_an_object_pool_moves_between_two_hosts() {
     migrations(Pool::S3);
+}
+
+/// How a migration whose agent died at `failpoint` must end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    /// The guest runs on, on this host, never restarted.
+    RunsOn(usize),
+    /// The guest's only copy died; HA restarts it on this host (a new boot).
+    RestartedOn(usize),
+}
+
+/// A migration from h1 to h2 in which one agent dies (abort, as kill -9) at `failpoint`:
+/// the HA VM ends running on exactly one host, and its disk holds every write the guest
+/// completed, with nothing of a dead copy after the live one's first write.
+fn migration_fault(failpoint: &str, dying: usize, outcome: Outcome) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::new(2);
+    c.create_vm("mf", true, true);
+    c.start_agent_failing_at(0, (dying == 0).then_some(failpoint));
+    c.start_agent_failing_at(1, (dying == 1).then_some(failpoint));
+    c.start_vm(0, "mf");
+    let counted = |c: &Cluster, h: usize| console_counts(&c.hosts[h].console("mf"));
+    wait_for(Duration::from_secs(60), "the guest to count", || {
+        counted(&c, 0).len() >= 3
+    });
+    let boot = counted(&c, 0)[0].1.clone();
+    let out = c.agent_call(0, &["vm", "migrate", "mf", "--to", "h2"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    eprintln!("{failpoint}: the migration answered {}: {said}", out.status);
+    wait_for(
+        Duration::from_secs(10),
+        &format!("the agent failing at {failpoint} to die"),
+        || {
+            c.hosts[dying]
+                .agent
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+                .is_some()
+        },
+    );
+    let (survivor, boots) = match outcome {
+        Outcome::RunsOn(h) | Outcome::RestartedOn(h) => (h, outcome),
+    };
+    let mut first_of_survivor = None;
+    wait_for(
+        Duration::from_secs(90),
+        &format!("the VM to run on {}", c.hosts[survivor].id),
+        || {
+            let status = c.vm_status(survivor, "mf");
+            let counts = counted(&c, survivor);
+            let live = status["here"].is_object() && status["here"]["incoming"] == false;
+            first_of_survivor = counts
+                .iter()
+                .find(|(_, b)| boots == Outcome::RunsOn(survivor) || b != &boot)
+                .cloned();
+            live && counts
+                .iter()
+                .filter(|(_, b)| matches!(boots, Outcome::RunsOn(_)) || b != &boot)
+                .count()
+                >= 3
+        },
+    );
+    let (start, new_boot) = first_of_survivor.unwrap();
+    match outcome {
+        Outcome::RunsOn(_) => assert_eq!(new_boot, boot, "{failpoint}: the guest was restarted"),
+        Outcome::RestartedOn(_) => assert_ne!(
+            new_boot, boot,
+            "{failpoint}: no restart, yet its only copy died"
+        ),
+    }
+    let out = c.agent_call(survivor, &["vm", "stop", "mf", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_disk = disk_counts(&c.disk_bytes(survivor, "mf"));
+    let done: Vec<(u64, String)> = (0..2).flat_map(|h| counted(&c, h)).collect();
+    for (n, b) in &done {
+        assert!(
+            on_disk
+                .iter()
+                .any(|(m, d)| m == n && (d == b || *n >= start)),
+            "{failpoint}: the guest completed {n} ({b}), the disk does not hold it"
+        );
+    }
+    if new_boot != boot {
+        for (n, b) in &on_disk {
+            assert!(
+                *n < start || b != &boot,
+                "{failpoint}: block {n} of the dead copy lies after the restart's first write"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_destination_dying_while_it_waits_leaves_the_vm_on_its_source() {
+    migration_fault("incoming:waiting", 1, Outcome::RunsOn(0));
+}
+
+#[test]
+fn a_destination_dying_after_taking_the_lease_leaves_the_vm_to_ha() {
+    migration_fault("incoming:lease-taken", 1, Outcome::RestartedOn(0));
+}
+
+#[test]
+fn a_source_dying_before_the_switchover_leaves_the_vm_to_ha() {
+    migration_fault("migrate:pre-switchover", 0, Outcome::RestartedOn(1));
+}
+
+#[test]
+fn a_source_dying_after_completion_lets_the_destination_resume_the_guest() {
+    migration_fault("migrate:completed", 0, Outcome::RunsOn(1));
 }
 
 /// Migrations that cannot be: each a clear error, the VM where it was.

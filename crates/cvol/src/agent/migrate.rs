@@ -103,6 +103,18 @@ pub struct PromoteRequest {
     pub epoch: u64,
 }
 
+/// Tests set `CVOL_FAILPOINT` to a step name (`migrate:…` on the source, `incoming:…`
+/// on the destination): the agent dies right there, as a kill -9 would.
+fn failpoint(step: &str) {
+    if std::env::var(crate::commands::FAILPOINT_ENV).is_ok_and(|f| f == step) {
+        eprintln!(
+            "cvol: {}={step}: aborting here",
+            crate::commands::FAILPOINT_ENV
+        );
+        std::process::abort();
+    }
+}
+
 fn conflict(message: String) -> AgentError {
     AgentError::Conflict {
         message,
@@ -260,6 +272,7 @@ impl Agent {
                     },
                 )
                 .with_context(|| format!("host {to} cannot receive VM {name}"))?;
+            failpoint("migrate:incoming-ready");
             let mut qmp = Qmp::connect(&vm.files.qmp())?;
             qmp.enable(qapi::qmp::MigrationCapability::pause_before_switchover)?;
             qmp.migrate(&answer.uri)?;
@@ -269,6 +282,7 @@ impl Agent {
             self.roll_back(vm, peer, epoch);
             return Err(e);
         }
+        failpoint("migrate:completed");
         match peer.post::<VmStatus>(
             &format!("/v1/vms/{name}/promote"),
             &PromoteRequest { epoch },
@@ -324,7 +338,10 @@ impl Agent {
                 report.downtime_ms = info.downtime.or(info.expected_downtime);
             }
             match info.status.as_deref() {
-                Some("pre-switchover") => qmp.migrate_continue()?,
+                Some("pre-switchover") => {
+                    failpoint("migrate:pre-switchover");
+                    qmp.migrate_continue()?
+                }
                 Some("completed") => return Ok(()),
                 Some(status @ ("failed" | "cancelled")) => bail!(
                     "the migration {status}: {}",
@@ -466,6 +483,7 @@ impl Agent {
             return Err(AgentError::Failed(e));
         }
         tracing::info!(vm = %name, uri, "waiting for the migration");
+        failpoint("incoming:waiting");
         Ok(IncomingAnswer { uri })
     }
 
@@ -505,6 +523,7 @@ impl Agent {
         };
         *lock(&vm.last_ok) = Instant::now();
         *lock(&vm.lease) = Some(held);
+        failpoint("incoming:lease-taken");
         let incoming = lock(&vm.incoming).take().expect("checked above");
         for volume in &incoming.disks {
             if let Err(e) = self.volumes()?.promote(volume) {
@@ -516,6 +535,7 @@ impl Agent {
         }
         qmp.cont()?;
         tracing::info!(vm = %name, from = %incoming.source, "migration arrived; the guest runs here");
+        failpoint("incoming:promoted");
         self.vm_status(name)
     }
 
@@ -534,7 +554,9 @@ impl Agent {
     }
 
     /// A destination's check at each scan: a migration whose source moved on (the lease
-    /// no longer says it is coming here) or that waited too long is dropped.
+    /// no longer says it is coming here) or that waited too long is dropped; one that
+    /// completed here while its source went silent (its lease expired) is resumed here,
+    /// as the source would have asked: nobody else holds the guest's state.
     pub(super) fn check_incoming(&self, vm: &LocalVm, view: Option<&LeaseView>) {
         let Some(incoming) = lock(&vm.incoming).clone() else {
             return;
@@ -547,12 +569,26 @@ impl Agent {
             .and_then(LeaseView::lease)
             .is_some_and(|l| l.epoch == incoming.epoch && l.state == expected);
         let expired = view.is_some_and(|v| self.observe(v) >= self.settings.timing.expiry);
+        if current && expired && self.completed_here(vm) {
+            tracing::warn!(vm = %vm.name, source = %incoming.source, "the source went silent after the migration completed: resuming the VM here");
+            match self.promote_vm(&vm.name, incoming.epoch) {
+                Ok(_) => return,
+                Err(e) => tracing::error!(vm = %vm.name, "cannot resume the VM here: {e}"),
+            }
+        }
         if !current || expired || incoming.since.elapsed() > INCOMING_LIMIT {
             self.fence(
                 vm,
                 "its migration is no longer under way (the source moved on or went silent)",
             );
         }
+    }
+
+    /// Whether the migration arriving as `vm` has completed here.
+    fn completed_here(&self, vm: &LocalVm) -> bool {
+        Qmp::connect(&vm.files.qmp())
+            .and_then(|mut q| q.query_migrate())
+            .is_ok_and(|info| info.status.as_deref() == Some("completed"))
     }
 
     /// Lets go of the standby disks of a migration that did not arrive.

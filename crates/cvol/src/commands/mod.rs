@@ -23,7 +23,7 @@ use crate::cli::{Cli, Command};
 
 /// Set by tests (and by anyone checking crash safety by hand) to `op:step`, e.g.
 /// `vm-create:volume-created`: the process aborts right after that step, as a crash would.
-const FAILPOINT_ENV: &str = "CVOL_FAILPOINT";
+pub const FAILPOINT_ENV: &str = "CVOL_FAILPOINT";
 
 /// What every command needs from the global options.
 pub struct Context {
