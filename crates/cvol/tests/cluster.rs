@@ -746,8 +746,12 @@ fn migrations(pool: Pool) {
         );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         eprintln!(
-            "migration {round}: {} -> {} in {} ms, downtime {} ms",
-            c.hosts[from].id, c.hosts[to].id, report["total_ms"], report["downtime_ms"]
+            "migration {round}: {} -> {} in {} ms, downtime {} ms, handover {} ms",
+            c.hosts[from].id,
+            c.hosts[to].id,
+            report["total_ms"],
+            report["downtime_ms"],
+            report["handover_ms"]
         );
         // The source's QEMU is gone and its console final: keep what it completed.
         assert!(

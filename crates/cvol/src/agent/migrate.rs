@@ -66,8 +66,12 @@ pub struct MigrationReport {
     pub ram: u64,
     /// Milliseconds from start to end.
     pub total_ms: Option<u64>,
-    /// Milliseconds the guest was stopped, as QEMU measured it.
+    /// Milliseconds the guest was stopped, as QEMU measured it (up to the source's
+    /// completion).
     pub downtime_ms: Option<u64>,
+    /// Milliseconds from the source's completion to the destination running the guest
+    /// (lease, promotion, `cont`): the guest is stopped for these too.
+    pub handover_ms: Option<u64>,
 }
 
 /// `POST /v1/vms/{vm}/migrate`
@@ -167,6 +171,7 @@ impl Agent {
                     ram: 0,
                     total_ms: None,
                     downtime_ms: None,
+                    handover_ms: None,
                 },
             );
         }
@@ -283,11 +288,16 @@ impl Agent {
             return Err(e);
         }
         failpoint("migrate:completed");
+        let completed = Instant::now();
         match peer.post::<VmStatus>(
             &format!("/v1/vms/{name}/promote"),
             &PromoteRequest { epoch },
         ) {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some(report) = lock(&self.migrations).get_mut(name) {
+                    report.handover_ms = Some(completed.elapsed().as_millis() as u64);
+                }
+            }
             Err(e) => {
                 // Whoever creates the next epoch runs the VM: if this host can, the
                 // destination never took over, and the guest resumes here.

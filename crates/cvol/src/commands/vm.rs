@@ -205,11 +205,13 @@ fn migrate(ctx: &Context, vm: &str, to: &str, agent: &AgentArg) -> anyhow::Resul
         return print_json(&report);
     }
     println!(
-        "VM {vm} moved to host {} in {:.1} s: {} of RAM sent, guest stopped for {} ms",
+        "VM {vm} moved to host {} in {:.1} s: {} of RAM sent, guest stopped for {} ms (QEMU's downtime {} ms, hand-over {} ms)",
         report.to,
         report.total_ms.unwrap_or_default() as f64 / 1000.0,
         human_size(report.transferred),
-        report.downtime_ms.unwrap_or_default()
+        report.downtime_ms.unwrap_or_default() + report.handover_ms.unwrap_or_default(),
+        report.downtime_ms.unwrap_or_default(),
+        report.handover_ms.unwrap_or_default()
     );
     Ok(())
 }
