@@ -209,10 +209,7 @@ impl Qmp {
             }
             if files.qmp().exists() {
                 if let Ok(mut qmp) = Self::connect(&files.qmp()) {
-                    let status = qmp
-                        .qmp
-                        .execute(&qapi::qmp::query_status {})
-                        .map_err(|e| anyhow!("QMP query-status: {e}"))?;
+                    let status = qmp.run(qapi::qmp::query_status {})?;
                     if !status.running && !incoming {
                         bail!("QEMU started, but the guest is {:?}", status.status);
                     }
@@ -229,99 +226,85 @@ impl Qmp {
         }
     }
 
+    /// Runs QMP `command`; an error names it.
+    fn run<C: qapi::Command>(&mut self, command: C) -> anyhow::Result<C::Ok> {
+        self.qmp
+            .execute(&command)
+            .map_err(|e| anyhow!("QMP {}: {e}", C::NAME))
+    }
+
     /// Asks the guest to power off (ACPI power button).
     pub fn powerdown(&mut self) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::system_powerdown {})
-            .map_err(|e| anyhow!("QMP system_powerdown: {e}"))?;
+        self.run(qapi::qmp::system_powerdown {})?;
         Ok(())
     }
 
     /// Whether the guest runs.
     pub fn running(&mut self) -> anyhow::Result<bool> {
-        let status = self
-            .qmp
-            .execute(&qapi::qmp::query_status {})
-            .map_err(|e| anyhow!("QMP query-status: {e}"))?;
+        let status = self.run(qapi::qmp::query_status {})?;
         Ok(status.running)
     }
 
     /// Resumes the guest (activating its disks, on a migration's destination).
     pub fn cont(&mut self) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::cont {})
-            .map_err(|e| anyhow!("QMP cont: {e}"))?;
+        self.run(qapi::qmp::cont {})?;
         Ok(())
     }
 
     /// Turns a migration capability on.
     pub fn enable(&mut self, capability: qapi::qmp::MigrationCapability) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::migrate_set_capabilities {
-                capabilities: vec![qapi::qmp::MigrationCapabilityStatus {
-                    capability,
-                    state: true,
-                }],
-            })
-            .map_err(|e| anyhow!("QMP migrate-set-capabilities: {e}"))?;
+        self.run(qapi::qmp::migrate_set_capabilities {
+            capabilities: vec![qapi::qmp::MigrationCapabilityStatus {
+                capability,
+                state: true,
+            }],
+        })?;
         Ok(())
     }
 
     /// Source: starts migrating to `uri` (`tcp:HOST:PORT`).
     pub fn migrate(&mut self, uri: &str) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::migrate {
-                uri: Some(uri.to_string()),
-                channels: None,
-                detach: None,
-                resume: None,
-            })
-            .map_err(|e| anyhow!("QMP migrate: {e}"))?;
+        self.run(qapi::qmp::migrate {
+            uri: Some(uri.to_string()),
+            channels: None,
+            detach: None,
+            resume: None,
+        })?;
         Ok(())
     }
 
     /// Destination: waits for the migration on `uri`.
     pub fn migrate_incoming(&mut self, uri: &str) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::migrate_incoming {
-                uri: Some(uri.to_string()),
-                channels: None,
-                exit_on_error: None,
-            })
-            .map_err(|e| anyhow!("QMP migrate-incoming: {e}"))?;
+        self.run(qapi::qmp::migrate_incoming {
+            uri: Some(uri.to_string()),
+            channels: None,
+            exit_on_error: None,
+        })?;
         Ok(())
     }
 
     /// Source, in `pre-switchover`: go on with the switchover.
     pub fn migrate_continue(&mut self) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::migrate_continue {
-                state: qapi::qmp::MigrationStatus::pre_switchover,
-            })
-            .map_err(|e| anyhow!("QMP migrate-continue: {e}"))?;
+        self.run(qapi::qmp::migrate_continue {
+            state: qapi::qmp::MigrationStatus::pre_switchover,
+        })?;
         Ok(())
     }
 
     /// Source: cancels the migration (the guest runs on here).
     pub fn migrate_cancel(&mut self) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::migrate_cancel {})
-            .map_err(|e| anyhow!("QMP migrate_cancel: {e}"))?;
+        self.run(qapi::qmp::migrate_cancel {})?;
         Ok(())
     }
 
     /// The migration's state, as `query-migrate` reports it.
     pub fn query_migrate(&mut self) -> anyhow::Result<MigrationInfo> {
-        self.qmp
-            .execute(&QueryMigrate {})
-            .map_err(|e| anyhow!("QMP query-migrate: {e}"))
+        self.run(QueryMigrate {})
     }
 
     /// Ends QEMU at once (the guest is not asked).
     pub fn quit(&mut self) -> anyhow::Result<()> {
-        self.qmp
-            .execute(&qapi::qmp::quit {})
-            .map_err(|e| anyhow!("QMP quit: {e}"))?;
+        self.run(qapi::qmp::quit {})?;
         Ok(())
     }
 }
