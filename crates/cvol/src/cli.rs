@@ -213,6 +213,11 @@ pub struct HostRunArgs {
     /// Also export every disk over NBD, as `cvol mount --nbd`. Repeatable.
     #[arg(long = "nbd", value_name = "unix:PATH|tcp:ADDR:PORT")]
     pub nbd: Vec<cvol_nbd::Listen>,
+    /// How QEMU reaches the VMs' disks: `container` (their flat extents in the
+    /// container) or `nbd` (the agent's NBD export on its unix socket, STATE_DIR/nbd.sock
+    /// unless --nbd names one) [default: container].
+    #[arg(long, env = "CVOL_VM_DISKS", value_parser = ["container", "nbd"])]
+    pub disks: Option<String>,
     /// The QEMU binary [default: qemu-system-x86_64].
     #[arg(long, env = "CVOL_QEMU")]
     pub qemu: Option<String>,

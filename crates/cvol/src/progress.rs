@@ -50,3 +50,16 @@ pub fn spinner(json: bool, label: &str) -> ProgressBar {
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     spinner
 }
+
+/// Turns `bar` (a spinner) into a byte count bar at `done` of `total`.
+pub fn show_bytes(bar: &ProgressBar, done: u64, total: u64) {
+    if bar.length() != Some(total) {
+        bar.set_length(total);
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+    }
+    bar.set_position(done.min(total));
+}

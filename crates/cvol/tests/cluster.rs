@@ -142,6 +142,8 @@ struct Cluster {
     /// The S3 server of an object pool, and the environment that reaches it.
     garage: Option<Garage>,
     env: Vec<(String, String)>,
+    /// How agents give QEMU its disks: `container` or `nbd`.
+    vm_disks: &'static str,
 }
 
 impl Cluster {
@@ -167,6 +169,7 @@ impl Cluster {
             token_file: work.join("token"),
             garage: None,
             env: Vec::new(),
+            vm_disks: "container",
         };
         // Registered before anything is made, so that Drop removes whatever was.
         ip(&["netns", "add", &storage_ns]);
@@ -377,6 +380,7 @@ impl Cluster {
             .arg(&self.token_file)
             .arg("--nbd")
             .arg(format!("unix:{}", dir.join("nbd.sock").display()))
+            .args(["--disks", self.vm_disks])
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
@@ -715,13 +719,14 @@ fn kill_9_of_an_agent_and_its_qemu_moves_its_ha_vm() {
 /// A guest writing its counter moves between two hosts `CVOL_MIGRATIONS` times (20 by
 /// default; more in the benchmark): after each move it keeps counting on its new host,
 /// and in the end the disk holds every write it completed, with no reboot in between.
-fn migrations(pool: Pool) {
+fn migrations(pool: Pool, vm_disks: &'static str, default_rounds: usize) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rounds: usize = std::env::var("CVOL_MIGRATIONS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default_rounds);
     let mut c = Cluster::with_pool(2, pool);
+    c.vm_disks = vm_disks;
     c.create_vm("mig", true, false);
     c.start_agent(0);
     c.start_agent(1);
@@ -797,12 +802,73 @@ fn migrations(pool: Pool) {
 
 #[test]
 fn a_running_vm_moves_back_and_forth_between_two_hosts() {
-    migrations(Pool::File);
+    migrations(Pool::File, "container", 20);
 }
 
 #[test]
 fn a_running_vm_on_an_object_pool_moves_between_two_hosts() {
-    migrations(Pool::S3);
+    migrations(Pool::S3, "container", 20);
+}
+
+#[test]
+fn a_running_vm_with_its_disks_over_nbd_moves_between_two_hosts() {
+    migrations(Pool::File, "nbd", 6);
+}
+
+/// The command that asked for a migration dies at once; the agents finish it, and a
+/// second migration asked for meanwhile is refused.
+#[test]
+fn a_migration_goes_on_without_its_command_and_one_at_a_time() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::new(2);
+    c.create_vm("solo", true, false);
+    c.start_agent(0);
+    c.start_agent(1);
+    c.start_vm(0, "solo");
+    wait_for(Duration::from_secs(60), "the guest to count", || {
+        console_counts(&c.hosts[0].console("solo")).len() >= 3
+    });
+    let mut first = cvol()
+        .args(["vm", "migrate", "solo", "--to", "h2", "--agent"])
+        .arg(c.hosts[0].socket())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut under_way = false;
+    wait_for(Duration::from_secs(30), "the migration to start", || {
+        under_way = c.vm_status(0, "solo")["migration"]["state"] == "running";
+        under_way || c.vm_status(1, "solo")["owner"] == "h2"
+    });
+    // The second asks while the first runs (refused), or after it (the VM is on h2).
+    let second = c.agent_call(0, &["vm", "migrate", "solo", "--to", "h2"]);
+    let refusal = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "two migrations of one VM ran");
+    assert!(
+        refusal.contains("under way") || refusal.contains("already runs on host h2"),
+        "{refusal}"
+    );
+    first.kill().unwrap();
+    let _ = first.wait();
+    eprintln!(
+        "the command was killed while its migration was {}",
+        if under_way {
+            "under way"
+        } else {
+            "already done"
+        }
+    );
+    wait_for(Duration::from_secs(60), "the VM to run on h2", || {
+        let status = c.vm_status(1, "solo");
+        status["here"].is_object() && status["here"]["incoming"] == false && status["owner"] == "h2"
+    });
+    let counted = console_counts(&c.hosts[1].console("solo")).len();
+    wait_for(Duration::from_secs(30), "the guest to count on h2", || {
+        console_counts(&c.hosts[1].console("solo")).len() > counted + 2
+    });
+    assert!(
+        c.vm_status(0, "solo")["here"].is_null(),
+        "h1 still runs the VM"
+    );
 }
 
 /// How a migration whose agent died at `failpoint` must end.

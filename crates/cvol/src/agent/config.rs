@@ -27,12 +27,22 @@ struct HostFile {
     advertise: Option<String>,
     token_file: Option<PathBuf>,
     nbd: Option<Vec<String>>,
+    disks: Option<String>,
     qemu: Option<String>,
     accel: Option<String>,
     lease_renew_ms: Option<u64>,
     fence_after_ms: Option<u64>,
     lease_expiry_ms: Option<u64>,
     stop_timeout_s: Option<u64>,
+}
+
+/// How the agent's QEMUs reach their disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmDisks {
+    /// The flat extents in the container, as raw files.
+    Container,
+    /// Over NBD, on this unix socket of the agent's.
+    Nbd(PathBuf),
 }
 
 /// A host agent's settings, resolved.
@@ -54,6 +64,8 @@ pub struct HostSettings {
     pub token: Option<String>,
     /// NBD listeners, as `cvol mount --nbd` takes them.
     pub nbd: Vec<cvol_nbd::Listen>,
+    /// How the agent's QEMUs reach their disks.
+    pub disks: VmDisks,
     /// The QEMU binary.
     pub qemu: String,
     /// QEMU's accelerator.
@@ -89,13 +101,33 @@ impl HostSettings {
         let Some(mountpoint) = args.mountpoint.clone().or(file.mountpoint) else {
             bail!("no mountpoint given: set mountpoint in the config, or pass --mountpoint");
         };
-        let nbd = match (&args.nbd, file.nbd) {
+        let mut nbd = match (&args.nbd, file.nbd) {
             (flags, _) if !flags.is_empty() => flags.clone(),
             (_, Some(listens)) => listens
                 .iter()
                 .map(|l| l.parse().map_err(|e| anyhow::anyhow!("nbd {l:?}: {e}")))
                 .collect::<anyhow::Result<_>>()?,
             _ => Vec::new(),
+        };
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/run/cvol"));
+        let disks = match args.disks.clone().or(file.disks).as_deref() {
+            None | Some("container") => VmDisks::Container,
+            Some("nbd") => {
+                let socket = nbd.iter().find_map(|l| match l {
+                    cvol_nbd::Listen::Unix(path) => Some(path.clone()),
+                    cvol_nbd::Listen::Tcp(_) => None,
+                });
+                VmDisks::Nbd(socket.unwrap_or_else(|| {
+                    let path = state_dir.join("nbd.sock");
+                    nbd.push(cvol_nbd::Listen::Unix(path.clone()));
+                    path
+                }))
+            }
+            Some(other) => bail!("disks = {other:?}: expected \"container\" or \"nbd\""),
         };
         let token_file = args.token_file.clone().or(file.token_file);
         let token = token_file
@@ -127,11 +159,7 @@ impl HostSettings {
             host,
             share,
             mountpoint,
-            state_dir: args
-                .state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from("/run/cvol")),
+            state_dir,
             advertise: args
                 .advertise
                 .clone()
@@ -140,6 +168,7 @@ impl HostSettings {
             listen,
             token,
             nbd,
+            disks,
             qemu: args
                 .qemu
                 .clone()

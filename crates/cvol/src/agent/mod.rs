@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::migrate::{IncomingAnswer, MigrationReport};
 
-use self::config::HostSettings;
+use self::config::{HostSettings, VmDisks};
 use self::migrate::Incoming;
 use self::qemu::{DiskPaths, QemuOptions, Qmp, VmFiles};
 
@@ -734,11 +734,11 @@ impl Agent {
             qemu: self.settings.qemu.clone(),
             accel: self.settings.accel.clone(),
         };
-        let mut cmd = qemu::command(
-            info,
-            &options,
-            DiskPaths::Extents(&self.settings.mountpoint),
-        )?;
+        let disks = match &self.settings.disks {
+            VmDisks::Container => DiskPaths::Extents(&self.settings.mountpoint),
+            VmDisks::Nbd(socket) => DiskPaths::Nbd(socket),
+        };
+        let mut cmd = qemu::command(info, &options, disks)?;
         cmd.extend(extra.iter().map(|a| a.to_string()));
         let incoming = lock(&vm.incoming).is_some();
         let (ready_tx, ready_rx) = mpsc::channel();

@@ -195,12 +195,33 @@ fn print_status(ctx: &Context, status: &VmStatus) -> anyhow::Result<()> {
 
 fn migrate(ctx: &Context, vm: &str, to: &str, agent: &AgentArg) -> anyhow::Result<()> {
     let vm = VmName::new(vm)?;
-    let spinner = crate::progress::spinner(ctx.json, &format!("migrating VM {vm} to host {to}"));
-    let report: MigrationReport = AgentClient::new(&agent.agent).post(
-        &format!("/v1/vms/{vm}/migrate"),
-        &MigrateRequest { to: to.to_string() },
-    )?;
-    spinner.finish_and_clear();
+    let bar = crate::progress::spinner(ctx.json, &format!("migrating VM {vm} to host {to}"));
+    let client = AgentClient::new(&agent.agent);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let report: anyhow::Result<MigrationReport> = std::thread::scope(|s| {
+        // RAM sent so far, while the migration runs on this host's agent (the source).
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(VmStatus {
+                    migration: Some(m), ..
+                }) = client.get(&format!("/v1/vms/{vm}"))
+                {
+                    if m.state == "running" && m.ram > 0 {
+                        crate::progress::show_bytes(&bar, m.transferred, m.ram);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let report = client.post(
+            &format!("/v1/vms/{vm}/migrate"),
+            &MigrateRequest { to: to.to_string() },
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        report
+    });
+    bar.finish_and_clear();
+    let report = report?;
     if ctx.json {
         return print_json(&report);
     }
