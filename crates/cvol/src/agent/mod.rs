@@ -16,6 +16,8 @@ pub mod client;
 pub mod config;
 pub mod migrate;
 pub mod qemu;
+mod status;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -29,9 +31,9 @@ use cvol_cluster::{
 };
 use cvol_datastore::{AttachedVolumes, Datastore, DatastoreError, VmInfo};
 use cvol_format::{HostId, VmName};
-use serde::{Deserialize, Serialize};
 
 pub use self::migrate::{IncomingAnswer, MigrationReport};
+pub use self::status::{HostInfo, HostStatus, LocalStatus, VmStatus};
 
 use self::config::{HostSettings, VmDisks};
 use self::migrate::Incoming;
@@ -78,89 +80,6 @@ impl From<DatastoreError> for AgentError {
             other => Self::Failed(other.into()),
         }
     }
-}
-
-/// A VM as this agent sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VmStatus {
-    /// The VM.
-    pub vm: String,
-    /// `running`, `stopped`, `migrating`, `claiming` (a host is taking it), `corrupt`
-    /// (its lease file cannot be read) or `never started`.
-    pub state: String,
-    /// The host that holds (or last held) it.
-    pub owner: Option<String>,
-    /// The lease's epoch.
-    pub epoch: Option<u64>,
-    /// How long this host has seen the lease unchanged.
-    pub heartbeat_age_ms: Option<u64>,
-    /// Whether the lease is live (changed within the expiry time).
-    pub live: Option<bool>,
-    /// Whether another host restarts it when its host dies.
-    pub ha: bool,
-    /// Its QEMU, if it runs on this host.
-    pub here: Option<LocalStatus>,
-    /// What is wrong with its lease, if anything.
-    pub problem: Option<String>,
-    /// The last live migration of it that this host started, and how it went.
-    #[serde(default)]
-    pub migration: Option<MigrationReport>,
-}
-
-/// A VM running on this host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LocalStatus {
-    /// QEMU's process id.
-    pub pid: u32,
-    /// Milliseconds since it started.
-    pub uptime_ms: u64,
-    /// The guest's serial console.
-    pub console: String,
-    /// Whether it is a migration's destination, not running yet.
-    #[serde(default)]
-    pub incoming: bool,
-}
-
-/// A host as this agent sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostStatus {
-    /// The host.
-    pub host: String,
-    /// `up`, `down` (stopped cleanly) or `corrupt`.
-    pub state: String,
-    /// Whether its agent is alive: up, and its record changed within the expiry time.
-    pub alive: bool,
-    /// How long this host has seen its record unchanged.
-    pub heartbeat_age_ms: Option<u64>,
-    /// Its agent's run.
-    pub boot_id: Option<String>,
-    /// Its peer API.
-    pub address: Option<String>,
-    /// The VMs whose lease it holds (running or migrating).
-    pub vms: Vec<String>,
-    /// Whether this is the host answering.
-    pub this_host: bool,
-    /// What is wrong with its record, if anything.
-    pub problem: Option<String>,
-}
-
-/// This agent itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostInfo {
-    /// The host.
-    pub host: String,
-    /// This run of the agent.
-    pub boot_id: String,
-    /// Its peer API.
-    pub address: Option<String>,
-    /// The cvol version.
-    pub version: String,
-    /// The VMs running here.
-    pub vms: usize,
-    /// Requests this host sent to the share's server so far (NFS RPCs), if it is on NFS.
-    pub share_requests: Option<u64>,
-    /// The agent's resident memory, in KiB.
-    pub rss_kib: Option<u64>,
 }
 
 /// A VM whose QEMU runs (or is starting) here.
@@ -335,206 +254,6 @@ impl Agent {
         self.hosts.write(&lock(&self.record))?;
         *lock(&self.record_ok) = Instant::now();
         Ok(())
-    }
-
-    /// Starts the renew, watchdog and scan threads.
-    pub fn start_threads(self: &Arc<Self>) -> anyhow::Result<()> {
-        for (name, job) in [
-            ("cvol-renew", Self::renew_loop as fn(&Arc<Self>)),
-            ("cvol-watchdog", Self::watchdog_loop),
-            ("cvol-scan", Self::scan_loop),
-        ] {
-            let agent = self.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || job(&agent))?;
-        }
-        Ok(())
-    }
-
-    /// Sleeps `d`, or less once the agent is stopping; false then.
-    fn pause(&self, d: Duration) -> bool {
-        let until = Instant::now() + d;
-        while !self.stopping.load(Ordering::SeqCst) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return true;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
-        false
-    }
-
-    fn local_vms(&self) -> Vec<Arc<LocalVm>> {
-        lock(&self.vms).values().cloned().collect()
-    }
-
-    fn renew_loop(self: &Arc<Self>) {
-        loop {
-            let tick = Instant::now();
-            self.renew_record();
-            for vm in self.local_vms() {
-                let started = Instant::now();
-                let mut lease = lock(&vm.lease);
-                let Some(lease) = lease.as_mut() else {
-                    continue;
-                };
-                match self.leases.renew(lease) {
-                    Ok(()) => *lock(&vm.last_ok) = started,
-                    Err(e) => tracing::warn!(vm = %vm.name, "cannot renew the lease: {e}"),
-                }
-            }
-            self.retry_releases();
-            if !self.pause(self.settings.timing.renew.saturating_sub(tick.elapsed())) {
-                return;
-            }
-        }
-    }
-
-    fn renew_record(&self) {
-        let started = Instant::now();
-        let mut record = lock(&self.record);
-        record.heartbeat += 1;
-        match self.hosts.write(&record) {
-            Ok(_) => *lock(&self.record_ok) = started,
-            Err(e) => tracing::warn!("cannot renew this host's record: {e}"),
-        }
-    }
-
-    fn retry_releases(&self) {
-        let pending: Vec<HeldLease> = std::mem::take(&mut *lock(&self.unreleased));
-        for mut lease in pending {
-            if let Err(e) = self.leases.release(&mut lease) {
-                tracing::debug!(vm = lease.lease().vm, "still cannot release the lease: {e}");
-                lock(&self.unreleased).push(lease);
-            }
-        }
-    }
-
-    fn watchdog_loop(self: &Arc<Self>) {
-        let timing = self.settings.timing;
-        while self.pause(timing.watchdog_tick()) {
-            for vm in self.local_vms() {
-                if lock(&vm.lease).is_none() {
-                    continue;
-                }
-                let silent = lock(&vm.last_ok).elapsed();
-                if silent > timing.fence_after {
-                    self.fence(
-                        &vm,
-                        &format!(
-                            "the lease of VM {} could not be renewed for {} (fence_after {}), so another host may soon take it over",
-                            vm.name,
-                            secs(silent),
-                            secs(timing.fence_after)
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Kills `vm`'s QEMU at once, so that no write of it can follow a takeover.
-    fn fence(&self, vm: &LocalVm, why: &str) {
-        if vm.fenced.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let pid = vm.pid.load(Ordering::SeqCst);
-        if pid != 0 {
-            // SAFETY: kill(2) with a pid this agent spawned and has not yet reaped (the
-            // VM's thread reaps it only after it left `vms`).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-        tracing::error!(vm = %vm.name, pid, "self-fencing: {why}; killed its QEMU");
-    }
-
-    fn scan_loop(self: &Arc<Self>) {
-        loop {
-            if let Err(e) = self.scan() {
-                tracing::warn!("cannot read the cluster's records: {e}");
-            }
-            if !self.pause(self.settings.timing.renew) {
-                return;
-            }
-        }
-    }
-
-    /// Reads every host record and lease, and restarts expired HA VMs here.
-    fn scan(self: &Arc<Self>) -> Result<(), ClusterError> {
-        let hosts = self.hosts.list()?;
-        let mut leases = BTreeMap::new();
-        for vm in self.leases.vms()? {
-            if let Some(view) = self.leases.current(&vm)? {
-                leases.insert(vm, view);
-            }
-        }
-        let now = Instant::now();
-        let expiry = self.settings.timing.expiry;
-        for vm in self.local_vms() {
-            let Some(held) = lock(&vm.lease).as_ref().map(HeldLease::epoch) else {
-                self.check_incoming(&vm, leases.get(&vm.name));
-                continue;
-            };
-            if let Some(newest) = leases.get(&vm.name).map(|v| v.epoch).filter(|&e| e > held) {
-                let e = ClusterError::Superseded {
-                    vm: vm.name.to_string(),
-                    held,
-                    newest,
-                };
-                self.fence(&vm, &e.to_string());
-            }
-        }
-        let local: HashSet<VmName> = lock(&self.vms).keys().cloned().collect();
-        let mut expired = Vec::new();
-        {
-            let mut view = lock(&self.view);
-            let mut keys = HashSet::new();
-            for entry in &hosts {
-                let key = host_key(&entry.host);
-                view.liveness.observe(&key, &entry.bytes, now);
-                keys.insert(key);
-            }
-            for (vm, lease) in &leases {
-                let key = lease_key(vm);
-                let age = view.liveness.observe(&key, &lease.bytes, now);
-                if !lease.is_free() && age >= expiry && !local.contains(vm) {
-                    expired.push(vm.clone());
-                }
-                keys.insert(key);
-            }
-            view.liveness.retain(|k| keys.contains(k));
-            view.hosts = hosts;
-            view.leases = leases;
-        }
-        // A host cut off from the share must not take over anything: it could not keep it.
-        if lock(&self.record_ok).elapsed() > self.settings.timing.fence_after {
-            return Ok(());
-        }
-        for vm in expired {
-            match self.ds.vm_info(&vm) {
-                Ok(info) if info.ha() => match self.start_vm(&vm, true) {
-                    Ok(_) => {
-                        tracing::warn!(%vm, "HA: took over the VM of a dead host and started it here")
-                    }
-                    Err(AgentError::Conflict { message, .. }) => {
-                        tracing::info!(%vm, "HA: not taken over here: {message}")
-                    }
-                    Err(e) => tracing::error!(%vm, "HA: could not restart the VM here: {e}"),
-                },
-                Ok(_) => {}
-                Err(e) => tracing::debug!(%vm, "not a VM any more: {e}"),
-            }
-        }
-        Ok(())
-    }
-
-    /// How long this host has seen `view` unchanged (zero at first sight).
-    fn observe(&self, view: &LeaseView) -> Duration {
-        lock(&self.view)
-            .liveness
-            .observe(&lease_key(&view.vm), &view.bytes, Instant::now())
     }
 
     /// Starts VM `name` here: takes its lease (refused while another host holds it live;
@@ -821,6 +540,14 @@ impl Agent {
                 _ => AgentError::NotFound(format!("VM {name} does not run on this host")),
             });
         };
+        if lock(&vm.incoming).is_some() && !self.stopping.load(Ordering::SeqCst) {
+            return Err(AgentError::Conflict {
+                message: format!(
+                    "VM {name} is arriving here by a live migration; stop it on its source"
+                ),
+                holder: None,
+            });
+        }
         let timeout = timeout.unwrap_or(self.settings.stop_timeout);
         if !force {
             match Qmp::connect(&vm.files.qmp()).and_then(|mut q| q.powerdown()) {

@@ -1,0 +1,216 @@
+//! The agent's standing work, each on a thread of its own so that none can hold up
+//! another's deadline: renewing this host's record and its VMs' leases, the watchdog that
+//! fences VMs whose leases went unrenewed, and the scan of every host and lease that
+//! judges liveness and restarts HA VMs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cvol_cluster::{ClusterError, HeldLease, LeaseView};
+use cvol_format::VmName;
+
+use super::{host_key, lease_key, lock, secs, Agent, AgentError, LocalVm};
+
+impl Agent {
+    /// Starts the renew, watchdog and scan threads.
+    pub fn start_threads(self: &Arc<Self>) -> anyhow::Result<()> {
+        for (name, job) in [
+            ("cvol-renew", Self::renew_loop as fn(&Arc<Self>)),
+            ("cvol-watchdog", Self::watchdog_loop),
+            ("cvol-scan", Self::scan_loop),
+        ] {
+            let agent = self.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || job(&agent))?;
+        }
+        Ok(())
+    }
+
+    /// Sleeps `d`, or less once the agent is stopping; false then.
+    pub(super) fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while !self.stopping.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        false
+    }
+
+    pub(super) fn local_vms(&self) -> Vec<Arc<LocalVm>> {
+        lock(&self.vms).values().cloned().collect()
+    }
+
+    fn renew_loop(self: &Arc<Self>) {
+        loop {
+            let tick = Instant::now();
+            self.renew_record();
+            for vm in self.local_vms() {
+                let started = Instant::now();
+                let mut lease = lock(&vm.lease);
+                let Some(lease) = lease.as_mut() else {
+                    continue;
+                };
+                match self.leases.renew(lease) {
+                    Ok(()) => *lock(&vm.last_ok) = started,
+                    Err(e) => tracing::warn!(vm = %vm.name, "cannot renew the lease: {e}"),
+                }
+            }
+            self.retry_releases();
+            if !self.pause(self.settings.timing.renew.saturating_sub(tick.elapsed())) {
+                return;
+            }
+        }
+    }
+
+    fn renew_record(&self) {
+        let started = Instant::now();
+        let mut record = lock(&self.record);
+        record.heartbeat += 1;
+        match self.hosts.write(&record) {
+            Ok(_) => *lock(&self.record_ok) = started,
+            Err(e) => tracing::warn!("cannot renew this host's record: {e}"),
+        }
+    }
+
+    pub(super) fn retry_releases(&self) {
+        let pending: Vec<HeldLease> = std::mem::take(&mut *lock(&self.unreleased));
+        for mut lease in pending {
+            if let Err(e) = self.leases.release(&mut lease) {
+                tracing::debug!(vm = lease.lease().vm, "still cannot release the lease: {e}");
+                lock(&self.unreleased).push(lease);
+            }
+        }
+    }
+
+    fn watchdog_loop(self: &Arc<Self>) {
+        let timing = self.settings.timing;
+        while self.pause(timing.watchdog_tick()) {
+            for vm in self.local_vms() {
+                if lock(&vm.lease).is_none() {
+                    continue;
+                }
+                let silent = lock(&vm.last_ok).elapsed();
+                if silent > timing.fence_after {
+                    self.fence(
+                        &vm,
+                        &format!(
+                            "the lease of VM {} could not be renewed for {} (fence_after {}), so another host may soon take it over",
+                            vm.name,
+                            secs(silent),
+                            secs(timing.fence_after)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Kills `vm`'s QEMU at once, so that no write of it can follow a takeover.
+    pub(super) fn fence(&self, vm: &LocalVm, why: &str) {
+        if vm.fenced.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pid = vm.pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            // SAFETY: kill(2) with a pid this agent spawned and has not yet reaped (the
+            // VM's thread reaps it only after it left `vms`).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        tracing::error!(vm = %vm.name, pid, "self-fencing: {why}; killed its QEMU");
+    }
+
+    fn scan_loop(self: &Arc<Self>) {
+        loop {
+            if let Err(e) = self.scan() {
+                tracing::warn!("cannot read the cluster's records: {e}");
+            }
+            if !self.pause(self.settings.timing.renew) {
+                return;
+            }
+        }
+    }
+
+    /// Reads every host record and lease, and restarts expired HA VMs here.
+    fn scan(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let hosts = self.hosts.list()?;
+        let mut leases = BTreeMap::new();
+        for vm in self.leases.vms()? {
+            if let Some(view) = self.leases.current(&vm)? {
+                leases.insert(vm, view);
+            }
+        }
+        let now = Instant::now();
+        let expiry = self.settings.timing.expiry;
+        for vm in self.local_vms() {
+            let Some(held) = lock(&vm.lease).as_ref().map(HeldLease::epoch) else {
+                self.check_incoming(&vm, leases.get(&vm.name));
+                continue;
+            };
+            if let Some(newest) = leases.get(&vm.name).map(|v| v.epoch).filter(|&e| e > held) {
+                let e = ClusterError::Superseded {
+                    vm: vm.name.to_string(),
+                    held,
+                    newest,
+                };
+                self.fence(&vm, &e.to_string());
+            }
+        }
+        let local: HashSet<VmName> = lock(&self.vms).keys().cloned().collect();
+        let mut expired = Vec::new();
+        {
+            let mut view = lock(&self.view);
+            let mut keys = HashSet::new();
+            for entry in &hosts {
+                let key = host_key(&entry.host);
+                view.liveness.observe(&key, &entry.bytes, now);
+                keys.insert(key);
+            }
+            for (vm, lease) in &leases {
+                let key = lease_key(vm);
+                let age = view.liveness.observe(&key, &lease.bytes, now);
+                if !lease.is_free() && age >= expiry && !local.contains(vm) {
+                    expired.push(vm.clone());
+                }
+                keys.insert(key);
+            }
+            view.liveness.retain(|k| keys.contains(k));
+            view.hosts = hosts;
+            view.leases = leases;
+        }
+        // A host cut off from the share must not take over anything: it could not keep it.
+        if lock(&self.record_ok).elapsed() > self.settings.timing.fence_after {
+            return Ok(());
+        }
+        for vm in expired {
+            match self.ds.vm_info(&vm) {
+                Ok(info) if info.ha() => match self.start_vm(&vm, true) {
+                    Ok(_) => {
+                        tracing::warn!(%vm, "HA: took over the VM of a dead host and started it here")
+                    }
+                    Err(AgentError::Conflict { message, .. }) => {
+                        tracing::info!(%vm, "HA: not taken over here: {message}")
+                    }
+                    Err(e) => tracing::error!(%vm, "HA: could not restart the VM here: {e}"),
+                },
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%vm, "not a VM any more: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// How long this host has seen `view` unchanged (zero at first sight).
+    pub(super) fn observe(&self, view: &LeaseView) -> Duration {
+        lock(&self.view)
+            .liveness
+            .observe(&lease_key(&view.vm), &view.bytes, Instant::now())
+    }
+}
