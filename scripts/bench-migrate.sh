@@ -22,8 +22,9 @@ work=$(mktemp -d /var/tmp/cvol-bench-migrate.XXXXXX)
 trap 'pkill -f "qemu-system-x86_64 -name anchor" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 CVOL_MIGRATIONS=$runs cargo test --quiet -p cvol --test cluster -- --nocapture --exact \
-    a_running_vm_moves_back_and_forth_between_two_hosts 2>&1 |
-    sed -n 's/^migration [0-9]*: .* in \([0-9]*\) ms, downtime \([0-9]*\) ms, handover \([0-9]*\) ms$/\1 \2 \3/p' >"$work/cvol"
+    a_running_vm_moves_back_and_forth_between_two_hosts >"$work/test.log" 2>&1 ||
+    { tail -n 40 "$work/test.log" >&2; exit 1; }
+sed -n 's/^migration [0-9]*: .* in \([0-9]*\) ms, downtime \([0-9]*\) ms, handover \([0-9]*\) ms$/\1 \2 \3/p' "$work/test.log" >"$work/cvol"
 [[ $(wc -l <"$work/cvol") -eq $runs ]] || { echo "the cvol migrations did not all run" >&2; exit 1; }
 
 counter_guest "$work/guest"

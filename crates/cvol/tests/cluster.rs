@@ -424,6 +424,29 @@ impl Cluster {
         );
     }
 
+    /// [`wait_for`], with every agent's last log lines in the message if it times out.
+    fn wait(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() >= limit {
+                let logs: Vec<String> = (0..self.hosts.len())
+                    .map(|h| {
+                        let log = self.agent_log(h);
+                        let lines: Vec<&str> = log.lines().collect();
+                        let tail = &lines[lines.len().saturating_sub(30)..];
+                        format!("--- {}:\n{}", self.hosts[h].id, tail.join("\n"))
+                    })
+                    .collect();
+                panic!(
+                    "timed out after {limit:?} waiting for {what}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        start.elapsed()
+    }
+
     fn agent_log(&self, h: usize) -> String {
         std::fs::read_to_string(self.hosts[h].dir.join("agent.log")).unwrap_or_default()
     }
@@ -469,6 +492,27 @@ impl Cluster {
             "eth0",
             if up { "up" } else { "down" },
         ]);
+    }
+
+    /// Block `n` of the first disk of `vm` as a file pool holds it (for messages).
+    fn pool_block(&self, vm: &str, n: u64) -> String {
+        let descriptor = std::fs::read_to_string(self.work.join(format!("share/{vm}/{vm}.vmdk")))
+            .unwrap_or_default();
+        let Some(volume) = descriptor
+            .lines()
+            .find_map(|l| l.strip_prefix("ddb.cvol.object = \""))
+            .and_then(|v| v.strip_suffix('"'))
+        else {
+            return "no volume".into();
+        };
+        let data = std::fs::read(self.work.join("pool/volumes").join(volume).join("data"))
+            .unwrap_or_default();
+        let block = data
+            .get(n as usize * 512..(n as usize + 1) * 512)
+            .unwrap_or_default();
+        String::from_utf8_lossy(block)
+            .trim_end_matches('\0')
+            .to_string()
     }
 
     /// The bytes of `vm`'s first disk, read over NBD from host `h`'s agent (a real
@@ -517,7 +561,9 @@ impl Drop for Cluster {
     }
 }
 
-/// What a counter guest printed: the boot id and the values it completed.
+/// What a counter guest printed: the values it completed and its boot id. A line cut
+/// short (by a migration, in the middle of printing it: its end is on the next host's
+/// console) is left out.
 fn console_counts(console: &Path) -> Vec<(u64, String)> {
     std::fs::read_to_string(console)
         .unwrap_or_default()
@@ -526,7 +572,8 @@ fn console_counts(console: &Path) -> Vec<(u64, String)> {
         .filter_map(|rest| {
             let mut words = rest.split_whitespace();
             let n = words.next()?.parse().ok()?;
-            Some((n, words.next()?.to_string()))
+            let boot = words.next().filter(|b| b.len() == 36)?;
+            Some((n, boot.to_string()))
         })
         .collect()
 }
@@ -763,8 +810,8 @@ fn migrations(pool: Pool, vm_disks: &'static str, default_rounds: usize) {
             c.vm_status(from, "mig")["here"].is_null(),
             "the source still runs the VM"
         );
-        done.extend(counted(from));
-        wait_for(
+        done.extend(counted(from).into_iter().map(|(n, b)| (n, b, round)));
+        c.wait(
             Duration::from_secs(30),
             "the guest to go on counting on its new host",
             || counted(to).iter().filter(|(n, _)| *n > before).count() >= 3,
@@ -780,16 +827,23 @@ fn migrations(pool: Pool, vm_disks: &'static str, default_rounds: usize) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    done.extend(counted(last));
+    done.extend(counted(last).into_iter().map(|(n, b)| (n, b, rounds)));
     let on_disk = disk_counts(&c.disk_bytes(last, "mig"));
     assert!(
         on_disk.iter().all(|(_, b)| b == &boot),
         "the guest rebooted during a migration"
     );
-    for (n, b) in &done {
+    for (n, b, round) in &done {
+        let held = on_disk.iter().any(|(m, _)| m == n);
         assert!(
-            b == &boot && on_disk.iter().any(|(m, _)| m == n),
-            "the guest completed {n}, the disk does not hold it"
+            b == &boot && held,
+            "the guest completed {n} before the end of round {round}, the disk does not hold \
+             it; around it the disk holds {:?}; in the pool: {:?}",
+            on_disk
+                .iter()
+                .filter(|(m, _)| m.abs_diff(*n) < 4)
+                .collect::<Vec<_>>(),
+            c.pool_block("mig", *n),
         );
     }
     let max = on_disk.iter().map(|(n, _)| *n).max().unwrap();

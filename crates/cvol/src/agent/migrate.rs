@@ -34,6 +34,9 @@ use crate::agent::Agent;
 /// How long a migration may go without RAM moving before it is cancelled.
 const STALL_LIMIT: Duration = Duration::from_secs(120);
 
+/// How long a destination may take to load the last state after the source completed.
+const LOAD_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long a destination waits for its migration to be promoted.
 const INCOMING_LIMIT: Duration = Duration::from_secs(600);
 
@@ -513,12 +516,23 @@ impl Agent {
                 ))
             })?;
         let mut qmp = Qmp::connect(&vm.files.qmp())?;
-        let status = qmp.query_migrate()?.status;
-        if status.as_deref() != Some("completed") {
-            return Err(conflict(format!(
-                "the migration of VM {name} has not completed here ({})",
-                status.as_deref().unwrap_or("no status")
-            )));
+        // The source reports `completed` once it sent the last state; this QEMU may
+        // still be loading it.
+        let loading = Instant::now();
+        loop {
+            let status = qmp.query_migrate()?.status;
+            match status.as_deref() {
+                Some("completed") => break,
+                Some("active" | "setup" | "device") if loading.elapsed() < LOAD_LIMIT => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                other => {
+                    return Err(conflict(format!(
+                        "the migration of VM {name} did not complete here ({})",
+                        other.unwrap_or("no status")
+                    )))
+                }
+            }
         }
         let held = match self
             .leases
@@ -571,6 +585,13 @@ impl Agent {
         let Some(incoming) = lock(&vm.incoming).clone() else {
             return;
         };
+        if view
+            .and_then(LeaseView::lease)
+            .is_some_and(|l| l.owner == self.settings.host && l.boot_id == self.boot_id)
+        {
+            // This host took the lease: the promotion is under way.
+            return;
+        }
         let expected = LeaseState::Migrating {
             source: incoming.source.clone(),
             destination: self.settings.host.clone(),
