@@ -151,10 +151,10 @@ fn apply(root: &Path, op: &Op) -> Outcome {
             ))
         }
         Op::Symlink { file, target } => {
-            // Relative to the link's own directory, so it stays inside the VM directory.
-            let depth = FILES[*file].matches('/').count();
-            let target = format!("{}{}", "../".repeat(depth), FILES[*target]);
-            std::os::unix::fs::symlink(target, p(FILES[*file]))
+            // Downward only (no `..`): a link renamed into another directory may then
+            // dangle, as it would anywhere, but never lead out of the VM directory, which
+            // the container refuses by design (EPERM) while a plain directory follows it.
+            std::os::unix::fs::symlink(FILES[*target], p(FILES[*file]))
                 .map(|()| String::new())
                 .map_err(errno)
         }
