@@ -42,7 +42,7 @@ pub struct Leases {
 }
 
 /// `.cvol/leases/`
-pub fn leases_dir() -> SharePath {
+fn leases_dir() -> SharePath {
     layout::cvol_dir().join("leases").expect("a valid path")
 }
 

@@ -23,6 +23,6 @@ pub use error::ClusterError;
 pub use fsck::{check_leases, LeaseProblem};
 pub use hosts::{HostEntry, HostRecord, HostRecords, HostState};
 pub use lease::{Lease, LeaseContent, LeaseState, LeaseView};
-pub use leases::{leases_dir, HeldLease, Leases};
+pub use leases::{HeldLease, Leases};
 pub use liveness::Liveness;
 pub use timing::LeaseTiming;
