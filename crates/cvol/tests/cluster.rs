@@ -483,6 +483,17 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Ends VM `vm` on host `h` at once (`vm stop --force`).
+    fn stop_vm(&self, h: usize, vm: &str) {
+        let out = self.agent_call(h, &["vm", "stop", vm, "--force"]);
+        assert!(
+            out.status.success(),
+            "vm stop {vm} on {}: {}",
+            self.hosts[h].id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn set_link(&self, h: usize, up: bool) {
         ip(&[
             "-n",
@@ -711,12 +722,7 @@ fn failover(failure: Failure, pool: Pool) {
         "the new guest to count 5 more",
         || console_counts(&new_console).len() >= counted + 5,
     );
-    let out = c.agent_call(new_host, &["vm", "stop", "ha1", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.stop_vm(new_host, "ha1");
 
     // The disk: every value the old guest completed is there, and nothing of the old
     // boot lies at or past the new boot's first block.
@@ -821,12 +827,7 @@ fn migrations(pool: Pool, vm_disks: &'static str, default_rounds: usize) {
         assert_eq!(status["state"], "running", "{status}");
     }
     let last = rounds % 2;
-    let out = c.agent_call(last, &["vm", "stop", "mig", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.stop_vm(last, "mig");
     done.extend(counted(last).into_iter().map(|(n, b)| (n, b, rounds)));
     let on_disk = disk_counts(&c.disk_bytes(last, "mig"));
     assert!(
@@ -995,12 +996,7 @@ fn migration_fault(failpoint: &str, dying: usize, outcome: Outcome) {
             "{failpoint}: no restart, yet its only copy died"
         ),
     }
-    let out = c.agent_call(survivor, &["vm", "stop", "mf", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.stop_vm(survivor, "mf");
     let on_disk = disk_counts(&c.disk_bytes(survivor, "mf"));
     let done: Vec<(u64, String)> = (0..2).flat_map(|h| counted(&c, h)).collect();
     for (n, b) in &done {
@@ -1134,12 +1130,7 @@ fn two_agents_starting_one_vm_at_once_exactly_one_runs_it() {
             loser.contains("host h"),
             "round {round}: the refusal names no holder: {loser}"
         );
-        let out = c.agent_call(winners[0], &["vm", "stop", "race", "--force"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.stop_vm(winners[0], "race");
     }
     eprintln!("{rounds} rounds: one winner each");
 }
@@ -1291,12 +1282,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         "fsck cleared the lease without watching it for the expiry time"
     );
     c.start_vm(1, "vm1");
-    let out = c.agent_call(1, &["vm", "stop", "vm1", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.stop_vm(1, "vm1");
 }
 
 /// The agent's steady-state cost with `CVOL_IDLE_VMS` idle VMs running (100 by default):
