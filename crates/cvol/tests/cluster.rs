@@ -1028,6 +1028,16 @@ fn a_destination_dying_after_taking_the_lease_leaves_the_vm_to_ha() {
 }
 
 #[test]
+fn a_destination_dying_right_after_resuming_the_guest_leaves_the_vm_to_ha() {
+    migration_fault("incoming:promoted", 1, Outcome::RestartedOn(0));
+}
+
+#[test]
+fn a_source_dying_before_it_sends_anything_leaves_the_vm_to_ha() {
+    migration_fault("migrate:incoming-ready", 0, Outcome::RestartedOn(1));
+}
+
+#[test]
 fn a_source_dying_before_the_switchover_leaves_the_vm_to_ha() {
     migration_fault("migrate:pre-switchover", 0, Outcome::RestartedOn(1));
 }
