@@ -350,6 +350,25 @@ impl ObjectProvider {
         }
     }
 
+    /// The attachment of volume `id` to `host` at `generation`, reached through `device`.
+    fn attachment_of(
+        &self,
+        id: &VolumeId,
+        host: &str,
+        generation: u64,
+        device: Arc<dyn BlockDevice>,
+    ) -> Attachment {
+        Attachment {
+            volume: id.clone(),
+            host: host.to_string(),
+            generation,
+            access: DataAccess::Object {
+                url: self.url.clone(),
+            },
+            device,
+        }
+    }
+
     fn refuse_attached(&self, id: &VolumeId) -> Result<(), ProviderError> {
         if let Some(holder) = self.attachment(id)?.holder {
             return Err(ProviderError::AttachedElsewhere {
@@ -662,22 +681,12 @@ impl Provider for ObjectProvider {
                 (generation, manifest)
             }
         };
-        Ok(Attachment {
-            volume: id.clone(),
-            host: host.to_string(),
-            generation,
-            access: DataAccess::Object {
-                url: self.url.clone(),
-            },
-            device: {
-                let device = Arc::new(self.device_from(id, generation, manifest));
-                self.devices
-                    .lock()
-                    .expect("devices lock")
-                    .insert(id.clone(), Arc::downgrade(&device));
-                device
-            },
-        })
+        let device = Arc::new(self.device_from(id, generation, manifest));
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .insert(id.clone(), Arc::downgrade(&device));
+        Ok(self.attachment_of(id, host, generation, device))
     }
 
     fn attach_standby(&self, id: &VolumeId, host: &str) -> Result<Attachment, ProviderError> {
@@ -685,15 +694,7 @@ impl Provider for ObjectProvider {
         let generation = self.attachment(id)?.generation;
         let device = Arc::new(self.device_from(id, generation, self.latest(id)?));
         tracing::info!(provider = %self.id, volume = %id, host, "attached as a standby");
-        Ok(Attachment {
-            volume: id.clone(),
-            host: host.to_string(),
-            generation,
-            access: DataAccess::Object {
-                url: self.url.clone(),
-            },
-            device: StandbyDevice::wrap(device),
-        })
+        Ok(self.attachment_of(id, host, generation, StandbyDevice::wrap(device)))
     }
 
     fn detach(&self, id: &VolumeId, host: &str) -> Result<(), ProviderError> {
