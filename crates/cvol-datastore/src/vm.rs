@@ -50,10 +50,15 @@ pub const OPTION_PREFIX: &str = "cvol.";
 impl VmInfo {
     /// Whether another host restarts the VM when its host dies (`cvol.ha = "TRUE"`).
     pub fn ha(&self) -> bool {
-        self.options
-            .get("cvol.ha")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.options.get(HA_KEY).is_some_and(|v| is_true(v))
     }
+}
+
+/// The `.vmx` key that marks a VM for HA.
+const HA_KEY: &str = "cvol.ha";
+
+fn is_true(value: &str) -> bool {
+    value.eq_ignore_ascii_case("true")
 }
 
 impl Datastore {
@@ -198,6 +203,18 @@ impl Datastore {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
         })
+    }
+
+    /// Whether VM `name` is marked for HA, as [`VmInfo::ha`] says, from its `.vmx` alone
+    /// (none of its disks or volumes are looked at). A `.vmx` that does not parse marks
+    /// nothing, as in [`Datastore::vm_info`].
+    pub fn vm_ha(&self, name: &VmName) -> Result<bool, DatastoreError> {
+        self.require_vm(name)?;
+        match self.read_vmx(name) {
+            Ok(vmx) => Ok(vmx.is_some_and(|v| v.get(HA_KEY).is_some_and(is_true))),
+            Err(DatastoreError::Format(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sets (or, with `None`, removes) the cvol setting `key` (`cvol.…`) in VM `name`'s

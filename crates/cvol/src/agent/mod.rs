@@ -590,7 +590,7 @@ impl Agent {
 
     /// What this host knows of VM `name`: its lease (read now) and its QEMU here.
     pub fn vm_status(&self, name: &VmName) -> Result<VmStatus, AgentError> {
-        let info = self.ds.vm_info(name)?;
+        let ha = self.ds.vm_ha(name)?;
         let view = self.leases.current(name)?;
         let expiry = self.settings.timing.expiry;
         let here = lock(&self.vms).get(name).map(|vm| LocalStatus {
@@ -608,7 +608,7 @@ impl Agent {
                 epoch: None,
                 heartbeat_age_ms: None,
                 live: None,
-                ha: info.ha(),
+                ha,
                 here,
                 problem: None,
                 migration,
@@ -635,7 +635,7 @@ impl Agent {
             owner,
             epoch: Some(view.epoch),
             heartbeat_age_ms: Some(age.as_millis() as u64),
-            ha: info.ha(),
+            ha,
             here,
             problem,
             migration,

@@ -190,8 +190,8 @@ impl Agent {
             return Ok(());
         }
         for vm in expired {
-            match self.ds.vm_info(&vm) {
-                Ok(info) if info.ha() => match self.start_vm(&vm, true) {
+            match self.ds.vm_ha(&vm) {
+                Ok(true) => match self.start_vm(&vm, true) {
                     Ok(_) => {
                         tracing::warn!(%vm, "HA: took over the VM of a dead host and started it here")
                     }
@@ -200,7 +200,7 @@ impl Agent {
                     }
                     Err(e) => tracing::error!(%vm, "HA: could not restart the VM here: {e}"),
                 },
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e) => tracing::debug!(%vm, "not a VM any more: {e}"),
             }
         }
