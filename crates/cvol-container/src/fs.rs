@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use cvol_datastore::{layout::CVOL_DIR, AttachedVolumes, Datastore, DatastoreError, PendingDisk};
 use cvol_format::{CvolDisk, DiskName, ProviderId, VmName, VolumeId};
 use cvol_provider::BlockDevice;
-use cvol_share::{FileKind, Metadata, SetAttributes, SharePath, ShareStats};
+use cvol_share::{FileKind, Metadata, OpenFile, SetAttributes, SharePath, ShareStats};
 
 use crate::errno::Errno;
 use crate::inodes::{Inodes, ROOT};
@@ -29,6 +29,23 @@ pub enum NodeKind {
     Dir,
     /// A symbolic link.
     Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket's name.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
+}
+
+/// Who makes a request: what a new entry is owned by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
 }
 
 /// A node's attributes.
@@ -46,6 +63,8 @@ pub struct Attr {
     pub perm: u16,
     /// Hard links.
     pub nlink: u32,
+    /// The device a device node stands for.
+    pub rdev: u64,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -88,12 +107,27 @@ pub struct Container {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     volumes: Arc<AttachedVolumes>,
-    pending: Mutex<HashMap<SharePath, PendingDisk>>,
+    pending: Mutex<HashMap<SharePath, Pending>>,
+    /// Open files removed while open, renamed aside until their last close (on a share
+    /// that forgets removed files: NFS), by inode number.
+    removed_open: Mutex<HashMap<u64, SharePath>>,
 }
+
+/// A new disk being written, and who is writing it.
+struct Pending {
+    disk: PendingDisk,
+    owner: Caller,
+}
+
+/// Where open files removed while open wait for their last close; `.cvol` is hidden, so
+/// they vanish from the container as a removed file must.
+const REMOVED_OPEN_DIR: &str = ".cvol/removed-open";
 
 enum Handle {
     Share {
+        ino: u64,
         path: SharePath,
+        file: Arc<OpenFile>,
         created: bool,
         wrote: bool,
     },
@@ -120,6 +154,7 @@ enum Flat {
     },
     Pending {
         size: u64,
+        owner: Caller,
     },
 }
 
@@ -139,9 +174,30 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
 
 fn kind_of(kind: FileKind) -> NodeKind {
     match kind {
+        FileKind::File => NodeKind::File,
         FileKind::Dir => NodeKind::Dir,
         FileKind::Symlink => NodeKind::Symlink,
-        FileKind::File | FileKind::Other => NodeKind::File,
+        FileKind::Fifo => NodeKind::Fifo,
+        FileKind::Socket => NodeKind::Socket,
+        FileKind::CharDevice => NodeKind::CharDevice,
+        FileKind::BlockDevice => NodeKind::BlockDevice,
+    }
+}
+
+fn share_attr(ino: u64, md: &Metadata) -> Attr {
+    Attr {
+        ino,
+        kind: kind_of(md.kind),
+        size: md.size,
+        blocks: md.allocated / 512,
+        perm: md.mode as u16,
+        nlink: md.nlink,
+        rdev: md.rdev,
+        uid: md.uid,
+        gid: md.gid,
+        atime: md.accessed,
+        mtime: md.modified,
+        ctime: md.changed,
     }
 }
 
@@ -203,6 +259,7 @@ impl Container {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            removed_open: Mutex::new(HashMap::new()),
         }
     }
 
@@ -246,7 +303,10 @@ impl Container {
     fn flat_at(&self, path: &SharePath) -> Option<Flat> {
         let (vm, disk) = flat_names(path)?;
         if let Some(p) = self.pending.lock().expect("pending lock").get(path) {
-            return Some(Flat::Pending { size: p.size() });
+            return Some(Flat::Pending {
+                size: p.disk.size(),
+                owner: p.owner,
+            });
         }
         let descriptor_path = cvol_datastore::layout::descriptor_file(&vm, &disk);
         match self.ds.read_descriptor(&descriptor_path) {
@@ -276,27 +336,22 @@ impl Container {
     }
 
     fn attr(&self, path: &SharePath, node: &Node) -> Attr {
-        let ino = self.ino_of(path);
         match node {
-            Node::Share(md) => Attr {
-                ino,
-                kind: kind_of(md.kind),
-                size: md.size,
-                blocks: md.allocated / 512,
-                perm: md.mode as u16,
-                nlink: md.nlink,
-                uid: md.uid,
-                gid: md.gid,
-                atime: md.accessed,
-                mtime: md.modified,
-                ctime: md.changed,
-            },
+            Node::Share(md) => share_attr(self.share_ino(path, md), md),
             Node::Flat(flat) => {
-                let (size, md) = match flat {
+                let ino = self.ino_of(path);
+                let (size, md, owner) = match flat {
                     Flat::Disk {
                         cvol, descriptor, ..
-                    } => (cvol.size, Some(descriptor)),
-                    Flat::Pending { size } => (*size, None),
+                    } => (
+                        cvol.size,
+                        Some(descriptor),
+                        Caller {
+                            uid: descriptor.uid,
+                            gid: descriptor.gid,
+                        },
+                    ),
+                    Flat::Pending { size, owner } => (*size, None, *owner),
                 };
                 let now = SystemTime::now();
                 Attr {
@@ -306,14 +361,48 @@ impl Container {
                     blocks: size / 512,
                     perm: md.map_or(0o600, |m| (m.mode & 0o666) as u16),
                     nlink: 1,
-                    uid: md.map_or(0, |m| m.uid),
-                    gid: md.map_or(0, |m| m.gid),
+                    rdev: 0,
+                    uid: owner.uid,
+                    gid: owner.gid,
                     atime: md.map_or(now, |m| m.accessed),
                     mtime: md.map_or(now, |m| m.modified),
                     ctime: md.map_or(now, |m| m.changed),
                 }
             }
         }
+    }
+
+    /// The inode number of share entry `path`. The names of one file (hard links) share
+    /// one number, as the kernel's caches need: a name not seen before whose file has
+    /// several links gets the number of another name still holding that file.
+    fn share_ino(&self, path: &SharePath, md: &Metadata) -> u64 {
+        if md.kind == FileKind::Dir || md.nlink < 2 {
+            return self.ino_of(path);
+        }
+        let known = {
+            let inodes = self.inodes.lock().expect("inode lock");
+            match inodes.ino_if_known(path) {
+                Some(ino) => return ino,
+                None => inodes.linked(md.inode),
+            }
+        };
+        if let Some((ino, other)) = known {
+            let same_file = self
+                .ds
+                .share()
+                .metadata(&other)
+                .is_ok_and(|m| m.inode == md.inode);
+            if same_file {
+                self.inodes.lock().expect("inode lock").alias(path, ino);
+                return ino;
+            }
+        }
+        let ino = self.ino_of(path);
+        self.inodes
+            .lock()
+            .expect("inode lock")
+            .note_linked(md.inode, ino);
+        ino
     }
 
     fn new_handle(&self, handle: Handle) -> u64 {
@@ -344,17 +433,44 @@ impl Container {
         Ok(self.attr(&path, &node))
     }
 
-    /// The attributes of `ino`.
-    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        let path = self.path_of(ino)?;
-        let node = self.node(&path)?;
-        Ok(self.attr(&path, &node))
+    /// The attributes of `ino`, through open handle `fh` when given: an open file is
+    /// still there after its name is gone.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
+        if let Some(file) = fh.and_then(|fh| self.share_file(fh).ok()) {
+            return Ok(share_attr(ino, &self.ds.share().file_metadata(&file)?));
+        }
+        match self.path_of(ino) {
+            Ok(path) => {
+                let node = self.node(&path)?;
+                Ok(self.attr(&path, &node))
+            }
+            Err(e) => match self.open_file_of(ino) {
+                Some(file) => Ok(share_attr(ino, &self.ds.share().file_metadata(&file)?)),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// An open file of share entry `ino`, if it has any handle open.
+    fn open_file_of(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.handles
+            .lock()
+            .expect("handle lock")
+            .values()
+            .find_map(|h| match h {
+                Handle::Share { ino: i, file, .. } if *i == ino => Some(file.clone()),
+                _ => None,
+            })
     }
 
     /// Changes attributes. On a flat extent a size change resizes the disk, except that
     /// truncating it to zero (what `cp` does to a file it overwrites) discards the whole
     /// disk and keeps its size: a disk's size is its descriptor's, never zero.
-    pub fn setattr(&self, ino: u64, changes: &Changes) -> Result<Attr, Errno> {
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, changes: &Changes) -> Result<Attr, Errno> {
+        if let Some(file) = fh.and_then(|fh| self.share_file(fh).ok()) {
+            self.ds.share().file_set_attributes(&file, changes)?;
+            return self.getattr(ino, fh);
+        }
         let path = self.path_of(ino)?;
         match self.node(&path)? {
             Node::Share(_) => self.ds.share().set_attributes(&path, changes)?,
@@ -391,13 +507,13 @@ impl Container {
                 }
             }
         }
-        self.getattr(ino)
+        self.getattr(ino, None)
     }
 
     fn grow_pending(&self, path: &SharePath, size: u64) -> Result<(), Errno> {
         let mut pending = self.pending.lock().expect("pending lock");
-        let disk = pending.get_mut(path).ok_or(Errno::NOENT)?;
-        self.ds.grow_pending_disk(disk, size)?;
+        let pending = pending.get_mut(path).ok_or(Errno::NOENT)?;
+        self.ds.grow_pending_disk(&mut pending.disk, size)?;
         Ok(())
     }
 
@@ -459,18 +575,73 @@ impl Container {
         Ok(entries)
     }
 
-    /// Creates directory `name` in `parent`.
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> Result<Attr, Errno> {
+    /// Creates directory `name` in `parent` for `caller`.
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
         self.ds.share().create_dir(&path)?;
-        self.ds.share().set_attributes(
-            &path,
-            &SetAttributes {
-                mode: Some(mode & 0o7777),
-                ..Default::default()
-            },
-        )?;
-        self.getattr(self.ino_of(&path))
+        self.take_ownership(&path, caller, Some(mode & 0o7777))?;
+        self.lookup_path(&path)
+    }
+
+    fn lookup_path(&self, path: &SharePath) -> Result<Attr, Errno> {
+        let node = self.node(path)?;
+        Ok(self.attr(path, &node))
+    }
+
+    /// Gives new entry `path` the owner a file system gives what `caller` makes: the
+    /// caller's user, and the caller's group or, under a set-group-ID directory, the
+    /// directory's, whose bit a new directory inherits. `mode` is set afterwards when
+    /// given, and so are set-ID bits that the change of owner cleared.
+    fn take_ownership(
+        &self,
+        path: &SharePath,
+        caller: Caller,
+        mode: Option<u32>,
+    ) -> Result<(), Errno> {
+        let share = self.ds.share();
+        let parent = path.split_last().map(|(p, _)| p).unwrap_or_default();
+        let parent_md = share.metadata(&parent)?;
+        let md = share.metadata(path)?;
+        let setgid_parent = parent_md.mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent {
+            parent_md.gid
+        } else {
+            caller.gid
+        };
+        let owner = SetAttributes {
+            uid: (md.uid != caller.uid).then_some(caller.uid),
+            gid: (md.gid != gid).then_some(gid),
+            ..SetAttributes::default()
+        };
+        let chown = owner != SetAttributes::default();
+        if chown {
+            share.set_attributes(path, &owner)?;
+        }
+        let mut mode = match mode {
+            Some(m) if md.kind == FileKind::Dir && setgid_parent => Some(m | libc::S_ISGID),
+            Some(m) => Some(m),
+            None if chown && md.mode & 0o6000 != 0 => Some(md.mode),
+            None => None,
+        };
+        if !chown && mode == Some(md.mode) {
+            mode = None;
+        }
+        if let Some(mode) = mode {
+            share.set_attributes(
+                path,
+                &SetAttributes {
+                    mode: Some(mode),
+                    ..SetAttributes::default()
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Removes empty directory `name` from `parent`.
@@ -483,23 +654,32 @@ impl Container {
 
     /// Creates and opens file `name` in `parent`. A new `<disk>-flat.vmdk` in a VM
     /// directory starts a disk whose volume grows as it is written.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> Result<(Attr, Opened), Errno> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> Result<(Attr, Opened), Errno> {
         let path = self.child(parent, name)?;
         if let Some((vm, disk)) = flat_names(&path) {
             if self.flat_at(&path).is_some() {
                 return Err(Errno::EXIST);
             }
-            let pending = self.ds.begin_pending_disk(&vm, &disk)?;
-            tracing::info!(%path, volume = %pending.volume(), "new disk being written");
-            self.pending
-                .lock()
-                .expect("pending lock")
-                .insert(path.clone(), pending);
+            let disk = self.ds.begin_pending_disk(&vm, &disk)?;
+            tracing::info!(%path, volume = %disk.volume(), "new disk being written");
+            self.pending.lock().expect("pending lock").insert(
+                path.clone(),
+                Pending {
+                    disk,
+                    owner: caller,
+                },
+            );
             let fh = self.new_handle(Handle::Pending {
                 path: path.clone(),
                 volume: None,
             });
-            let attr = self.getattr(self.ino_of(&path))?;
+            let attr = self.lookup_path(&path)?;
             return Ok((
                 attr,
                 Opened {
@@ -509,12 +689,16 @@ impl Container {
             ));
         }
         self.ds.share().create_file(&path, mode)?;
+        self.take_ownership(&path, caller, None)?;
+        let attr = self.lookup_path(&path)?;
+        let file = self.ds.share().open_file(&path)?;
         let fh = self.new_handle(Handle::Share {
-            path: path.clone(),
+            ino: attr.ino,
+            path,
+            file: Arc::new(file),
             created: true,
             wrote: false,
         });
-        let attr = self.getattr(self.ino_of(&path))?;
         Ok((
             attr,
             Opened {
@@ -522,6 +706,61 @@ impl Container {
                 passthrough: None,
             },
         ))
+    }
+
+    /// Makes a FIFO, socket, device node or empty regular file `name` in `parent` for
+    /// `caller`; `mode` carries the file type. Disks' names take none of these.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<Attr, Errno> {
+        let path = self.child(parent, name)?;
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::File,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return Err(Errno::INVAL),
+        };
+        if flat_names(&path).is_some() || descriptor_names(&path).is_some() {
+            tracing::warn!("{path}: a disk's file name; refused for mknod");
+            return Err(Errno::PERM);
+        }
+        let perm = mode & 0o7777;
+        match kind {
+            FileKind::File => self.ds.share().create_file(&path, perm)?,
+            _ => self.ds.share().make_node(&path, kind, perm, rdev)?,
+        }
+        self.take_ownership(&path, caller, None)?;
+        self.lookup_path(&path)
+    }
+
+    /// Makes `new_name` in `new_parent` another name of file `ino` (a hard link). A disk's
+    /// descriptor and extent take no links, and no link takes a disk's name: a disk is
+    /// one volume with one descriptor.
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<Attr, Errno> {
+        let from = self.path_of(ino)?;
+        let to = self.child(new_parent, new_name)?;
+        if self.is_disk_file(&from) || self.is_disk_file(&to) {
+            tracing::warn!("{from} -> {to}: disks' files take no hard links");
+            return Err(Errno::PERM);
+        }
+        self.ds.share().hard_link(&from, &to)?;
+        let md = self.ds.share().metadata(&to)?;
+        let mut inodes = self.inodes.lock().expect("inode lock");
+        inodes.alias(&to, ino);
+        inodes.note_linked(md.inode, ino);
+        Ok(share_attr(ino, &md))
+    }
+
+    /// True for a disk's extent or descriptor, or a name one would have.
+    fn is_disk_file(&self, path: &SharePath) -> bool {
+        flat_names(path).is_some() || descriptor_names(path).is_some()
     }
 
     /// Opens `ino`. Opening a disk's flat extent attaches its volume.
@@ -533,9 +772,10 @@ impl Container {
                 passthrough: None,
             }),
             Node::Share(_) => {
+                let file = self.ds.share().open_file(&path)?;
                 if truncate {
-                    self.ds.share().set_attributes(
-                        &path,
+                    self.ds.share().file_set_attributes(
+                        &file,
                         &SetAttributes {
                             size: Some(0),
                             ..Default::default()
@@ -543,7 +783,9 @@ impl Container {
                     )?;
                 }
                 let fh = self.new_handle(Handle::Share {
+                    ino,
                     path,
+                    file: Arc::new(file),
                     created: false,
                     wrote: truncate,
                 });
@@ -597,9 +839,9 @@ impl Container {
         f(handles.get_mut(&fh).ok_or(Errno::BADF)?)
     }
 
-    fn share_path(&self, fh: u64) -> Result<SharePath, Errno> {
+    fn share_file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
         self.with_handle(fh, |h| match h {
-            Handle::Share { path, .. } => Ok(path.clone()),
+            Handle::Share { file, .. } => Ok(file.clone()),
             Handle::Dir => Err(Errno::ISDIR),
             _ => Err(Errno::INVAL),
         })
@@ -616,8 +858,8 @@ impl Container {
             None => match self.device(fh)? {
                 Some(device) => device,
                 None => {
-                    return Ok(self.ds.share().read_at(
-                        &self.share_path(fh)?,
+                    return Ok(self.ds.share().file_read(
+                        &*self.share_file(fh)?,
                         offset,
                         size as usize,
                     )?)
@@ -643,7 +885,7 @@ impl Container {
         let path = self.pending_path(fh)?.ok_or(Errno::BADF)?;
         let (provider, volume, created) = {
             let mut pending = self.pending.lock().expect("pending lock");
-            let disk = pending.get_mut(&path).ok_or(Errno::NOENT)?;
+            let disk = &mut pending.get_mut(&path).ok_or(Errno::NOENT)?.disk;
             if size > 0 {
                 self.ds.grow_pending_disk(disk, size)?;
             }
@@ -689,8 +931,9 @@ impl Container {
             device.write_at(data, offset)?;
             return Ok(data.len() as u32);
         }
-        let path = self.share_path(fh)?;
-        self.ds.share().write_at(&path, offset, data)?;
+        self.ds
+            .share()
+            .file_write(&*self.share_file(fh)?, offset, data)?;
         self.with_handle(fh, |h| {
             if let Handle::Share { wrote, .. } = h {
                 *wrote = true;
@@ -705,8 +948,8 @@ impl Container {
         if let Some(device) = self.device(fh)? {
             return Ok(device.flush()?);
         }
-        match self.share_path(fh) {
-            Ok(path) => Ok(self.ds.share().sync(&path)?),
+        match self.share_file(fh) {
+            Ok(file) => Ok(self.ds.share().file_sync(&file)?),
             Err(_) => Ok(()),
         }
     }
@@ -761,6 +1004,7 @@ impl Container {
                     path,
                     created,
                     wrote,
+                    ..
                 } if *wrote => {
                     let closed = Closed::Descriptor(path.clone(), *created);
                     // A second close of a dup'ed descriptor must not clone again.
@@ -792,8 +1036,41 @@ impl Container {
                 volume: Some((volume, _)),
                 ..
             } => self.detach(&volume),
+            Handle::Share { ino, .. } if self.open_file_of(ino).is_none() => {
+                let aside = self.removed_open.lock().expect("removed lock").remove(&ino);
+                match aside {
+                    Some(aside) => Ok(self.ds.share().remove_file(&aside)?),
+                    None => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
+    }
+
+    /// Moves share file `path` aside if it is open here and the share would forget it
+    /// once removed; true when it did. The last close removes it.
+    fn set_aside_if_open(&self, path: &SharePath) -> Result<bool, Errno> {
+        let share = self.ds.share();
+        if share.keeps_removed_open_files() {
+            return Ok(false);
+        }
+        let ino = self.inodes.lock().expect("inode lock").ino_if_known(path);
+        let Some(ino) = ino.filter(|&ino| self.open_file_of(ino).is_some()) else {
+            return Ok(false);
+        };
+        let dir = SharePath::new(REMOVED_OPEN_DIR).expect("a valid path");
+        match share.create_dir(&dir) {
+            Ok(()) | Err(cvol_share::ShareError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let aside = dir.join(&uuid::Uuid::new_v4().simple().to_string())?;
+        share.rename(path, &aside)?;
+        tracing::debug!(%path, %aside, "removed while open; kept aside until closed");
+        self.removed_open
+            .lock()
+            .expect("removed lock")
+            .insert(ino, aside);
+        Ok(true)
     }
 
     /// A descriptor `vm/X.vmdk` was written and closed: if a new disk's extent
@@ -847,7 +1124,7 @@ impl Container {
         };
         let cvol = self
             .ds
-            .commit_pending_disk(pending)
+            .commit_pending_disk(pending.disk)
             .inspect_err(|e| tracing::error!("{path}: {e}"))?;
         tracing::info!(%path, volume = %cvol.object, size = cvol.size, "new disk");
         Ok(())
@@ -859,7 +1136,7 @@ impl Container {
         let path = self.child(parent, name)?;
         let pending = self.pending.lock().expect("pending lock").remove(&path);
         if let Some(pending) = pending {
-            self.ds.abort_pending_disk(pending)?;
+            self.ds.abort_pending_disk(pending.disk)?;
         } else if self.flat_at(&path).is_some() {
             tracing::warn!("{path}: a disk's extent goes with its descriptor; remove that instead");
             return Err(Errno::PERM);
@@ -871,7 +1148,7 @@ impl Container {
                 return Err(Errno::BUSY);
             }
             self.ds.disk_delete(&vm, &disk)?;
-        } else {
+        } else if !self.set_aside_if_open(&path)? {
             self.ds.share().remove_file(&path)?;
         }
         self.inodes.lock().expect("inode lock").remove(&path);
@@ -900,14 +1177,30 @@ impl Container {
             (Some(src), Some(dst)) if self.ds.read_descriptor(&from).is_ok() => {
                 self.ds.disk_rename((&src.0, &src.1), (&dst.0, &dst.1))?;
             }
-            _ => self.ds.share().rename(&from, &to)?,
+            _ => {
+                let same_file = {
+                    let inodes = self.inodes.lock().expect("inode lock");
+                    inodes.ino_if_known(&from).is_some()
+                        && inodes.ino_if_known(&from) == inodes.ino_if_known(&to)
+                };
+                if !same_file {
+                    self.set_aside_if_open(&to)?;
+                }
+                self.ds.share().rename(&from, &to)?
+            }
         }
         self.inodes.lock().expect("inode lock").rename(&from, &to);
         Ok(())
     }
 
     /// Creates symlink `name` in `parent` to `target`, which must stay inside the share.
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &str) -> Result<Attr, Errno> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &str,
+        caller: Caller,
+    ) -> Result<Attr, Errno> {
         let path = self.child(parent, name)?;
         let dir = path.split_last().expect("a child has a parent").0;
         if !stays_inside(&dir, target) {
@@ -917,7 +1210,8 @@ impl Container {
             return Err(Errno::PERM);
         }
         self.ds.share().symlink(&path, target)?;
-        self.getattr(self.ino_of(&path))
+        self.take_ownership(&path, caller, None)?;
+        self.lookup_path(&path)
     }
 
     /// The target of symlink `ino`; one that leads outside the share is refused.
@@ -940,12 +1234,24 @@ impl Container {
     /// Gives up every disk still pending (its descriptor never came) and detaches
     /// every volume: the end of a mount.
     pub fn shutdown(&self) {
-        let pending: Vec<(SharePath, PendingDisk)> =
+        let pending: Vec<(SharePath, Pending)> =
             self.pending.lock().expect("pending lock").drain().collect();
-        for (path, disk) in pending {
+        for (path, pending) in pending {
             tracing::warn!("{path}: no descriptor was written for this new disk; removing it");
-            if let Err(e) = self.ds.abort_pending_disk(disk) {
+            if let Err(e) = self.ds.abort_pending_disk(pending.disk) {
                 tracing::error!("{path}: {e}; 'cvol datastore fsck --repair' will remove it");
+            }
+        }
+        let aside: Vec<SharePath> = self
+            .removed_open
+            .lock()
+            .expect("removed lock")
+            .drain()
+            .map(|(_, path)| path)
+            .collect();
+        for path in aside {
+            if let Err(e) = self.ds.share().remove_file(&path) {
+                tracing::warn!("{path}: {e}; 'cvol datastore fsck --repair' will remove it");
             }
         }
         self.volumes.close_all();

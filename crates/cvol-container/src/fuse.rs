@@ -17,7 +17,7 @@ use fuser::{
     ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, Container, Entry, NodeKind, Opened};
+use crate::fs::{Attr, Caller, Container, Entry, NodeKind, Opened};
 use crate::Errno;
 
 /// How long the kernel may cache attributes and names. Other hosts change the share
@@ -79,7 +79,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: encode_dev(a.rdev),
         blksize: 4096,
         flags: 0,
     }
@@ -90,6 +90,30 @@ fn file_type(kind: NodeKind) -> FileType {
         NodeKind::File => FileType::RegularFile,
         NodeKind::Dir => FileType::Directory,
         NodeKind::Symlink => FileType::Symlink,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+/// A device number as FUSE carries it (the kernel's `new_encode_dev`).
+fn encode_dev(dev: u64) -> u32 {
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// A device number from FUSE's encoding (the kernel's `new_decode_dev`).
+fn decode_dev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    rustix::fs::makedev(major, minor)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
     }
 }
 
@@ -161,8 +185,8 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.container.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.container.getattr(ino.0, fh.map(|fh| fh.0)) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -179,7 +203,7 @@ impl Filesystem for Adapter {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -194,7 +218,7 @@ impl Filesystem for Adapter {
             accessed: set_time(atime),
             modified: set_time(mtime),
         };
-        match self.container.setattr(ino.0, &changes) {
+        match self.container.setattr(ino.0, fh.map(|fh| fh.0), &changes) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
@@ -209,14 +233,51 @@ impl Filesystem for Adapter {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.container.mkdir(parent.0, name, mode & !umask) {
+        match self
+            .container
+            .mkdir(parent.0, name, mode & !umask, caller(req))
+        {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = mode & (libc::S_IFMT | (0o7777 & !umask));
+        match self
+            .container
+            .mknod(parent.0, name, mode, decode_dev(rdev), caller(req))
+        {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.container.link(ino.0, newparent.0, newname) {
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
@@ -238,7 +299,7 @@ impl Filesystem for Adapter {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -247,7 +308,7 @@ impl Filesystem for Adapter {
         let result = target
             .to_str()
             .ok_or(Errno::INVAL)
-            .and_then(|t| self.container.symlink(parent.0, link_name, t));
+            .and_then(|t| self.container.symlink(parent.0, link_name, t, caller(req)));
         match result {
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
@@ -369,7 +430,7 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.container.getattr(ino.0) {
+        match self.container.getattr(ino.0, None) {
             Ok(attr) if attr.kind == NodeKind::Dir => {
                 let fh = self.next_listing.fetch_add(1, Ordering::Relaxed);
                 reply.opened(FileHandle(fh), FopenFlags::empty())
@@ -421,7 +482,10 @@ impl Filesystem for Adapter {
     ) {
         let dir = ino.0;
         let (entries, dir_attr) =
-            match (self.listing(fh.0, dir, offset), self.container.getattr(dir)) {
+            match (
+                self.listing(fh.0, dir, offset),
+                self.container.getattr(dir, None),
+            ) {
                 (Ok(entries), Ok(attr)) => (entries, attr),
                 (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
             };
@@ -468,7 +532,7 @@ impl Filesystem for Adapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -478,7 +542,7 @@ impl Filesystem for Adapter {
     ) {
         match self
             .container
-            .create(parent.0, name, mode & !umask & 0o7777)
+            .create(parent.0, name, mode & !umask & 0o7777, caller(req))
         {
             Ok((attr, opened)) => reply.created(
                 &TTL,

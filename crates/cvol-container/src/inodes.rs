@@ -4,6 +4,7 @@
 //! handed out on first sight and kept for the life of the mount (entries are dropped
 //! when the path goes away, not on FORGET): a datastore's metadata is thousands of files,
 //! and a stable number per path is what keeps the kernel's caches right across renames.
+//! The names of a file with several hard links share its number.
 
 use std::collections::HashMap;
 
@@ -15,8 +16,11 @@ pub const ROOT: u64 = 1;
 /// Paths ↔ inode numbers.
 #[derive(Debug)]
 pub struct Inodes {
+    /// One current name of each number.
     by_ino: HashMap<u64, SharePath>,
     by_path: HashMap<SharePath, u64>,
+    /// The numbers of files with several links, by the share's inode number.
+    linked: HashMap<u64, u64>,
     next: u64,
 }
 
@@ -25,6 +29,7 @@ impl Default for Inodes {
         Self {
             by_ino: HashMap::from([(ROOT, SharePath::root())]),
             by_path: HashMap::from([(SharePath::root(), ROOT)]),
+            linked: HashMap::new(),
             next: ROOT + 1,
         }
     }
@@ -34,6 +39,29 @@ impl Inodes {
     /// The path of `ino`.
     pub fn path(&self, ino: u64) -> Option<&SharePath> {
         self.by_ino.get(&ino)
+    }
+
+    /// The inode number of `path`, if it has one.
+    pub fn ino_if_known(&self, path: &SharePath) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
+    /// The number given to the file with share inode `share_inode` (one with several
+    /// links) and a name it had, if one was noted.
+    pub fn linked(&self, share_inode: u64) -> Option<(u64, SharePath)> {
+        let ino = *self.linked.get(&share_inode)?;
+        Some((ino, self.by_ino.get(&ino)?.clone()))
+    }
+
+    /// Notes that `ino` is the file with share inode `share_inode`.
+    pub fn note_linked(&mut self, share_inode: u64, ino: u64) {
+        self.linked.insert(share_inode, ino);
+    }
+
+    /// Makes `path` one more name of `ino`.
+    pub fn alias(&mut self, path: &SharePath, ino: u64) {
+        self.by_path.insert(path.clone(), ino);
+        self.by_ino.entry(ino).or_insert_with(|| path.clone());
     }
 
     /// The inode number of `path`, given one if it has none.
@@ -58,7 +86,23 @@ impl Inodes {
             .collect();
         for p in gone {
             if let Some(ino) = self.by_path.remove(&p) {
+                self.unname(ino, &p);
+            }
+        }
+    }
+
+    /// `ino` lost its name `old`: another of its names stands for it, or it is gone.
+    fn unname(&mut self, ino: u64, old: &SharePath) {
+        if self.by_ino.get(&ino) != Some(old) {
+            return;
+        }
+        match self.by_path.iter().find(|(_, &i)| i == ino) {
+            Some((other, _)) => {
+                self.by_ino.insert(ino, other.clone());
+            }
+            None => {
                 self.by_ino.remove(&ino);
+                self.linked.retain(|_, &mut i| i != ino);
             }
         }
     }
@@ -79,7 +123,9 @@ impl Inodes {
                 .expect("a renamed valid path is valid");
             self.by_path.remove(&old);
             self.by_path.insert(new.clone(), ino);
-            self.by_ino.insert(ino, new);
+            if self.by_ino.get(&ino) == Some(&old) {
+                self.by_ino.insert(ino, new);
+            }
         }
     }
 }
@@ -110,5 +156,23 @@ mod tests {
         inodes.remove(&p("vm2"));
         assert_eq!(inodes.path(vmx), None);
         assert_eq!(inodes.path(ROOT), Some(&SharePath::root()));
+    }
+
+    #[test]
+    fn hard_links_share_a_number_until_their_last_name_goes() {
+        let mut inodes = Inodes::default();
+        let a = inodes.ino(&p("vm1/a"));
+        inodes.note_linked(77, a);
+        assert_eq!(inodes.linked(77), Some((a, p("vm1/a"))));
+        inodes.alias(&p("vm1/b"), a);
+        assert_eq!(inodes.ino(&p("vm1/b")), a);
+        inodes.remove(&p("vm1/a"));
+        assert_eq!(inodes.path(a), Some(&p("vm1/b")), "the other name stands in");
+        assert_eq!(inodes.linked(77), Some((a, p("vm1/b"))));
+        inodes.rename(&p("vm1/b"), &p("vm1/c"));
+        assert_eq!(inodes.path(a), Some(&p("vm1/c")));
+        inodes.remove(&p("vm1/c"));
+        assert_eq!(inodes.path(a), None);
+        assert_eq!(inodes.linked(77), None);
     }
 }

@@ -11,5 +11,5 @@ mod fuse;
 mod inodes;
 
 pub use errno::Errno;
-pub use fs::{Attr, Changes, Container, Entry, NodeKind, Opened};
+pub use fs::{Attr, Caller, Changes, Container, Entry, NodeKind, Opened};
 pub use fuse::{mount, unmount, MountSettings, MountedContainer};

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use cvol_share::{FileKind, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath};
 use nfs3_server::nfs3_types::nfs3::{
-    createverf3, fattr3, filename3, nfspath3, nfsstat3, sattr3, stable_how,
+    createverf3, devicedata3, fattr3, filename3, mknoddata3, nfspath3, nfsstat3,
+    nfstime3, post_op_attr, sattr3, stable_how, FSINFO3resok as fsinfo3, FSSTAT3resok, FSF3_CANSETTIME, FSF3_HOMOGENEOUS,
+    FSF3_LINK, FSF3_SYMLINK,
 };
 use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
@@ -47,6 +49,10 @@ fn entry_path(dir: &SharePath, name: &str) -> std::result::Result<SharePath, Sha
             .map_or_else(SharePath::root, |(parent, _)| parent)),
         n => dir.join(n),
     }
+}
+
+fn device_of(d: &devicedata3) -> u64 {
+    rustix::fs::makedev(d.spec.specdata1, d.spec.specdata2)
 }
 
 fn name_of<'a>(name: &'a filename3<'_>) -> Result<&'a str> {
@@ -136,6 +142,45 @@ impl NfsReadFileSystem for LocalExport {
 
     async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
         blocking(|| self.inner.lookup(dir, name))
+    }
+
+    async fn fsstat(&self, root: &FileHandleU64) -> Result<FSSTAT3resok> {
+        blocking(|| {
+            let (_, m) = self.inner.resolve(root)?;
+            let s = self.inner.share.stats().map_err(|e| status_of(&e))?;
+            let bytes = |blocks: u64| blocks.saturating_mul(u64::from(s.block_size));
+            Ok(FSSTAT3resok {
+                obj_attributes: post_op_attr::Some(fattr_of(&m, self.inner.fsid)),
+                tbytes: bytes(s.blocks),
+                fbytes: bytes(s.blocks_free),
+                abytes: bytes(s.blocks_available),
+                tfiles: s.files,
+                ffiles: s.files_free,
+                afiles: s.files_free,
+                invarsec: 0,
+            })
+        })
+    }
+
+    /// The crate's defaults, saying also that this export takes hard links.
+    async fn fsinfo(&self, root: &FileHandleU64) -> Result<fsinfo3> {
+        let (_, m) = blocking(|| self.inner.resolve(root))?;
+        Ok(fsinfo3 {
+            obj_attributes: post_op_attr::Some(fattr_of(&m, self.inner.fsid)),
+            rtmax: 1 << 20,
+            rtpref: 1 << 20,
+            rtmult: 4096,
+            wtmax: 1 << 20,
+            wtpref: 1 << 20,
+            wtmult: 4096,
+            dtpref: 1 << 20,
+            maxfilesize: u64::MAX >> 1,
+            time_delta: nfstime3 {
+                seconds: 0,
+                nseconds: 1,
+            },
+            properties: FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME,
+        })
     }
 
     async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3> {
@@ -332,6 +377,52 @@ impl NfsFileSystem for LocalExport {
                 .symlink(&path, target)
                 .map_err(|e| status_of(&e))?;
             self.inner.found(path)
+        })
+    }
+
+    async fn mknod(
+        &self,
+        dir: &FileHandleU64,
+        name: &filename3<'_>,
+        what: &mknoddata3,
+    ) -> Result<(FileHandleU64, fattr3)> {
+        let (kind, attr, rdev) = match what {
+            mknoddata3::NF3FIFO(attr) => (FileKind::Fifo, attr, 0),
+            mknoddata3::NF3SOCK(attr) => (FileKind::Socket, attr, 0),
+            mknoddata3::NF3CHR(d) => (FileKind::CharDevice, &d.dev_attributes, device_of(d)),
+            mknoddata3::NF3BLK(d) => (FileKind::BlockDevice, &d.dev_attributes, device_of(d)),
+            mknoddata3::default => return Err(nfsstat3::NFS3ERR_BADTYPE),
+        };
+        blocking(|| {
+            let inner = &self.inner;
+            let path = inner.child(dir, name)?;
+            let mut changes = changes_of(attr);
+            let mode = changes.mode.take().unwrap_or(cvol_share::FILE_MODE);
+            inner
+                .share
+                .make_node(&path, kind, mode, rdev)
+                .map_err(|e| status_of(&e))?;
+            if changes != SetAttributes::default() {
+                inner.set_attributes(&path, &changes)?;
+            }
+            inner.found(path)
+        })
+    }
+
+    async fn link(
+        &self,
+        id: &FileHandleU64,
+        dir: &FileHandleU64,
+        name: &filename3<'_>,
+    ) -> Result<()> {
+        blocking(|| {
+            let inner = &self.inner;
+            let (existing, _) = inner.resolve(id)?;
+            let new = inner.child(dir, name)?;
+            inner
+                .share
+                .hard_link(&existing, &new)
+                .map_err(|e| status_of(&e))
         })
     }
 

@@ -9,6 +9,7 @@ mod error;
 mod local;
 mod nfs;
 mod nfs_url;
+mod open_file;
 mod path;
 
 use std::time::SystemTime;
@@ -19,6 +20,7 @@ pub use local::LocalShare;
 pub use nfs::fuzzing;
 pub use nfs::{NfsOptions, NfsShare};
 pub use nfs_url::{NfsUrl, NfsUrlError};
+pub use open_file::OpenFile;
 pub use path::SharePath;
 
 /// Permission bits of files cvol writes itself.
@@ -33,8 +35,14 @@ pub enum FileKind {
     Dir,
     /// A symbolic link (never followed by `metadata`).
     Symlink,
-    /// A device, socket or FIFO: not something the share is meant to hold.
-    Other,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket's name.
+    Socket,
+    /// A character device node.
+    CharDevice,
+    /// A block device node.
+    BlockDevice,
 }
 
 /// Attributes of one entry, as `lstat` reports them.
@@ -52,6 +60,8 @@ pub struct Metadata {
     pub mode: u32,
     /// Hard links.
     pub nlink: u32,
+    /// The device a device node stands for (Linux `dev_t`); 0 for other kinds.
+    pub rdev: u64,
     /// Owner.
     pub uid: u32,
     /// Group.
@@ -167,9 +177,50 @@ pub trait Share: Send + Sync {
     /// Writes `data` into file `path` at `offset`.
     fn write_at(&self, path: &SharePath, offset: u64, data: &[u8]) -> Result<(), ShareError>;
 
-    /// Creates an empty file `path` with permission bits `mode`; fails with
-    /// `AlreadyExists` if it exists.
+    /// Creates an empty file `path` with exactly permission bits `mode` (no umask of
+    /// this process applies); fails with `AlreadyExists` if it exists.
     fn create_file(&self, path: &SharePath, mode: u32) -> Result<(), ShareError>;
+
+    /// Creates a FIFO, socket or device node `path` of `kind` with exactly permission
+    /// bits `mode`; `rdev` is the device of a device node.
+    fn make_node(
+        &self,
+        path: &SharePath,
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<(), ShareError>;
+
+    /// Makes `new` another name of the file at `existing` (a hard link).
+    fn hard_link(&self, existing: &SharePath, new: &SharePath) -> Result<(), ShareError>;
+
+    /// Opens file `path` for I/O that follows the file, not its name: through renames
+    /// and, where [`Share::keeps_removed_open_files`] says so, after its removal.
+    fn open_file(&self, path: &SharePath) -> Result<OpenFile, ShareError>;
+
+    /// True when an [`OpenFile`] keeps working after its last name is removed (a local
+    /// directory). An NFS server forgets such a file, so a caller that removes an open
+    /// file renames it aside instead, as NFS clients do ("silly rename").
+    fn keeps_removed_open_files(&self) -> bool;
+
+    /// Up to `len` bytes of `file` from `offset`; fewer at its end.
+    fn file_read(&self, file: &OpenFile, offset: u64, len: usize) -> Result<Vec<u8>, ShareError>;
+
+    /// Writes `data` into `file` at `offset`.
+    fn file_write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<(), ShareError>;
+
+    /// The attributes of `file`.
+    fn file_metadata(&self, file: &OpenFile) -> Result<Metadata, ShareError>;
+
+    /// Changes attributes of `file`.
+    fn file_set_attributes(
+        &self,
+        file: &OpenFile,
+        changes: &SetAttributes,
+    ) -> Result<(), ShareError>;
+
+    /// Makes what was written to `file` durable.
+    fn file_sync(&self, file: &OpenFile) -> Result<(), ShareError>;
 
     /// Changes attributes of `path` (never through a final symlink).
     fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError>;

@@ -12,8 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
+use crate::open_file::OpenedBy;
 use crate::{
-    DirEntry, FileKind, Metadata, SetAttributes, SetTime, Share, ShareError, SharePath, ShareStats,
+    DirEntry, FileKind, Metadata, OpenFile, SetAttributes, SetTime, Share, ShareError, SharePath,
+    ShareStats,
 };
 
 /// A share rooted at a local directory.
@@ -24,6 +26,9 @@ pub struct LocalShare {
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
+
+/// The longest relative path handed to the kernel in one call: under PATH_MAX (4096).
+const PATH_PIECE: usize = 4000;
 
 impl LocalShare {
     /// Opens the share at `dir`, which must be an existing directory.
@@ -54,22 +59,36 @@ impl LocalShare {
     }
 
     /// Opens `path` beneath the root, following symlinks only while they stay inside.
+    ///
+    /// A path longer than the kernel takes in one call (PATH_MAX) is walked a piece at a
+    /// time, each piece beneath the directory the previous one opened: directories nest
+    /// deeper than any one path can name, and a file there must still be reachable.
     fn open_beneath(
         &self,
         path: &SharePath,
         flags: OFlags,
         op: &'static str,
     ) -> Result<OwnedFd, ShareError> {
-        let rel = if path.is_root() { "." } else { path.as_str() };
+        let err = |e: rustix::io::Errno| ShareError::from_io(path, op, e.into());
+        let mut rel = if path.is_root() { "." } else { path.as_str() };
+        let mut dir: Option<OwnedFd> = None;
+        while rel.len() >= PATH_PIECE {
+            let cut = rel[..PATH_PIECE].rfind('/').ok_or_else(|| err(rustix::io::Errno::NAMETOOLONG))?;
+            let from = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+            let next = rfs::openat2(
+                from,
+                &rel[..cut],
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(err)?;
+            dir = Some(next);
+            rel = &rel[cut + 1..];
+        }
+        let from = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
         // openat2 refuses a mode unless it creates (EINVAL); this never creates.
-        rfs::openat2(
-            &self.root,
-            rel,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE,
-        )
-        .map_err(|e| ShareError::from_io(path, op, e.into()))
+        rfs::openat2(from, rel, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE).map_err(err)
     }
 
     /// The parent directory of `path`, opened, and its last component.
@@ -117,7 +136,11 @@ fn kind_of(file_type: FileType) -> FileKind {
         FileType::RegularFile => FileKind::File,
         FileType::Directory => FileKind::Dir,
         FileType::Symlink => FileKind::Symlink,
-        _ => FileKind::Other,
+        FileType::Fifo => FileKind::Fifo,
+        FileType::Socket => FileKind::Socket,
+        FileType::CharacterDevice => FileKind::CharDevice,
+        FileType::BlockDevice => FileKind::BlockDevice,
+        FileType::Unknown => FileKind::File,
     }
 }
 
@@ -133,6 +156,7 @@ fn metadata_of(stat: &rfs::Stat) -> Metadata {
         allocated: stat.st_blocks.max(0) as u64 * 512,
         mode: stat.st_mode & 0o7777,
         nlink: stat.st_nlink as u32,
+        rdev: stat.st_rdev,
         uid: stat.st_uid,
         gid: stat.st_gid,
         accessed: time_of(stat.st_atime, stat.st_atime_nsec as i64),
@@ -151,6 +175,18 @@ fn timestamp(time: Option<SetTime>) -> rustix::fs::Timespec {
         }
     };
     rustix::fs::Timespec { tv_sec, tv_nsec }
+}
+
+/// The descriptor of a file this share opened.
+fn local_fd(file: &OpenFile) -> Result<&OwnedFd, ShareError> {
+    match &file.by {
+        OpenedBy::Fd(fd) => Ok(fd),
+        OpenedBy::Nfs(_) => Err(ShareError::from_io(
+            &file.path,
+            "use open file",
+            rustix::io::Errno::BADF.into(),
+        )),
+    }
 }
 
 impl Share for LocalShare {
@@ -283,9 +319,140 @@ impl Share for LocalShare {
         let (dir, name) = self.parent(path, "create")?;
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        rfs::openat(&dir, name, flags, Mode::from_raw_mode(mode & 0o7777))
-            .map(drop)
+        // The mode is set again once created: openat's is cut by this process's umask.
+        rfs::openat(&dir, name, flags, Mode::from_raw_mode(mode & 0o777))
+            .and_then(|fd| rfs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777)))
             .map_err(|e| ShareError::from_io(path, "create", e.into()))
+    }
+
+    fn make_node(
+        &self,
+        path: &SharePath,
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<(), ShareError> {
+        let file_type = match kind {
+            FileKind::Fifo => FileType::Fifo,
+            FileKind::Socket => FileType::Socket,
+            FileKind::CharDevice => FileType::CharacterDevice,
+            FileKind::BlockDevice => FileType::BlockDevice,
+            _ => {
+                return Err(ShareError::from_io(
+                    path,
+                    "mknod",
+                    rustix::io::Errno::INVAL.into(),
+                ))
+            }
+        };
+        let (dir, name) = self.parent(path, "mknod")?;
+        rfs::mknodat(&dir, name, file_type, Mode::from_raw_mode(mode & 0o777), rdev)
+            .and_then(|()| {
+                rfs::chmodat(
+                    &dir,
+                    name,
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )
+            })
+            .map_err(|e| ShareError::from_io(path, "mknod", e.into()))
+    }
+
+    fn hard_link(&self, existing: &SharePath, new: &SharePath) -> Result<(), ShareError> {
+        let (from_dir, from_name) = self.parent(existing, "link")?;
+        let (to_dir, to_name) = self.parent(new, "link")?;
+        rfs::linkat(&from_dir, from_name, &to_dir, to_name, AtFlags::empty())
+            .map_err(|e| ShareError::from_io(new, "link", e.into()))
+    }
+
+    fn open_file(&self, path: &SharePath) -> Result<OpenFile, ShareError> {
+        // The daemon reads and writes on behalf of callers the kernel has already
+        // checked, so a file is opened for both whenever the daemon may.
+        let fd = match self.open_beneath(path, OFlags::RDWR | OFlags::NOFOLLOW, "open") {
+            // Read-only files on a read-only or root-squashing mount: read them still.
+            Err(ShareError::Io { .. }) => {
+                self.open_beneath(path, OFlags::RDONLY | OFlags::NOFOLLOW, "open")?
+            }
+            opened => opened?,
+        };
+        Ok(OpenFile {
+            path: path.clone(),
+            by: OpenedBy::Fd(fd),
+        })
+    }
+
+    fn keeps_removed_open_files(&self) -> bool {
+        true
+    }
+
+    fn file_read(&self, file: &OpenFile, offset: u64, len: usize) -> Result<Vec<u8>, ShareError> {
+        let fd = local_fd(file)?;
+        let mut buf = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(ShareError::from_io(&file.path, "read", e.into())),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn file_write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<(), ShareError> {
+        let fd = local_fd(file)?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(ShareError::from_io(&file.path, "write", e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn file_metadata(&self, file: &OpenFile) -> Result<Metadata, ShareError> {
+        rfs::fstat(local_fd(file)?)
+            .map(|s| metadata_of(&s))
+            .map_err(|e| ShareError::from_io(&file.path, "stat", e.into()))
+    }
+
+    fn file_set_attributes(
+        &self,
+        file: &OpenFile,
+        changes: &SetAttributes,
+    ) -> Result<(), ShareError> {
+        let fd = local_fd(file)?;
+        let err = |op, e: rustix::io::Errno| ShareError::from_io(&file.path, op, e.into());
+        if changes.uid.is_some() || changes.gid.is_some() {
+            rfs::fchown(
+                fd,
+                changes.uid.map(rfs::Uid::from_raw),
+                changes.gid.map(rfs::Gid::from_raw),
+            )
+            .map_err(|e| err("chown", e))?;
+        }
+        if let Some(mode) = changes.mode {
+            rfs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| err("chmod", e))?;
+        }
+        if let Some(size) = changes.size {
+            rfs::ftruncate(fd, size).map_err(|e| err("truncate", e))?;
+        }
+        if changes.accessed.is_some() || changes.modified.is_some() {
+            let times = rfs::Timestamps {
+                last_access: timestamp(changes.accessed),
+                last_modification: timestamp(changes.modified),
+            };
+            rfs::futimens(fd, &times).map_err(|e| err("set times", e))?;
+        }
+        Ok(())
+    }
+
+    fn file_sync(&self, file: &OpenFile) -> Result<(), ShareError> {
+        rfs::fsync(local_fd(file)?).map_err(|e| ShareError::from_io(&file.path, "fsync", e.into()))
     }
 
     fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError> {

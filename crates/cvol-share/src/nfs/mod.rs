@@ -30,8 +30,10 @@ use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use self::cache::Cache;
 use self::pool::{Checkout, Connection, Pool};
 use crate::nfs_url::NfsUrl;
+use crate::open_file::OpenedBy;
 use crate::{
-    DirEntry, FileKind, Metadata, SetAttributes, SetTime, Share, ShareError, SharePath, ShareStats,
+    DirEntry, FileKind, Metadata, OpenFile, SetAttributes, SetTime, Share, ShareError, SharePath,
+    ShareStats,
 };
 
 /// Bytes moved by one READ or WRITE.
@@ -115,13 +117,17 @@ fn metadata_of(a: &fattr3) -> Metadata {
             ftype3::NF3REG => FileKind::File,
             ftype3::NF3DIR => FileKind::Dir,
             ftype3::NF3LNK => FileKind::Symlink,
-            _ => FileKind::Other,
+            ftype3::NF3FIFO => FileKind::Fifo,
+            ftype3::NF3SOCK => FileKind::Socket,
+            ftype3::NF3CHR => FileKind::CharDevice,
+            ftype3::NF3BLK => FileKind::BlockDevice,
         },
         inode: a.fileid,
         size: a.size,
         allocated: a.used,
         mode: a.mode & 0o7777,
         nlink: a.nlink,
+        rdev: rustix::fs::makedev(a.rdev.specdata1, a.rdev.specdata2),
         uid: a.uid,
         gid: a.gid,
         accessed: time_of(&a.atime),
@@ -499,6 +505,25 @@ impl NfsShare {
         }
     }
 
+    fn set_attributes_of(&self, fh: &nfs_fh3, changes: &SetAttributes) -> Result<(), CallError> {
+        let done = rpc!(self, |c| c.setattr(&SETATTR3args {
+            object: fh.clone(),
+            new_attributes: sattr(changes),
+            guard: Nfs3Option::None
+        }));
+        self.cache.changed(fh);
+        done.map(drop)
+    }
+
+    fn commit(&self, fh: &nfs_fh3) -> Result<(), CallError> {
+        rpc!(self, |c| c.commit(&COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0
+        }))?;
+        Ok(())
+    }
+
     /// Creates file `path` with `data` (see [`NfsShare::create`] for `exclusive`).
     fn create_with(
         &self,
@@ -531,6 +556,14 @@ impl NfsShare {
             self.cache.forget(path);
             Ok(())
         })
+    }
+}
+
+/// The NFS handle of a file this share opened.
+fn nfs_handle(file: &OpenFile) -> Result<&nfs_fh3, CallError> {
+    match &file.by {
+        OpenedBy::Nfs(fh) => Ok(fh),
+        OpenedBy::Fd(_) => Err(CallError::Status(nfsstat3::NFS3ERR_BADHANDLE)),
     }
 }
 
@@ -574,9 +607,18 @@ impl Share for NfsShare {
                     {
                         self.cache.learn(&child, fh, attributes);
                     }
+                    let kind = match attributes {
+                        Some(a) => metadata_of(a).kind,
+                        None => {
+                            let child = path
+                                .join(&entry_name)
+                                .map_err(|_| CallError::Status(nfsstat3::NFS3ERR_INVAL))?;
+                            metadata_of(&self.getattr(&self.resolve(&child)?)?).kind
+                        }
+                    };
                     entries.push(DirEntry {
                         name: entry_name,
-                        kind: attributes.map_or(FileKind::Other, |a| metadata_of(a).kind),
+                        kind,
                     });
                 }
                 if ok.reply.eof || ok.reply.entries.0.is_empty() {
@@ -698,14 +740,7 @@ impl Share for NfsShare {
 
     fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<(), ShareError> {
         self.with(path, "set attributes", || {
-            let fh = self.resolve(path)?;
-            let done = rpc!(self, |c| c.setattr(&SETATTR3args {
-                object: fh.clone(),
-                new_attributes: sattr(changes),
-                guard: Nfs3Option::None
-            }));
-            self.cache.changed(&fh);
-            done.map(drop)
+            self.set_attributes_of(&self.resolve(path)?, changes)
         })
     }
 
@@ -741,15 +776,7 @@ impl Share for NfsShare {
 
     fn sync(&self, path: &SharePath) -> Result<(), ShareError> {
         // Every WRITE is FILE_SYNC already; COMMIT makes that explicit for any other writer.
-        self.with(path, "fsync", || {
-            let fh = self.file(path)?;
-            rpc!(self, |c| c.commit(&COMMIT3args {
-                file: fh.clone(),
-                offset: 0,
-                count: 0
-            }))?;
-            Ok(())
-        })
+        self.with(path, "fsync", || self.commit(&self.file(path)?))
     }
 
     fn stats(&self) -> Result<ShareStats, ShareError> {
@@ -766,6 +793,117 @@ impl Share for NfsShare {
                 name_max: 255,
             })
         })
+    }
+
+    fn make_node(
+        &self,
+        path: &SharePath,
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<(), ShareError> {
+        self.with(path, "mknod", || {
+            let (dir, leaf) = self.parent(path)?;
+            let attributes = || {
+                sattr(&SetAttributes {
+                    mode: Some(mode & 0o7777),
+                    ..SetAttributes::default()
+                })
+            };
+            let device = || devicedata3 {
+                dev_attributes: attributes(),
+                spec: specdata3 {
+                    specdata1: rustix::fs::major(rdev),
+                    specdata2: rustix::fs::minor(rdev),
+                },
+            };
+            if matches!(kind, FileKind::File | FileKind::Dir | FileKind::Symlink) {
+                return Err(CallError::Status(nfsstat3::NFS3ERR_INVAL));
+            }
+            let what = || match kind {
+                FileKind::Fifo => mknoddata3::NF3FIFO(attributes()),
+                FileKind::Socket => mknoddata3::NF3SOCK(attributes()),
+                FileKind::CharDevice => mknoddata3::NF3CHR(device()),
+                _ => mknoddata3::NF3BLK(device()),
+            };
+            rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.mknod(
+                &MKNOD3args {
+                    where_: diropargs3 {
+                        dir: dir.clone(),
+                        name: name(leaf)
+                    },
+                    what: what(),
+                }
+            ))?;
+            self.cache.changed(&dir);
+            self.cache.forget(path);
+            Ok(())
+        })
+    }
+
+    fn hard_link(&self, existing: &SharePath, new: &SharePath) -> Result<(), ShareError> {
+        self.with(new, "link", || {
+            let file = self.resolve(existing)?;
+            let (dir, leaf) = self.parent(new)?;
+            rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.link(&LINK3args {
+                file: file.clone(),
+                link: diropargs3 {
+                    dir: dir.clone(),
+                    name: name(leaf)
+                },
+            }))?;
+            self.cache.changed(&dir);
+            self.cache.changed(&file);
+            self.cache.forget(new);
+            Ok(())
+        })
+    }
+
+    fn open_file(&self, path: &SharePath) -> Result<OpenFile, ShareError> {
+        self.with(path, "open", || {
+            self.cache.forget(path);
+            Ok(OpenFile {
+                path: path.clone(),
+                by: OpenedBy::Nfs(self.file(path)?),
+            })
+        })
+    }
+
+    fn keeps_removed_open_files(&self) -> bool {
+        false
+    }
+
+    fn file_read(&self, file: &OpenFile, offset: u64, len: usize) -> Result<Vec<u8>, ShareError> {
+        self.with(&file.path, "read", || {
+            self.read_range(nfs_handle(file)?, offset, len)
+        })
+    }
+
+    fn file_write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<(), ShareError> {
+        self.with(&file.path, "write", || {
+            self.write_range(nfs_handle(file)?, offset, data)
+        })
+    }
+
+    fn file_metadata(&self, file: &OpenFile) -> Result<Metadata, ShareError> {
+        self.with(&file.path, "stat", || {
+            Ok(metadata_of(&self.getattr(nfs_handle(file)?)?))
+        })
+    }
+
+    fn file_set_attributes(
+        &self,
+        file: &OpenFile,
+        changes: &SetAttributes,
+    ) -> Result<(), ShareError> {
+        self.with(&file.path, "set attributes", || {
+            let fh = nfs_handle(file)?;
+            self.set_attributes_of(fh, changes)
+        })
+    }
+
+    fn file_sync(&self, file: &OpenFile) -> Result<(), ShareError> {
+        self.with(&file.path, "fsync", || self.commit(nfs_handle(file)?))
     }
 
     fn requests_sent(&self) -> Option<u64> {
