@@ -437,7 +437,7 @@ impl Container {
     /// still there after its name is gone.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, Errno> {
         if let Some(file) = fh.and_then(|fh| self.share_file(fh).ok()) {
-            return Ok(share_attr(ino, &self.ds.share().file_metadata(&file)?));
+            return self.open_file_attr(ino, &file);
         }
         match self.path_of(ino) {
             Ok(path) => {
@@ -445,10 +445,25 @@ impl Container {
                 Ok(self.attr(&path, &node))
             }
             Err(e) => match self.open_file_of(ino) {
-                Some(file) => Ok(share_attr(ino, &self.ds.share().file_metadata(&file)?)),
+                Some(file) => self.open_file_attr(ino, &file),
                 None => Err(e),
             },
         }
+    }
+
+    /// The attributes of open file `ino`. One set aside after its removal counts the name
+    /// it has aside as none, as NFS clients do.
+    fn open_file_attr(&self, ino: u64, file: &OpenFile) -> Result<Attr, Errno> {
+        let mut attr = share_attr(ino, &self.ds.share().file_metadata(file)?);
+        if self
+            .removed_open
+            .lock()
+            .expect("removed lock")
+            .contains_key(&ino)
+        {
+            attr.nlink = attr.nlink.saturating_sub(1);
+        }
+        Ok(attr)
     }
 
     /// An open file of share entry `ino`, if it has any handle open.
