@@ -481,14 +481,13 @@ impl Filesystem for Adapter {
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         let dir = ino.0;
-        let (entries, dir_attr) =
-            match (
-                self.listing(fh.0, dir, offset),
-                self.container.getattr(dir, None),
-            ) {
-                (Ok(entries), Ok(attr)) => (entries, attr),
-                (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
-            };
+        let (entries, dir_attr) = match (
+            self.listing(fh.0, dir, offset),
+            self.container.getattr(dir, None),
+        ) {
+            (Ok(entries), Ok(attr)) => (entries, attr),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
+        };
         for (i, (ino, _, name)) in with_dots(dir, &entries).skip(offset as usize) {
             // The kernel takes no attributes from "." and ".."; the others are looked up
             // as LOOKUP would (from what the share listing just learnt).

@@ -167,7 +167,11 @@ mod tests {
         inodes.alias(&p("vm1/b"), a);
         assert_eq!(inodes.ino(&p("vm1/b")), a);
         inodes.remove(&p("vm1/a"));
-        assert_eq!(inodes.path(a), Some(&p("vm1/b")), "the other name stands in");
+        assert_eq!(
+            inodes.path(a),
+            Some(&p("vm1/b")),
+            "the other name stands in"
+        );
         assert_eq!(inodes.linked(77), Some((a, p("vm1/b"))));
         inodes.rename(&p("vm1/b"), &p("vm1/c"));
         assert_eq!(inodes.path(a), Some(&p("vm1/c")));

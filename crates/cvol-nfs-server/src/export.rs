@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use cvol_share::{FileKind, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath};
 use nfs3_server::nfs3_types::nfs3::{
-    createverf3, devicedata3, fattr3, filename3, mknoddata3, nfspath3, nfsstat3,
-    nfstime3, post_op_attr, sattr3, stable_how, FSINFO3resok as fsinfo3, FSSTAT3resok, FSF3_CANSETTIME, FSF3_HOMOGENEOUS,
-    FSF3_LINK, FSF3_SYMLINK,
+    createverf3, devicedata3, fattr3, filename3, mknoddata3, nfspath3, nfsstat3, nfstime3,
+    post_op_attr, sattr3, stable_how, FSINFO3resok as fsinfo3, FSSTAT3resok, FSF3_CANSETTIME,
+    FSF3_HOMOGENEOUS, FSF3_LINK, FSF3_SYMLINK,
 };
 use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,

@@ -73,7 +73,9 @@ impl LocalShare {
         let mut rel = if path.is_root() { "." } else { path.as_str() };
         let mut dir: Option<OwnedFd> = None;
         while rel.len() >= PATH_PIECE {
-            let cut = rel[..PATH_PIECE].rfind('/').ok_or_else(|| err(rustix::io::Errno::NAMETOOLONG))?;
+            let cut = rel[..PATH_PIECE]
+                .rfind('/')
+                .ok_or_else(|| err(rustix::io::Errno::NAMETOOLONG))?;
             let from = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
             let next = rfs::openat2(
                 from,
@@ -346,16 +348,22 @@ impl Share for LocalShare {
             }
         };
         let (dir, name) = self.parent(path, "mknod")?;
-        rfs::mknodat(&dir, name, file_type, Mode::from_raw_mode(mode & 0o777), rdev)
-            .and_then(|()| {
-                rfs::chmodat(
-                    &dir,
-                    name,
-                    Mode::from_raw_mode(mode & 0o7777),
-                    AtFlags::empty(),
-                )
-            })
-            .map_err(|e| ShareError::from_io(path, "mknod", e.into()))
+        rfs::mknodat(
+            &dir,
+            name,
+            file_type,
+            Mode::from_raw_mode(mode & 0o777),
+            rdev,
+        )
+        .and_then(|()| {
+            rfs::chmodat(
+                &dir,
+                name,
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+        })
+        .map_err(|e| ShareError::from_io(path, "mknod", e.into()))
     }
 
     fn hard_link(&self, existing: &SharePath, new: &SharePath) -> Result<(), ShareError> {

@@ -845,13 +845,15 @@ impl Share for NfsShare {
         self.with(new, "link", || {
             let file = self.resolve(existing)?;
             let (dir, leaf) = self.parent(new)?;
-            rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.link(&LINK3args {
-                file: file.clone(),
-                link: diropargs3 {
-                    dir: dir.clone(),
-                    name: name(leaf)
-                },
-            }))?;
+            rpc!(self, done_if = nfsstat3::NFS3ERR_EXIST, |c| c.link(
+                &LINK3args {
+                    file: file.clone(),
+                    link: diropargs3 {
+                        dir: dir.clone(),
+                        name: name(leaf)
+                    },
+                }
+            ))?;
             self.cache.changed(&dir);
             self.cache.changed(&file);
             self.cache.forget(new);
