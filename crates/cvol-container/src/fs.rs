@@ -119,10 +119,6 @@ struct Pending {
     owner: Caller,
 }
 
-/// Where open files removed while open wait for their last close; `.cvol` is hidden, so
-/// they vanish from the container as a removed file must.
-const REMOVED_OPEN_DIR: &str = ".cvol/removed-open";
-
 enum Handle {
     Share {
         ino: u64,
@@ -252,7 +248,7 @@ fn stays_inside(dir: &SharePath, target: &str) -> bool {
 impl Container {
     /// A container over the datastore of `volumes`, attaching disks through it.
     pub fn new(volumes: Arc<AttachedVolumes>) -> Self {
-        Self {
+        let container = Self {
             ds: volumes.datastore().clone(),
             volumes,
             inodes: Mutex::new(Inodes::default()),
@@ -260,6 +256,33 @@ impl Container {
             next_fh: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             removed_open: Mutex::new(HashMap::new()),
+        };
+        container.remove_leftovers();
+        container
+    }
+
+    /// Where this host keeps files removed while open until their last close; inside
+    /// `.cvol`, which the container hides, so they vanish as a removed file must.
+    fn removed_open_dir(&self) -> Result<SharePath, Errno> {
+        Ok(cvol_datastore::layout::removed_open_dir().join(self.ds.host())?)
+    }
+
+    /// Removes what an earlier run of this host kept aside: nothing of that run can
+    /// still hold it open.
+    fn remove_leftovers(&self) {
+        let Ok(dir) = self.removed_open_dir() else {
+            return;
+        };
+        let Ok(entries) = self.ds.share().read_dir(&dir) else {
+            return;
+        };
+        for entry in entries {
+            let removed = dir
+                .join(&entry.name)
+                .and_then(|path| self.ds.share().remove_file(&path));
+            if let Err(e) = removed {
+                tracing::warn!("{dir}/{}: cannot remove a leftover: {e}", entry.name);
+            }
         }
     }
 
@@ -1073,10 +1096,12 @@ impl Container {
         let Some(ino) = ino.filter(|&ino| self.open_file_of(ino).is_some()) else {
             return Ok(false);
         };
-        let dir = SharePath::new(REMOVED_OPEN_DIR).expect("a valid path");
-        match share.create_dir(&dir) {
-            Ok(()) | Err(cvol_share::ShareError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e.into()),
+        let dir = self.removed_open_dir()?;
+        for d in [cvol_datastore::layout::removed_open_dir(), dir.clone()] {
+            match share.create_dir(&d) {
+                Ok(()) | Err(cvol_share::ShareError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let aside = dir.join(&uuid::Uuid::new_v4().simple().to_string())?;
         share.rename(path, &aside)?;
@@ -1266,7 +1291,7 @@ impl Container {
             .collect();
         for path in aside {
             if let Err(e) = self.ds.share().remove_file(&path) {
-                tracing::warn!("{path}: {e}; 'cvol datastore fsck --repair' will remove it");
+                tracing::warn!("{path}: {e}; this host's next mount removes it");
             }
         }
         self.volumes.close_all();

@@ -25,6 +25,12 @@ pub fn intents_dir() -> SharePath {
     path(".cvol/intents")
 }
 
+/// `.cvol/removed-open/`: files removed while a host's container held them open, kept
+/// aside (in a directory per host) until closed.
+pub fn removed_open_dir() -> SharePath {
+    path(".cvol/removed-open")
+}
+
 /// `.cvol/hosts/`: host records.
 pub fn hosts_dir() -> SharePath {
     path(".cvol/hosts")

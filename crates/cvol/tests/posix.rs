@@ -260,3 +260,62 @@ fn df_reports_the_share_on_cvol_nfs() {
 fn df_reports_the_share_on_nfs() {
     df_reports_the_share(Env::datastore_on_nfs());
 }
+
+/// A file removed while open keeps working until closed; on NFS it waits, hidden, in
+/// `.cvol/removed-open/HOST/` (as NFS clients' `.nfsXXXX`), removed at its last close or,
+/// after a crash, by the host's next mount.
+#[test]
+fn files_removed_while_open_are_kept_until_closed_even_across_a_crash() {
+    use std::io::{Read, Seek, Write};
+    let env = Env::datastore_on_cvol_nfs();
+    let host = hostname();
+    let aside = env.share.join(".cvol/removed-open").join(&host);
+    let kept = || std::fs::read_dir(&aside).map_or(0, |d| d.count());
+    let m = env.mount(true);
+    std::fs::create_dir(m.path("vm1")).unwrap();
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.path("vm1/scratch"))
+        .unwrap();
+    std::fs::remove_file(m.path("vm1/scratch")).unwrap();
+    assert_eq!(kept(), 1);
+    assert_eq!(std::fs::read_dir(m.path("vm1")).unwrap().count(), 0);
+    f.write_all(b"still here").unwrap();
+    f.rewind().unwrap();
+    let mut back = String::new();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "still here");
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    drop(f);
+    // The kernel sends the release after close() returns.
+    wait_until("the last close removes it", || kept() == 0);
+
+    let f = std::fs::File::create(m.path("vm1/held")).unwrap();
+    std::fs::remove_file(m.path("vm1/held")).unwrap();
+    assert_eq!(kept(), 1);
+    m.kill_9();
+    drop(f);
+    assert_eq!(kept(), 1, "a crash leaves it");
+    let _m = env.mount(true);
+    assert_eq!(kept(), 0, "the host's next mount removes it");
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "not within 20 s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
