@@ -7,7 +7,10 @@
 # (following its extent to the volume), boots a Debian kernel, and the guest writes a
 # random token given on its command line to /marker and powers off. After an unmount and
 # a remount the token is read back from the disk. Then the same over NBD, and from a
-# `cvol disk clone` of the disk (the clone boots, the original is unchanged).
+# `cvol disk clone` of the disk (the clone boots, the original is unchanged). Last, QEMU
+# runs as an unprivileged user (as under libvirt) after the VM's disk files are chowned
+# to it in the container; another user cannot open them, and the ownership survives a
+# remount.
 #
 # Installs what it needs from Debian (qemu-system-x86, busybox-static, e2fsprogs,
 # rpcbind, nfs-ganesha; the cloud kernel is only unpacked, into $CVOL_E2E_CACHE).
@@ -33,7 +36,7 @@ daemon=
 ganesha_pid=
 
 mount_container() {
-    "$cvol" mount "$mnt" --nbd "unix:$sock" 2>>"$work/daemon.log" &
+    "$cvol" mount "$mnt" --nbd "unix:$sock" --allow-other 2>>"$work/daemon.log" &
     daemon=$!
     wait_mounted "$mnt"
 }
@@ -141,9 +144,34 @@ boot_clone=$((SECONDS - t3))
 [[ $(marker e2eclone e2eclone) == "$token3" ]] || { echo "clone marker: $(marker e2eclone e2eclone)" >&2; exit 1; }
 [[ $(marker e2e e2e) == "$token2" ]] || { echo "the original changed: $(marker e2e e2e)" >&2; exit 1; }
 
+# QEMU as nobody, with no other groups: kernel, initrd and the console log must be
+# reachable by it; the disk's descriptor and extent are chowned to it, as libvirt does.
 t4=$SECONDS
+chmod 755 "$work"
+install -o nobody -g nogroup -m 644 /dev/null "$work/console-nobody.log"
+cat >"$work/qemu-as-nobody" <<'QEMU'
+#!/bin/sh
+exec setpriv --reuid=nobody --regid=nogroup --clear-groups qemu-system-x86_64 "$@"
+QEMU
+chmod 755 "$work/qemu-as-nobody"
+chown nobody:nogroup "$mnt/e2e/e2e.vmdk" "$mnt/e2e/e2e-flat.vmdk"
+chmod 600 "$mnt/e2e/e2e.vmdk" "$mnt/e2e/e2e-flat.vmdk"
+if setpriv --reuid=daemon --regid=daemon --clear-groups head -c 512 "$mnt/e2e/e2e-flat.vmdk" >/dev/null 2>&1; then
+    echo "another user read a disk chowned to nobody with mode 600" >&2
+    exit 1
+fi
+token4=$(token)
+boot nobody e2e "$token4" --container "$mnt" --qemu "$work/qemu-as-nobody"
+boot_nobody=$((SECONDS - t4))
+unmount_container
+mount_container
+[[ $(marker e2e e2e) == "$token4" ]] || { echo "marker after the boot as nobody: $(marker e2e e2e)" >&2; exit 1; }
+owner=$(stat -c '%U:%G %a' "$mnt/e2e/e2e-flat.vmdk")
+[[ $owner == "nobody:nogroup 600" ]] || { echo "after a remount the disk is $owner" >&2; exit 1; }
+
+t5=$SECONDS
 unmount_container
 "$cvol" datastore fsck >/dev/null
-teardown=$((SECONDS - t4))
-echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, teardown ${teardown}s"
-echo "e2e-boot: 3 passed, 0 failed"
+teardown=$((SECONDS - t5))
+echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, as nobody ${boot_nobody}s, teardown ${teardown}s"
+echo "e2e-boot: 4 passed, 0 failed"
