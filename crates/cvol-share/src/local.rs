@@ -77,20 +77,13 @@ impl LocalShare {
                 .rfind('/')
                 .ok_or_else(|| err(rustix::io::Errno::NAMETOOLONG))?;
             let from = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
-            let next = rfs::openat2(
-                from,
-                &rel[..cut],
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE,
-            )
-            .map_err(err)?;
+            let next =
+                open_resolved(from, &rel[..cut], OFlags::PATH | OFlags::DIRECTORY).map_err(err)?;
             dir = Some(next);
             rel = &rel[cut + 1..];
         }
         let from = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
-        // openat2 refuses a mode unless it creates (EINVAL); this never creates.
-        rfs::openat2(from, rel, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE).map_err(err)
+        open_resolved(from, rel, flags).map_err(err)
     }
 
     /// The parent directory of `path`, opened, and its last component.
@@ -133,6 +126,24 @@ impl LocalShare {
     }
 }
 
+/// `openat2` beneath `dir`. A walk through `..` that raced with a rename or mount
+/// anywhere on the machine fails with EAGAIN (the kernel cannot vouch that it stayed
+/// beneath); it is simply tried again.
+fn open_resolved(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &str,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let mut tries = 0;
+    loop {
+        // openat2 refuses a mode unless it creates (EINVAL); this never creates.
+        match rfs::openat2(dir, path, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE) {
+            Err(rustix::io::Errno::AGAIN) if tries < 100 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 fn kind_of(file_type: FileType) -> FileKind {
     match file_type {
         FileType::RegularFile => FileKind::File,
@@ -147,7 +158,12 @@ fn kind_of(file_type: FileType) -> FileKind {
 }
 
 fn time_of(secs: i64, nsecs: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::new(secs.max(0) as u64, nsecs.clamp(0, 999_999_999) as u32)
+    let nsecs = Duration::from_nanos(nsecs.clamp(0, 999_999_999) as u64);
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + nsecs
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsecs
+    }
 }
 
 fn metadata_of(stat: &rfs::Stat) -> Metadata {
@@ -171,10 +187,16 @@ fn timestamp(time: Option<SetTime>) -> rustix::fs::Timespec {
     let (tv_sec, tv_nsec) = match time {
         None => (0, rfs::UTIME_OMIT),
         Some(SetTime::Now) => (0, rfs::UTIME_NOW),
-        Some(SetTime::At(t)) => {
-            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-            (d.as_secs() as _, d.subsec_nanos() as _)
-        }
+        Some(SetTime::At(t)) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => (d.as_secs() as _, d.subsec_nanos() as _),
+            // Before 1970: whole seconds back, then nanoseconds forward, as timespec has it.
+            Err(e) => {
+                let back = e.duration();
+                let secs = back.as_secs() as i64 + i64::from(back.subsec_nanos() > 0);
+                let nanos = (1_000_000_000 - back.subsec_nanos()) % 1_000_000_000;
+                (-secs as _, nanos as _)
+            }
+        },
     };
     rustix::fs::Timespec { tv_sec, tv_nsec }
 }
@@ -645,6 +667,17 @@ mod tests {
             .unwrap();
         let md = share.metadata(&p("f")).unwrap();
         assert_eq!((md.mode, md.size, md.modified), (0o640, 12, old));
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_millis(86_400_250);
+        share
+            .set_attributes(
+                &p("f"),
+                &SetAttributes {
+                    modified: Some(SetTime::At(before_1970)),
+                    ..SetAttributes::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(share.metadata(&p("f")).unwrap().modified, before_1970);
         share.symlink(&p("l"), "f").unwrap();
         assert_eq!(share.read_link(&p("l")).unwrap(), "f");
         assert_eq!(share.metadata(&p("l")).unwrap().kind, FileKind::Symlink);
