@@ -451,9 +451,7 @@ impl Container {
 
     /// Looks `name` up in `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, Errno> {
-        let path = self.child(parent, name)?;
-        let node = self.node(&path)?;
-        Ok(self.attr(&path, &node))
+        self.lookup_path(&self.child(parent, name)?)
     }
 
     /// The attributes of `ino`, through open handle `fh` when given: an open file is
@@ -463,10 +461,7 @@ impl Container {
             return self.open_file_attr(ino, &file);
         }
         match self.path_of(ino) {
-            Ok(path) => {
-                let node = self.node(&path)?;
-                Ok(self.attr(&path, &node))
-            }
+            Ok(path) => self.lookup_path(&path),
             Err(e) => match self.open_file_of(ino) {
                 Some(file) => self.open_file_attr(ino, &file),
                 None => Err(e),

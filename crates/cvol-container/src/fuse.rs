@@ -690,8 +690,29 @@ pub fn mount(
     })
 }
 
-/// Unmounts whatever container is mounted at `mountpoint`, as `cvol umount` does.
+/// How long an unmount waits out EBUSY: the kernel holds the mount until the daemon
+/// answers the RELEASE of each file closed just before (detaching a disk may flush it).
+const UNMOUNT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Unmounts whatever container is mounted at `mountpoint`, as `cvol umount` does. While
+/// the mount is busy it tries again, for files closed just before; one still open keeps
+/// it busy, and after a while that is the error.
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match unmount_once(mountpoint) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && start.elapsed() < UNMOUNT_PATIENCE =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn unmount_once(mountpoint: &Path) -> io::Result<()> {
     match rustix_unmount(mountpoint) {
         Ok(()) => Ok(()),
         // Not root: the setuid helper may unmount our own mounts.

@@ -83,7 +83,9 @@ pub enum Command {
     /// SIGTERM (or `cvol umount`): VM directories from the share, with every disk's
     /// flat extent (<disk>-flat.vmdk) served from its volume.
     Mount(MountArgs),
-    /// Unmount a container mounted by `cvol mount`.
+    /// Unmount a container mounted by `cvol mount`. While it is busy (files closed just
+    /// before are still being released, e.g. a disk flushed), it tries again for up to
+    /// 30 s; a file still open keeps it busy, and that is then the error.
     Umount {
         /// The mountpoint.
         mountpoint: PathBuf,
