@@ -639,11 +639,27 @@ impl MountedContainer {
 
     /// Unmounts and waits for the serving threads; the container flushes and detaches
     /// every volume on the way out.
+    ///
+    /// The unmount is the one `cvol umount` does: not lazy, and waiting a while for
+    /// files still open, which a lazy detach would leave working on a daemon that is
+    /// going away. Only a mount still busy after that is detached lazily.
     pub fn unmount(self) -> io::Result<()> {
-        if self.is_finished() {
-            self.session.join()
-        } else {
-            self.session.umount_and_join()
+        if !self.is_finished() {
+            match unmount(&self.mountpoint) {
+                Ok(()) => {
+                    while !self.is_finished() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                Err(e) => tracing::warn!("{}: {e}; detaching it lazily", self.mountpoint.display()),
+            }
+        }
+        let finished = self.is_finished();
+        match self.session.umount_and_join() {
+            // Unmounted already, so the kernel has nothing left to unmount; said here
+            // rather than letting the session warn about it.
+            Err(e) if finished && e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            other => other,
         }
     }
 }
@@ -702,8 +718,7 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     loop {
         match unmount_once(mountpoint) {
             Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY)
-                    && start.elapsed() < UNMOUNT_PATIENCE =>
+                if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < UNMOUNT_PATIENCE =>
             {
                 std::thread::sleep(Duration::from_millis(50));
             }

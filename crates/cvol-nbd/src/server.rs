@@ -173,7 +173,21 @@ impl NbdServer {
                 transmission::serve(r, w, session, &self.settings, peer).await;
             }
             Ok(None) => tracing::debug!(peer, "NBD client aborted the negotiation"),
+            // Clients such as `nbdinfo --list` hang up right after their last option,
+            // without waiting for the answer: nothing for an operator to look into.
+            Err(handshake::HandshakeError::Io(e)) if is_hang_up(&e) => {
+                tracing::debug!(peer, "NBD client hung up during the negotiation: {e}")
+            }
             Err(e) => tracing::warn!(peer, "NBD negotiation ended: {e}"),
         }
     }
+}
+
+/// True when the peer closed the connection.
+fn is_hang_up(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
 }

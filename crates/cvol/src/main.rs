@@ -42,9 +42,56 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(QuietDroppedReplies)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .init();
+}
+
+/// Drops fuser's error for an answer the kernel no longer wanted (ENOENT): fuser answers
+/// the kernel's INTERRUPT of a request with ENOSYS, and when the request itself was
+/// answered first (a caller got a signal while its request was being served, as QEMU's
+/// threads do), the kernel refuses that second answer. Nothing is lost.
+struct QuietDroppedReplies;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietDroppedReplies {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // fuser logs through the `log` crate: its target arrives as a field.
+        #[derive(Default)]
+        struct Fields {
+            target: String,
+            message: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "log.target" {
+                    self.target = value.to_string();
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.message = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let fuser_reply =
+            [event.metadata().target(), fields.target.as_str()].contains(&"fuser::reply");
+        !(fuser_reply && fields.message.contains("No such file or directory"))
+    }
 }

@@ -463,6 +463,70 @@ fn up_serves_the_demo_until_unmounted() {
     assert!(!vmdk.exists(), "unmounted");
 }
 
+/// However `cvol up` is stopped (`cvol umount`, SIGTERM, SIGINT), and whatever NBD clients
+/// did before (listed, mapped, hung up mid-negotiation), it stops cleanly: exit 0, no
+/// warning, no panic in its log.
+#[test]
+fn up_stops_cleanly_whatever_clients_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let sock = dir.join("nbd.sock");
+    let socket_url = |export: &str| format!("nbd+unix:///{export}?socket={}", s(&sock));
+    for (round, stop) in ["umount", "SIGTERM", "SIGINT", "umount", "umount"]
+        .iter()
+        .enumerate()
+    {
+        let log = tmp.path().join(format!("up-{round}.log"));
+        let mut child = common::cvol()
+            .arg("up")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let vmdk = dir.join("mnt/demo/demo.vmdk");
+        let start = std::time::Instant::now();
+        while !(vmdk.exists() && sock.exists()) {
+            assert!(start.elapsed().as_secs() < 30, "cvol up did not come up");
+            assert!(child.try_wait().unwrap().is_none(), "cvol up exited early");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        tool("nbdinfo", &["--list", &socket_url("")]);
+        tool("qemu-img", &["map", "-f", "raw", &socket_url("demo/demo")]);
+        tool("qemu-img", &["info", s(&vmdk)]);
+        for read in [0, 8, 18] {
+            let mut half = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            let mut greeting = vec![0; read];
+            std::io::Read::read_exact(&mut half, &mut greeting).unwrap();
+        }
+        match *stop {
+            "umount" => {
+                let out = common::cvol()
+                    .arg("umount")
+                    .arg(dir.join("mnt"))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+            }
+            signal => unsafe {
+                let signal = if signal == "SIGTERM" {
+                    libc::SIGTERM
+                } else {
+                    libc::SIGINT
+                };
+                libc::kill(child.id() as i32, signal);
+            },
+        }
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "round {round} ({stop}): {status}: {log}");
+        for bad in [" WARN", "ERROR", "panicked"] {
+            assert!(!log.contains(bad), "round {round} ({stop}): {bad}: {log}");
+        }
+        assert!(!vmdk.exists(), "unmounted");
+    }
+}
+
 #[test]
 fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_a_local_share() {
     qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore());

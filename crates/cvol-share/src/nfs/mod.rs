@@ -68,7 +68,8 @@ impl Default for NfsOptions {
 pub struct NfsShare {
     url: NfsUrl,
     options: NfsOptions,
-    runtime: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     cache: Cache,
     /// Since when the server has not answered for a whole timeout, if it has not.
@@ -271,7 +272,7 @@ impl NfsShare {
         let share = Self {
             url: url.clone(),
             options: options.clone(),
-            runtime,
+            runtime: Some(runtime),
             pool: Pool::new(url.clone(), options.connections),
             cache: Cache::new(options.attribute_cache),
             down_since: std::sync::Mutex::new(None),
@@ -331,14 +332,15 @@ impl NfsShare {
         F: std::future::Future + Send,
         F::Output: Send,
     {
+        let runtime = self.runtime.as_ref().expect("a runtime until dropped");
         if tokio::runtime::Handle::try_current().is_err() {
-            return self.runtime.block_on(call);
+            return runtime.block_on(call);
         }
         // Called from inside another runtime (e.g. the NBD server's blocking threads),
         // where no runtime can be entered: the call runs on a thread of its own.
         std::thread::scope(|scope| {
             scope
-                .spawn(|| self.runtime.block_on(call))
+                .spawn(|| runtime.block_on(call))
                 .join()
                 .expect("NFS call thread")
         })
@@ -556,6 +558,17 @@ impl NfsShare {
             self.cache.forget(path);
             Ok(())
         })
+    }
+}
+
+impl Drop for NfsShare {
+    /// The last holder of a share may be a task of another runtime (the NBD server's),
+    /// where dropping a runtime the ordinary way panics: its workers are let go instead
+    /// of waited for (they only drive this share's sockets).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
