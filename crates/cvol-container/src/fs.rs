@@ -1261,9 +1261,9 @@ impl Container {
         Ok(target)
     }
 
-    /// Space on the share.
+    /// Space on the share and in its pools.
     pub fn statfs(&self) -> Result<ShareStats, Errno> {
-        Ok(self.ds.share().stats()?)
+        Ok(self.ds.space()?)
     }
 
     /// Gives up every disk still pending (its descriptor never came) and detaches

@@ -164,6 +164,36 @@ impl Datastore {
         Ok(provider)
     }
 
+    /// Space for this datastore, as `df` should show it: the share's file system plus
+    /// every pool on another one (a pool that cannot be asked is left out). Where the
+    /// share's file system is not known (NFS), a pool of exactly the share's total size
+    /// is taken to be on it.
+    pub fn space(&self) -> Result<cvol_share::ShareStats, DatastoreError> {
+        let mut stats = self.share.stats()?;
+        let block = u64::from(stats.block_size.max(1));
+        let mut counted = vec![(stats.fs_id, stats.blocks * block)];
+        for config in &self.config.providers {
+            let space = self.provider(&config.id).and_then(|p| Ok(p.space()?));
+            match space {
+                Ok(Some(s)) => {
+                    let same = |&(fs_id, total): &(Option<u64>, u64)| match fs_id {
+                        Some(id) => id == s.fs_id,
+                        None => total.abs_diff(s.total) < block,
+                    };
+                    if !counted.iter().any(same) {
+                        counted.push((Some(s.fs_id), s.total));
+                        stats.blocks += s.total / block;
+                        stats.blocks_free += s.free / block;
+                        stats.blocks_available += s.available / block;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!("provider {}: no space figures: {e}", config.id),
+            }
+        }
+        Ok(stats)
+    }
+
     /// The provider `id`, or the default one.
     fn provider_or_default(
         &self,

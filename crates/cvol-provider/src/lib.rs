@@ -44,6 +44,20 @@ pub struct Volume {
     pub attached_to: Option<String>,
 }
 
+/// Space in a pool, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSpace {
+    /// In all.
+    pub total: u64,
+    /// Free.
+    pub free: u64,
+    /// Free to unprivileged users.
+    pub available: u64,
+    /// The file system holding the pool (`statvfs`'s `f_fsid`), so that pools (and a
+    /// share) on one file system are counted once.
+    pub fs_id: u64,
+}
+
 /// Orders volumes as `Provider::list_volumes` lists them: oldest first, then by id.
 pub(crate) fn sort_volumes(volumes: &mut [Volume]) {
     volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
@@ -244,6 +258,12 @@ pub trait Provider: Send + Sync {
     /// cannot belong to an operation still running elsewhere; removes it when `apply`.
     /// Returns a description of each leftover.
     fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError>;
+
+    /// Space in the pool, where it has a bound (a pool on a local file system); `None`
+    /// for stores that report none (object stores, remote pools).
+    fn space(&self) -> Result<Option<PoolSpace>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// The provider kinds this build knows.

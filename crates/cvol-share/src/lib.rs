@@ -117,6 +117,8 @@ pub struct ShareStats {
     pub files_free: u64,
     /// Longest file name.
     pub name_max: u32,
+    /// The file system holding the share (`statvfs`'s `f_fsid`), where it is known.
+    pub fs_id: Option<u64>,
 }
 
 /// One entry of a directory listing.

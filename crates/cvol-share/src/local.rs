@@ -557,6 +557,7 @@ impl Share for LocalShare {
             files: s.f_files,
             files_free: s.f_ffree,
             name_max: s.f_namemax as u32,
+            fs_id: Some(s.f_fsid),
         })
     }
 }

@@ -261,6 +261,60 @@ fn df_reports_the_share_on_nfs() {
     df_reports_the_share(Env::datastore_on_nfs());
 }
 
+/// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let dir_arg = dir.to_str().unwrap();
+        let out = tool_output(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir_arg,
+            ],
+        );
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = tool_output("umount", &["-l", self.0.to_str().unwrap()]);
+    }
+}
+
+/// A pool on another file system than the share's adds its space to `df`.
+#[test]
+fn df_adds_a_pool_on_another_file_system() {
+    let env = Env::empty();
+    let tmpfs = Tmpfs::mount(&env.tmp.path().join("pool-fs"), "64m");
+    env.ok(&[
+        "datastore",
+        "create",
+        "--name",
+        "ds1",
+        "--provider",
+        &format!("pool=file:{}", tmpfs.0.display()),
+    ]);
+    let m = env.mount(true);
+    let container = rustix::fs::statvfs(m.path("").as_path()).unwrap();
+    let share = rustix::fs::statvfs(&env.share).unwrap();
+    let got = container.f_blocks * container.f_frsize;
+    let want = share.f_blocks * share.f_frsize + (64 << 20);
+    assert!(
+        got.abs_diff(want) <= 2 * 4096,
+        "container {got} bytes, the share's file system and the pool's {want}"
+    );
+    drop(m);
+}
+
 /// A file removed while open keeps working until closed; on NFS it waits, hidden, in
 /// `.cvol/removed-open/HOST/` (as NFS clients' `.nfsXXXX`), removed at its last close or,
 /// after a crash, by the host's next mount.

@@ -568,6 +568,17 @@ impl Provider for FileProvider {
         })
     }
 
+    fn space(&self) -> Result<Option<crate::PoolSpace>, ProviderError> {
+        let s = rustix::fs::statvfs(&self.pool)
+            .map_err(|e| self.io("statvfs", &self.pool, e.into()))?;
+        Ok(Some(crate::PoolSpace {
+            total: s.f_blocks * s.f_frsize,
+            free: s.f_bfree * s.f_frsize,
+            available: s.f_bavail * s.f_frsize,
+            fs_id: s.f_fsid,
+        }))
+    }
+
     fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError> {
         let mut stale = Vec::new();
         let mut collect = |dir: &Path, only_hidden: bool| -> Result<(), ProviderError> {

@@ -804,6 +804,7 @@ impl Share for NfsShare {
                 files: ok.tfiles,
                 files_free: ok.ffiles,
                 name_max: 255,
+                fs_id: None,
             })
         })
     }
