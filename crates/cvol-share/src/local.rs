@@ -205,7 +205,7 @@ fn timestamp(time: Option<SetTime>) -> rustix::fs::Timespec {
 fn local_fd(file: &OpenFile) -> Result<&OwnedFd, ShareError> {
     match &file.by {
         OpenedBy::Fd(fd) => Ok(fd),
-        OpenedBy::Nfs(_) => Err(ShareError::from_io(
+        OpenedBy::Nfs { .. } => Err(ShareError::from_io(
             &file.path,
             "use open file",
             rustix::io::Errno::BADF.into(),

@@ -19,8 +19,12 @@ pub struct OpenFile {
 pub(crate) enum OpenedBy {
     /// A descriptor of a local file.
     Fd(OwnedFd),
-    /// An NFS file handle.
-    Nfs(nfs_fh3),
+    /// An NFS file handle, and the file's id: a server that restarted may have
+    /// forgotten the handle, and the file found again by name must be the same one.
+    Nfs {
+        handle: std::sync::Mutex<nfs_fh3>,
+        fileid: u64,
+    },
 }
 
 impl OpenFile {

@@ -196,7 +196,7 @@ fn files_changed_behind_the_clients_back_are_never_served_stale() {
     // Past the kernel's 1 s FUSE cache; well within cvol's own 3 s handle cache.
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(std::fs::read(&notes).unwrap(), b"new notes");
+    // Opens look the name up afresh (close-to-open, as the kernel's client does).
     let err = std::fs::read(m.path("demo/gone.txt")).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
-    assert!(m.log().contains("stale NFS file handle"), "{}", m.log());
 }

@@ -295,14 +295,7 @@ impl Drop for Tmpfs {
 fn df_adds_a_pool_on_another_file_system() {
     let env = Env::empty();
     let tmpfs = Tmpfs::mount(&env.tmp.path().join("pool-fs"), "64m");
-    env.ok(&[
-        "datastore",
-        "create",
-        "--name",
-        "ds1",
-        "--provider",
-        &format!("pool=file:{}", tmpfs.0.display()),
-    ]);
+    env.create_datastore_with(&format!("pool=file:{}", tmpfs.0.display()));
     let m = env.mount(true);
     let container = rustix::fs::statvfs(m.path("").as_path()).unwrap();
     let share = rustix::fs::statvfs(&env.share).unwrap();

@@ -526,6 +526,48 @@ impl NfsShare {
         Ok(())
     }
 
+    /// Runs `f` with the handle of open file `file`. A handle the server no longer
+    /// knows (it restarted) is replaced by the one its name leads to now, if that is the
+    /// same file (same file id); otherwise the open file is stale, as on any NFS client.
+    fn with_open<T>(
+        &self,
+        file: &OpenFile,
+        op: &'static str,
+        f: impl Fn(&nfs_fh3) -> Result<T, CallError>,
+    ) -> Result<T, ShareError> {
+        let OpenedBy::Nfs { handle, fileid } = &file.by else {
+            return Err(status_error(&file.path, op, nfsstat3::NFS3ERR_BADHANDLE));
+        };
+        MUTATION_UNANSWERED.set(false);
+        let current = handle.lock().expect("open file lock").clone();
+        let result = match f(&current) {
+            Err(CallError::Status(nfsstat3::NFS3ERR_STALE | nfsstat3::NFS3ERR_BADHANDLE)) => {
+                self.cache.clear();
+                let found = self.resolve(&file.path).and_then(|fh| {
+                    if self.getattr(&fh)?.fileid == *fileid {
+                        Ok(fh)
+                    } else {
+                        Err(CallError::Status(nfsstat3::NFS3ERR_STALE))
+                    }
+                });
+                match found {
+                    Ok(fh) => {
+                        tracing::info!(
+                            "{}: stale NFS file handle; found the file again",
+                            file.path
+                        );
+                        *handle.lock().expect("open file lock") = fh.clone();
+                        f(&fh)
+                    }
+                    Err(CallError::Status(_)) => Err(CallError::Status(nfsstat3::NFS3ERR_STALE)),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        result.map_err(|e| self.call_error(&file.path, op, e))
+    }
+
     /// Creates file `path` with `data` (see [`NfsShare::create`] for `exclusive`).
     fn create_with(
         &self,
@@ -569,14 +611,6 @@ impl Drop for NfsShare {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-    }
-}
-
-/// The NFS handle of a file this share opened.
-fn nfs_handle(file: &OpenFile) -> Result<&nfs_fh3, CallError> {
-    match &file.by {
-        OpenedBy::Nfs(fh) => Ok(fh),
-        OpenedBy::Fd(_) => Err(CallError::Status(nfsstat3::NFS3ERR_BADHANDLE)),
     }
 }
 
@@ -878,9 +912,14 @@ impl Share for NfsShare {
     fn open_file(&self, path: &SharePath) -> Result<OpenFile, ShareError> {
         self.with(path, "open", || {
             self.cache.forget(path);
+            let handle = self.file(path)?;
+            let fileid = self.getattr(&handle)?.fileid;
             Ok(OpenFile {
                 path: path.clone(),
-                by: OpenedBy::Nfs(self.file(path)?),
+                by: OpenedBy::Nfs {
+                    handle: std::sync::Mutex::new(handle),
+                    fileid,
+                },
             })
         })
     }
@@ -890,21 +929,15 @@ impl Share for NfsShare {
     }
 
     fn file_read(&self, file: &OpenFile, offset: u64, len: usize) -> Result<Vec<u8>, ShareError> {
-        self.with(&file.path, "read", || {
-            self.read_range(nfs_handle(file)?, offset, len)
-        })
+        self.with_open(file, "read", |fh| self.read_range(fh, offset, len))
     }
 
     fn file_write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<(), ShareError> {
-        self.with(&file.path, "write", || {
-            self.write_range(nfs_handle(file)?, offset, data)
-        })
+        self.with_open(file, "write", |fh| self.write_range(fh, offset, data))
     }
 
     fn file_metadata(&self, file: &OpenFile) -> Result<Metadata, ShareError> {
-        self.with(&file.path, "stat", || {
-            Ok(metadata_of(&self.getattr(nfs_handle(file)?)?))
-        })
+        self.with_open(file, "stat", |fh| Ok(metadata_of(&self.getattr(fh)?)))
     }
 
     fn file_set_attributes(
@@ -912,14 +945,13 @@ impl Share for NfsShare {
         file: &OpenFile,
         changes: &SetAttributes,
     ) -> Result<(), ShareError> {
-        self.with(&file.path, "set attributes", || {
-            let fh = nfs_handle(file)?;
+        self.with_open(file, "set attributes", |fh| {
             self.set_attributes_of(fh, changes)
         })
     }
 
     fn file_sync(&self, file: &OpenFile) -> Result<(), ShareError> {
-        self.with(&file.path, "fsync", || self.commit(nfs_handle(file)?))
+        self.with_open(file, "fsync", |fh| self.commit(fh))
     }
 
     fn requests_sent(&self) -> Option<u64> {

@@ -193,7 +193,7 @@ impl Env {
         self.create_datastore_with(&provider);
     }
 
-    fn create_datastore_with(&self, provider: &str) {
+    pub fn create_datastore_with(&self, provider: &str) {
         self.ok(&[
             "datastore",
             "create",
