@@ -161,6 +161,11 @@ fn qemu_as_an_unprivileged_user_uses_its_disk_on_cvol_nfs() {
     qemu_as_an_unprivileged_user_uses_its_disk(Env::datastore_on_cvol_nfs());
 }
 
+#[test]
+fn qemu_as_an_unprivileged_user_uses_its_disk_on_nfs() {
+    qemu_as_an_unprivileged_user_uses_its_disk(Env::datastore_on_nfs());
+}
+
 /// Directories nest deeper than one path can name (PATH_MAX, 4096 bytes): everything
 /// still works at the bottom, where the share path is longer than PATH_MAX.
 fn paths_deeper_than_path_max_work(env: Env) {
@@ -365,4 +370,41 @@ fn hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
+}
+
+/// Every name of a multiply linked file shows its current link count and mode, whatever
+/// name the change went through (pjdfstest's link/00 and rename/23).
+fn hard_links_agree_on_attributes(env: Env) {
+    let m = env.mount(true);
+    let dir = m.path("vm1");
+    std::fs::create_dir(&dir).unwrap();
+    let p = |n: &str| dir.join(n);
+    let links = |n: &str| std::fs::symlink_metadata(p(n)).unwrap().nlink();
+    std::fs::write(p("a"), b"x").unwrap();
+    std::fs::hard_link(p("a"), p("b")).unwrap();
+    std::fs::hard_link(p("b"), p("c")).unwrap();
+    assert_eq!((links("a"), links("b"), links("c")), (3, 3, 3));
+    std::fs::set_permissions(p("b"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::fs::remove_file(p("a")).unwrap();
+    assert_eq!((links("b"), links("c")), (2, 2));
+    assert_eq!(owner_and_mode(&p("c")).2, 0o604);
+    std::fs::write(p("d"), b"y").unwrap();
+    std::fs::rename(p("d"), p("c")).unwrap();
+    assert_eq!(links("b"), 1, "the file renamed over lost a name");
+    assert_eq!(std::fs::read(p("c")).unwrap(), b"y");
+}
+
+#[test]
+fn hard_links_agree_on_attributes_on_a_local_share() {
+    hard_links_agree_on_attributes(Env::datastore());
+}
+
+#[test]
+fn hard_links_agree_on_attributes_on_cvol_nfs() {
+    hard_links_agree_on_attributes(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn hard_links_agree_on_attributes_on_nfs() {
+    hard_links_agree_on_attributes(Env::datastore_on_nfs());
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nfs3_client::nfs3_types::nfs3::{fattr3, nfs_fh3};
+use nfs3_client::nfs3_types::nfs3::{fattr3, ftype3, nfs_fh3};
 
 use crate::SharePath;
 
@@ -85,10 +85,14 @@ impl Cache {
     }
 
     /// The attributes of `fh`, if learnt recently.
+    ///
+    /// A file with several names (hard links) is never answered from here: a change
+    /// through another of its names (a link removed, a chmod) does not reach this entry.
     pub(super) fn attributes(&self, fh: &nfs_fh3) -> Option<fattr3> {
         let inner = self.lock();
         let (a, learnt) = inner.attributes.get(fh.data.as_ref())?;
-        self.fresh(*learnt).then(|| a.clone())
+        let linked = a.nlink > 1 && a.type_ != ftype3::NF3DIR;
+        (self.fresh(*learnt) && !linked).then(|| a.clone())
     }
 
     /// Records the attributes of `fh`.
