@@ -363,6 +363,10 @@ impl Container {
             Node::Share(md) => share_attr(self.share_ino(path, md), md),
             Node::Flat(flat) => {
                 let ino = self.ino_of(path);
+                let allocated = match flat {
+                    Flat::Disk { cvol, .. } => self.allocated(cvol),
+                    Flat::Pending { .. } => None,
+                };
                 let (size, md, owner) = match flat {
                     Flat::Disk {
                         cvol, descriptor, ..
@@ -381,7 +385,7 @@ impl Container {
                     ino,
                     kind: NodeKind::File,
                     size,
-                    blocks: size / 512,
+                    blocks: allocated.unwrap_or(size).div_ceil(512),
                     perm: md.map_or(0o600, |m| (m.mode & 0o666) as u16),
                     nlink: 1,
                     rdev: 0,
@@ -393,6 +397,13 @@ impl Container {
                 }
             }
         }
+    }
+
+    /// What a disk's volume takes in its pool, where the pool can tell: `du` and
+    /// `qemu-img info` then show a thin disk as thin.
+    fn allocated(&self, cvol: &CvolDisk) -> Option<u64> {
+        let provider = self.ds.provider(&cvol.provider).ok()?;
+        provider.allocated(&cvol.object).ok().flatten()
     }
 
     /// The inode number of share entry `path`. The names of one file (hard links) share
@@ -1004,7 +1015,13 @@ impl Container {
         };
         let device = device.ok_or(Errno::NOTSUP)?;
         if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-            Ok(device.discard(offset, len.min(device.size().saturating_sub(offset)))?)
+            // Past the end there is nothing to punch (`cp` punches its trailing hole
+            // before it sets the size).
+            let len = len.min(device.size().saturating_sub(offset));
+            if len == 0 {
+                return Ok(());
+            }
+            Ok(device.discard(offset, len)?)
         } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
             Ok(device.write_zeroes(offset, len)?)
         } else if mode & !libc::FALLOC_FL_KEEP_SIZE == 0 {

@@ -259,6 +259,13 @@ pub trait Provider: Send + Sync {
     /// Returns a description of each leftover.
     fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError>;
 
+    /// Bytes volume `id` takes in the pool (a thin volume: what was written), where the
+    /// pool can tell without reading data; `None` where it cannot.
+    fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
+        let _ = id;
+        Ok(None)
+    }
+
     /// Space in the pool, where it has a bound (a pool on a local file system); `None`
     /// for stores that report none (object stores, remote pools).
     fn space(&self) -> Result<Option<PoolSpace>, ProviderError> {

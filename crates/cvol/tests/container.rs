@@ -527,6 +527,37 @@ fn up_stops_cleanly_whatever_clients_did() {
     }
 }
 
+/// A thin disk on a file pool shows what its volume holds (`st_blocks`, so `du` and
+/// `qemu-img info`'s disk size), not its provisioned size.
+#[test]
+fn thin_disks_show_what_they_hold_on_a_file_pool() {
+    use std::os::unix::fs::MetadataExt;
+    let env = demo("256M");
+    let m = env.mount(false);
+    let flat = m.path("demo/demo-flat.vmdk");
+    let held = || std::fs::metadata(&flat).unwrap().blocks() * 512;
+    let size = std::fs::metadata(&flat).unwrap().len();
+    assert_eq!(size, 256 << 20);
+    assert!(held() < 1 << 20, "a new disk holds {} bytes", held());
+    tool(
+        "qemu-io",
+        &["-c", "write -P 0x11 8M 4M", s(&m.path("demo/demo.vmdk"))],
+    );
+    let after = held();
+    assert!(
+        (4 << 20..16 << 20).contains(&after),
+        "after writing 4 MiB the disk holds {after} bytes"
+    );
+    let info: serde_json::Value = serde_json::from_str(&tool(
+        "qemu-img",
+        &["info", "--output=json", "-f", "raw", s(&flat)],
+    ))
+    .unwrap();
+    assert_eq!(info["actual-size"], after);
+    let du = tool("du", &["-B1", s(&flat)]);
+    assert!(du.starts_with(&after.to_string()), "{du}");
+}
+
 #[test]
 fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_a_local_share() {
     qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore());
