@@ -360,7 +360,7 @@ impl Container {
 
     fn attr(&self, path: &SharePath, node: &Node) -> Attr {
         match node {
-            Node::Share(md) => share_attr(self.share_ino(path, md), md),
+            Node::Share(md) => self.counting_set_aside(share_attr(self.share_ino(path, md), md)),
             Node::Flat(flat) => {
                 let ino = self.ino_of(path);
                 let allocated = match flat {
@@ -480,19 +480,23 @@ impl Container {
         }
     }
 
-    /// The attributes of open file `ino`. One set aside after its removal counts the name
-    /// it has aside as none, as NFS clients do.
+    /// The attributes of open file `ino`.
     fn open_file_attr(&self, ino: u64, file: &OpenFile) -> Result<Attr, Errno> {
-        let mut attr = share_attr(ino, &self.ds.share().file_metadata(file)?);
+        Ok(self.counting_set_aside(share_attr(ino, &self.ds.share().file_metadata(file)?)))
+    }
+
+    /// `attr` with the name a file removed while open has aside not counted as a link,
+    /// as NFS clients count it (its other names, if any, report the same).
+    fn counting_set_aside(&self, mut attr: Attr) -> Attr {
         if self
             .removed_open
             .lock()
             .expect("removed lock")
-            .contains_key(&ino)
+            .contains_key(&attr.ino)
         {
             attr.nlink = attr.nlink.saturating_sub(1);
         }
-        Ok(attr)
+        attr
     }
 
     /// An open file of share entry `ino`, if it has any handle open.
@@ -511,9 +515,17 @@ impl Container {
     /// truncating it to zero (what `cp` does to a file it overwrites) discards the whole
     /// disk and keeps its size: a disk's size is its descriptor's, never zero.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, changes: &Changes) -> Result<Attr, Errno> {
-        if let Some(file) = fh.and_then(|fh| self.share_file(fh).ok()) {
+        // An open file whose name is gone (removed while open) still takes changes: the
+        // kernel's own, too (clearing set-ID bits on a write), which come without handle.
+        let file = fh.and_then(|fh| self.share_file(fh).ok()).or_else(|| {
+            self.path_of(ino)
+                .is_err()
+                .then(|| self.open_file_of(ino))
+                .flatten()
+        });
+        if let Some(file) = file {
             self.ds.share().file_set_attributes(&file, changes)?;
-            return self.getattr(ino, fh);
+            return self.open_file_attr(ino, &file);
         }
         let path = self.path_of(ino)?;
         match self.node(&path)? {

@@ -392,6 +392,12 @@ fn hard_links_agree_on_attributes(env: Env) {
     std::fs::rename(p("d"), p("c")).unwrap();
     assert_eq!(links("b"), 1, "the file renamed over lost a name");
     assert_eq!(std::fs::read(p("c")).unwrap(), b"y");
+    // A name removed while the file is open (kept aside on NFS) is not counted.
+    std::fs::hard_link(p("b"), p("e")).unwrap();
+    let open = std::fs::File::open(p("e")).unwrap();
+    std::fs::remove_file(p("b")).unwrap();
+    assert_eq!((open.metadata().unwrap().nlink(), links("e")), (1, 1));
+    drop(open);
 }
 
 #[test]
@@ -407,4 +413,37 @@ fn hard_links_agree_on_attributes_on_cvol_nfs() {
 #[test]
 fn hard_links_agree_on_attributes_on_nfs() {
     hard_links_agree_on_attributes(Env::datastore_on_nfs());
+}
+
+/// A file removed while open takes changes from its owner and from the kernel (which
+/// clears set-group-ID on an unprivileged write) until it is closed.
+fn files_removed_while_open_take_changes(env: Env) {
+    open_up(&env);
+    let m = env.mount_with(&["--allow-other"]);
+    let dir = m.path("vm1");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = format!(
+        "cd {} && echo a > f && chmod 2775 f && exec 3<>f && rm f && echo more >&3 \
+         && chmod 600 /proc/$$/fd/3 && stat -L -c '%a %h %s' /proc/$$/fd/3",
+        dir.display()
+    );
+    let out = as_user(OTHER_UID, &["sh", "-c", &script]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "600 0 5\n");
+}
+
+#[test]
+fn files_removed_while_open_take_changes_on_a_local_share() {
+    files_removed_while_open_take_changes(Env::datastore());
+}
+
+#[test]
+fn files_removed_while_open_take_changes_on_cvol_nfs() {
+    files_removed_while_open_take_changes(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn files_removed_while_open_take_changes_on_nfs() {
+    files_removed_while_open_take_changes(Env::datastore_on_nfs());
 }
