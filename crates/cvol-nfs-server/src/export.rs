@@ -125,6 +125,25 @@ impl Inner {
         Ok(self.found(path)?.0)
     }
 
+    /// Makes `name` in `dir` with `make` (given the mode asked for), then the rest of
+    /// the attributes asked for, and hands out its handle.
+    fn make(
+        &self,
+        dir: &FileHandleU64,
+        name: &filename3<'_>,
+        attr: &sattr3,
+        make: impl FnOnce(&SharePath, u32) -> std::result::Result<(), ShareError>,
+    ) -> Result<(FileHandleU64, fattr3)> {
+        let path = self.child(dir, name)?;
+        let mut changes = changes_of(attr);
+        let mode = changes.mode.take().unwrap_or(cvol_share::FILE_MODE);
+        make(&path, mode).map_err(|e| status_of(&e))?;
+        if changes != SetAttributes::default() {
+            self.set_attributes(&path, &changes)?;
+        }
+        self.found(path)
+    }
+
     fn set_attributes(&self, path: &SharePath, changes: &SetAttributes) -> Result<fattr3> {
         self.share
             .set_attributes(path, changes)
@@ -286,18 +305,9 @@ impl NfsFileSystem for LocalExport {
         attr: sattr3,
     ) -> Result<(FileHandleU64, fattr3)> {
         blocking(|| {
-            let inner = &self.inner;
-            let path = inner.child(dir, name)?;
-            let mut changes = changes_of(&attr);
-            let mode = changes.mode.take().unwrap_or(cvol_share::FILE_MODE);
-            inner
-                .share
-                .create_file(&path, mode)
-                .map_err(|e| status_of(&e))?;
-            if changes != SetAttributes::default() {
-                inner.set_attributes(&path, &changes)?;
-            }
-            inner.found(path)
+            self.inner.make(dir, name, &attr, |path, mode| {
+                self.inner.share.create_file(path, mode)
+            })
         })
     }
 
@@ -394,18 +404,9 @@ impl NfsFileSystem for LocalExport {
             mknoddata3::default => return Err(nfsstat3::NFS3ERR_BADTYPE),
         };
         blocking(|| {
-            let inner = &self.inner;
-            let path = inner.child(dir, name)?;
-            let mut changes = changes_of(attr);
-            let mode = changes.mode.take().unwrap_or(cvol_share::FILE_MODE);
-            inner
-                .share
-                .make_node(&path, kind, mode, rdev)
-                .map_err(|e| status_of(&e))?;
-            if changes != SetAttributes::default() {
-                inner.set_attributes(&path, &changes)?;
-            }
-            inner.found(path)
+            self.inner.make(dir, name, attr, |path, mode| {
+                self.inner.share.make_node(path, kind, mode, rdev)
+            })
         })
     }
 
