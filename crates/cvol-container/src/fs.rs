@@ -1120,6 +1120,14 @@ impl Container {
         let Some(ino) = ino.filter(|&ino| self.open_file_of(ino).is_some()) else {
             return Ok(false);
         };
+        if self
+            .removed_open
+            .lock()
+            .expect("removed lock")
+            .contains_key(&ino)
+        {
+            return Ok(false); // another of its names is aside already and keeps it
+        }
         let dir = self.removed_open_dir()?;
         for d in [cvol_datastore::layout::removed_open_dir(), dir.clone()] {
             match share.create_dir(&d) {

@@ -397,6 +397,12 @@ fn hard_links_agree_on_attributes(env: Env) {
     let open = std::fs::File::open(p("e")).unwrap();
     std::fs::remove_file(p("b")).unwrap();
     assert_eq!((open.metadata().unwrap().nlink(), links("e")), (1, 1));
+    std::fs::remove_file(p("e")).unwrap();
+    assert_eq!(
+        open.metadata().unwrap().nlink(),
+        0,
+        "its last name is gone too"
+    );
     drop(open);
 }
 
