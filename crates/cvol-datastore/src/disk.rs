@@ -17,6 +17,9 @@ pub struct DiskInfo {
     pub descriptor: String,
     /// Size in bytes, from the descriptor.
     pub size: Option<u64>,
+    /// Bytes the volume takes in its pool (what a thin disk holds), where the pool
+    /// tells (file pools).
+    pub allocated: Option<u64>,
     /// The provider, from the descriptor.
     pub provider: Option<String>,
     /// The volume, from the descriptor.
@@ -41,6 +44,7 @@ impl DiskInfo {
             volume: None,
             uuid: None,
             snapshots: Vec::new(),
+            allocated: None,
             attached_to: None,
             problem: Some(problem),
         }
@@ -77,14 +81,20 @@ impl Datastore {
             volume: Some(cvol.object.to_string()),
             uuid: Some(cvol.disk_uuid.to_string()),
             snapshots: Vec::new(),
+            allocated: None,
             attached_to: None,
             problem: None,
         };
-        let volume = self
-            .provider(&cvol.provider)
-            .and_then(|p| Ok((p.volume(&cvol.object)?, p.list_snapshots(&cvol.object)?)));
+        let volume = self.provider(&cvol.provider).and_then(|p| {
+            Ok((
+                p.volume(&cvol.object)?,
+                p.list_snapshots(&cvol.object)?,
+                p.allocated(&cvol.object)?,
+            ))
+        });
         match volume {
-            Ok((volume, snapshots)) => {
+            Ok((volume, snapshots, allocated)) => {
+                info.allocated = allocated;
                 info.attached_to = volume.attached_to;
                 info.snapshots = snapshots.into_iter().map(|s| s.name.to_string()).collect();
                 if volume.size != cvol.size {

@@ -556,6 +556,7 @@ fn thin_disks_show_what_they_hold_on_a_file_pool() {
     assert_eq!(info["actual-size"], after);
     let du = tool("du", &["-B1", s(&flat)]);
     assert!(du.starts_with(&after.to_string()), "{du}");
+    assert_eq!(env.json(&["disk", "list", "demo"])[0]["allocated"], after);
 }
 
 #[test]

@@ -91,6 +91,7 @@ pub fn print_disks(disks: &[DiskInfo]) {
             vec![
                 d.name.clone(),
                 d.size.map_or("-".into(), human_size),
+                d.allocated.map_or("-".into(), human_size),
                 d.provider.clone().unwrap_or_else(|| "-".into()),
                 d.volume.clone().unwrap_or_else(|| "-".into()),
                 if d.snapshots.is_empty() {
@@ -106,6 +107,7 @@ pub fn print_disks(disks: &[DiskInfo]) {
         &[
             "DISK",
             "SIZE",
+            "ALLOCATED",
             "PROVIDER",
             "VOLUME",
             "SNAPSHOTS",

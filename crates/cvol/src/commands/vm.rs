@@ -45,12 +45,15 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|vm| {
                     let total: u64 = vm.disks.iter().filter_map(|d| d.size).sum();
+                    // Known only when every disk's pool tells.
+                    let allocated: Option<u64> = vm.disks.iter().map(|d| d.allocated).sum();
                     vec![
                         vm.name.clone(),
                         vm.memory_mib.map_or("-".into(), |m| format!("{m} MiB")),
                         vm.cpus.map_or("-".into(), |c| c.to_string()),
                         vm.disks.len().to_string(),
                         human_size(total),
+                        allocated.map_or("-".into(), human_size),
                         if vm.problems.is_empty() {
                             "ok".into()
                         } else {
@@ -59,7 +62,18 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["VM", "MEMORY", "CPUS", "DISKS", "SIZE", "STATE"], &rows);
+            print_table(
+                &[
+                    "VM",
+                    "MEMORY",
+                    "CPUS",
+                    "DISKS",
+                    "SIZE",
+                    "ALLOCATED",
+                    "STATE",
+                ],
+                &rows,
+            );
             Ok(())
         }
         VmCommand::Show { vm } => show(ctx, &ctx.datastore()?.vm_info(&VmName::new(&vm)?)?),
