@@ -679,16 +679,13 @@ impl Container {
         if chown {
             share.set_attributes(path, &owner)?;
         }
-        let mut mode = match mode {
+        let mode = match mode {
             Some(m) if md.kind == FileKind::Dir && setgid_parent => Some(m | libc::S_ISGID),
             Some(m) => Some(m),
             None if chown && md.mode & 0o6000 != 0 => Some(md.mode),
             None => None,
         };
-        if !chown && mode == Some(md.mode) {
-            mode = None;
-        }
-        if let Some(mode) = mode {
+        if let Some(mode) = mode.filter(|&m| chown || m != md.mode) {
             share.set_attributes(
                 path,
                 &SetAttributes {
@@ -783,7 +780,7 @@ impl Container {
             libc::S_IFBLK => FileKind::BlockDevice,
             _ => return Err(Errno::INVAL),
         };
-        if flat_names(&path).is_some() || descriptor_names(&path).is_some() {
+        if self.is_disk_file(&path) {
             tracing::warn!("{path}: a disk's file name; refused for mknod");
             return Err(Errno::PERM);
         }
@@ -1252,8 +1249,8 @@ impl Container {
             _ => {
                 let same_file = {
                     let inodes = self.inodes.lock().expect("inode lock");
-                    inodes.ino_if_known(&from).is_some()
-                        && inodes.ino_if_known(&from) == inodes.ino_if_known(&to)
+                    let from_ino = inodes.ino_if_known(&from);
+                    from_ino.is_some() && from_ino == inodes.ino_if_known(&to)
                 };
                 if !same_file {
                     self.set_aside_if_open(&to)?;
