@@ -190,7 +190,7 @@ guest_kernel() {
     if ! compgen -G "$cache/boot/vmlinuz-*" >/dev/null; then
         pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image/ { print $2; exit }')
         mkdir -p "$cache"
-        (cd "$cache" && apt-get download -q "$pkg" 2>/dev/null && dpkg -x ./*.deb . && rm -f ./*.deb)
+        (cd "$cache" && apt-get download -q "$pkg" >&2 2>/dev/null && dpkg -x ./*.deb . && rm -f ./*.deb)
     fi
     kernel=$(compgen -G "$cache/boot/vmlinuz-*" | head -1)
     modules=$(compgen -G "$cache/lib/modules/*" | head -1)

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use cvol_format::{ProviderId, Vmx, VolumeId};
+use cvol_format::{ProviderId, SnapshotName, VmName, Vmx, VolumeId};
 use cvol_share::{FileKind, Share, SharePath};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,26 @@ pub struct IntentVolume {
     pub provider: ProviderId,
     /// Its id.
     pub id: VolumeId,
+}
+
+/// A volume snapshot an operation takes (rollback) or deletes (rollforward).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentSnapshot {
+    /// The volume's provider.
+    pub provider: ProviderId,
+    /// The volume.
+    pub volume: VolumeId,
+    /// The snapshot.
+    pub name: SnapshotName,
+}
+
+/// A VM going back to one of its snapshots: recovery does it again, whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentRevert {
+    /// The VM.
+    pub vm: VmName,
+    /// Its snapshot.
+    pub snapshot: SnapshotName,
 }
 
 /// Keys an operation adds to (rollback) or removes from (rollforward) a `.vmx`.
@@ -69,6 +89,12 @@ pub struct Intent {
     /// A `.vmx` edit.
     #[serde(default)]
     pub vmx: Option<VmxEdit>,
+    /// Volume snapshots it takes or deletes.
+    #[serde(default)]
+    pub snapshots: Vec<IntentSnapshot>,
+    /// A revert it makes.
+    #[serde(default)]
+    pub revert: Option<IntentRevert>,
 }
 
 /// An intent record found on the share.
@@ -93,6 +119,8 @@ impl Intent {
             files: Vec::new(),
             dirs: Vec::new(),
             vmx: None,
+            snapshots: Vec::new(),
+            revert: None,
         }
     }
 
@@ -159,6 +187,11 @@ impl Datastore {
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(revert) = &intent.revert {
+            let record = self.vm_snapshot(&revert.vm, &revert.snapshot)?;
+            self.revert_to(&revert.vm, &record)?;
+        }
+        self.delete_snapshots(&intent.snapshots)?;
         for file in &intent.files {
             ignore_not_found(share.remove_file(&SharePath::new(file)?))?;
         }

@@ -1,6 +1,6 @@
 //! Where things are on the share (DESIGN.md, "On the share").
 
-use cvol_format::{DiskName, VmName};
+use cvol_format::{DiskName, SnapshotName, VmName};
 use cvol_share::SharePath;
 
 /// `.cvol/`: cvol's own directory, hidden from the container.
@@ -49,4 +49,14 @@ pub fn vmx_file(vm: &VmName) -> SharePath {
 /// `<vm>/<disk>.vmdk`
 pub fn descriptor_file(vm: &VmName, disk: &DiskName) -> SharePath {
     path(&format!("{vm}/{}", disk.descriptor_file()))
+}
+
+/// `<vm>/.snapshots/`: the VM's snapshot records.
+pub fn vm_snapshots_dir(vm: &VmName) -> SharePath {
+    path(&format!("{vm}/.snapshots"))
+}
+
+/// `<vm>/.snapshots/<name>`: one VM snapshot's record (TOML).
+pub fn vm_snapshot_file(vm: &VmName, name: &SnapshotName) -> SharePath {
+    path(&format!("{vm}/.snapshots/{name}"))
 }

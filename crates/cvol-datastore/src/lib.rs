@@ -13,6 +13,7 @@ pub mod intent;
 pub mod layout;
 mod pending;
 mod vm;
+mod vm_snapshot;
 mod vmx_slots;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub use error::DatastoreError;
 pub use fsck::{FsckOptions, FsckReport, Problem};
 pub use pending::PendingDisk;
 pub use vm::{VmInfo, VmSpec, OPTION_PREFIX};
+pub use vm_snapshot::{VmSnapshot, VmSnapshotDisk};
 
 /// Called with `op:step` after each step of a multi-step operation. Tests and the CLI's
 /// `CVOL_FAILPOINT` use it to stop an operation dead at a chosen step, as a crash would.

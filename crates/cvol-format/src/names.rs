@@ -53,8 +53,22 @@ fn check_component(what: &'static str, name: &str, max_len: usize) -> Result<(),
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $what:literal, $check:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
         pub struct $ty(String);
+
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(name: String) -> Result<Self, NameError> {
+                Self::new(&name)
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(name: $ty) -> String {
+                name.0
+            }
+        }
 
         impl $ty {
             /// Validates `name` and wraps it.

@@ -11,7 +11,7 @@ use axum::Json;
 use cvol_format::{SnapshotName, VolumeId};
 use cvol_provider::remote::api::{
     AttachmentBody, CreateAttachment, CreateSnapshot, CreateVolume, Leftovers, PoolBody, Reclaim,
-    ResizeVolume, SnapshotBody, SnapshotList, VolumeBody, VolumePage, MAX_VOLUME_SIZE,
+    ResizeVolume, RevertVolume, SnapshotBody, SnapshotList, VolumeBody, VolumePage, MAX_VOLUME_SIZE,
 };
 use cvol_provider::{NoProgress, Provider, ProviderError, Snapshot, Volume, VolumeSource};
 use serde::de::DeserializeOwned;
@@ -249,6 +249,19 @@ pub async fn delete_volume(
     let id = volume_id(&path?.0)?;
     run(&service, move |p| p.delete_volume(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/volumes/{id}/revert`.
+pub async fn revert_volume(
+    State(service): Shared,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Answer<Json<VolumeBody>> {
+    let id = volume_id(&path?.0)?;
+    let request: RevertVolume = object(body)?;
+    let name = snapshot_name(&request.snapshot)?;
+    let volume = run(&service, move |p| p.revert_volume(&id, &name, &NoProgress)).await?;
+    Ok(Json(volume_body(volume)))
 }
 
 /// `POST /v1/volumes/{id}/snapshots`.

@@ -53,6 +53,7 @@ pub fn router(provider: Arc<dyn Provider>, token: Option<String>) -> Router {
             "/v1/volumes/{id}/snapshots/{name}",
             delete(handlers::delete_snapshot),
         )
+        .route("/v1/volumes/{id}/revert", post(handlers::revert_volume))
         .route("/v1/volumes/{id}/attachments", post(handlers::attach))
         .route(
             "/v1/volumes/{id}/attachments/{host_id}",

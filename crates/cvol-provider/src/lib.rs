@@ -236,6 +236,16 @@ pub trait Provider: Send + Sync {
     /// Deletes snapshot `name` of volume `id`.
     fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError>;
 
+    /// Sets volume `id` back to its snapshot `name`: its data and size become the
+    /// snapshot's, and every snapshot (that one, older and newer ones) stays. Refused
+    /// with `AttachedElsewhere` while the volume is attached; repeating it changes nothing.
+    fn revert_volume(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError>;
+
     /// Attaches volume `id` to `host`. A volume is attached to one host at a time: another
     /// host gets `AttachedElsewhere` naming the holder, unless `force`, which takes the
     /// volume over with a new generation and fences the old holder's device. Attaching

@@ -398,6 +398,54 @@ pub enum VmCommand {
     },
     /// Change cvol's settings of a VM (kept in its .vmx as cvol.* keys).
     Set(SetArgs),
+    /// Take a snapshot of every disk of a VM at one instant (`cvol vm snapshot VM NAME`),
+    /// or list, revert or delete its snapshots. A running VM is paused by its host's
+    /// agent while its disks are snapshotted (from its host); the snapshot keeps a copy
+    /// of the .vmx and descriptors.
+    Snapshot(VmSnapshotArgs),
+}
+
+/// `cvol vm snapshot`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct VmSnapshotArgs {
+    #[command(subcommand)]
+    pub command: Option<VmSnapshotCommand>,
+    /// The VM.
+    #[arg(required = true)]
+    pub vm: Option<String>,
+    /// The snapshot's name (also each disk's snapshot name, e.g. for `disk clone
+    /// VM/DISK@NAME`).
+    #[arg(required = true)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub agent: AgentArg,
+}
+
+/// `cvol vm snapshot list|revert|delete`
+#[derive(Debug, Subcommand)]
+pub enum VmSnapshotCommand {
+    /// List a VM's snapshots, oldest first.
+    List {
+        /// The VM.
+        vm: String,
+    },
+    /// Set a stopped VM back to a snapshot: every disk's data and size, and its .vmx.
+    /// Refused while the VM runs or if its disks changed since (one added, deleted or
+    /// replaced). What was written since is lost; the snapshot and newer ones stay.
+    Revert {
+        /// The VM.
+        vm: String,
+        /// The snapshot.
+        name: String,
+    },
+    /// Delete a snapshot of a VM (each disk's snapshot and the record).
+    Delete {
+        /// The VM.
+        vm: String,
+        /// The snapshot.
+        name: String,
+    },
 }
 
 /// `cvol vm set`

@@ -118,6 +118,16 @@ impl Host {
     fn console(&self, vm: &str) -> PathBuf {
         self.dir.join("state/vms").join(vm).join("console.log")
     }
+
+    /// The guest's "start N BOOT" lines on this host's console: one per boot seen here.
+    fn starts(&self, vm: &str) -> Vec<String> {
+        std::fs::read_to_string(self.console(vm))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split("cvol-counter: start ").nth(1))
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// Where the disks of a test cluster live.
@@ -830,9 +840,17 @@ fn migrations(pool: Pool, vm_disks: &'static str, default_rounds: usize) {
     c.stop_vm(last, "mig");
     done.extend(counted(last).into_iter().map(|(n, b)| (n, b, rounds)));
     let on_disk = disk_counts(&c.disk_bytes(last, "mig"));
+    let strangers: Vec<_> = on_disk.iter().filter(|(_, b)| b != &boot).collect();
     assert!(
-        on_disk.iter().all(|(_, b)| b == &boot),
-        "the guest rebooted during a migration"
+        strangers.is_empty(),
+        "the disk holds blocks of another boot than {boot} (the guest rebooted?): {} of them, \
+         first {:?}; starts on h1: {:?}, on h2: {:?}\n{}\n{}",
+        strangers.len(),
+        &strangers[..strangers.len().min(4)],
+        c.hosts[0].starts("mig"),
+        c.hosts[1].starts("mig"),
+        c.agent_log(0),
+        c.agent_log(1)
     );
     for (n, b, round) in &done {
         let held = on_disk.iter().any(|(m, _)| m == n);

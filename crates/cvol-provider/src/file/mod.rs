@@ -518,6 +518,46 @@ impl Provider for FileProvider {
         fs::remove_file(&path).map_err(|e| self.io("remove", &path, e))
     }
 
+    fn revert_volume(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError> {
+        let dir = self.existing(id)?;
+        let snapshot = self.snapshot_path(id, name)?;
+        let _lock = self.lock_attachment(&dir)?;
+        if let Some(held) = self.attachment(&dir)? {
+            return Err(ProviderError::AttachedElsewhere {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                holder: held.host,
+            });
+        }
+        // A whole copy staged beside the snapshots (where reclaim finds an interrupted
+        // one), then one rename: the volume is either as it was or as the snapshot.
+        let staged = dir
+            .join(SNAPSHOTS)
+            .join(format!(".staged-{}", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let src = File::open(&snapshot).map_err(|e| self.io("open", &snapshot, e))?;
+            let dst = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&staged)
+                .map_err(|e| self.io("create", &staged, e))?;
+            copy::copy_file(&src, &dst, progress).map_err(|e| self.io("copy", &snapshot, e))?;
+            let data = dir.join(DATA);
+            fs::rename(&staged, &data).map_err(|e| self.io("rename", &data, e))?;
+            sync_dir(&dir).map_err(|e| self.io("sync", &dir, e))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&staged);
+        }
+        result?;
+        self.read_volume(id)
+    }
+
     fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {
         let dir = self.existing(id)?;
         let _lock = self.lock_attachment(&dir)?;

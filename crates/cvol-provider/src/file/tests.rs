@@ -366,3 +366,45 @@ fn a_standby_reads_the_owners_writes_and_promotion_fences_the_owner() {
     standby.device.read_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"dst", "the promoted host's write");
 }
+
+#[test]
+fn revert_brings_back_a_snapshots_data_and_size_and_keeps_every_snapshot() {
+    let (_dir, p) = pool();
+    let id = VolumeId::generate();
+    p.create_volume(&id, &blank(1 << 20), "o", &NoProgress)
+        .unwrap();
+    let (s1, s2) = (
+        SnapshotName::new("s1").unwrap(),
+        SnapshotName::new("s2").unwrap(),
+    );
+    let att = p.attach(&id, "h1", false).unwrap();
+    att.device.write_at(b"first", 0).unwrap();
+    p.create_snapshot(&id, &s1, &NoProgress).unwrap();
+    p.resize_volume(&id, 2 << 20, false).unwrap();
+    let att = p.attach(&id, "h1", false).unwrap();
+    att.device.write_at(b"second", 0).unwrap();
+    att.device.flush().unwrap();
+    p.create_snapshot(&id, &s2, &NoProgress).unwrap();
+    att.device.write_at(b"third!", 0).unwrap();
+    let held = p.revert_volume(&id, &s1, &NoProgress).unwrap_err();
+    assert!(
+        matches!(&held, ProviderError::AttachedElsewhere { holder, .. } if holder == "h1"),
+        "{held}"
+    );
+    p.detach(&id, "h1").unwrap();
+    assert_eq!(&read_all(&p, &id)[..6], b"third!", "a refused revert changed data");
+
+    for _ in 0..2 {
+        assert_eq!(p.revert_volume(&id, &s1, &NoProgress).unwrap().size, 1 << 20);
+        assert_eq!(&read_all(&p, &id)[..6], b"first\0");
+    }
+    assert_eq!(p.revert_volume(&id, &s2, &NoProgress).unwrap().size, 2 << 20);
+    assert_eq!(&read_all(&p, &id)[..6], b"second");
+    assert_eq!(p.list_snapshots(&id).unwrap().len(), 2);
+    let missing = SnapshotName::new("nope").unwrap();
+    assert!(matches!(
+        p.revert_volume(&id, &missing, &NoProgress),
+        Err(ProviderError::SnapshotNotFound { .. })
+    ));
+    assert_eq!(p.reclaim_interrupted(false).unwrap(), Vec::<String>::new());
+}

@@ -643,6 +643,31 @@ impl Provider for ObjectProvider {
         self.store.delete(&self.layout.snapshot(id, name))
     }
 
+    fn revert_volume(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        _progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError> {
+        let _one = self.attachments.lock().expect("attachment lock");
+        let record = self.record(id)?;
+        let snapshot = self.snapshot_record(id, name)?.manifest;
+        self.refuse_attached(id)?;
+        // The snapshot's chunk map becomes the newest manifest: no data moves, and the
+        // chunks it replaces are gc's once nothing names them.
+        let latest = self.latest(id)?;
+        let manifest = Manifest {
+            generation: latest.generation,
+            seq: latest.seq + 1,
+            ..snapshot
+        };
+        let path = self.layout.manifest(id, manifest.generation, manifest.seq);
+        self.store
+            .put_json(&path, &manifest, PutMode::Create)
+            .map_err(|e| self.store.error("write", &path, e))?;
+        self.volume_of(id, record)
+    }
+
     fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {
         let _one = self.attachments.lock().expect("attachment lock");
         self.record(id)?;

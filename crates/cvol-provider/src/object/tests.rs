@@ -407,3 +407,56 @@ fn a_standby_reads_the_last_flush_and_promotion_fences_the_owner() {
     promoted.device.flush().unwrap();
     assert_eq!(&content(&p, &id)[..14], b"dlushed by src");
 }
+
+#[test]
+fn revert_brings_back_a_snapshots_chunks_and_size_and_keeps_every_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 4 * CHUNK);
+    let (s1, s2) = (
+        SnapshotName::new("s1").unwrap(),
+        SnapshotName::new("s2").unwrap(),
+    );
+    let a = p.attach(&id, "h", false).unwrap();
+    a.device.write_at(&[1; 4096], CHUNK).unwrap();
+    a.device.flush().unwrap();
+    p.create_snapshot(&id, &s1, &NoProgress).unwrap();
+    p.resize_volume(&id, 8 * CHUNK, false).unwrap();
+    a.device.write_at(&[2; 4096], CHUNK).unwrap();
+    a.device.write_at(&[2; 4096], 6 * CHUNK).unwrap();
+    a.device.flush().unwrap();
+    p.create_snapshot(&id, &s2, &NoProgress).unwrap();
+    a.device.write_at(&[3; 4096], CHUNK).unwrap();
+    a.device.flush().unwrap();
+    let chunks = chunk_objects(&p);
+    let held = p.revert_volume(&id, &s1, &NoProgress).unwrap_err();
+    assert!(
+        matches!(&held, ProviderError::AttachedElsewhere { holder, .. } if holder == "h"),
+        "{held}"
+    );
+    drop(a);
+    p.detach(&id, "h").unwrap();
+
+    for _ in 0..2 {
+        assert_eq!(p.revert_volume(&id, &s1, &NoProgress).unwrap().size, 4 * CHUNK);
+        let data = content(&p, &id);
+        assert_eq!(data.len() as u64, 4 * CHUNK);
+        assert_eq!(&data[CHUNK as usize..][..4096], &[1; 4096]);
+    }
+    assert_eq!(chunk_objects(&p), chunks, "a revert copied chunks");
+    assert_eq!(p.revert_volume(&id, &s2, &NoProgress).unwrap().size, 8 * CHUNK);
+    let data = content(&p, &id);
+    assert_eq!(&data[CHUNK as usize..][..4096], &[2; 4096]);
+    assert_eq!(&data[6 * CHUNK as usize..][..4096], &[2; 4096]);
+    assert_eq!(p.list_snapshots(&id).unwrap().len(), 2);
+    let missing = SnapshotName::new("nope").unwrap();
+    assert!(matches!(
+        p.revert_volume(&id, &missing, &NoProgress),
+        Err(ProviderError::SnapshotNotFound { .. })
+    ));
+    // After a revert, the device of a new attachment sees the snapshot too.
+    let b = p.attach(&id, "h2", false).unwrap();
+    let mut buf = [0; 4096];
+    b.device.read_at(&mut buf, CHUNK).unwrap();
+    assert_eq!(buf, [2; 4096]);
+}

@@ -100,6 +100,14 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
+/// `POST /v1/volumes/{id}/revert`: the volume becomes its snapshot again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertVolume {
+    /// The snapshot to go back to.
+    pub snapshot: String,
+}
+
 /// A snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotBody {

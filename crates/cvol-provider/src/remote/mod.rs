@@ -28,7 +28,7 @@ use crate::{
 };
 use api::{
     AttachmentBody, CreateAttachment, CreateSnapshot, CreateVolume, ErrorBody, Leftovers, Reclaim,
-    ResizeVolume, SnapshotBody, SnapshotList, Source, VolumeBody, VolumePage,
+    ResizeVolume, RevertVolume, SnapshotBody, SnapshotList, Source, VolumeBody, VolumePage,
 };
 
 /// How long a call is retried by default before the service counts as unreachable.
@@ -530,6 +530,28 @@ impl Provider for RemoteProvider {
             e if answer.repeated && matches!(e, ProviderError::SnapshotNotFound { .. }) => Ok(()),
             e => Err(e),
         }
+    }
+
+    fn revert_volume(
+        &self,
+        id: &VolumeId,
+        name: &SnapshotName,
+        _progress: &dyn CopyProgress,
+    ) -> Result<Volume, ProviderError> {
+        let request = RevertVolume {
+            snapshot: name.to_string(),
+        };
+        // Repeating a revert changes nothing, so a replayed call needs no special case.
+        let answer = self.call(
+            Method::POST,
+            &format!("/volumes/{id}/revert"),
+            Some(&request),
+            COPY_TIMEOUT,
+        )?;
+        if success(&answer) {
+            return self.volume_from(self.decode(&answer)?);
+        }
+        Err(self.error(&answer, id.as_str(), Some(name.as_str())))
     }
 
     fn attach(&self, id: &VolumeId, host: &str, force: bool) -> Result<Attachment, ProviderError> {

@@ -7,6 +7,7 @@
 //! - `POST /v1/vms/{vm}/start` `{"takeover": false}`;
 //! - `POST /v1/vms/{vm}/stop` `{"timeout_s": 60, "force": false}`;
 //! - `POST /v1/vms/{vm}/migrate` `{"to": HOST}`: answers when the VM has moved (or not);
+//! - `POST /v1/vms/{vm}/snapshot` `{"name": NAME}`: a VM snapshot, the guest paused;
 //! - between agents, for a migration: `POST /v1/vms/{vm}/incoming`
 //!   `{"source": HOST, "epoch": N}`, `POST /v1/vms/{vm}/promote` `{"epoch": N}` and
 //!   `POST /v1/vms/{vm}/abort-incoming`.
@@ -22,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cvol_format::VmName;
+use cvol_format::{SnapshotName, VmName};
 use serde::{Deserialize, Serialize};
 
 use super::migrate::{IncomingRequest, MigrateRequest, PromoteRequest};
@@ -47,6 +48,14 @@ pub struct StopRequest {
     /// End QEMU at once, without asking the guest.
     #[serde(default)]
     pub force: bool,
+}
+
+/// `POST /v1/vms/{vm}/snapshot`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The snapshot's name.
+    pub name: String,
 }
 
 /// Every error answer's body.
@@ -90,6 +99,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{vm}/start", post(start))
         .route("/v1/vms/{vm}/stop", post(stop))
         .route("/v1/vms/{vm}/migrate", post(migrate))
+        .route("/v1/vms/{vm}/snapshot", post(snapshot))
         .route("/v1/vms/{vm}/incoming", post(incoming))
         .route("/v1/vms/{vm}/promote", post(promote))
         .route("/v1/vms/{vm}/abort-incoming", post(abort_incoming))
@@ -155,6 +165,16 @@ async fn stop(
     let (vm, request) = (vm_name(&vm)?, body(request)?);
     let timeout = request.timeout_s.map(Duration::from_secs);
     blocking(move || agent.stop_vm(&vm, timeout, request.force)).await
+}
+
+async fn snapshot(
+    State(agent): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    request: Result<Json<SnapshotRequest>, JsonRejection>,
+) -> Answer<cvol_datastore::VmSnapshot> {
+    let (vm, request) = (vm_name(&vm)?, body(request)?);
+    let name = SnapshotName::new(&request.name).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    blocking(move || agent.snapshot_vm(&vm, &name)).await
 }
 
 async fn migrate(

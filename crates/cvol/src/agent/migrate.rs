@@ -156,6 +156,11 @@ impl Agent {
         let peer = self.peer(&to)?;
         {
             let mut migrations = lock(&self.migrations);
+            if lock(&self.snapshotting).contains(name) {
+                return Err(conflict(format!(
+                    "a snapshot of VM {name} is under way; try again after"
+                )));
+            }
             if let Some(m) = migrations.get(name).filter(|m| m.state == "running") {
                 return Err(conflict(format!(
                     "a migration of VM {name} to host {} is under way",

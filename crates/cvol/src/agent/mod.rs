@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod migrate;
 pub mod qemu;
+mod snapshot;
 mod status;
 mod watch;
 
@@ -115,6 +116,8 @@ pub struct Agent {
     volumes: OnceLock<Arc<AttachedVolumes>>,
     /// The last migration started here of each VM.
     migrations: Mutex<HashMap<VmName, MigrationReport>>,
+    /// VMs whose snapshot is being taken (paused): no migration starts meanwhile.
+    snapshotting: Mutex<HashSet<VmName>>,
     leases: Leases,
     hosts: HostRecords,
     boot_id: String,
@@ -180,6 +183,7 @@ impl Agent {
             ds: datastore,
             volumes: OnceLock::new(),
             migrations: Mutex::new(HashMap::new()),
+            snapshotting: Mutex::new(HashSet::new()),
         });
         agent.claim_host_id()?;
         Ok(agent)

@@ -245,6 +245,12 @@ impl Qmp {
         Ok(status.running)
     }
 
+    /// Pauses the guest; QEMU drains and flushes every disk before it answers.
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.run(qapi::qmp::stop {})?;
+        Ok(())
+    }
+
     /// Resumes the guest (activating its disks, on a migration's destination).
     pub fn cont(&mut self) -> anyhow::Result<()> {
         self.run(qapi::qmp::cont {})?;

@@ -9,6 +9,7 @@ mod provider;
 mod signals;
 mod up;
 mod vm;
+mod vm_snapshot;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -100,6 +100,7 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
             print_status(ctx, &status)
         }
         VmCommand::Set(args) => set(ctx, &args),
+        VmCommand::Snapshot(args) => super::vm_snapshot::run(ctx, args),
         VmCommand::Migrate { vm, to, agent } => migrate(ctx, &vm, &to, &agent),
         VmCommand::Delete { vm } => {
             let name = VmName::new(&vm)?;

@@ -1,0 +1,272 @@
+//! VM-wide snapshots through the CLI: every disk at once, revert, delete, crashes and
+//! bad input, on each kind of pool. (A running VM's snapshot, paused by its agent, is
+//! in cluster.rs.)
+
+mod common;
+
+use common::{tool, Env};
+
+/// Writes byte `byte` over the first 64 KiB of each of `disks` of VM `v`, through the
+/// container, then unmounts (which detaches the volumes).
+fn write(env: &Env, disks: &[&str], byte: u8) {
+    let m = env.mount(false);
+    for disk in disks {
+        let flat = m.path(&format!("v/{disk}-flat.vmdk"));
+        tool(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                &format!("write -P {byte} 0 64k"),
+                flat.to_str().unwrap(),
+            ],
+        );
+    }
+    m.stop();
+}
+
+/// The first 64 KiB and the size of each of `disks` of VM `v`, through the container.
+fn contents(env: &Env, disks: &[&str]) -> Vec<(u8, usize)> {
+    let m = env.mount(false);
+    let found = disks
+        .iter()
+        .map(|disk| {
+            let bytes = std::fs::read(m.path(&format!("v/{disk}-flat.vmdk"))).unwrap();
+            let head = &bytes[..65536];
+            assert!(
+                head.iter().all(|&b| b == head[0]),
+                "{disk}: mixed bytes in its first 64 KiB"
+            );
+            (head[0], bytes.len())
+        })
+        .collect();
+    m.stop();
+    found
+}
+
+fn disk_snapshots(env: &Env) -> Vec<Vec<String>> {
+    let disks = env.json(&["disk", "list", "v"]);
+    disks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["snapshots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+fn snapshot_revert_delete(env: Env) {
+    env.ok(&["vm", "create", "v", "--disk", "1M", "--disk", "2M"]);
+    let vmx_before = std::fs::read_to_string(env.share.join("v/v.vmx")).unwrap();
+    write(&env, &["v", "v_1"], 0x11);
+    let taken = env.json(&["vm", "snapshot", "v", "s1"]);
+    assert_eq!(taken["name"], "s1");
+    assert_eq!(taken["running"], false);
+    assert_eq!(taken["disks"].as_array().unwrap().len(), 2, "{taken}");
+    assert_eq!(disk_snapshots(&env), vec![vec!["s1"], vec!["s1"]]);
+
+    // Changes after the snapshot: data, a size and the configuration.
+    write(&env, &["v", "v_1"], 0x22);
+    env.ok(&["disk", "resize", "v/v_1", "4M"]);
+    env.ok(&["vm", "set", "v", "--cmdline", "console=ttyS0"]);
+    env.ok(&["vm", "snapshot", "v", "s2"]);
+    write(&env, &["v"], 0x33);
+
+    // A disk added since: the revert is refused and changes nothing.
+    env.ok(&["disk", "create", "v", "--size", "1M"]);
+    let refused = env.fails(&["vm", "snapshot", "revert", "v", "s1"]);
+    assert!(
+        refused.contains("its disks changed since snapshot \"s1\"") && refused.contains("v_2"),
+        "{refused}"
+    );
+    assert_eq!(
+        contents(&env, &["v", "v_1"]),
+        vec![(0x33, 1 << 20), (0x22, 4 << 20)]
+    );
+    env.ok(&["disk", "delete", "v/v_2"]);
+
+    env.ok(&["vm", "snapshot", "revert", "v", "s1"]);
+    assert_eq!(
+        contents(&env, &["v", "v_1"]),
+        vec![(0x11, 1 << 20), (0x11, 2 << 20)],
+        "both disks are back, with their sizes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.share.join("v/v.vmx")).unwrap(),
+        vmx_before,
+        "the .vmx is back"
+    );
+    env.ok(&["datastore", "fsck"]);
+    // The newer snapshot stays, and going forward to it works too.
+    env.ok(&["vm", "snapshot", "revert", "v", "s2"]);
+    assert_eq!(
+        contents(&env, &["v", "v_1"]),
+        vec![(0x22, 1 << 20), (0x22, 4 << 20)]
+    );
+    assert!(std::fs::read_to_string(env.share.join("v/v.vmx"))
+        .unwrap()
+        .contains("console=ttyS0"));
+
+    let listed = env.json(&["vm", "snapshot", "list", "v"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s1", "s2"]);
+    let table = env.ok(&["vm", "snapshot", "list", "v"]);
+    assert!(
+        table.contains("SNAPSHOT") && table.contains("s2") && table.contains("stopped"),
+        "{table}"
+    );
+
+    env.ok(&["vm", "snapshot", "delete", "v", "s1"]);
+    assert_eq!(disk_snapshots(&env), vec![vec!["s2"], vec!["s2"]]);
+    env.ok(&["vm", "snapshot", "delete", "v", "s2"]);
+    assert_eq!(disk_snapshots(&env), vec![Vec::<String>::new(), vec![]]);
+    assert_eq!(env.json(&["vm", "snapshot", "list", "v"]), serde_json::json!([]));
+    env.ok(&["datastore", "fsck"]);
+    // A VM with snapshots is deleted whole.
+    env.ok(&["vm", "snapshot", "v", "last"]);
+    env.ok(&["vm", "delete", "v"]);
+    assert_eq!(env.volumes(), 0);
+}
+
+#[test]
+fn a_vm_snapshot_reverts_every_disk_on_a_local_share() {
+    snapshot_revert_delete(Env::datastore());
+}
+
+#[test]
+fn a_vm_snapshot_reverts_every_disk_on_nfs() {
+    snapshot_revert_delete(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn a_vm_snapshot_reverts_every_disk_on_an_object_pool() {
+    snapshot_revert_delete(Env::datastore_on_object());
+}
+
+#[test]
+fn a_vm_snapshot_reverts_every_disk_with_a_remote_provider() {
+    snapshot_revert_delete(Env::datastore_on_remote());
+}
+
+#[test]
+fn a_vm_snapshot_reverts_every_disk_on_an_object_pool_behind_the_service() {
+    snapshot_revert_delete(Env::datastore_on_remote_object());
+}
+
+/// A crash half-way through a snapshot leaves nothing after fsck; half-way through a
+/// revert, fsck finishes it.
+fn crashes_are_repaired(env: Env) {
+    env.ok(&["vm", "create", "v", "--disk", "1M", "--disk", "1M"]);
+    write(&env, &["v", "v_1"], 0x11);
+    let before = env.snapshot_share();
+    for step in ["vm-snapshot:disk-snapshot", "vm-snapshot:recorded"] {
+        let out = env.run_with_env(
+            &["vm", "snapshot", "v", "s1"],
+            &[("CVOL_FAILPOINT", step)],
+        );
+        assert!(!out.status.success(), "{step}: the process did not die");
+        assert_eq!(env.run(&["datastore", "fsck"]).status.code(), Some(4));
+        env.ok(&["datastore", "fsck", "--repair"]);
+        assert_eq!(disk_snapshots(&env), vec![Vec::<String>::new(), vec![]]);
+        assert_eq!(env.snapshot_share(), before, "{step}: the share is as before");
+    }
+
+    env.ok(&["vm", "snapshot", "v", "s1"]);
+    write(&env, &["v", "v_1"], 0x22);
+    let out = env.run_with_env(
+        &["vm", "snapshot", "revert", "v", "s1"],
+        &[("CVOL_FAILPOINT", "vm-snapshot-revert:volume-reverted")],
+    );
+    assert!(!out.status.success(), "the revert did not die");
+    assert_eq!(
+        contents(&env, &["v", "v_1"]),
+        vec![(0x11, 1 << 20), (0x22, 1 << 20)],
+        "the crash came after the first disk"
+    );
+    let repaired = env.ok(&["datastore", "fsck", "--repair"]);
+    assert!(repaired.contains("vm-snapshot-revert"), "{repaired}");
+    assert_eq!(
+        contents(&env, &["v", "v_1"]),
+        vec![(0x11, 1 << 20), (0x11, 1 << 20)],
+        "fsck finished the revert"
+    );
+
+    let out = env.run_with_env(
+        &["vm", "snapshot", "delete", "v", "s1"],
+        &[("CVOL_FAILPOINT", "vm-snapshot-delete:disk-snapshots-deleted")],
+    );
+    assert!(!out.status.success(), "the delete did not die");
+    env.ok(&["datastore", "fsck", "--repair"]);
+    assert_eq!(disk_snapshots(&env), vec![Vec::<String>::new(), vec![]]);
+    assert_eq!(env.json(&["vm", "snapshot", "list", "v"]), serde_json::json!([]));
+}
+
+#[test]
+fn crashes_in_vm_snapshots_are_repaired_on_a_local_share() {
+    crashes_are_repaired(Env::datastore());
+}
+
+#[test]
+fn crashes_in_vm_snapshots_are_repaired_on_an_object_pool() {
+    crashes_are_repaired(Env::datastore_on_object());
+}
+
+#[test]
+fn bad_vm_snapshot_requests_get_a_clear_error_and_change_nothing() {
+    let env = Env::datastore();
+    env.ok(&["vm", "create", "v", "--disk", "1M", "--disk", "1M"]);
+    env.ok(&["disk", "snapshot", "v/v_1", "taken"]);
+    env.ok(&["vm", "snapshot", "v", "s1"]);
+    let before = env.snapshot_share();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["vm", "snapshot", "nope", "s"], "VM \"nope\" does not exist"),
+        (vec!["vm", "snapshot", "v", "s1"], "VM v already has a snapshot \"s1\""),
+        (
+            vec!["vm", "snapshot", "v", "taken"],
+            "disk v/v_1 already has a snapshot \"taken\"",
+        ),
+        (vec!["vm", "snapshot", "v", "../x"], "invalid snapshot name"),
+        (vec!["vm", "snapshot", "v", ".hidden"], "starts with '.'"),
+        (
+            vec!["vm", "snapshot", "revert", "v", "nope"],
+            "VM v has no snapshot \"nope\"",
+        ),
+        (
+            vec!["vm", "snapshot", "delete", "v", "nope"],
+            "VM v has no snapshot \"nope\"",
+        ),
+        (vec!["vm", "snapshot", "list", "nope"], "VM \"nope\" does not exist"),
+    ];
+    for (args, expected) in cases {
+        let err = env.fails(&args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    // A disk held by a host (here a mounted container using it) blocks a revert.
+    let m = env.mount(false);
+    std::fs::read(m.path("v/v-flat.vmdk")).unwrap();
+    let err = env.fails(&["vm", "snapshot", "revert", "v", "s1"]);
+    assert!(err.contains("is attached to host"), "{err}");
+    m.stop();
+    // A record that is not TOML is named with its line.
+    std::fs::write(env.share.join("v/.snapshots/s1"), "name = \n").unwrap();
+    let err = env.fails(&["vm", "snapshot", "revert", "v", "s1"]);
+    assert!(err.contains("v/.snapshots/s1"), "{err}");
+    std::fs::write(env.share.join("v/.snapshots/s1"), "").unwrap();
+    let mut after = env.snapshot_share();
+    after.retain(|(p, _)| !p.ends_with("s1"));
+    let mut expected = before;
+    expected.retain(|(p, _)| !p.ends_with("s1"));
+    assert_eq!(after, expected, "refused requests changed the share");
+}
