@@ -223,8 +223,9 @@ guest_initrd() {
 
 # counter_guest DIR: a guest (guest_kernel, then DIR/initrd.gz) that writes an increasing
 # counter to /dev/vda, one 512-byte block per step with O_DIRECT and fsync: block N holds
-# "N BOOT" (BOOT: random per boot). It continues after the highest N on the disk, and
-# prints "cvol-counter: N BOOT" on its console for each step completed.
+# "N BOOT" (BOOT: random per boot); each step writes the same block of every other disk
+# (vdb, vdc, …) after vda's. It continues after the highest N on vda, and prints
+# "cvol-counter: N BOOT" on its console for each step completed.
 counter_guest() {
     local dir=$1
     mkdir -p "$dir"
@@ -235,8 +236,12 @@ last=$(dd if=/dev/vda bs=1M count=1 iflag=direct 2>/dev/null | tr -d '\000' |
 n=$((last + 1))
 echo "cvol-counter: start $n $boot"
 while [ "$n" -lt 2048 ]; do
-    echo "$n $boot" | dd of=/dev/vda bs=512 seek="$n" count=1 conv=sync,notrunc,fsync oflag=direct 2>/dev/null ||
-        { echo "cvol-counter: write $n failed"; sleep 1; continue; }
+    failed=
+    for disk in /dev/vd?; do
+        echo "$n $boot" | dd of="$disk" bs=512 seek="$n" count=1 conv=sync,notrunc,fsync oflag=direct 2>/dev/null ||
+            { failed=1; break; }
+    done
+    [ -z "$failed" ] || { echo "cvol-counter: write $n failed"; sleep 1; continue; }
     echo "cvol-counter: $n $boot"
     n=$((n + 1))
     sleep 0.05

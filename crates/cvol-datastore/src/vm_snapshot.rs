@@ -64,7 +64,10 @@ impl Datastore {
                 "VM {vm} already has a snapshot \"{name}\""
             )));
         }
-        let vmx = self.read_vmx(vm)?.map(|v| v.to_string()).unwrap_or_default();
+        let vmx = self
+            .read_vmx(vm)?
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         let disks = self.current_disks(vm)?;
         let mut intent = Intent::new(OP, Recovery::Rollback, self.host());
         for (disk, cvol, _) in &disks {
@@ -141,9 +144,7 @@ impl Datastore {
                 snapshots.push(self.vm_snapshot(vm, &name)?);
             }
         }
-        snapshots.sort_by(|a, b| {
-            (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name))
-        });
+        snapshots.sort_by(|a, b| (a.created_unix_ms, &a.name).cmp(&(b.created_unix_ms, &b.name)));
         Ok(snapshots)
     }
 
@@ -185,7 +186,9 @@ impl Datastore {
             .iter()
             .map(|d| snapshot_of(d, name))
             .collect::<Result<_, _>>()?;
-        intent.files.push(layout::vm_snapshot_file(vm, name).as_str().to_string());
+        intent
+            .files
+            .push(layout::vm_snapshot_file(vm, name).as_str().to_string());
         self.run_with_intent(intent.clone(), || {
             self.delete_snapshots(&intent.snapshots)?;
             self.step(OP, "disk-snapshots-deleted");
@@ -281,7 +284,10 @@ impl Datastore {
         snapshots: &[IntentSnapshot],
     ) -> Result<(), DatastoreError> {
         for s in snapshots {
-            match self.provider(&s.provider)?.delete_snapshot(&s.volume, &s.name) {
+            match self
+                .provider(&s.provider)?
+                .delete_snapshot(&s.volume, &s.name)
+            {
                 Err(e) if !e.is_not_found() => return Err(e.into()),
                 _ => {}
             }
@@ -297,15 +303,17 @@ impl Datastore {
         let mut disks = Vec::new();
         for info in self.disks(vm)? {
             let disk = DiskName::new(&info.name)?;
-            let (descriptor, cvol) =
-                self.read_descriptor(&layout::descriptor_file(vm, &disk))?;
+            let (descriptor, cvol) = self.read_descriptor(&layout::descriptor_file(vm, &disk))?;
             disks.push((disk, cvol, descriptor));
         }
         Ok(disks)
     }
 }
 
-fn snapshot_of(disk: &VmSnapshotDisk, name: &SnapshotName) -> Result<IntentSnapshot, DatastoreError> {
+fn snapshot_of(
+    disk: &VmSnapshotDisk,
+    name: &SnapshotName,
+) -> Result<IntentSnapshot, DatastoreError> {
     Ok(IntentSnapshot {
         provider: ProviderId::new(&disk.provider)?,
         volume: VolumeId::new(&disk.volume)?,

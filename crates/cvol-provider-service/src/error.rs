@@ -37,6 +37,17 @@ impl ApiError {
         self
     }
 
+    /// The same error with another status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Its stable code.
+    pub fn code(&self) -> &str {
+        &self.body.error
+    }
+
     /// A malformed request.
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)

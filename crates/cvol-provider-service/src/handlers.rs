@@ -11,7 +11,8 @@ use axum::Json;
 use cvol_format::{SnapshotName, VolumeId};
 use cvol_provider::remote::api::{
     AttachmentBody, CreateAttachment, CreateSnapshot, CreateVolume, Leftovers, PoolBody, Reclaim,
-    ResizeVolume, RevertVolume, SnapshotBody, SnapshotList, VolumeBody, VolumePage, MAX_VOLUME_SIZE,
+    ResizeVolume, RevertVolume, SnapshotBody, SnapshotList, VolumeBody, VolumePage,
+    MAX_VOLUME_SIZE,
 };
 use cvol_provider::{NoProgress, Provider, ProviderError, Snapshot, Volume, VolumeSource};
 use serde::de::DeserializeOwned;
@@ -260,7 +261,14 @@ pub async fn revert_volume(
     let id = volume_id(&path?.0)?;
     let request: RevertVolume = object(body)?;
     let name = snapshot_name(&request.snapshot)?;
-    let volume = run(&service, move |p| p.revert_volume(&id, &name, &NoProgress)).await?;
+    // 404 is for the volume of the path; a snapshot named in the body that it does not
+    // have is a conflict with the volume's state.
+    let volume = run(&service, move |p| p.revert_volume(&id, &name, &NoProgress))
+        .await
+        .map_err(|e| match e.code() {
+            "snapshot_not_found" => e.with_status(StatusCode::CONFLICT),
+            _ => e,
+        })?;
     Ok(Json(volume_body(volume)))
 }
 

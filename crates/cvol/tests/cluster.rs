@@ -539,11 +539,19 @@ impl Cluster {
     /// The bytes of `vm`'s first disk, read over NBD from host `h`'s agent (a real
     /// client, whatever the pool).
     fn disk_bytes(&self, h: usize, vm: &str) -> Vec<u8> {
+        self.disk_bytes_of(h, vm, vm)
+    }
+
+    /// The bytes of `vm`'s disk `disk`, read as `disk_bytes` does.
+    fn disk_bytes_of(&self, h: usize, vm: &str, disk: &str) -> Vec<u8> {
         let socket = self.hosts[h].dir.join("nbd.sock");
-        let out_file = self.work.join(format!("{vm}.raw"));
+        let out_file = self.work.join(format!("{disk}.raw"));
         let out = run(Command::new("qemu-img")
             .args(["convert", "-f", "raw", "-O", "raw"])
-            .arg(format!("nbd+unix:///{vm}/{vm}?socket={}", socket.display()))
+            .arg(format!(
+                "nbd+unix:///{vm}/{disk}?socket={}",
+                socket.display()
+            ))
             .arg(&out_file));
         assert!(
             out.status.success(),
@@ -886,6 +894,88 @@ fn a_running_vm_on_an_object_pool_moves_between_two_hosts() {
 #[test]
 fn a_running_vm_with_its_disks_over_nbd_moves_between_two_hosts() {
     migrations(Pool::File, "nbd", 6);
+}
+
+/// Snapshots of a running guest that writes each count to three disks in turn: the
+/// agent pauses it for each, so after a revert the three disks are from one instant
+/// (the last count on vda, and on vdb and vdc that count or the one before, in order).
+#[test]
+fn a_running_vms_snapshot_holds_its_three_disks_at_one_instant() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::with_pool(1, Pool::S3);
+    c.create_vm("snap", true, false);
+    for _ in 0..2 {
+        c.cvol_ok(0, &["disk", "create", "snap", "--size", "16M"]);
+    }
+    c.start_agent(0);
+    c.start_vm(0, "snap");
+    let counted = || console_counts(&c.hosts[0].console("snap")).len();
+    wait_for(Duration::from_secs(60), "the guest to count", || {
+        counted() >= 3
+    });
+    let socket = c.hosts[0].socket();
+    let agent = socket.to_str().unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        let out = c.cvol_in(
+            0,
+            &["--json", "vm", "snapshot", "snap", name, "--agent", agent],
+        );
+        assert!(
+            out.status.success(),
+            "snapshot {name}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.agent_log(0)
+        );
+        let taken: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(taken["running"], true, "{taken}");
+        assert_eq!(taken["disks"].as_array().unwrap().len(), 3, "{taken}");
+        let now = counted();
+        wait_for(
+            Duration::from_secs(30),
+            "the guest to go on counting",
+            || counted() >= now + 2,
+        );
+    }
+    let out = c.cvol_in(0, &["vm", "snapshot", "revert", "snap", "s0"]);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && refused.contains("it runs"),
+        "a running VM was reverted: {refused}"
+    );
+    c.stop_vm(0, "snap");
+    let disks = ["snap", "snap_1", "snap_2"];
+    let mut tops = Vec::new();
+    for name in &names {
+        // The container lets go of the disks as QEMU's files close, just after it exits.
+        c.wait(Duration::from_secs(30), "the disks to be detached", || {
+            let listed = c.cvol_ok(0, &["--json", "disk", "list", "snap"]);
+            let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["attached_to"].is_null())
+        });
+        c.cvol_ok(0, &["vm", "snapshot", "revert", "snap", name]);
+        let top: Vec<u64> = disks
+            .iter()
+            .map(|d| {
+                disk_counts(&c.disk_bytes_of(0, "snap", d))
+                    .last()
+                    .map_or(0, |(n, _)| *n)
+            })
+            .collect();
+        assert!(
+            top[0] >= top[1] && top[1] >= top[2] && top[2] + 1 >= top[0],
+            "snapshot {name}: the disks are from different instants: last counts {top:?}"
+        );
+        tops.push(top[0]);
+    }
+    assert!(
+        tops.windows(2).all(|w| w[0] < w[1]),
+        "each snapshot holds a later count: {tops:?}"
+    );
 }
 
 /// The command that asked for a migration dies at once; the agents finish it, and a

@@ -132,7 +132,10 @@ fn snapshot_revert_delete(env: Env) {
     assert_eq!(disk_snapshots(&env), vec![vec!["s2"], vec!["s2"]]);
     env.ok(&["vm", "snapshot", "delete", "v", "s2"]);
     assert_eq!(disk_snapshots(&env), vec![Vec::<String>::new(), vec![]]);
-    assert_eq!(env.json(&["vm", "snapshot", "list", "v"]), serde_json::json!([]));
+    assert_eq!(
+        env.json(&["vm", "snapshot", "list", "v"]),
+        serde_json::json!([])
+    );
     env.ok(&["datastore", "fsck"]);
     // A VM with snapshots is deleted whole.
     env.ok(&["vm", "snapshot", "v", "last"]);
@@ -172,15 +175,16 @@ fn crashes_are_repaired(env: Env) {
     write(&env, &["v", "v_1"], 0x11);
     let before = env.snapshot_share();
     for step in ["vm-snapshot:disk-snapshot", "vm-snapshot:recorded"] {
-        let out = env.run_with_env(
-            &["vm", "snapshot", "v", "s1"],
-            &[("CVOL_FAILPOINT", step)],
-        );
+        let out = env.run_with_env(&["vm", "snapshot", "v", "s1"], &[("CVOL_FAILPOINT", step)]);
         assert!(!out.status.success(), "{step}: the process did not die");
         assert_eq!(env.run(&["datastore", "fsck"]).status.code(), Some(4));
         env.ok(&["datastore", "fsck", "--repair"]);
         assert_eq!(disk_snapshots(&env), vec![Vec::<String>::new(), vec![]]);
-        assert_eq!(env.snapshot_share(), before, "{step}: the share is as before");
+        assert_eq!(
+            env.snapshot_share(),
+            before,
+            "{step}: the share is as before"
+        );
     }
 
     env.ok(&["vm", "snapshot", "v", "s1"]);
@@ -205,12 +209,18 @@ fn crashes_are_repaired(env: Env) {
 
     let out = env.run_with_env(
         &["vm", "snapshot", "delete", "v", "s1"],
-        &[("CVOL_FAILPOINT", "vm-snapshot-delete:disk-snapshots-deleted")],
+        &[(
+            "CVOL_FAILPOINT",
+            "vm-snapshot-delete:disk-snapshots-deleted",
+        )],
     );
     assert!(!out.status.success(), "the delete did not die");
     env.ok(&["datastore", "fsck", "--repair"]);
     assert_eq!(disk_snapshots(&env), vec![Vec::<String>::new(), vec![]]);
-    assert_eq!(env.json(&["vm", "snapshot", "list", "v"]), serde_json::json!([]));
+    assert_eq!(
+        env.json(&["vm", "snapshot", "list", "v"]),
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -231,8 +241,14 @@ fn bad_vm_snapshot_requests_get_a_clear_error_and_change_nothing() {
     env.ok(&["vm", "snapshot", "v", "s1"]);
     let before = env.snapshot_share();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["vm", "snapshot", "nope", "s"], "VM \"nope\" does not exist"),
-        (vec!["vm", "snapshot", "v", "s1"], "VM v already has a snapshot \"s1\""),
+        (
+            vec!["vm", "snapshot", "nope", "s"],
+            "VM \"nope\" does not exist",
+        ),
+        (
+            vec!["vm", "snapshot", "v", "s1"],
+            "VM v already has a snapshot \"s1\"",
+        ),
         (
             vec!["vm", "snapshot", "v", "taken"],
             "disk v/v_1 already has a snapshot \"taken\"",
@@ -247,17 +263,21 @@ fn bad_vm_snapshot_requests_get_a_clear_error_and_change_nothing() {
             vec!["vm", "snapshot", "delete", "v", "nope"],
             "VM v has no snapshot \"nope\"",
         ),
-        (vec!["vm", "snapshot", "list", "nope"], "VM \"nope\" does not exist"),
+        (
+            vec!["vm", "snapshot", "list", "nope"],
+            "VM \"nope\" does not exist",
+        ),
     ];
     for (args, expected) in cases {
         let err = env.fails(&args);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
-    // A disk held by a host (here a mounted container using it) blocks a revert.
+    // A disk held by a host (here a container with it open) blocks a revert.
     let m = env.mount(false);
-    std::fs::read(m.path("v/v-flat.vmdk")).unwrap();
+    let open = std::fs::File::open(m.path("v/v-flat.vmdk")).unwrap();
     let err = env.fails(&["vm", "snapshot", "revert", "v", "s1"]);
     assert!(err.contains("is attached to host"), "{err}");
+    drop(open);
     m.stop();
     // A record that is not TOML is named with its line.
     std::fs::write(env.share.join("v/.snapshots/s1"), "name = \n").unwrap();

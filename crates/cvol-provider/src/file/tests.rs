@@ -392,13 +392,23 @@ fn revert_brings_back_a_snapshots_data_and_size_and_keeps_every_snapshot() {
         "{held}"
     );
     p.detach(&id, "h1").unwrap();
-    assert_eq!(&read_all(&p, &id)[..6], b"third!", "a refused revert changed data");
+    assert_eq!(
+        &read_all(&p, &id)[..6],
+        b"third!",
+        "a refused revert changed data"
+    );
 
     for _ in 0..2 {
-        assert_eq!(p.revert_volume(&id, &s1, &NoProgress).unwrap().size, 1 << 20);
+        assert_eq!(
+            p.revert_volume(&id, &s1, &NoProgress).unwrap().size,
+            1 << 20
+        );
         assert_eq!(&read_all(&p, &id)[..6], b"first\0");
     }
-    assert_eq!(p.revert_volume(&id, &s2, &NoProgress).unwrap().size, 2 << 20);
+    assert_eq!(
+        p.revert_volume(&id, &s2, &NoProgress).unwrap().size,
+        2 << 20
+    );
     assert_eq!(&read_all(&p, &id)[..6], b"second");
     assert_eq!(p.list_snapshots(&id).unwrap().len(), 2);
     let missing = SnapshotName::new("nope").unwrap();

@@ -438,13 +438,19 @@ fn revert_brings_back_a_snapshots_chunks_and_size_and_keeps_every_snapshot() {
     p.detach(&id, "h").unwrap();
 
     for _ in 0..2 {
-        assert_eq!(p.revert_volume(&id, &s1, &NoProgress).unwrap().size, 4 * CHUNK);
+        assert_eq!(
+            p.revert_volume(&id, &s1, &NoProgress).unwrap().size,
+            4 * CHUNK
+        );
         let data = content(&p, &id);
         assert_eq!(data.len() as u64, 4 * CHUNK);
         assert_eq!(&data[CHUNK as usize..][..4096], &[1; 4096]);
     }
     assert_eq!(chunk_objects(&p), chunks, "a revert copied chunks");
-    assert_eq!(p.revert_volume(&id, &s2, &NoProgress).unwrap().size, 8 * CHUNK);
+    assert_eq!(
+        p.revert_volume(&id, &s2, &NoProgress).unwrap().size,
+        8 * CHUNK
+    );
     let data = content(&p, &id);
     assert_eq!(&data[CHUNK as usize..][..4096], &[2; 4096]);
     assert_eq!(&data[6 * CHUNK as usize..][..4096], &[2; 4096]);

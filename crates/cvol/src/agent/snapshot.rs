@@ -61,12 +61,9 @@ impl Agent {
             qmp.pause()?;
         }
         let started = std::time::Instant::now();
-        let taken = self.ds.vm_snapshot_create(
-            name,
-            snapshot,
-            true,
-            &cvol_provider::NoProgress,
-        );
+        let taken = self
+            .ds
+            .vm_snapshot_create(name, snapshot, true, &cvol_provider::NoProgress);
         if was_running {
             // Resumed whatever the snapshot did: a failed snapshot must not stop the VM.
             if let Err(e) = qmp.cont() {

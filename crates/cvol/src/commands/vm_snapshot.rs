@@ -27,9 +27,10 @@ pub fn run(ctx: &Context, args: VmSnapshotArgs) -> anyhow::Result<()> {
                         name: name.to_string(),
                     },
                 )?,
-                None => ctx
-                    .datastore()?
-                    .vm_snapshot_create(&vm, &name, false, &Bar::new("snapshot"))?,
+                None => {
+                    ctx.datastore()?
+                        .vm_snapshot_create(&vm, &name, false, &Bar::new("snapshot"))?
+                }
             };
             if ctx.json {
                 return print_json(&taken);
