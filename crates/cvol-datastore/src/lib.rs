@@ -13,6 +13,7 @@ pub mod intent;
 pub mod layout;
 mod pending;
 mod vm;
+mod vm_clone;
 mod vm_snapshot;
 mod vmx_slots;
 

@@ -52,6 +52,25 @@ impl VmInfo {
     pub fn ha(&self) -> bool {
         self.options.get(HA_KEY).is_some_and(|v| is_true(v))
     }
+
+    /// Whether the VM is a template (`cvol.template = "TRUE"`): never started, cloned.
+    pub fn template(&self) -> bool {
+        self.options
+            .get(crate::vm_clone::TEMPLATE_KEY)
+            .is_some_and(|v| is_true(v))
+    }
+
+    /// Refuses to start a template, saying what to do instead.
+    pub fn check_startable(&self) -> Result<(), DatastoreError> {
+        if self.template() {
+            return Err(DatastoreError::Invalid(format!(
+                "VM {} is a template: it is not started; clone it (cvol vm clone {} NEW), or \
+                 make it a VM again (cvol vm template {} --off)",
+                self.name, self.name, self.name
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The `.vmx` key that marks a VM for HA.
@@ -75,7 +94,7 @@ impl Datastore {
         Ok(names)
     }
 
-    fn vm_exists(&self, name: &VmName) -> Result<bool, DatastoreError> {
+    pub(crate) fn vm_exists(&self, name: &VmName) -> Result<bool, DatastoreError> {
         match self.share().metadata(&layout::vm_dir(name)) {
             Ok(m) => Ok(m.kind == FileKind::Dir),
             Err(e) if e.is_not_found() => Ok(false),

@@ -190,8 +190,10 @@ impl Datastore {
             .files
             .push(layout::vm_snapshot_file(vm, name).as_str().to_string());
         self.run_with_intent(intent.clone(), || {
-            self.delete_snapshots(&intent.snapshots)?;
-            self.step(OP, "disk-snapshots-deleted");
+            for snapshot in &intent.snapshots {
+                self.delete_snapshots(std::slice::from_ref(snapshot))?;
+                self.step(OP, "disk-snapshot-deleted");
+            }
             self.share()
                 .remove_file(&layout::vm_snapshot_file(vm, name))?;
             Ok(())

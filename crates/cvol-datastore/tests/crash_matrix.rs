@@ -400,3 +400,78 @@ fn leaked_volumes_are_found_and_reclaimed() {
     );
     assert_eq!(ds.vm_info(&vm("demo")).unwrap().disks.len(), 1);
 }
+
+fn snap(name: &str) -> SnapshotName {
+    SnapshotName::new(name).unwrap()
+}
+
+#[test]
+fn vm_snapshot_is_all_or_nothing() {
+    crash_after_every_step(
+        |ds| {
+            drop(
+                ds.vm_create(&vm("demo"), &spec(&[1 << 20, 1 << 20]))
+                    .unwrap(),
+            )
+        },
+        |ds| {
+            ds.vm_snapshot_create(&vm("demo"), &snap("s"), false, &NoProgress)
+                .map(drop)
+        },
+        true,
+    );
+}
+
+#[test]
+fn vm_snapshot_delete_finishes() {
+    crash_after_every_step(
+        |ds| {
+            ds.vm_create(&vm("demo"), &spec(&[1 << 20, 1 << 20]))
+                .unwrap();
+            ds.vm_snapshot_create(&vm("demo"), &snap("s"), false, &NoProgress)
+                .unwrap();
+        },
+        |ds| ds.vm_snapshot_delete(&vm("demo"), &snap("s")),
+        false,
+    );
+}
+
+#[test]
+fn vm_snapshot_revert_finishes() {
+    crash_after_every_step(
+        |ds| {
+            ds.vm_create(&vm("demo"), &spec(&[1 << 20, 1 << 20]))
+                .unwrap();
+            ds.vm_snapshot_create(&vm("demo"), &snap("s"), false, &NoProgress)
+                .unwrap();
+            ds.vm_set_option(&vm("demo"), "cvol.cmdline", Some("after"))
+                .unwrap();
+            ds.disk_resize(
+                &vm("demo"),
+                &DiskName::new("demo_1").unwrap(),
+                2 << 20,
+                false,
+            )
+            .unwrap();
+        },
+        |ds| ds.vm_snapshot_revert(&vm("demo"), &snap("s")).map(drop),
+        false,
+    );
+}
+
+#[test]
+fn vm_clone_is_all_or_nothing() {
+    crash_after_every_step(
+        |ds| {
+            ds.vm_create(&vm("src"), &spec(&[1 << 20, 1 << 20]))
+                .unwrap();
+            ds.vm_snapshot_create(&vm("src"), &snap("s"), false, &NoProgress)
+                .unwrap();
+        },
+        |ds| {
+            ds.vm_clone(&vm("src"), &vm("dst"), Some(&snap("s")), &NoProgress)
+                .map(drop)
+        },
+        true,
+    );
+}

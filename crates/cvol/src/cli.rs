@@ -398,6 +398,27 @@ pub enum VmCommand {
     },
     /// Change cvol's settings of a VM (kept in its .vmx as cvol.* keys).
     Set(SetArgs),
+    /// Make a new VM as a copy of another (stopped, or as of one of its snapshots): its
+    /// .vmx with a new BIOS uuid and new MAC addresses, and every disk cloned in its pool
+    /// (copy-free on object pools, a reflink or copy on file pools). Disks named after
+    /// the VM (SRC, SRC_1, …) take the new VM's name. All or nothing.
+    Clone {
+        /// The VM (or template) to copy.
+        source: String,
+        /// The new VM's name.
+        target: String,
+        /// Copy the VM as it was at this snapshot of it (see `cvol vm snapshot`).
+        #[arg(long, value_name = "NAME")]
+        snapshot: Option<String>,
+    },
+    /// Make a VM a template: it is never started, only cloned (`cvol vm clone`).
+    Template {
+        /// The VM's name.
+        vm: String,
+        /// Make the template an ordinary VM again.
+        #[arg(long)]
+        off: bool,
+    },
     /// Take a snapshot of every disk of a VM at one instant (`cvol vm snapshot VM NAME`),
     /// or list, revert or delete its snapshots. A running VM is paused by its host's
     /// agent while its disks are snapshotted (from its host); the snapshot keeps a copy

@@ -272,6 +272,8 @@ impl Agent {
             return Err(AgentError::Unavailable("the host agent is stopping".into()));
         }
         let info = self.ds.vm_info(name)?;
+        info.check_startable()
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
         if lock(&self.vms).contains_key(name) || !lock(&self.starting).insert(name.clone()) {
             return Err(AgentError::Conflict {
                 message: format!(

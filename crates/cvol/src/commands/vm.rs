@@ -1,7 +1,7 @@
 //! `cvol vm create|list|show|delete|set`, and `start|stop|status` through the host agent.
 
 use cvol_datastore::{VmInfo, VmSpec};
-use cvol_format::{parse_size, ProviderId, VmName};
+use cvol_format::{parse_size, ProviderId, SnapshotName, VmName};
 
 use cvol_cluster::Leases;
 
@@ -13,6 +13,7 @@ use crate::agent::qemu::{self, DiskPaths, QemuOptions};
 use crate::agent::{MigrationReport, VmStatus};
 use crate::cli::{AgentArg, SetArgs, StartArgs, VmCommand};
 use crate::output::{human_size, print_json, print_table, shell_quote};
+use crate::progress::Bar;
 
 pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
     match cmd {
@@ -55,7 +56,7 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
                         human_size(total),
                         allocated.map_or("-".into(), human_size),
                         if vm.problems.is_empty() {
-                            "ok".into()
+                            if vm.template() { "template" } else { "ok" }.into()
                         } else {
                             format!("{} problems", vm.problems.len())
                         },
@@ -101,10 +102,34 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
         }
         VmCommand::Set(args) => set(ctx, &args),
         VmCommand::Snapshot(args) => super::vm_snapshot::run(ctx, args),
+        VmCommand::Clone {
+            source,
+            target,
+            snapshot,
+        } => {
+            let (source, target) = (VmName::new(&source)?, VmName::new(&target)?);
+            let snapshot = snapshot.as_deref().map(SnapshotName::new).transpose()?;
+            let info = ctx.datastore()?.vm_clone(
+                &source,
+                &target,
+                snapshot.as_ref(),
+                &Bar::new("clone"),
+            )?;
+            show(ctx, &info)
+        }
+        VmCommand::Template { vm, off } => {
+            let vm = VmName::new(&vm)?;
+            if !off {
+                check_not_leased(ctx, &vm, "making a template of")?;
+            }
+            let ds = ctx.datastore()?;
+            ds.vm_set_template(&vm, !off)?;
+            show(ctx, &ds.vm_info(&vm)?)
+        }
         VmCommand::Migrate { vm, to, agent } => migrate(ctx, &vm, &to, &agent),
         VmCommand::Delete { vm } => {
             let name = VmName::new(&vm)?;
-            let leases = check_not_leased(ctx, &name)?;
+            let leases = check_not_leased(ctx, &name, "deleting")?;
             ctx.datastore()?.vm_delete(&name)?;
             leases.remove(&name)?;
             if !ctx.json {
@@ -127,6 +152,12 @@ fn show(ctx: &Context, vm: &VmInfo) -> anyhow::Result<()> {
     if let Some(cpus) = vm.cpus {
         println!("  cpus:    {cpus}");
     }
+    if vm.template() {
+        println!(
+            "  template: not started, cloned (cvol vm clone {} NEW)",
+            vm.name
+        );
+    }
     println!();
     super::disk::print_disks(&vm.disks);
     for problem in &vm.problems {
@@ -139,6 +170,7 @@ fn show(ctx: &Context, vm: &VmInfo) -> anyhow::Result<()> {
 /// lease.
 fn start_local(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
     let vm = ctx.datastore()?.vm_info(&VmName::new(&args.vm)?)?;
+    vm.check_startable()?;
     let options = QemuOptions {
         qemu: args.qemu.clone(),
         accel: args.accel.clone(),
@@ -277,13 +309,13 @@ fn set(ctx: &Context, args: &SetArgs) -> anyhow::Result<()> {
     show(ctx, &ds.vm_info(&vm)?)
 }
 
-/// Refuses to delete a VM that some host may run: its lease is not stopped.
-fn check_not_leased(ctx: &Context, vm: &VmName) -> anyhow::Result<Leases> {
+/// Refuses to go on `doing` a VM that some host may run: its lease is not stopped.
+fn check_not_leased(ctx: &Context, vm: &VmName, doing: &str) -> anyhow::Result<Leases> {
     let leases = Leases::new(ctx.share()?);
     if let Some(view) = leases.current(vm)? {
         if !view.is_free() {
             anyhow::bail!(
-                "not deleting VM {vm}: its lease is held by {}; stop it first",
+                "not {doing} VM {vm}: its lease is held by {}; stop it first",
                 view.holder()
             );
         }

@@ -1,6 +1,6 @@
-//! VM-wide snapshots through the CLI: every disk at once, revert, delete, crashes and
-//! bad input, on each kind of pool. (A running VM's snapshot, paused by its agent, is
-//! in cluster.rs.)
+//! A VM's life through the CLI, on each kind of pool: VM-wide snapshots (every disk at
+//! once, revert, delete), clones and templates, with crashes and bad input. (A running
+//! VM's snapshot, paused by its agent, is in cluster.rs.)
 
 mod common;
 
@@ -9,9 +9,14 @@ use common::{tool, Env};
 /// Writes byte `byte` over the first 64 KiB of each of `disks` of VM `v`, through the
 /// container, then unmounts (which detaches the volumes).
 fn write(env: &Env, disks: &[&str], byte: u8) {
+    write_to(env, "v", disks, byte)
+}
+
+/// The same for VM `vm`.
+fn write_to(env: &Env, vm: &str, disks: &[&str], byte: u8) {
     let m = env.mount(false);
     for disk in disks {
-        let flat = m.path(&format!("v/{disk}-flat.vmdk"));
+        let flat = m.path(&format!("{vm}/{disk}-flat.vmdk"));
         tool(
             "qemu-io",
             &[
@@ -28,11 +33,16 @@ fn write(env: &Env, disks: &[&str], byte: u8) {
 
 /// The first 64 KiB and the size of each of `disks` of VM `v`, through the container.
 fn contents(env: &Env, disks: &[&str]) -> Vec<(u8, usize)> {
+    contents_of(env, "v", disks)
+}
+
+/// The same for VM `vm`.
+fn contents_of(env: &Env, vm: &str, disks: &[&str]) -> Vec<(u8, usize)> {
     let m = env.mount(false);
     let found = disks
         .iter()
         .map(|disk| {
-            let bytes = std::fs::read(m.path(&format!("v/{disk}-flat.vmdk"))).unwrap();
+            let bytes = std::fs::read(m.path(&format!("{vm}/{disk}-flat.vmdk"))).unwrap();
             let head = &bytes[..65536];
             assert!(
                 head.iter().all(|&b| b == head[0]),
@@ -209,10 +219,7 @@ fn crashes_are_repaired(env: Env) {
 
     let out = env.run_with_env(
         &["vm", "snapshot", "delete", "v", "s1"],
-        &[(
-            "CVOL_FAILPOINT",
-            "vm-snapshot-delete:disk-snapshots-deleted",
-        )],
+        &[("CVOL_FAILPOINT", "vm-snapshot-delete:disk-snapshot-deleted")],
     );
     assert!(!out.status.success(), "the delete did not die");
     env.ok(&["datastore", "fsck", "--repair"]);
@@ -289,4 +296,139 @@ fn bad_vm_snapshot_requests_get_a_clear_error_and_change_nothing() {
     let mut expected = before;
     expected.retain(|(p, _)| !p.ends_with("s1"));
     assert_eq!(after, expected, "refused requests changed the share");
+}
+
+fn vmx(env: &Env, vm: &str) -> String {
+    std::fs::read_to_string(env.share.join(format!("{vm}/{vm}.vmx"))).unwrap()
+}
+
+/// Clones copy every disk and the .vmx under the new name, and share nothing with their
+/// origin afterwards; templates are cloned, never started.
+fn clones_and_templates(env: Env) {
+    env.ok(&["vm", "create", "web", "--disk", "1M", "--disk", "2M"]);
+    env.ok(&["vm", "set", "web", "--cmdline", "console=ttyS0"]);
+    write_to(&env, "web", &["web", "web_1"], 0x11);
+
+    let clone = env.json(&["vm", "clone", "web", "web2"]);
+    let names: Vec<&str> = clone["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web2", "web2_1"], "{clone}");
+    assert_eq!(clone["problems"], serde_json::json!([]), "{clone}");
+    assert_eq!(
+        contents_of(&env, "web2", &["web2", "web2_1"]),
+        vec![(0x11, 1 << 20), (0x11, 2 << 20)]
+    );
+    let copy = vmx(&env, "web2");
+    for line in [
+        "displayName = \"web2\"",
+        "scsi0:0.fileName = \"web2.vmdk\"",
+        "scsi0:1.fileName = \"web2_1.vmdk\"",
+        "cvol.cmdline = \"console=ttyS0\"",
+        "uuid.bios = ",
+    ] {
+        assert!(copy.contains(line), "{line} not in {copy}");
+    }
+    assert!(!copy.contains("web.vmdk"), "{copy}");
+
+    // Isolation both ways.
+    write_to(&env, "web2", &["web2", "web2_1"], 0x22);
+    assert_eq!(contents_of(&env, "web", &["web"]), vec![(0x11, 1 << 20)]);
+    write_to(&env, "web", &["web"], 0x33);
+    assert_eq!(contents_of(&env, "web2", &["web2"]), vec![(0x22, 1 << 20)]);
+
+    // From a snapshot: the VM as it was then, whatever came after.
+    env.ok(&["vm", "snapshot", "web", "s1"]);
+    write_to(&env, "web", &["web"], 0x44);
+    env.ok(&["vm", "set", "web", "--cmdline", "later"]);
+    env.ok(&["vm", "clone", "web", "web3", "--snapshot", "s1"]);
+    assert_eq!(
+        contents_of(&env, "web3", &["web3", "web3_1"]),
+        vec![(0x33, 1 << 20), (0x11, 2 << 20)]
+    );
+    assert!(vmx(&env, "web3").contains("console=ttyS0"));
+
+    // A template is cloned, never started.
+    env.ok(&["vm", "template", "web"]);
+    let listed = env.ok(&["vm", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("template")),
+        "{listed}"
+    );
+    let mnt = env.tmp.path().join("mnt");
+    let mnt = mnt.to_str().unwrap();
+    let refused = env.fails(&["vm", "start", "web", "--container", mnt, "--dry-run"]);
+    assert!(refused.contains("VM web is a template"), "{refused}");
+    let from_template = env.json(&["vm", "clone", "web", "web4"]);
+    assert!(
+        from_template["options"].get("cvol.template").is_none(),
+        "{from_template}"
+    );
+    env.ok(&["vm", "start", "web4", "--container", mnt, "--dry-run"]);
+    env.ok(&["vm", "template", "web", "--off"]);
+    env.ok(&["vm", "start", "web", "--container", mnt, "--dry-run"]);
+
+    // Full clones outlive their origin.
+    env.ok(&["vm", "delete", "web"]);
+    assert_eq!(
+        contents_of(&env, "web3", &["web3", "web3_1"]),
+        vec![(0x33, 1 << 20), (0x11, 2 << 20)]
+    );
+    env.ok(&["datastore", "fsck"]);
+
+    // Refused, with nothing half-made.
+    let volumes = env.volumes();
+    let before = env.snapshot_share();
+    let m = env.mount(false);
+    let open = std::fs::File::open(m.path("web2/web2-flat.vmdk")).unwrap();
+    for (args, expected) in [
+        (
+            vec!["vm", "clone", "web2", "web3"],
+            "VM \"web3\" already exists",
+        ),
+        (
+            vec!["vm", "clone", "nope", "x"],
+            "VM \"nope\" does not exist",
+        ),
+        (
+            vec!["vm", "clone", "web3", "x", "--snapshot", "nope"],
+            "VM web3 has no snapshot \"nope\"",
+        ),
+        (
+            vec!["vm", "clone", "web2", "x"],
+            "disk web2 is in use on host",
+        ),
+        (vec!["vm", "clone", "web2", "../x"], "invalid VM name"),
+    ] {
+        let err = env.fails(&args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    drop(open);
+    m.stop();
+    assert_eq!(env.volumes(), volumes, "a refused clone left a volume");
+    assert_eq!(
+        env.snapshot_share(),
+        before,
+        "a refused clone changed the share"
+    );
+}
+
+#[test]
+fn clones_and_templates_on_a_local_share() {
+    clones_and_templates(Env::datastore());
+}
+
+#[test]
+fn clones_and_templates_on_an_object_pool() {
+    clones_and_templates(Env::datastore_on_object());
+}
+
+#[test]
+fn clones_and_templates_with_a_remote_provider() {
+    clones_and_templates(Env::datastore_on_remote());
 }
