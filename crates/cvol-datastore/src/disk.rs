@@ -51,6 +51,15 @@ impl DiskInfo {
     }
 }
 
+/// Writes a new disk's data (`disk`, volume `volume` in `provider`) before the disk is
+/// complete: an import's copy. An error undoes the disk.
+pub type Fill<'a> = dyn Fn(&DiskName, &ProviderId, &VolumeId) -> Result<(), DatastoreError> + 'a;
+
+/// The fill of a disk that stays blank (or holds what it was made from).
+pub(crate) fn no_fill(_: &DiskName, _: &ProviderId, _: &VolumeId) -> Result<(), DatastoreError> {
+    Ok(())
+}
+
 impl Datastore {
     /// The disks of VM `vm`: every `*.vmdk` descriptor in its directory. A disk whose
     /// descriptor or volume is broken is listed with its problem.
@@ -173,7 +182,8 @@ impl Datastore {
         }
     }
 
-    /// Adds a new disk to `vm` made from `source`, in `vm`'s `.vmx` too; all or nothing.
+    /// Adds a new disk to `vm` made from `source` and then `fill`ed, in `vm`'s `.vmx`
+    /// too; all or nothing.
     #[allow(clippy::too_many_arguments)]
     fn add_disk(
         &self,
@@ -183,6 +193,7 @@ impl Datastore {
         provider_id: &ProviderId,
         source: &VolumeSource,
         progress: &dyn CopyProgress,
+        fill: &Fill<'_>,
     ) -> Result<DiskInfo, DatastoreError> {
         let provider = self.provider(provider_id)?;
         if self
@@ -225,6 +236,8 @@ impl Datastore {
                 source,
                 progress,
             )?;
+            fill(disk, provider_id, &volume)?;
+            self.step(op, "filled");
             if let Some(vmx) = &vmx {
                 self.share()
                     .write_atomic(&layout::vmx_file(vm), vmx.to_string().as_bytes())?;
@@ -243,6 +256,30 @@ impl Datastore {
         size: u64,
         provider: Option<&ProviderId>,
     ) -> Result<DiskInfo, DatastoreError> {
+        self.new_disk("disk-create", vm, size, provider, &no_fill)
+    }
+
+    /// Adds a new disk of `size` bytes to `vm` as `disk_create` does, `fill`ed (e.g. with
+    /// an image's data) before it becomes part of the VM; a failed or interrupted fill
+    /// leaves nothing.
+    pub fn disk_import(
+        &self,
+        vm: &VmName,
+        size: u64,
+        provider: Option<&ProviderId>,
+        fill: &Fill<'_>,
+    ) -> Result<DiskInfo, DatastoreError> {
+        self.new_disk("disk-import", vm, size, provider, fill)
+    }
+
+    fn new_disk(
+        &self,
+        op: &str,
+        vm: &VmName,
+        size: u64,
+        provider: Option<&ProviderId>,
+        fill: &Fill<'_>,
+    ) -> Result<DiskInfo, DatastoreError> {
         self.require_vm(vm)?;
         let (provider_id, _) = self.provider_or_default(provider)?;
         let disk = (0..)
@@ -256,12 +293,13 @@ impl Datastore {
             })
             .expect("an unbounded search finds a name")?;
         self.add_disk(
-            "disk-create",
+            op,
             vm,
             &disk,
             &provider_id,
             &VolumeSource::Blank { size },
             &cvol_provider::NoProgress,
+            fill,
         )
     }
 
@@ -286,6 +324,7 @@ impl Datastore {
             &source.provider,
             &from,
             progress,
+            &no_fill,
         )
     }
 

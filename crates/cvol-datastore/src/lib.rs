@@ -30,7 +30,7 @@ use cvol_share::{Share, SharePath};
 use uuid::Uuid;
 
 pub use attached::AttachedVolumes;
-pub use disk::DiskInfo;
+pub use disk::{DiskInfo, Fill};
 pub use error::DatastoreError;
 pub use fsck::{FsckOptions, FsckReport, Problem};
 pub use pending::PendingDisk;

@@ -112,7 +112,30 @@ impl Datastore {
 
     /// Creates VM `name` with its disks, all or nothing.
     pub fn vm_create(&self, name: &VmName, spec: &VmSpec) -> Result<VmInfo, DatastoreError> {
-        const OP: &str = "vm-create";
+        self.create_vm("vm-create", name, spec, &[], &crate::disk::no_fill)
+    }
+
+    /// Creates VM `name` as `vm_create` does, with its disks named `disk_names` (the
+    /// rest by VMware's convention) and each `fill`ed before the VM is complete (an
+    /// import's copy): a failed or interrupted fill leaves nothing.
+    pub fn vm_import(
+        &self,
+        name: &VmName,
+        spec: &VmSpec,
+        disk_names: &[DiskName],
+        fill: &crate::disk::Fill<'_>,
+    ) -> Result<VmInfo, DatastoreError> {
+        self.create_vm("vm-import", name, spec, disk_names, fill)
+    }
+
+    fn create_vm(
+        &self,
+        op: &str,
+        name: &VmName,
+        spec: &VmSpec,
+        disk_names: &[DiskName],
+        fill: &crate::disk::Fill<'_>,
+    ) -> Result<VmInfo, DatastoreError> {
         if self.vm_exists(name)? {
             return Err(DatastoreError::VmExists(name.to_string()));
         }
@@ -127,13 +150,19 @@ impl Datastore {
             .iter()
             .enumerate()
             .map(|(i, &size)| {
-                Ok((
-                    DiskName::nth(name, i)?,
-                    size,
-                    cvol_format::VolumeId::generate(),
-                ))
+                let disk = match disk_names.get(i) {
+                    Some(disk) => disk.clone(),
+                    None => DiskName::nth(name, i)?,
+                };
+                Ok((disk, size, cvol_format::VolumeId::generate()))
             })
             .collect::<Result<Vec<_>, DatastoreError>>()?;
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some((disk, ..)) = disks.iter().find(|(d, ..)| !seen.insert(d.clone())) {
+            return Err(DatastoreError::Invalid(format!(
+                "two disks of VM {name} would be named {disk}"
+            )));
+        }
         let mut vmx = new_vmx(name, spec);
         for (disk, ..) in &disks {
             vmx_slots::attach_disk(&mut vmx, &disk.descriptor_file()).ok_or_else(|| {
@@ -141,7 +170,7 @@ impl Datastore {
             })?;
         }
 
-        let mut intent = Intent::new(OP, Recovery::Rollback, self.host());
+        let mut intent = Intent::new(op, Recovery::Rollback, self.host());
         intent.dirs.push(layout::vm_dir(name).as_str().to_string());
         intent
             .files
@@ -165,10 +194,10 @@ impl Datastore {
                 }
                 other => other?,
             }
-            self.step(OP, "dir-created");
+            self.step(op, "dir-created");
             for (disk, size, volume) in &disks {
                 self.create_disk_files(
-                    OP,
+                    op,
                     name,
                     disk,
                     &provider_id,
@@ -177,10 +206,12 @@ impl Datastore {
                     &VolumeSource::Blank { size: *size },
                     &NoProgress,
                 )?;
+                fill(disk, &provider_id, volume)?;
+                self.step(op, "filled");
             }
             self.share()
                 .create_new(&layout::vmx_file(name), vmx.to_string().as_bytes())?;
-            self.step(OP, "vmx-written");
+            self.step(op, "vmx-written");
             Ok(())
         })?;
         self.vm_info(name)

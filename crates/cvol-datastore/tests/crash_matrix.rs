@@ -228,8 +228,10 @@ fn vm_create_is_all_or_nothing() {
             "vm-create:dir-created",
             "vm-create:volume-created",
             "vm-create:descriptor-written",
+            "vm-create:filled",
             "vm-create:volume-created",
             "vm-create:descriptor-written",
+            "vm-create:filled",
             "vm-create:vmx-written",
         ]
     );

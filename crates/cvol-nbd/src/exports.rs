@@ -51,6 +51,41 @@ pub trait Exports: Send + Sync + 'static {
     fn open(&self, name: &str) -> Result<OpenExport, ExportError>;
 }
 
+/// One device, exported under one name: a volume served for a single job (an import or
+/// export through `qemu-img`), or a test device.
+pub struct DeviceExport {
+    name: String,
+    device: Arc<dyn BlockDevice>,
+}
+
+impl DeviceExport {
+    /// `device`, exported as `name`.
+    pub fn new(name: &str, device: Arc<dyn BlockDevice>) -> Self {
+        Self {
+            name: name.to_string(),
+            device,
+        }
+    }
+}
+
+impl Exports for DeviceExport {
+    fn names(&self) -> Result<Vec<String>, ExportError> {
+        Ok(vec![self.name.clone()])
+    }
+
+    fn size(&self, name: &str) -> Result<u64, ExportError> {
+        if name != self.name {
+            return Err(ExportError::Unknown(format!("no export {name:?}")));
+        }
+        Ok(self.device.size())
+    }
+
+    fn open(&self, name: &str) -> Result<OpenExport, ExportError> {
+        self.size(name)?;
+        Ok(OpenExport::new(self.device.clone(), || {}))
+    }
+}
+
 /// A datastore's disks, exported as `VM/DISK`, attached through the same
 /// [`AttachedVolumes`] as the file system container: one attachment per host, however
 /// the disk is reached.

@@ -12,5 +12,5 @@ pub mod proto;
 mod server;
 mod transmission;
 
-pub use exports::{DatastoreExports, ExportError, Exports, OpenExport};
+pub use exports::{DatastoreExports, DeviceExport, ExportError, Exports, OpenExport};
 pub use server::{Listen, NbdServer, Settings};

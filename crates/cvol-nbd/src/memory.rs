@@ -4,8 +4,6 @@ use std::sync::{Arc, Mutex};
 
 use cvol_provider::{BlockDevice, BlockError};
 
-use crate::exports::{ExportError, Exports, OpenExport};
-
 /// A device whose bytes are a vector.
 pub struct MemoryDevice(Mutex<Vec<u8>>);
 
@@ -50,33 +48,15 @@ impl BlockDevice for MemoryDevice {
     }
 }
 
-/// One export, `mem`, of a [`MemoryDevice`].
-pub struct MemoryExports(pub Arc<MemoryDevice>);
-
-impl Exports for MemoryExports {
-    fn names(&self) -> Result<Vec<String>, ExportError> {
-        Ok(vec!["mem".into()])
-    }
-
-    fn size(&self, name: &str) -> Result<u64, ExportError> {
-        match name {
-            "mem" => Ok(self.0.size()),
-            _ => Err(ExportError::Unknown(format!("no export {name:?}"))),
-        }
-    }
-
-    fn open(&self, name: &str) -> Result<OpenExport, ExportError> {
-        self.size(name)?;
-        Ok(OpenExport::new(self.0.clone(), || {}))
-    }
-}
-
 /// Serves one whole connection whose client sends `input` and then hangs up, against a
 /// 1 MiB in-memory export `mem`: what the garbage-input tests and the fuzz target run.
 /// Fails when the server has not finished within `limit`.
 pub async fn serve_bytes(input: &[u8], limit: std::time::Duration) -> Result<(), &'static str> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exports = Arc::new(MemoryExports(Arc::new(MemoryDevice::new(1 << 20))));
+    let exports = Arc::new(crate::DeviceExport::new(
+        "mem",
+        Arc::new(MemoryDevice::new(1 << 20)),
+    ));
     let server = crate::NbdServer::new(exports, crate::Settings::default());
     let (mut client, conn) = tokio::io::duplex(1 << 16);
     let serving = tokio::spawn(async move { server.serve_connection(conn, "memory").await });

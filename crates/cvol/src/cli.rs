@@ -398,6 +398,26 @@ pub enum VmCommand {
     },
     /// Change cvol's settings of a VM (kept in its .vmx as cvol.* keys).
     Set(SetArgs),
+    /// Make a VM from an image: a disk image (qcow2, raw, vmdk…: one disk), a VMware VM
+    /// folder or .vmx (memory, CPUs, disks in controller order, disk names), or an OVF
+    /// package (.ova, or .ovf with its disks beside it). All or nothing: an interrupted
+    /// import leaves nothing after `cvol datastore fsck --repair`.
+    Import {
+        /// The image, folder or package.
+        source: PathBuf,
+        /// The VM's name [default: the source's VM name, or the file's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Memory in MiB [default: the source's, or 1024].
+        #[arg(long, value_name = "MIB")]
+        memory: Option<u64>,
+        /// Virtual CPUs [default: the source's, or 1].
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// The provider for the disks [default: the datastore's first].
+        #[arg(long, value_name = "ID")]
+        provider: Option<String>,
+    },
     /// Make a new VM as a copy of another (stopped, or as of one of its snapshots): its
     /// .vmx with a new BIOS uuid and new MAC addresses, and every disk cloned in its pool
     /// (copy-free on object pools, a reflink or copy on file pools). Disks named after
@@ -563,6 +583,28 @@ pub enum DiskCommand {
         source: String,
         /// The new disk, as VM/DISK.
         target: String,
+    },
+    /// Add a disk to a VM from an image file: any format qemu-img reads (qcow2, raw,
+    /// vmdk of any subformat, vdi, vhdx…). The disk takes the image's virtual size; only
+    /// allocated data is copied, so a sparse image stays thin. All or nothing.
+    Import {
+        /// The VM.
+        vm: String,
+        /// The image file.
+        file: PathBuf,
+        /// The provider [default: the datastore's first].
+        #[arg(long, value_name = "ID")]
+        provider: Option<String>,
+    },
+    /// Write a stopped VM's disk to a new image file (only allocated data is copied).
+    Export {
+        /// The disk, as VM/DISK.
+        disk: String,
+        /// The file to write; refused if it exists.
+        file: PathBuf,
+        /// The image format.
+        #[arg(long, default_value = "qcow2", value_parser = crate::image::EXPORT_FORMATS)]
+        format: String,
     },
     /// Delete a disk: its volume, descriptor and .vmx entry.
     Delete {

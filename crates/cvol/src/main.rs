@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod commands;
+mod image;
 mod output;
 mod progress;
 

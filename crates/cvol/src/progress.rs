@@ -1,4 +1,7 @@
-//! Progress bars for long copies; hidden when stderr is not a terminal.
+//! Progress bars for long copies; hidden when stderr is not a terminal, JSON lines with
+//! `--json`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cvol_provider::CopyProgress;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,4 +65,55 @@ pub fn show_bytes(bar: &ProgressBar, done: u64, total: u64) {
         );
     }
     bar.set_position(done.min(total));
+}
+
+/// Progress of a copy for scripts (`--json`): a line on stderr at each percent,
+/// `{"progress":{"label":…,"done":BYTES,"total":BYTES}}`.
+pub struct JsonLines {
+    label: String,
+    total: AtomicU64,
+    done: AtomicU64,
+    shown_percent: AtomicU64,
+}
+
+impl JsonLines {
+    fn print(&self) {
+        let line = serde_json::json!({"progress": {
+            "label": self.label,
+            "done": self.done.load(Ordering::Relaxed),
+            "total": self.total.load(Ordering::Relaxed),
+        }});
+        eprintln!("{line}");
+    }
+}
+
+impl CopyProgress for JsonLines {
+    fn start(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.print();
+    }
+
+    fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let percent = done * 100 / self.total.load(Ordering::Relaxed).max(1);
+        if self.shown_percent.fetch_max(percent, Ordering::Relaxed) < percent {
+            self.print();
+        }
+    }
+
+    fn finish(&self) {}
+}
+
+/// The progress of a copy labelled `label`: JSON lines with `--json`, else a bar.
+pub fn copy_progress(json: bool, label: &str) -> Box<dyn CopyProgress> {
+    if json {
+        Box::new(JsonLines {
+            label: label.to_string(),
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            shown_percent: AtomicU64::new(0),
+        })
+    } else {
+        Box::new(Bar::new(label))
+    }
 }

@@ -1,4 +1,4 @@
-//! `cvol disk create|list|resize|snapshot|clone|delete`
+//! `cvol disk create|list|resize|snapshot|clone|import|export|delete`
 
 use anyhow::Context as _;
 use cvol_datastore::{parse_disk_path, DiskInfo};
@@ -63,6 +63,13 @@ pub fn run(ctx: &Context, cmd: DiskCommand) -> anyhow::Result<()> {
                 )
                 .with_context(|| format!("cannot clone {source} to {target}"))?;
             print_one(ctx, &info)
+        }
+        DiskCommand::Import { vm, file, provider } => {
+            let info = super::import::disk_import(ctx, &vm, &file, provider.as_deref())?;
+            print_one(ctx, &info)
+        }
+        DiskCommand::Export { disk, file, format } => {
+            super::import::disk_export(ctx, &disk, &file, &format)
         }
         DiskCommand::Delete { disk } => {
             let (vm, disk) = parse_disk_path(&disk)?;

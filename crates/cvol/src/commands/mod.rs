@@ -3,6 +3,7 @@
 mod datastore;
 mod disk;
 mod host;
+mod import;
 mod mount;
 mod nfs;
 mod provider;

@@ -117,6 +117,22 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
             )?;
             show(ctx, &info)
         }
+        VmCommand::Import {
+            source,
+            name,
+            memory,
+            cpus,
+            provider,
+        } => {
+            let info = super::import::vm_import(
+                ctx,
+                &source,
+                name.as_deref(),
+                (memory, cpus),
+                provider.as_deref(),
+            )?;
+            show(ctx, &info)
+        }
         VmCommand::Template { vm, off } => {
             let vm = VmName::new(&vm)?;
             if !off {
