@@ -7,7 +7,8 @@
 # (following its extent to the volume), boots a Debian kernel, and the guest writes a
 # random token given on its command line to /marker and powers off. After an unmount and
 # a remount the token is read back from the disk. Then the same over NBD, and from a
-# `cvol disk clone` of the disk (the clone boots, the original is unchanged). Last, QEMU
+# `cvol disk clone` of the disk (the clone boots, the original is unchanged), and from
+# images made outside cvol and brought in by `cvol vm import`. Last, QEMU
 # runs as an unprivileged user (as under libvirt) after the VM's disk files are chowned
 # to it in the container; another user cannot open them, and the ownership survives a
 # remount.
@@ -144,6 +145,24 @@ boot_clone=$((SECONDS - t3))
 [[ $(marker e2eclone e2eclone) == "$token3" ]] || { echo "clone marker: $(marker e2eclone e2eclone)" >&2; exit 1; }
 [[ $(marker e2e e2e) == "$token2" ]] || { echo "the original changed: $(marker e2e e2e)" >&2; exit 1; }
 
+# The same root file system built outside cvol, as a cloud image would be, brought in
+# by `cvol vm import` as qcow2 (then booted) and as a stream-optimized VMDK (the bytes
+# compared), and taken out again by `cvol disk export`.
+t_import=$SECONDS
+mkfs.ext4 -q -F -d "$root" "$work/image.raw" 64M
+qemu-img convert -f raw -O qcow2 "$work/image.raw" "$work/image.qcow2"
+qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$work/image.raw" "$work/image.vmdk"
+"$cvol" vm import "$work/image.qcow2" --name imported --memory 256 >/dev/null
+"$cvol" vm import "$work/image.vmdk" --name imported-vmdk >/dev/null
+qemu-img compare -q "$work/image.raw" "$mnt/imported/imported-flat.vmdk"
+qemu-img compare -q "$work/image.raw" "$mnt/imported-vmdk/imported-vmdk-flat.vmdk"
+token5=$(token)
+boot imported imported "$token5" --container "$mnt"
+[[ $(marker imported imported) == "$token5" ]] || { echo "imported VM's marker: $(marker imported imported)" >&2; exit 1; }
+"$cvol" disk export imported/imported "$work/exported.raw" --format raw >/dev/null
+[[ $(debugfs -R 'cat /marker' "$work/exported.raw" 2>/dev/null) == "$token5" ]] || { echo "the export lacks the marker" >&2; exit 1; }
+boot_import=$((SECONDS - t_import))
+
 # QEMU as nobody, with no other groups: kernel, initrd and the console log must be
 # reachable by it; the disk's descriptor and extent are chowned to it, as libvirt does.
 t4=$SECONDS
@@ -173,5 +192,5 @@ t5=$SECONDS
 unmount_container
 "$cvol" datastore fsck >/dev/null
 teardown=$((SECONDS - t5))
-echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, as nobody ${boot_nobody}s, teardown ${teardown}s"
-echo "e2e-boot: 4 passed, 0 failed"
+echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, imported ${boot_import}s, as nobody ${boot_nobody}s, teardown ${teardown}s"
+echo "e2e-boot: 5 passed, 0 failed"
