@@ -124,6 +124,7 @@ fn volume_body(v: Volume) -> VolumeBody {
         owner: v.owner,
         created_unix_ms: unix_ms(v.created),
         attached_to: v.attached_to,
+        allocated: None,
     }
 }
 
@@ -222,8 +223,12 @@ pub async fn get_volume(
     path: Result<Path<String>, PathRejection>,
 ) -> Answer<Json<VolumeBody>> {
     let id = volume_id(&path?.0)?;
-    let volume = run(&service, move |p| p.volume(&id)).await?;
-    Ok(Json(volume_body(volume)))
+    let (volume, allocated) =
+        run(&service, move |p| Ok((p.volume(&id)?, p.allocated(&id)?))).await?;
+    Ok(Json(VolumeBody {
+        allocated,
+        ..volume_body(volume)
+    }))
 }
 
 /// `PATCH /v1/volumes/{id}`.

@@ -527,12 +527,12 @@ fn up_stops_cleanly_whatever_clients_did() {
     }
 }
 
-/// A thin disk on a file pool shows what its volume holds (`st_blocks`, so `du` and
-/// `qemu-img info`'s disk size), not its provisioned size.
-#[test]
-fn thin_disks_show_what_they_hold_on_a_file_pool() {
+/// A thin disk shows what its volume holds (`st_blocks`, so `du` and `qemu-img info`'s
+/// disk size), not its provisioned size: a file pool's blocks, an object pool's chunks
+/// (as of the last flush).
+fn thin_disks_show_what_they_hold(env: Env) {
     use std::os::unix::fs::MetadataExt;
-    let env = demo("256M");
+    let env = with_demo(env, "256M");
     let m = env.mount(false);
     let flat = m.path("demo/demo-flat.vmdk");
     let held = || std::fs::metadata(&flat).unwrap().blocks() * 512;
@@ -557,6 +557,21 @@ fn thin_disks_show_what_they_hold_on_a_file_pool() {
     let du = tool("du", &["-B1", s(&flat)]);
     assert!(du.starts_with(&after.to_string()), "{du}");
     assert_eq!(env.json(&["disk", "list", "demo"])[0]["allocated"], after);
+}
+
+#[test]
+fn thin_disks_show_what_they_hold_on_a_file_pool() {
+    thin_disks_show_what_they_hold(Env::datastore());
+}
+
+#[test]
+fn thin_disks_show_what_they_hold_on_an_object_pool() {
+    thin_disks_show_what_they_hold(Env::datastore_on_object());
+}
+
+#[test]
+fn thin_disks_show_what_they_hold_on_an_object_pool_behind_the_service() {
+    thin_disks_show_what_they_hold(Env::datastore_on_remote_object());
 }
 
 #[test]

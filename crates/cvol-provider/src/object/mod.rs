@@ -643,6 +643,19 @@ impl Provider for ObjectProvider {
         self.store.delete(&self.layout.snapshot(id, name))
     }
 
+    fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
+        self.record(id)?;
+        // The chunks its newest manifest names, as of the last flush (the last chunk
+        // counts only up to the volume's end).
+        let m = self.latest(id)?;
+        Ok(Some(
+            m.chunks
+                .keys()
+                .map(|&i| m.chunk_size.min(m.size.saturating_sub(i * m.chunk_size)))
+                .sum(),
+        ))
+    }
+
     fn revert_volume(
         &self,
         id: &VolumeId,

@@ -30,6 +30,10 @@ pub struct VolumeBody {
     pub created_unix_ms: u64,
     /// The host holding it, if any.
     pub attached_to: Option<String>,
+    /// Bytes it takes in the pool (a thin volume: what was written), where the pool
+    /// tells; only in the answer about one volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<u64>,
 }
 
 /// One page of volumes (`GET /v1/volumes?limit=N&after=ID`).

@@ -416,6 +416,17 @@ impl Provider for RemoteProvider {
         self.volume_from(self.accepted(&answer, id.as_str())?)
     }
 
+    fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
+        let answer = self.call(
+            Method::GET,
+            &format!("/volumes/{id}"),
+            NO_BODY,
+            self.timeout,
+        )?;
+        let body: VolumeBody = self.accepted(&answer, id.as_str())?;
+        Ok(body.allocated)
+    }
+
     fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {
         let mut volumes = Vec::new();
         let mut after: Option<String> = None;
