@@ -8,13 +8,14 @@
 # random token given on its command line to /marker and powers off. After an unmount and
 # a remount the token is read back from the disk. Then the same over NBD, and from a
 # `cvol disk clone` of the disk (the clone boots, the original is unchanged), and from
-# images made outside cvol and brought in by `cvol vm import`. Last, QEMU
+# images made outside cvol and brought in by `cvol vm import`. Then QEMU
 # runs as an unprivileged user (as under libvirt) after the VM's disk files are chowned
 # to it in the container; another user cannot open them, and the ownership survives a
-# remount.
+# remount. Last, libvirt (a session libvirtd as that user) boots the VM from `cvol vm
+# domxml`.
 #
 # Installs what it needs from Debian (qemu-system-x86, busybox-static, e2fsprogs,
-# rpcbind, nfs-ganesha; the cloud kernel is only unpacked, into $CVOL_E2E_CACHE).
+# rpcbind, nfs-ganesha, libvirt; the cloud kernel is only unpacked, into $CVOL_E2E_CACHE).
 # Bounded to 5 minutes; on failure it prints the guest console and server logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,8 @@ if [[ -z ${CVOL_E2E_BOUNDED:-} ]]; then
 fi
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
-ensure_packages qemu-system-x86 busybox-static e2fsprogs rpcbind nfs-ganesha nfs-ganesha-vfs
+ensure_packages qemu-system-x86 busybox-static e2fsprogs rpcbind nfs-ganesha nfs-ganesha-vfs \
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 
 t0=$SECONDS
 guest_kernel
@@ -35,6 +37,7 @@ mnt=$work/mnt
 sock=$work/nbd.sock
 daemon=
 ganesha_pid=
+libvirtd_pid=
 
 mount_container() {
     "$cvol" mount "$mnt" --nbd "unix:$sock" --allow-other 2>>"$work/daemon.log" &
@@ -49,13 +52,18 @@ unmount_container() {
 finish() {
     local rc=$?
     pkill -f "qemu-system-x86_64 -name e2e" 2>/dev/null || true
+    if [[ -n $libvirtd_pid ]]; then
+        kill -9 "$libvirtd_pid" 2>/dev/null || true
+        pkill -9 -f "qemu-system-x86_64 -name guest=e2e" 2>/dev/null || true
+    fi
     if [[ -n $daemon ]]; then
         "$cvol" umount "$mnt" 2>/dev/null || true
         wait "$daemon" 2>/dev/null || true
     fi
     if ((rc != 0)); then
         echo "e2e-boot: FAILED (exit $rc)" >&2
-        for log in "$work"/console-*.log "$work/daemon.log" "$work/ganesha.log"; do
+        for log in "$work"/console-*.log "$work/daemon.log" "$work/ganesha.log" "$work/libvirtd.log" \
+            "$work/libvirt/cache/libvirt/qemu/log/e2e.log"; do
             [[ -f $log ]] && { echo "--- $log" >&2; tail -n 40 "$log" >&2; }
         done
     fi
@@ -149,7 +157,7 @@ boot_clone=$((SECONDS - t3))
 # by `cvol vm import` as qcow2 (then booted) and as a stream-optimized VMDK (the bytes
 # compared), and taken out again by `cvol disk export`.
 t_import=$SECONDS
-mkfs.ext4 -q -F -d "$root" "$work/image.raw" 64M
+mkfs.ext4 -q -F -d "$root" "$work/image.raw" 64M >/dev/null
 qemu-img convert -f raw -O qcow2 "$work/image.raw" "$work/image.qcow2"
 qemu-img convert -f raw -O vmdk -o subformat=streamOptimized "$work/image.raw" "$work/image.vmdk"
 "$cvol" vm import "$work/image.qcow2" --name imported --memory 256 >/dev/null
@@ -188,9 +196,42 @@ mount_container
 owner=$(stat -c '%U:%G %a' "$mnt/e2e/e2e-flat.vmdk")
 [[ $owner == "nobody:nogroup 600" ]] || { echo "after a remount the disk is $owner" >&2; exit 1; }
 
+# Under libvirt: a session libvirtd as nobody (private directories; started and killed
+# here) defines the VM from `cvol vm domxml` and boots it, its QEMU opening the disk in
+# the container as the owner libvirt's dynamic ownership would have made it.
+t_libvirt=$SECONDS
+lv=$work/libvirt
+install -d -o nobody -g nogroup "$lv"
+setpriv --reuid=nobody --regid=nogroup --clear-groups env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME="$lv" XDG_RUNTIME_DIR="$lv/run" XDG_CONFIG_HOME="$lv/config" XDG_CACHE_HOME="$lv/cache" \
+    libvirtd 2>"$work/libvirtd.log" &
+libvirtd_pid=$!
+for _ in $(seq 100); do
+    [[ -S $lv/run/libvirt/libvirt-sock ]] && break
+    sleep 0.1
+done
+virsh=(virsh -q -c "qemu+unix:///session?socket=$lv/run/libvirt/libvirt-sock")
+token6=$(token)
+"$cvol" vm set e2e --kernel "$kernel" --initrd "$work/initrd.gz" \
+    --cmdline "console=ttyS0 panic=-1 cvol.marker=$token6" >/dev/null
+"$cvol" vm domxml e2e --container "$mnt" --accel tcg >"$work/domain.xml"
+"${virsh[@]}" define "$work/domain.xml" >/dev/null
+"${virsh[@]}" start e2e >/dev/null
+for _ in $(seq 1200); do
+    [[ $("${virsh[@]}" domstate e2e) == "shut off" ]] && break
+    sleep 0.1
+done
+[[ $("${virsh[@]}" domstate e2e) == "shut off" ]] || { echo "the libvirt domain did not power off" >&2; exit 1; }
+"${virsh[@]}" undefine e2e >/dev/null
+kill "$libvirtd_pid"
+wait "$libvirtd_pid" 2>/dev/null || true
+libvirtd_pid=
+[[ $(marker e2e e2e) == "$token6" ]] || { echo "marker after the libvirt boot: $(marker e2e e2e)" >&2; exit 1; }
+boot_libvirt=$((SECONDS - t_libvirt))
+
 t5=$SECONDS
 unmount_container
 "$cvol" datastore fsck >/dev/null
 teardown=$((SECONDS - t5))
-echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, imported ${boot_import}s, as nobody ${boot_nobody}s, teardown ${teardown}s"
-echo "e2e-boot: 5 passed, 0 failed"
+echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, imported ${boot_import}s, as nobody ${boot_nobody}s, under libvirt ${boot_libvirt}s, teardown ${teardown}s"
+echo "e2e-boot: 6 passed, 0 failed"

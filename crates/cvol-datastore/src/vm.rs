@@ -42,6 +42,8 @@ pub struct VmInfo {
     pub problems: Vec<String>,
     /// cvol's own settings in the `.vmx` (`cvol.ha`, `cvol.kernel`, …), by key.
     pub options: BTreeMap<String, String>,
+    /// Its BIOS uuid (`uuid.bios`), in the usual form, where the `.vmx` has a valid one.
+    pub uuid: Option<String>,
 }
 
 /// The `.vmx` key prefix of cvol's own VM settings.
@@ -252,6 +254,11 @@ impl Datastore {
                 .filter(|(key, _)| key.starts_with(OPTION_PREFIX))
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
+            uuid: vmx
+                .as_ref()
+                .and_then(|v| v.get("uuid.bios"))
+                .and_then(|u| uuid::Uuid::try_parse(&u.replace([' ', '-'], "")).ok())
+                .map(|u| u.to_string()),
         })
     }
 

@@ -431,6 +431,11 @@ pub enum VmCommand {
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
     },
+    /// Print a libvirt domain XML for a VM (`virsh define`): its memory, CPUs, directly
+    /// booted kernel, and disks as the container's flat files or as NBD exports. The
+    /// QEMU that libvirt runs must be able to open them: mount with --allow-other and
+    /// give the disk files to its user (libvirt's dynamic ownership does).
+    Domxml(DomxmlArgs),
     /// Make a VM a template: it is never started, only cloned (`cvol vm clone`).
     Template {
         /// The VM's name.
@@ -506,6 +511,23 @@ pub struct SetArgs {
     /// The kernel command line for --kernel; "" removes it.
     #[arg(long, value_name = "TEXT")]
     pub cmdline: Option<String>,
+}
+
+/// `cvol vm domxml`
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("disks").args(["container", "nbd_socket"]).required(true))]
+pub struct DomxmlArgs {
+    /// The VM's name.
+    pub vm: String,
+    /// The disks are the flat files in the container mounted here.
+    #[arg(long, value_name = "MOUNTPOINT")]
+    pub container: Option<PathBuf>,
+    /// The disks are NBD exports on this unix socket (`cvol mount --nbd unix:PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub nbd_socket: Option<PathBuf>,
+    /// The domain type: `auto` is kvm where /dev/kvm can be opened, else qemu (TCG).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub accel: String,
 }
 
 /// `cvol vm start`

@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod commands;
 mod image;
+mod libvirt;
 mod output;
 mod progress;
 

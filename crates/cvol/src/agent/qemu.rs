@@ -31,6 +31,15 @@ pub struct QemuOptions {
     pub accel: String,
 }
 
+/// Whether this process can use KVM (/dev/kvm opens for reading and writing).
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
 /// The QEMU command line that runs `vm` as its `.vmx` describes it: memory, CPUs, disks
 /// in `.vmx` order, and a kernel booted directly where `cvol.kernel` (with
 /// `cvol.initrd`, `cvol.cmdline`) names one.
@@ -43,15 +52,7 @@ pub fn command(
         bail!("VM {} has no disk in its .vmx to boot from", vm.name);
     }
     let accel = match options.accel.as_str() {
-        "auto"
-            if std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_ok() =>
-        {
-            "kvm:tcg"
-        }
+        "auto" if kvm_usable() => "kvm:tcg",
         "auto" => "tcg",
         other => other,
     };

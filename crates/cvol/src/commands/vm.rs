@@ -12,6 +12,7 @@ use crate::agent::migrate::MigrateRequest;
 use crate::agent::qemu::{self, DiskPaths, QemuOptions};
 use crate::agent::{MigrationReport, VmStatus};
 use crate::cli::{AgentArg, SetArgs, StartArgs, VmCommand};
+use crate::libvirt::{domain_xml, DomainDisks};
 use crate::output::{human_size, print_json, print_table, shell_quote};
 use crate::progress::Bar;
 
@@ -132,6 +133,16 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
                 provider.as_deref(),
             )?;
             show(ctx, &info)
+        }
+        VmCommand::Domxml(args) => {
+            let vm = ctx.datastore()?.vm_info(&VmName::new(&args.vm)?)?;
+            let disks = match (&args.nbd_socket, &args.container) {
+                (Some(socket), _) => DomainDisks::Nbd(socket),
+                (None, Some(mnt)) => DomainDisks::Container(mnt),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            print!("{}", domain_xml(&vm, disks, &args.accel)?);
+            Ok(())
         }
         VmCommand::Template { vm, off } => {
             let vm = VmName::new(&vm)?;
