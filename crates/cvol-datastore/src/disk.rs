@@ -369,6 +369,7 @@ impl Datastore {
     pub fn disk_delete(&self, vm: &VmName, disk: &DiskName) -> Result<(), DatastoreError> {
         const OP: &str = "disk-delete";
         let cvol = self.cvol_disk(vm, disk)?;
+        self.refuse_if_linked(vm, None, &format!("deleting disk {vm}/{disk}"))?;
         let provider = self.provider(&cvol.provider)?;
         if let Some(holder) = provider.volume(&cvol.object)?.attached_to {
             return Err(DatastoreError::Invalid(format!(

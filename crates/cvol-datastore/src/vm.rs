@@ -312,6 +312,7 @@ impl Datastore {
     pub fn vm_delete(&self, name: &VmName) -> Result<(), DatastoreError> {
         const OP: &str = "vm-delete";
         self.require_vm(name)?;
+        self.refuse_if_linked(name, None, &format!("deleting VM {name}"))?;
         let mut intent = Intent::new(OP, Recovery::Rollforward, self.host());
         for disk in self.disks(name)? {
             if let Some(problem) = disk.problem {

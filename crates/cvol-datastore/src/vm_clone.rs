@@ -10,6 +10,9 @@ use crate::{layout, Datastore, DatastoreError, StepError, VmInfo};
 /// The `.vmx` key that marks a VM as a template.
 pub(crate) const TEMPLATE_KEY: &str = "cvol.template";
 
+/// The `.vmx` key of a linked clone: `VM@SNAPSHOT`, the origin it keeps pinned.
+pub(crate) const LINKED_FROM_KEY: &str = "cvol.linkedFrom";
+
 /// One disk of a clone: where it comes from and what it is called.
 struct CloneDisk {
     provider: ProviderId,
@@ -23,13 +26,16 @@ impl Datastore {
     /// Makes VM `dst` a copy of VM `src` as it is now (stopped), or as it was at its
     /// snapshot `snapshot`: every disk cloned in its pool (copy-free where the pool
     /// allows), and its `.vmx` with a new BIOS uuid, new MAC addresses, the disks under
-    /// their new names and no template mark. All or nothing. The clone shares nothing
-    /// with its source afterwards.
+    /// their new names and no template mark. All or nothing. A full clone shares
+    /// nothing with its source afterwards; a `linked` one (from a snapshot) keeps that
+    /// snapshot pinned: neither it nor its VM can be deleted while the clone exists, so
+    /// that pools whose clones depend on their origin (copy-on-write) stay whole.
     pub fn vm_clone(
         &self,
         src: &VmName,
         dst: &VmName,
         snapshot: Option<&SnapshotName>,
+        linked: bool,
         progress: &dyn CopyProgress,
     ) -> Result<VmInfo, DatastoreError> {
         const OP: &str = "vm-clone";
@@ -37,6 +43,16 @@ impl Datastore {
         if self.vm_exists(dst)? {
             return Err(DatastoreError::VmExists(dst.to_string()));
         }
+        let linked_from = match (linked, snapshot) {
+            (false, _) => None,
+            (true, Some(name)) => Some(format!("{src}@{name}")),
+            (true, None) => {
+                return Err(DatastoreError::Invalid(format!(
+                    "a linked clone is made from a snapshot: take one (cvol vm snapshot {src} \
+                     NAME) and give --snapshot NAME"
+                )))
+            }
+        };
         let (vmx_text, sources) = match snapshot {
             Some(name) => {
                 let record = self.vm_snapshot(src, name)?;
@@ -92,8 +108,16 @@ impl Datastore {
         } else {
             let mut vmx = Vmx::parse(&vmx_text, layout::vmx_file(src).as_str())?;
             rewrite_vmx(&mut vmx, src, dst, &disks);
+            if let Some(origin) = &linked_from {
+                vmx.set(LINKED_FROM_KEY, origin);
+            }
             Some(vmx)
         };
+        if vmx.is_none() && linked {
+            return Err(DatastoreError::Invalid(format!(
+                "VM {src} has no .vmx to record a linked clone in; make a full clone"
+            )));
+        }
 
         let mut intent = Intent::new(OP, Recovery::Rollback, self.host());
         intent.dirs.push(layout::vm_dir(dst).as_str().to_string());
@@ -139,6 +163,47 @@ impl Datastore {
             Ok(())
         })?;
         self.vm_info(dst)
+    }
+
+    /// The linked clones of `vm` (of its snapshot `snapshot`, or of any), by name.
+    pub fn linked_clones(
+        &self,
+        vm: &VmName,
+        snapshot: Option<&SnapshotName>,
+    ) -> Result<Vec<String>, DatastoreError> {
+        let mut clones = Vec::new();
+        for name in self.vm_names()? {
+            // A VM whose .vmx cannot be read pins nothing: fsck reports it.
+            let Ok(Some(vmx)) = self.read_vmx(&name) else {
+                continue;
+            };
+            let Some((origin, snap)) = vmx.get(LINKED_FROM_KEY).and_then(|o| o.split_once('@'))
+            else {
+                continue;
+            };
+            if origin == vm.as_str() && snapshot.is_none_or(|s| s.as_str() == snap) {
+                clones.push(name.to_string());
+            }
+        }
+        Ok(clones)
+    }
+
+    /// Refuses `doing` something to `vm` (its snapshot `snapshot`, or any) that its
+    /// linked clones need.
+    pub(crate) fn refuse_if_linked(
+        &self,
+        vm: &VmName,
+        snapshot: Option<&SnapshotName>,
+        doing: &str,
+    ) -> Result<(), DatastoreError> {
+        let clones = self.linked_clones(vm, snapshot)?;
+        if clones.is_empty() {
+            return Ok(());
+        }
+        Err(DatastoreError::Invalid(format!(
+            "not {doing}: linked clones depend on it: {}; delete them first",
+            clones.join(", ")
+        )))
     }
 
     /// Marks VM `vm` as a template (it is not started, only cloned), or with `on` false,
@@ -203,6 +268,7 @@ fn rewrite_vmx(vmx: &mut Vmx, src: &VmName, dst: &VmName, disks: &[CloneDisk]) {
     vmx.set("displayName", dst.as_str());
     vmx.set("uuid.bios", &bios_uuid());
     vmx.remove(TEMPLATE_KEY);
+    vmx.remove(LINKED_FROM_KEY);
 }
 
 /// A new BIOS uuid, written as VMware writes it: "56 4d … 12-34 …".

@@ -180,6 +180,7 @@ impl Datastore {
     ) -> Result<(), DatastoreError> {
         const OP: &str = "vm-snapshot-delete";
         let record = self.vm_snapshot(vm, name)?;
+        self.refuse_if_linked(vm, Some(name), &format!("deleting snapshot {vm}@{name}"))?;
         let mut intent = Intent::new(OP, Recovery::Rollforward, self.host());
         intent.snapshots = record
             .disks

@@ -471,7 +471,7 @@ fn vm_clone_is_all_or_nothing() {
                 .unwrap();
         },
         |ds| {
-            ds.vm_clone(&vm("src"), &vm("dst"), Some(&snap("s")), &NoProgress)
+            ds.vm_clone(&vm("src"), &vm("dst"), Some(&snap("s")), false, &NoProgress)
                 .map(drop)
         },
         true,

@@ -430,6 +430,10 @@ pub enum VmCommand {
         /// Copy the VM as it was at this snapshot of it (see `cvol vm snapshot`).
         #[arg(long, value_name = "NAME")]
         snapshot: Option<String>,
+        /// A linked clone (of --snapshot): the snapshot and its VM cannot be deleted while
+        /// the clone exists (pools with copy-on-write clones need their origin).
+        #[arg(long, requires = "snapshot")]
+        linked: bool,
     },
     /// Print a libvirt domain XML for a VM (`virsh define`): its memory, CPUs, directly
     /// booted kernel, and disks as the container's flat files or as NBD exports. The

@@ -373,6 +373,33 @@ fn clones_and_templates(env: Env) {
     env.ok(&["vm", "template", "web", "--off"]);
     env.ok(&["vm", "start", "web", "--container", mnt, "--dry-run"]);
 
+    // A linked clone pins its origin's snapshot and VM until it goes.
+    env.ok(&["vm", "clone", "web", "web5", "--snapshot", "s1", "--linked"]);
+    assert!(vmx(&env, "web5").contains("cvol.linkedFrom = \"web@s1\""));
+    assert_eq!(contents_of(&env, "web5", &["web5"]), vec![(0x33, 1 << 20)]);
+    for (args, what) in [
+        (
+            vec!["vm", "snapshot", "delete", "web", "s1"],
+            "deleting snapshot web@s1",
+        ),
+        (vec!["vm", "delete", "web"], "deleting VM web"),
+        (
+            vec!["disk", "delete", "web/web_1"],
+            "deleting disk web/web_1",
+        ),
+    ] {
+        let err = env.fails(&args);
+        assert!(
+            err.contains(&format!("not {what}: linked clones depend on it: web5")),
+            "{args:?}: {err}"
+        );
+    }
+    // A clone of a linked clone is a full one.
+    env.ok(&["vm", "clone", "web5", "web6"]);
+    assert!(!vmx(&env, "web6").contains("linkedFrom"));
+    env.ok(&["vm", "delete", "web6"]);
+    env.ok(&["vm", "delete", "web5"]);
+
     // Full clones outlive their origin.
     env.ok(&["vm", "delete", "web"]);
     assert_eq!(

@@ -107,6 +107,7 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
             source,
             target,
             snapshot,
+            linked,
         } => {
             let (source, target) = (VmName::new(&source)?, VmName::new(&target)?);
             let snapshot = snapshot.as_deref().map(SnapshotName::new).transpose()?;
@@ -114,6 +115,7 @@ pub fn run(ctx: &Context, cmd: VmCommand) -> anyhow::Result<()> {
                 &source,
                 &target,
                 snapshot.as_ref(),
+                linked,
                 &Bar::new("clone"),
             )?;
             show(ctx, &info)
