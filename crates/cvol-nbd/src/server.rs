@@ -21,6 +21,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// Largest request payload, advertised as the maximum block size.
     pub max_request: u32,
+    /// Log requests the device fails; off where the only client is a job that reports
+    /// its own failures (an import's `qemu-img`).
+    pub log_failures: bool,
 }
 
 impl Default for Settings {
@@ -29,6 +32,7 @@ impl Default for Settings {
             readonly: false,
             max_connections: 256,
             max_request: 32 << 20,
+            log_failures: true,
         }
     }
 }

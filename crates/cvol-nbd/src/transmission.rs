@@ -25,6 +25,7 @@ struct Context {
     block_size_agreed: bool,
     readonly: bool,
     max_request: u32,
+    log_failures: bool,
 }
 
 /// Serves requests until the client disconnects or breaks the protocol.
@@ -41,6 +42,7 @@ where
         block_size_agreed: session.block_size_agreed,
         readonly: settings.readonly,
         max_request: settings.max_request,
+        log_failures: settings.log_failures,
     });
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT as usize);
     let writer = tokio::spawn(async move {
@@ -159,15 +161,19 @@ fn check(ctx: &Context, req: &Request) -> Result<(), u32> {
     Ok(())
 }
 
-fn errno_of(e: &BlockError, peer: &str) -> u32 {
+fn errno_of(e: &BlockError, ctx: &Context, peer: &str) -> u32 {
     match e {
         BlockError::OutOfRange { .. } => EINVAL,
         BlockError::Fenced { .. } | BlockError::Standby => {
-            tracing::error!(peer, "NBD request refused: {e}");
+            if ctx.log_failures {
+                tracing::error!(peer, "NBD request refused: {e}");
+            }
             EIO
         }
         BlockError::Io(io) => {
-            tracing::error!(peer, "NBD request failed: {e}");
+            if ctx.log_failures {
+                tracing::error!(peer, "NBD request failed: {e}");
+            }
             match io.raw_os_error() {
                 Some(28) => ENOSPC,
                 _ => EIO,
@@ -197,7 +203,7 @@ fn execute(ctx: &Context, req: &Request, payload: &[u8], peer: &str) -> Vec<u8> 
             reply.resize(start + len as usize, 0);
             return match dev.read_at(&mut reply[start..], offset) {
                 Ok(()) => reply,
-                Err(e) => fail(errno_of(&e, peer), &e.to_string()),
+                Err(e) => fail(errno_of(&e, ctx, peer), &e.to_string()),
             };
         }
         CMD_WRITE => dev.write_at(payload, offset).and_then(|()| fua(dev, req)),
@@ -212,14 +218,14 @@ fn execute(ctx: &Context, req: &Request, payload: &[u8], peer: &str) -> Vec<u8> 
         CMD_BLOCK_STATUS => {
             return match dev.extents(offset, len.max(1).min(ctx.size - offset)) {
                 Ok(runs) => block_status_reply(req, &runs),
-                Err(e) => fail(errno_of(&e, peer), &e.to_string()),
+                Err(e) => fail(errno_of(&e, ctx, peer), &e.to_string()),
             }
         }
         _ => unreachable!("checked"),
     };
     match result {
         Ok(()) => simple_reply(req.cookie, 0, &[]),
-        Err(e) => fail(errno_of(&e, peer), &e.to_string()),
+        Err(e) => fail(errno_of(&e, ctx, peer), &e.to_string()),
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Output;
 
-use common::{tool_output, Env};
+use common::{tool_output, Env, Tmpfs};
 
 /// The unprivileged user QEMU runs as here, and a user that is not it.
 const QEMU_UID: u32 = 65534;
@@ -264,35 +264,6 @@ fn df_reports_the_share_on_cvol_nfs() {
 #[test]
 fn df_reports_the_share_on_nfs() {
     df_reports_the_share(Env::datastore_on_nfs());
-}
-
-/// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let dir_arg = dir.to_str().unwrap();
-        let out = tool_output(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                dir_arg,
-            ],
-        );
-        assert!(out.status.success(), "mount tmpfs: {out:?}");
-        Self(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = tool_output("umount", &["-l", self.0.to_str().unwrap()]);
-    }
 }
 
 /// A pool on another file system than the share's adds its space to `df`.

@@ -32,7 +32,10 @@ impl ServedDevice {
             .build()?;
         let server = cvol_nbd::NbdServer::new(
             Arc::new(cvol_nbd::DeviceExport::new(EXPORT, device)),
-            cvol_nbd::Settings::default(),
+            cvol_nbd::Settings {
+                log_failures: false,
+                ..cvol_nbd::Settings::default()
+            },
         );
         runtime
             .block_on(server.bind(&cvol_nbd::Listen::Unix(socket.clone())))

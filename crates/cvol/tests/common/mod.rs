@@ -748,3 +748,32 @@ fn start_ganesha() -> Ganesha {
         _server: child,
     }
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let dir_arg = dir.to_str().unwrap();
+        let out = tool_output(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir_arg,
+            ],
+        );
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = tool_output("umount", &["-l", self.0.to_str().unwrap()]);
+    }
+}
