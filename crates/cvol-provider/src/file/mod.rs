@@ -290,6 +290,19 @@ impl FileProvider {
         Ok(file)
     }
 
+    /// Refuses a change to volume `id` (in `dir`, its attachment locked) while a host
+    /// holds it.
+    fn refuse_attached(&self, id: &VolumeId, dir: &Path) -> Result<(), ProviderError> {
+        match self.attachment(dir)? {
+            Some(held) => Err(ProviderError::AttachedElsewhere {
+                provider: self.id.to_string(),
+                volume: id.to_string(),
+                holder: held.host,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn attachment(&self, dir: &Path) -> Result<Option<AttachmentRecord>, ProviderError> {
         let path = dir.join(ATTACHMENT);
         match fs::read_to_string(&path) {
@@ -419,13 +432,7 @@ impl Provider for FileProvider {
     fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError> {
         let dir = self.existing(id)?;
         let _lock = self.lock_attachment(&dir)?;
-        if let Some(held) = self.attachment(&dir)? {
-            return Err(ProviderError::AttachedElsewhere {
-                provider: self.id.to_string(),
-                volume: id.to_string(),
-                holder: held.host,
-            });
-        }
+        self.refuse_attached(id, &dir)?;
         // One rename makes the volume disappear; the removal after it may be interrupted.
         let doomed = self
             .pool
@@ -527,13 +534,7 @@ impl Provider for FileProvider {
         let dir = self.existing(id)?;
         let snapshot = self.snapshot_path(id, name)?;
         let _lock = self.lock_attachment(&dir)?;
-        if let Some(held) = self.attachment(&dir)? {
-            return Err(ProviderError::AttachedElsewhere {
-                provider: self.id.to_string(),
-                volume: id.to_string(),
-                holder: held.host,
-            });
-        }
+        self.refuse_attached(id, &dir)?;
         // A whole copy staged beside the snapshots (where reclaim finds an interrupted
         // one), then one rename: the volume is either as it was or as the snapshot.
         let staged = dir
