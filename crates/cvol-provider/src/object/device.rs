@@ -111,6 +111,17 @@ pub(crate) struct ObjectBlockDevice {
     flushing: Mutex<()>,
 }
 
+/// Bytes taken by the chunks at `indexes` of a volume of `size` bytes.
+pub(crate) fn chunk_bytes<'a>(
+    indexes: impl Iterator<Item = &'a u64>,
+    chunk_size: u64,
+    size: u64,
+) -> u64 {
+    indexes
+        .map(|&i| chunk_size.min(size.saturating_sub(i * chunk_size)))
+        .sum()
+}
+
 fn io(message: String) -> BlockError {
     BlockError::Io(std::io::Error::other(message))
 }
@@ -369,6 +380,22 @@ impl ObjectBlockDevice {
             }
         }
         Ok(map)
+    }
+
+    /// Bytes of the chunks the volume holds, written ones not yet uploaded included (the
+    /// last chunk counts only up to the end).
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        let state = self.lock();
+        let dirty = state
+            .cache
+            .iter()
+            .filter(|(index, c)| c.dirty && !state.chunks.contains_key(index))
+            .map(|(index, _)| index);
+        chunk_bytes(
+            state.chunks.keys().chain(dirty),
+            self.chunk_size,
+            self.size(),
+        )
     }
 
     /// Changes the size; the next flush commits it. What lies beyond a smaller size is

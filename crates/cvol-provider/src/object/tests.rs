@@ -466,3 +466,31 @@ fn revert_brings_back_a_snapshots_chunks_and_size_and_keeps_every_snapshot() {
     b.device.read_at(&mut buf, CHUNK).unwrap();
     assert_eq!(buf, [2; 4096]);
 }
+
+#[test]
+fn allocated_counts_the_chunks_held_unflushed_ones_too_while_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 8 * CHUNK + 4096);
+    assert_eq!(p.allocated(&id).unwrap(), Some(0));
+    let a = p.attach(&id, "h", false).unwrap();
+    a.device.write_at(&[1; 4096], 0).unwrap();
+    a.device.write_at(&[2; 4096], 8 * CHUNK).unwrap();
+    assert_eq!(
+        p.allocated(&id).unwrap(),
+        Some(CHUNK + 4096),
+        "the attached device's own figure, before any flush"
+    );
+    a.device.flush().unwrap();
+    let snap = SnapshotName::new("s").unwrap();
+    p.create_snapshot(&id, &snap, &NoProgress).unwrap();
+    a.device.write_at(&[3; 4096], 3 * CHUNK).unwrap();
+    a.device.flush().unwrap();
+    drop(a);
+    p.detach(&id, "h").unwrap();
+    // Another process reads the store.
+    let other = pool(dir.path(), 1 << 20);
+    assert_eq!(other.allocated(&id).unwrap(), Some(2 * CHUNK + 4096));
+    other.revert_volume(&id, &snap, &NoProgress).unwrap();
+    assert_eq!(other.allocated(&id).unwrap(), Some(CHUNK + 4096));
+}
