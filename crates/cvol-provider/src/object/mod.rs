@@ -16,7 +16,7 @@ mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cvol_format::{ProviderConfig, ProviderId, SnapshotName, VolumeId};
 use object_store::path::Path;
@@ -93,10 +93,6 @@ impl ObjectSettings {
 /// Leftovers of interrupted work older than this are reclaimed.
 const GRACE: Duration = Duration::from_secs(600);
 
-/// How long a volume's allocated bytes, read from the store, are trusted (like the
-/// container's attribute cache); changes made through this provider forget it at once.
-const ALLOCATED_FRESH: Duration = Duration::from_secs(3);
-
 /// An object pool.
 pub struct ObjectProvider {
     id: ProviderId,
@@ -109,8 +105,6 @@ pub struct ObjectProvider {
     attachments: Mutex<()>,
     /// The devices this process attached, so that a resize reaches them.
     devices: Mutex<HashMap<VolumeId, Weak<ObjectBlockDevice>>>,
-    /// What `allocated` last read from the store for volumes not attached here, and when.
-    allocated_seen: Mutex<HashMap<VolumeId, (Instant, u64)>>,
 }
 
 impl std::fmt::Debug for ObjectProvider {
@@ -242,7 +236,6 @@ impl ObjectProvider {
             cache_bytes: settings.cache_bytes,
             attachments: Mutex::new(()),
             devices: Mutex::new(HashMap::new()),
-            allocated_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -417,9 +410,21 @@ impl ObjectProvider {
         &self,
         id: &VolumeId,
         generation: u64,
-    ) -> Result<ObjectBlockDevice, ProviderError> {
+    ) -> Result<Arc<ObjectBlockDevice>, ProviderError> {
         self.record(id)?;
-        Ok(self.device_from(id, generation, self.latest(id)?))
+        let device = Arc::new(self.device_from(id, generation, self.latest(id)?));
+        self.devices
+            .lock()
+            .expect("devices lock")
+            .insert(id.clone(), Arc::downgrade(&device));
+        Ok(device)
+    }
+
+    /// What volume `id` holds, from its device when this process has it attached (no
+    /// request to the store).
+    pub(crate) fn attached_bytes(&self, id: &VolumeId) -> Option<u64> {
+        let devices = self.devices.lock().expect("devices lock");
+        Some(devices.get(id)?.upgrade()?.stored_bytes())
     }
 
     /// The device of attachment `generation` of volume `id`, from `manifest`.
@@ -580,7 +585,6 @@ impl Provider for ObjectProvider {
         self.store
             .put_json(&path, &manifest, PutMode::Create)
             .map_err(|e| self.store.error("write", &path, e))?;
-        self.allocated_seen.lock().expect("lock").remove(id);
         self.volume_of(id, record)
     }
 
@@ -590,7 +594,6 @@ impl Provider for ObjectProvider {
         self.refuse_attached(id)?;
         // Gone with its record; the rest is leftovers, and chunks are gc's.
         self.store.delete(&self.layout.volume(id))?;
-        self.allocated_seen.lock().expect("lock").remove(id);
         for object in self.store.list(&self.layout.volume_dir(id))? {
             self.store.delete(&object.location)?;
         }
@@ -654,30 +657,18 @@ impl Provider for ObjectProvider {
 
     fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
         // Attached here: the device knows, with no request to the store.
-        let attached = self
-            .devices
-            .lock()
-            .expect("devices lock")
-            .get(id)
-            .and_then(Weak::upgrade);
-        if let Some(device) = attached {
-            return Ok(Some(device.stored_bytes()));
+        if let Some(bytes) = self.attached_bytes(id) {
+            return Ok(Some(bytes));
         }
-        // Else the newest manifest's chunks (two requests), kept a little while: a stat
-        // of every disk in a listing must not cost that each time.
-        if let Some((at, bytes)) = self.allocated_seen.lock().expect("lock").get(id) {
-            if at.elapsed() < ALLOCATED_FRESH {
-                return Ok(Some(*bytes));
-            }
-        }
+        // Else the newest manifest's chunks: two requests (the container's stats reach
+        // here at most once per attribute timeout, the kernel caching them meanwhile).
         self.record(id)?;
         let m = self.latest(id)?;
-        let bytes = device::chunk_bytes(m.chunks.keys(), m.chunk_size, m.size);
-        self.allocated_seen
-            .lock()
-            .expect("lock")
-            .insert(id.clone(), (Instant::now(), bytes));
-        Ok(Some(bytes))
+        Ok(Some(device::chunk_bytes(
+            m.chunks.keys(),
+            m.chunk_size,
+            m.size,
+        )))
     }
 
     fn revert_volume(
@@ -702,7 +693,6 @@ impl Provider for ObjectProvider {
         self.store
             .put_json(&path, &manifest, PutMode::Create)
             .map_err(|e| self.store.error("write", &path, e))?;
-        self.allocated_seen.lock().expect("lock").remove(id);
         self.volume_of(id, record)
     }
 

@@ -31,7 +31,7 @@ fn read_all(device: &dyn BlockDevice) -> Vec<u8> {
 }
 
 fn content(p: &ObjectProvider, id: &VolumeId) -> Vec<u8> {
-    read_all(&p.device(id, 0).unwrap())
+    read_all(&*p.device(id, 0).unwrap())
 }
 
 fn chunk_objects(p: &ObjectProvider) -> usize {

@@ -150,7 +150,7 @@ impl RemoteProvider {
                         }
                     }
                 };
-                Ok(Arc::new(pool.device(volume, generation)?))
+                Ok(pool.device(volume, generation)?)
             }
         }
     }
@@ -417,6 +417,12 @@ impl Provider for RemoteProvider {
     }
 
     fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
+        // An object volume attached here: its device knows better than the service.
+        let pools = self.object_pools.lock().expect("object pools lock");
+        if let Some(bytes) = pools.values().find_map(|pool| pool.attached_bytes(id)) {
+            return Ok(Some(bytes));
+        }
+        drop(pools);
         let answer = self.call(
             Method::GET,
             &format!("/volumes/{id}"),
