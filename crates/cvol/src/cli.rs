@@ -450,8 +450,8 @@ pub enum VmCommand {
     },
     /// Take a snapshot of every disk of a VM at one instant (`cvol vm snapshot VM NAME`),
     /// or list, revert or delete its snapshots. A running VM is paused by its host's
-    /// agent while its disks are snapshotted (from its host); the snapshot keeps a copy
-    /// of the .vmx and descriptors.
+    /// agent while its disks are snapshotted (asked through this host's agent); the
+    /// snapshot keeps a copy of the .vmx and descriptors.
     Snapshot(VmSnapshotArgs),
 }
 

@@ -896,36 +896,41 @@ fn a_running_vm_with_its_disks_over_nbd_moves_between_two_hosts() {
     migrations(Pool::File, "nbd", 6);
 }
 
-/// Snapshots of a running guest that writes each count to three disks in turn: the
-/// agent pauses it for each, so after a revert the three disks are from one instant
-/// (the last count on vda, and on vdb and vdc that count or the one before, in order).
+/// Snapshots of a running guest that writes each count to three disks in turn: its
+/// agent pauses it for each (asked directly, or through another host's agent), so after
+/// a revert the three disks are from one instant (the last count on vda, and on vdb and
+/// vdc that count or the one before, in order).
 #[test]
 fn a_running_vms_snapshot_holds_its_three_disks_at_one_instant() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut c = Cluster::with_pool(1, Pool::S3);
+    let mut c = Cluster::with_pool(2, Pool::S3);
     c.create_vm("snap", true, false);
     for _ in 0..2 {
         c.cvol_ok(0, &["disk", "create", "snap", "--size", "16M"]);
     }
     c.start_agent(0);
+    c.start_agent(1);
     c.start_vm(0, "snap");
     let counted = || console_counts(&c.hosts[0].console("snap")).len();
     wait_for(Duration::from_secs(60), "the guest to count", || {
         counted() >= 3
     });
-    let socket = c.hosts[0].socket();
-    let agent = socket.to_str().unwrap();
     let names: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
-    for name in &names {
+    for (i, name) in names.iter().enumerate() {
+        let asked = i % 2;
+        let socket = c.hosts[asked].socket();
+        let agent = socket.to_str().unwrap();
         let out = c.cvol_in(
-            0,
+            asked,
             &["--json", "vm", "snapshot", "snap", name, "--agent", agent],
         );
         assert!(
             out.status.success(),
-            "snapshot {name}: {}\n{}",
+            "snapshot {name} asked on {}: {}\n{}\n{}",
+            c.hosts[asked].id,
             String::from_utf8_lossy(&out.stderr),
-            c.agent_log(0)
+            c.agent_log(0),
+            c.agent_log(1)
         );
         let taken: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(taken["running"], true, "{taken}");

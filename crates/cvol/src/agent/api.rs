@@ -7,7 +7,8 @@
 //! - `POST /v1/vms/{vm}/start` `{"takeover": false}`;
 //! - `POST /v1/vms/{vm}/stop` `{"timeout_s": 60, "force": false}`;
 //! - `POST /v1/vms/{vm}/migrate` `{"to": HOST}`: answers when the VM has moved (or not);
-//! - `POST /v1/vms/{vm}/snapshot` `{"name": NAME}`: a VM snapshot, the guest paused;
+//! - `POST /v1/vms/{vm}/snapshot` `{"name": NAME}`: a VM snapshot, the guest paused (sent
+//!   on to the VM's host where it runs elsewhere);
 //! - between agents, for a migration: `POST /v1/vms/{vm}/incoming`
 //!   `{"source": HOST, "epoch": N}`, `POST /v1/vms/{vm}/promote` `{"epoch": N}` and
 //!   `POST /v1/vms/{vm}/abort-incoming`.
@@ -56,6 +57,9 @@ pub struct StopRequest {
 pub struct SnapshotRequest {
     /// The snapshot's name.
     pub name: String,
+    /// Sent on by another host's agent: not to be sent on again.
+    #[serde(default)]
+    pub forwarded: bool,
 }
 
 /// Every error answer's body.
@@ -174,7 +178,7 @@ async fn snapshot(
 ) -> Answer<cvol_datastore::VmSnapshot> {
     let (vm, request) = (vm_name(&vm)?, body(request)?);
     let name = SnapshotName::new(&request.name).map_err(|e| AgentError::Invalid(e.to_string()))?;
-    blocking(move || agent.snapshot_vm(&vm, &name)).await
+    blocking(move || agent.snapshot_vm(&vm, &name, request.forwarded)).await
 }
 
 async fn migrate(

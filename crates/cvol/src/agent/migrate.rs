@@ -235,7 +235,7 @@ impl Agent {
     /// A client of host `host`'s peer API, if it is alive and serves one. Its record is
     /// read now (a host that just started is not in the last scan yet); its liveness is
     /// what this host has seen of it.
-    fn peer(&self, host: &HostId) -> Result<AgentClient, AgentError> {
+    pub(super) fn peer(&self, host: &HostId) -> Result<AgentClient, AgentError> {
         let entry = self
             .hosts
             .read(host)?

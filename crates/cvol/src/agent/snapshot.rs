@@ -1,31 +1,43 @@
-//! Snapshots of a VM running here: the guest is paused (QEMU drains and flushes every
+//! Snapshots of a running VM, taken on its host: the guest is paused (QEMU drains and flushes every
 //! disk as it stops) while every disk is snapshotted, then resumed, so that its disks
 //! are all from one instant. Never during a live migration, which pauses it too.
 
 use cvol_datastore::VmSnapshot;
-use cvol_format::{SnapshotName, VmName};
+use cvol_format::{HostId, SnapshotName, VmName};
 
+use super::api::SnapshotRequest;
 use super::qemu::Qmp;
 use super::{lock, Agent, AgentError};
 
 impl Agent {
-    /// Takes snapshot `snapshot` of VM `name`, which runs on this host.
+    /// Takes snapshot `snapshot` of running VM `name`: here, or sent on to the host
+    /// that runs it (unless this request was `forwarded` by another host already).
     pub fn snapshot_vm(
         &self,
         name: &VmName,
         snapshot: &SnapshotName,
+        forwarded: bool,
     ) -> Result<VmSnapshot, AgentError> {
         let Some(vm) = lock(&self.vms).get(name).cloned() else {
             let status = self.vm_status(name)?;
-            return Err(match status.owner.filter(|_| status.live == Some(true)) {
-                Some(owner) if owner != self.settings.host.as_str() => AgentError::Conflict {
-                    message: format!(
-                        "VM {name} runs on host {owner}: take its snapshot there, or stop it"
-                    ),
-                    holder: Some(owner),
-                },
-                _ => AgentError::NotFound(format!("VM {name} does not run on this host")),
-            });
+            return match status.owner.filter(|_| status.live == Some(true)) {
+                Some(owner) if owner != self.settings.host.as_str() && !forwarded => {
+                    let host =
+                        HostId::new(&owner).map_err(|e| AgentError::Invalid(e.to_string()))?;
+                    self.peer(&host)?
+                        .post(
+                            &format!("/v1/vms/{name}/snapshot"),
+                            &SnapshotRequest {
+                                name: snapshot.to_string(),
+                                forwarded: true,
+                            },
+                        )
+                        .map_err(AgentError::Failed)
+                }
+                _ => Err(AgentError::NotFound(format!(
+                    "VM {name} does not run on this host"
+                ))),
+            };
         };
         {
             let migrations = lock(&self.migrations);

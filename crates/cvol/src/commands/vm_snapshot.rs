@@ -25,6 +25,7 @@ pub fn run(ctx: &Context, args: VmSnapshotArgs) -> anyhow::Result<()> {
                     &format!("/v1/vms/{vm}/snapshot"),
                     &SnapshotRequest {
                         name: name.to_string(),
+                        forwarded: false,
                     },
                 )?,
                 None => {
