@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir "$work/pool"
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
+(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
 target/debug/cvol provider serve --pool "file:$work/pool" --token-file "$work/token" \
     >"$work/url" 2>"$work/service.log" &
 service_pid=$!

@@ -290,9 +290,22 @@ pub const PROVIDER_KINDS: &[&str] = &["file", "object", "remote"];
 /// token, when its settings name none.
 pub const TOKEN_FILE_ENV: &str = "CVOL_PROVIDER_TOKEN_FILE";
 
-/// Reads a bearer token: the file's content without surrounding white space.
+/// Reads a bearer token: the file's content without surrounding white space. A file that
+/// every user may read holds no secret: it is refused, with its mode.
 pub fn read_token(path: &str) -> io::Result<String> {
-    let token = std::fs::read_to_string(path)?.trim().to_string();
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = std::fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode & 0o004 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("every user may read it (mode {mode:04o}); a secret file must not be: chmod o-rwx {path}"),
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let token = text.trim().to_string();
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,

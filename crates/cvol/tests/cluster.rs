@@ -15,7 +15,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::garage::{Garage, BUCKET};
-use common::{cvol, random_hex, spawn_tied};
+use common::{cvol, random_hex, spawn_tied, write_secret};
 
 /// One cluster at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -237,7 +237,7 @@ impl Cluster {
             ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         }
-        std::fs::write(&cluster.token_file, random_hex(24)).unwrap();
+        write_secret(&cluster.token_file, &random_hex(24));
         for d in ["share", "pool"] {
             std::fs::create_dir(work.join(d)).unwrap();
         }

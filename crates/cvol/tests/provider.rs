@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{Env, Mounted, ProviderServe};
+use common::{cvol, write_secret, Env, Mounted, ProviderServe};
 
 /// A client of a service's API.
 struct Api {
@@ -143,6 +143,61 @@ fn refused(answer: &Answer, status: u16, code: &str) {
     );
 }
 
+/// A token file every user may read holds no secret: the service and the hosts refuse
+/// it, naming the file and its mode, and print no part of the token.
+#[test]
+fn world_readable_token_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::empty();
+    let token_file = env.tmp.path().join("token");
+    write_secret(&token_file, "s3cr3t-t0ken");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let token_arg = token_file.to_str().unwrap();
+    let pool = format!("file:{}", env.pool.display());
+    let served = cvol()
+        .args([
+            "provider",
+            "serve",
+            "--pool",
+            &pool,
+            "--token-file",
+            token_arg,
+        ])
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&served.stderr);
+    assert!(!served.status.success(), "the service started: {refused}");
+    for expected in [token_arg, "mode 0644", "chmod o-rwx"] {
+        assert!(refused.contains(expected), "{expected} not in: {refused}");
+    }
+    assert!(
+        !refused.contains("s3cr3t"),
+        "the token was printed: {refused}"
+    );
+
+    let out = env.run_with_env(
+        &[
+            "datastore",
+            "create",
+            "--name",
+            "ds",
+            "--provider",
+            "pool=remote:http://127.0.0.1:9",
+        ],
+        &[("CVOL_PROVIDER_TOKEN_FILE", token_arg)],
+    );
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{refused}");
+    assert!(
+        refused.contains("mode 0644") && refused.contains(token_arg),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("s3cr3t"),
+        "the token was printed: {refused}"
+    );
+}
+
 #[test]
 fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -150,7 +205,7 @@ fn bad_requests_get_a_4xx_with_a_json_error_and_change_nothing() {
     std::fs::create_dir(&pool).unwrap();
     let token_file = tmp.path().join("token");
     let token = common::uuid_like();
-    std::fs::write(&token_file, &token).unwrap();
+    write_secret(&token_file, &token);
     let log = tmp.path().join("service.log");
     let mut service = ProviderServe::start_logged(&pool, Some(&token_file), &log);
     let api = Api::of(&service);

@@ -155,7 +155,7 @@ impl Env {
     /// `self.pool`, or of the object pool `object_url`.
     fn start_service(mut self, object_url: Option<String>) -> Self {
         let token = self.tmp.path().join("token");
-        std::fs::write(&token, format!("{}\n", uuid_like())).unwrap();
+        write_secret(&token, &format!("{}\n", uuid_like()));
         let spec = match &object_url {
             Some(url) => format!("object:{url}"),
             None => format!("file:{}", self.pool.display()),
@@ -776,4 +776,17 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = tool_output("umount", &["-l", self.0.to_str().unwrap()]);
     }
+}
+
+/// Writes a secret (a token) to a new file only its owner can read, as cvol demands.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
