@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cvol_format::{ProviderId, VolumeId};
+use cvol_format::{ProviderId, VmName, VolumeId};
 use serde::Serialize;
 
 use crate::{layout, Datastore, DatastoreError};
@@ -119,9 +119,9 @@ impl Datastore {
             .collect();
 
         let mut named: BTreeMap<VolumeKey, String> = BTreeMap::new();
-        for vm in self.vm_names()? {
+        for info in self.vm_list()? {
+            let vm = VmName::new(&info.name)?;
             report.vms += 1;
-            let info = self.vm_info(&vm)?;
             if let Some(problem) = info
                 .problems
                 .iter()

@@ -48,7 +48,12 @@ pub struct Datastore {
     host: String,
     providers: Mutex<BTreeMap<ProviderId, Arc<dyn Provider>>>,
     failpoint: Option<FailPoint>,
+    walk_parallel: usize,
 }
+
+/// VMs a walk (`vm list`, fsck) reads at once by default: each read is a few round
+/// trips to the share and the pools, so a walk is bound by their latency.
+pub const WALK_PARALLEL: usize = 8;
 
 impl Datastore {
     /// Makes `share` a new datastore with `providers` (the first is the default). Every
@@ -104,6 +109,7 @@ impl Datastore {
             host: host.to_string(),
             providers: Mutex::new(opened),
             failpoint: None,
+            walk_parallel: WALK_PARALLEL,
         })
     }
 
@@ -123,7 +129,41 @@ impl Datastore {
             host: host.to_string(),
             providers: Mutex::new(BTreeMap::new()),
             failpoint: None,
+            walk_parallel: WALK_PARALLEL,
         })
+    }
+
+    /// Reads up to `n` VMs at once in walks (at least one).
+    pub fn with_walk_parallel(mut self, n: usize) -> Self {
+        self.walk_parallel = n.max(1);
+        self
+    }
+
+    /// Runs `read` for every one of `names` on up to the walk's number of threads;
+    /// the results in the order of `names`.
+    pub(crate) fn walk<T: Send>(
+        &self,
+        names: &[VmName],
+        read: impl Fn(&VmName) -> Result<T, DatastoreError> + Sync,
+    ) -> Vec<Result<T, DatastoreError>> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<T, DatastoreError>>>> =
+            names.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..self.walk_parallel.min(names.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(name) = names.get(i) else {
+                        break;
+                    };
+                    *results[i].lock().expect("walk lock") = Some(read(name));
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|r| r.into_inner().expect("walk lock").expect("every name read"))
+            .collect()
     }
 
     /// Installs a fail point (see [`FailPoint`]).

@@ -299,11 +299,10 @@ impl Datastore {
         Ok(())
     }
 
-    /// Every VM.
+    /// Every VM, read several at once.
     pub fn vm_list(&self) -> Result<Vec<VmInfo>, DatastoreError> {
-        self.vm_names()?
-            .iter()
-            .map(|name| self.vm_info(name))
+        self.walk(&self.vm_names()?, |name| self.vm_info(name))
+            .into_iter()
             .collect()
     }
 

@@ -51,6 +51,18 @@ pub struct Cli {
     )]
     pub nfs_connections: u16,
 
+    /// VMs read at once by listings and fsck (each read waits on the share and the
+    /// pools, so several at once go faster; NFS calls also wait for a connection).
+    #[arg(
+        long,
+        global = true,
+        env = "CVOL_WALK_PARALLEL",
+        default_value_t = cvol_datastore::WALK_PARALLEL as u16,
+        value_parser = clap::value_parser!(u16).range(1..=256),
+        value_name = "N"
+    )]
+    pub walk_parallel: u16,
+
     /// This host's id, used for attachments and intent records [default: the hostname].
     #[arg(long, global = true, env = "CVOL_HOST_ID", value_name = "ID")]
     pub host_id: Option<String>,

@@ -35,6 +35,7 @@ pub struct Context {
     /// The host id as given (`--host-id`, `CVOL_HOST_ID`), if it was.
     host_arg: Option<String>,
     json: bool,
+    walk_parallel: usize,
 }
 
 impl Context {
@@ -72,10 +73,9 @@ impl Context {
 
     /// The datastore on the share given by `--share`.
     fn datastore(&self) -> anyhow::Result<Datastore> {
-        Ok(with_env_failpoint(Datastore::open(
-            self.share()?,
-            &self.host,
-        )?))
+        Ok(with_env_failpoint(
+            Datastore::open(self.share()?, &self.host)?.with_walk_parallel(self.walk_parallel),
+        ))
     }
 }
 
@@ -111,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         host: cli.host_id.clone().unwrap_or_else(default_host_id),
         host_arg: cli.host_id,
         json: cli.json,
+        walk_parallel: usize::from(cli.walk_parallel),
     };
     match cli.command {
         Command::Datastore(cmd) => datastore::run(&ctx, cmd),
