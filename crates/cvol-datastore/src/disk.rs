@@ -328,6 +328,47 @@ impl Datastore {
         )
     }
 
+    /// Runs `read` on a short-lived volume made from snapshot `snapshot` of `vm/disk` (in
+    /// the same provider; copy-free where the pool allows), then deletes the volume. An
+    /// intent record names it, so that fsck deletes it if this process dies meanwhile.
+    pub fn with_snapshot_volume<T>(
+        &self,
+        (vm, disk, snapshot): (&VmName, &DiskName, &SnapshotName),
+        read: impl FnOnce(&dyn Provider, &VolumeId) -> Result<T, DatastoreError>,
+    ) -> Result<T, DatastoreError> {
+        const OP: &str = "snapshot-read";
+        let source = self.cvol_disk(vm, disk)?;
+        let provider = self.provider(&source.provider)?;
+        if !provider
+            .list_snapshots(&source.object)?
+            .iter()
+            .any(|s| &s.name == snapshot)
+        {
+            return Err(DatastoreError::Invalid(format!(
+                "disk {vm}/{disk} has no snapshot \"{snapshot}\""
+            )));
+        }
+        let volume = VolumeId::generate();
+        let mut intent = Intent::new(OP, Recovery::Rollforward, self.host());
+        intent.volumes.push(IntentVolume {
+            provider: source.provider.clone(),
+            id: volume.clone(),
+        });
+        self.run_with_intent(intent, || {
+            provider.create_volume(
+                &volume,
+                &VolumeSource::Snapshot(source.object.clone(), snapshot.clone()),
+                &self.owner(),
+                &cvol_provider::NoProgress,
+            )?;
+            self.step(OP, "volume-created");
+            let result = read(&*provider, &volume);
+            provider.delete_volume(&volume)?;
+            // With the volume gone, a failed read has left nothing to finish.
+            result.map_err(StepError::NothingDone)
+        })
+    }
+
     /// Resizes `vm/disk` to `size` bytes; shrinking needs `allow_shrink`.
     pub fn disk_resize(
         &self,

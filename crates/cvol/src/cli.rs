@@ -634,9 +634,10 @@ pub enum DiskCommand {
         #[arg(long, value_name = "ID")]
         provider: Option<String>,
     },
-    /// Write a stopped VM's disk to a new image file (only allocated data is copied).
+    /// Write a disk to a new image file (only allocated data is copied): a stopped VM's
+    /// disk, or any disk as of one of its snapshots.
     Export {
-        /// The disk, as VM/DISK.
+        /// The disk, as VM/DISK or VM/DISK@SNAPSHOT.
         disk: String,
         /// The file to write; refused if it exists.
         file: PathBuf,

@@ -122,8 +122,22 @@ fn images_round_trip(env: Env) {
         let refused = env.fails(&["disk", "export", "v/v_1", out.to_str().unwrap()]);
         assert!(refused.contains("not overwriting"), "{refused}");
     }
+    // A snapshot goes out even while the disk is in use, as it was when taken.
+    env.ok(&["disk", "snapshot", "v/v_1", "before"]);
+    let volumes = env.volumes();
     let m = env.mount(false);
-    let open = std::fs::File::open(m.path("v/v_1-flat.vmdk")).unwrap();
+    let flat = m.path("v/v_1-flat.vmdk");
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x99 0 64k",
+            flat.to_str().unwrap(),
+        ],
+    );
+    let open = std::fs::File::open(&flat).unwrap();
     let busy = env.fails(&[
         "disk",
         "export",
@@ -132,8 +146,23 @@ fn images_round_trip(env: Env) {
     ]);
     assert!(busy.contains("is in use on host"), "{busy}");
     assert!(!dir.join("x.qcow2").exists());
+    let then = dir.join("then.qcow2");
+    env.ok(&["disk", "export", "v/v_1@before", then.to_str().unwrap()]);
+    assert!(
+        same(&then, &raw),
+        "the snapshot's export differs from the source"
+    );
+    let missing = env.fails(&[
+        "disk",
+        "export",
+        "v/v_1@nope",
+        dir.join("y.qcow2").to_str().unwrap(),
+    ]);
+    assert!(missing.contains("has no snapshot \"nope\""), "{missing}");
+    assert!(!dir.join("y.qcow2").exists());
     drop(open);
     m.stop();
+    assert_eq!(env.volumes(), volumes, "an export left a volume behind");
     env.ok(&["datastore", "fsck"]);
 }
 
@@ -354,6 +383,24 @@ fn bad_sources_and_crashes_leave_nothing_behind() {
         before,
         "a refused import changed the share"
     );
+
+    // A crash while a snapshot is exported leaves its short-lived volume to fsck.
+    env.ok(&["disk", "snapshot", "taken/taken", "s"]);
+    let out = env.run_with_env(
+        &[
+            "disk",
+            "export",
+            "taken/taken@s",
+            dir.join("s.qcow2").to_str().unwrap(),
+        ],
+        &[("CVOL_FAILPOINT", "snapshot-read:volume-created")],
+    );
+    assert!(!out.status.success(), "the export did not die");
+    assert_eq!(env.volumes(), volumes + 1, "no short-lived volume was made");
+    assert_eq!(env.run(&["datastore", "fsck"]).status.code(), Some(4));
+    env.ok(&["datastore", "fsck", "--repair"]);
+    assert_eq!(env.volumes(), volumes, "fsck left the short-lived volume");
+    let _ = std::fs::remove_file(dir.join("s.qcow2"));
 
     // A crash half-way through an import is undone by fsck.
     for (args, step) in [

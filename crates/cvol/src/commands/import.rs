@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use cvol_datastore::{parse_disk_path, DatastoreError, VmSpec};
-use cvol_format::{DiskName, ProviderId, VmName};
+use cvol_format::{DiskName, ProviderId, SnapshotName, VmName};
 
 use super::Context;
 use crate::image::{self, qemu_img};
@@ -85,9 +85,19 @@ pub fn disk_import(
 
 /// `cvol disk export VM/DISK FILE`
 pub fn disk_export(ctx: &Context, disk: &str, file: &Path, format: &str) -> anyhow::Result<()> {
+    let (disk, snapshot) = match disk.split_once('@') {
+        Some((disk, snapshot)) => (disk, Some(SnapshotName::new(snapshot)?)),
+        None => (disk, None),
+    };
     let (vm, disk) = parse_disk_path(disk)?;
     let progress = copy_progress(ctx.json, &format!("export {disk}"));
-    image::export(&ctx.datastore()?, (&vm, &disk), file, format, &*progress)?;
+    image::export(
+        &ctx.datastore()?,
+        (&vm, &disk, snapshot.as_ref()),
+        file,
+        format,
+        &*progress,
+    )?;
     if ctx.json {
         return crate::output::print_json(&serde_json::json!({
             "disk": format!("{vm}/{disk}"),

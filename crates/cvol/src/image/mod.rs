@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use cvol_datastore::{Datastore, DatastoreError};
-use cvol_format::{DiskName, ProviderId, VmName, VolumeId};
-use cvol_provider::CopyProgress;
+use cvol_format::{DiskName, ProviderId, SnapshotName, VmName, VolumeId};
+use cvol_provider::{CopyProgress, Provider};
 
 use qemu_img::{Image, ImageInfo};
 use served::ServedDevice;
@@ -102,12 +102,13 @@ pub fn copy_in(
     Ok(detached?)
 }
 
-/// Writes disk `vm/disk` to a new file `path` in `format` (`qcow2`, `raw`, `vmdk`).
-/// Refused while the disk is in use (attached to a host) and when `path` exists; a
+/// Writes disk `vm/disk` (as it is, or as of its snapshot `snapshot`) to a new file
+/// `path` in `format` (`qcow2`, `raw`, `vmdk`). The disk itself is refused while in use
+/// (attached to a host), a snapshot of it never; an existing `path` is refused, and a
 /// failed export leaves no file.
 pub fn export(
     ds: &Datastore,
-    (vm, disk): (&VmName, &DiskName),
+    (vm, disk, snapshot): (&VmName, &DiskName, Option<&SnapshotName>),
     path: &Path,
     format: &str,
     progress: &dyn CopyProgress,
@@ -120,33 +121,65 @@ pub fn export(
     if let Some(problem) = info.problem {
         bail!("cannot export {vm}/{disk}: {problem}");
     }
-    if let Some(holder) = info.attached_to {
-        bail!("disk {vm}/{disk} is in use on host {holder:?}; stop the VM first");
-    }
     if path.symlink_metadata().is_ok() {
         bail!("{} exists; not overwriting it", path.display());
     }
-    let (Some(provider), Some(volume), Some(size)) = (info.provider, info.volume, info.size) else {
-        bail!("disk {vm}/{disk} names no volume");
+    let written = match snapshot {
+        Some(snapshot) => ds
+            .with_snapshot_volume((vm, disk, snapshot), |provider, volume| {
+                write_volume(ds, provider, volume, path, format, progress)
+                    .map_err(|e| DatastoreError::Invalid(format!("{e:#}")))
+            })
+            .map_err(anyhow::Error::from),
+        None => {
+            if let Some(holder) = info.attached_to {
+                bail!(
+                    "disk {vm}/{disk} is in use on host {holder:?}; stop the VM, or export a \
+                     snapshot of it (VM/DISK@SNAPSHOT)"
+                );
+            }
+            let (Some(provider), Some(volume)) = (info.provider, info.volume) else {
+                bail!("disk {vm}/{disk} names no volume");
+            };
+            let provider = ds.provider(&ProviderId::new(&provider)?)?;
+            write_volume(
+                ds,
+                &*provider,
+                &VolumeId::new(&volume)?,
+                path,
+                format,
+                progress,
+            )
+        }
     };
-    let provider = ds.provider(&ProviderId::new(&provider)?)?;
-    // A standby reads the volume and changes nothing for anyone.
-    let attachment = provider.attach_standby(&VolumeId::new(&volume)?, ds.host())?;
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written.with_context(|| format!("exporting {vm}/{disk} to {}", path.display()))
+}
+
+/// Writes volume `volume` to `path` in `format`, read through a standby attachment, which
+/// changes nothing for anyone.
+fn write_volume(
+    ds: &Datastore,
+    provider: &dyn Provider,
+    volume: &VolumeId,
+    path: &Path,
+    format: &str,
+    progress: &dyn CopyProgress,
+) -> anyhow::Result<()> {
+    let attachment = provider.attach_standby(volume, ds.host())?;
     let served = ServedDevice::start(attachment.device.clone())?;
-    let written = qemu_img::convert(
+    qemu_img::convert(
         &Image::Nbd(&served.url()),
         &Image::File {
             path,
             format,
             options: None,
         },
-        size,
+        attachment.device.size(),
         progress,
-    );
-    if written.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    written.with_context(|| format!("exporting {vm}/{disk} to {}", path.display()))
+    )
 }
 
 /// The formats `export` writes.
