@@ -119,9 +119,23 @@ impl Datastore {
             .collect();
 
         let mut named: BTreeMap<VolumeKey, String> = BTreeMap::new();
-        for info in self.vm_list()? {
+        let walked = self
+            .walk(&self.vm_names()?, |vm| {
+                Ok((self.vm_info(vm)?, self.vm_snapshots(vm)))
+            })
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        for (info, snapshots) in walked {
             let vm = VmName::new(&info.name)?;
             report.vms += 1;
+            match snapshots {
+                Ok(snapshots) => {
+                    for problem in snapshot_problems(&vm, &snapshots, &info.disks) {
+                        report.found(problem, false);
+                    }
+                }
+                Err(e) => report.found(e.to_string(), false),
+            }
             if let Some(problem) = info
                 .problems
                 .iter()
@@ -215,4 +229,32 @@ impl Datastore {
             .write_atomic(&path, descriptor.to_string().as_bytes())?;
         Ok(())
     }
+}
+
+/// What makes a VM's snapshots unusable: a disk it still has whose volume lost the
+/// snapshot (a revert to it would be refused half-way through the check).
+fn snapshot_problems(
+    vm: &VmName,
+    snapshots: &[crate::VmSnapshot],
+    disks: &[crate::DiskInfo],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for snapshot in snapshots {
+        for then in &snapshot.disks {
+            let now = disks
+                .iter()
+                .find(|d| d.volume.as_deref() == Some(then.volume.as_str()));
+            if now.is_some_and(|d| !d.snapshots.contains(&snapshot.name)) {
+                problems.push(format!(
+                    "{}/{}: disk {}'s volume {} has no snapshot \"{}\"; the VM cannot be reverted to it",
+                    layout::vm_snapshots_dir(vm),
+                    snapshot.name,
+                    then.disk,
+                    then.volume,
+                    snapshot.name
+                ));
+            }
+        }
+    }
+    problems
 }

@@ -237,10 +237,20 @@ impl Datastore {
         }
         for disk in &record.disks {
             let provider = self.provider(&ProviderId::new(&disk.provider)?)?;
-            let volume = provider.volume(&VolumeId::new(&disk.volume)?)?;
-            if let Some(holder) = volume.attached_to {
+            let id = VolumeId::new(&disk.volume)?;
+            if let Some(holder) = provider.volume(&id)?.attached_to {
                 return Err(DatastoreError::Invalid(format!(
                     "not reverting VM {vm}: disk {} is attached to host {holder:?}; stop the VM first",
+                    disk.disk
+                )));
+            }
+            if !provider
+                .list_snapshots(&id)?
+                .iter()
+                .any(|s| &s.name == name)
+            {
+                return Err(DatastoreError::Invalid(format!(
+                    "not reverting VM {vm}: disk {}'s volume {id} has no snapshot \"{name}\" any more",
                     disk.disk
                 )));
             }

@@ -279,6 +279,28 @@ fn bad_vm_snapshot_requests_get_a_clear_error_and_change_nothing() {
         let err = env.fails(&args);
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+    // A disk snapshot lost behind cvol's back (here removed from the pool) is named by
+    // fsck, and the revert is refused with nothing changed.
+    std::fs::remove_file(
+        env.volume_file("v/v_1")
+            .with_file_name("snapshots")
+            .join("s1"),
+    )
+    .unwrap();
+    let out = env.run(&["datastore", "fsck"]);
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{found}");
+    assert!(
+        found.contains("v/.snapshots/s1: disk v_1's volume")
+            && found.contains("has no snapshot \"s1\""),
+        "{found}"
+    );
+    let err = env.fails(&["vm", "snapshot", "revert", "v", "s1"]);
+    assert!(err.contains("has no snapshot \"s1\""), "{err}");
+    env.ok(&["vm", "snapshot", "delete", "v", "s1"]);
+    env.ok(&["datastore", "fsck"]);
+    env.ok(&["vm", "snapshot", "v", "s1"]);
+
     // A disk held by a host (here a container with it open) blocks a revert.
     let m = env.mount(false);
     let open = std::fs::File::open(m.path("v/v-flat.vmdk")).unwrap();
