@@ -357,6 +357,7 @@ fn new_vmx(name: &VmName, spec: &VmSpec) -> Vmx {
         ("config.version", "8"),
         ("virtualHW.version", "19"),
         ("displayName", name.as_str()),
+        ("uuid.bios", &crate::vm_clone::bios_uuid()),
         ("guestOS", "other-64"),
         ("memSize", &spec.memory_mib.to_string()),
         ("numvcpus", &spec.cpus.to_string()),

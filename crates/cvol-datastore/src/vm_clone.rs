@@ -272,7 +272,7 @@ fn rewrite_vmx(vmx: &mut Vmx, src: &VmName, dst: &VmName, disks: &[CloneDisk]) {
 }
 
 /// A new BIOS uuid, written as VMware writes it: "56 4d … 12-34 …".
-fn bios_uuid() -> String {
+pub(crate) fn bios_uuid() -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}", hex[..8].join(" "), hex[8..].join(" "))

@@ -192,7 +192,7 @@ fn crash_after_every_step(
 }
 
 /// What must match across fixtures: how many volumes, which files, and the content of
-/// files that hold no per-fixture ids (the .vmx).
+/// files that hold no per-fixture ids (the .vmx, but for its BIOS uuid).
 fn shape(state: &(BTreeSet<String>, Vec<(String, Vec<u8>)>)) -> (usize, Vec<(String, String)>) {
     let files = state
         .1
@@ -201,7 +201,12 @@ fn shape(state: &(BTreeSet<String>, Vec<(String, Vec<u8>)>)) -> (usize, Vec<(Str
         .map(|(name, content)| {
             let keep = name.ends_with(".vmx");
             let content = if keep {
-                String::from_utf8_lossy(content).into_owned()
+                // Every VM gets a BIOS uuid of its own.
+                String::from_utf8_lossy(content)
+                    .lines()
+                    .filter(|l| !l.starts_with("uuid.bios = "))
+                    .map(|l| format!("{l}\n"))
+                    .collect()
             } else {
                 String::new()
             };

@@ -355,6 +355,20 @@ fn clones_and_templates(env: Env) {
         assert!(copy.contains(line), "{line} not in {copy}");
     }
     assert!(!copy.contains("web.vmdk"), "{copy}");
+    let uuid = |vmx: &str| {
+        vmx.lines()
+            .find(|l| l.starts_with("uuid.bios = "))
+            .map(str::to_string)
+    };
+    assert!(
+        uuid(&vmx(&env, "web")).is_some(),
+        "a new VM has a BIOS uuid"
+    );
+    assert_ne!(
+        uuid(&copy),
+        uuid(&vmx(&env, "web")),
+        "the clone kept its origin's uuid"
+    );
 
     // Isolation both ways.
     write_to(&env, "web2", &["web2", "web2_1"], 0x22);
