@@ -55,6 +55,15 @@ impl DiskInfo {
 /// complete: an import's copy. An error undoes the disk.
 pub type Fill<'a> = dyn Fn(&DiskName, &ProviderId, &VolumeId) -> Result<(), DatastoreError> + 'a;
 
+/// Whether volume `id` of `provider` has snapshot `name`.
+pub(crate) fn has_snapshot(
+    provider: &dyn Provider,
+    id: &VolumeId,
+    name: &SnapshotName,
+) -> Result<bool, DatastoreError> {
+    Ok(provider.list_snapshots(id)?.iter().any(|s| &s.name == name))
+}
+
 /// The fill of a disk that stays blank (or holds what it was made from).
 pub(crate) fn no_fill(_: &DiskName, _: &ProviderId, _: &VolumeId) -> Result<(), DatastoreError> {
     Ok(())
@@ -74,6 +83,15 @@ impl Datastore {
             .collect();
         names.sort();
         Ok(names.iter().map(|disk| self.disk_info(vm, disk)).collect())
+    }
+
+    /// Disk `vm/disk`, as [`Datastore::disks`] lists it (a broken one with its problem).
+    pub fn disk(&self, vm: &VmName, disk: &DiskName) -> Result<DiskInfo, DatastoreError> {
+        self.require_vm(vm)?;
+        match self.share().metadata(&layout::descriptor_file(vm, disk)) {
+            Err(e) if e.is_not_found() => Err(DatastoreError::DiskNotFound(format!("{vm}/{disk}"))),
+            other => other.map(|_| self.disk_info(vm, disk)).map_err(Into::into),
+        }
     }
 
     fn disk_info(&self, vm: &VmName, disk: &DiskName) -> DiskInfo {
@@ -339,11 +357,7 @@ impl Datastore {
         const OP: &str = "snapshot-read";
         let source = self.cvol_disk(vm, disk)?;
         let provider = self.provider(&source.provider)?;
-        if !provider
-            .list_snapshots(&source.object)?
-            .iter()
-            .any(|s| &s.name == snapshot)
-        {
+        if !has_snapshot(&*provider, &source.object, snapshot)? {
             return Err(DatastoreError::Invalid(format!(
                 "disk {vm}/{disk} has no snapshot \"{snapshot}\""
             )));

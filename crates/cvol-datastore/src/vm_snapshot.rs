@@ -11,6 +11,7 @@ use cvol_format::{CvolDisk, Descriptor, DiskName, ProviderId, SnapshotName, VmNa
 use cvol_provider::CopyProgress;
 use serde::{Deserialize, Serialize};
 
+use crate::disk::has_snapshot;
 use crate::intent::{Intent, IntentRevert, IntentSnapshot, Recovery};
 use crate::{layout, Datastore, DatastoreError};
 
@@ -72,11 +73,7 @@ impl Datastore {
         let mut intent = Intent::new(OP, Recovery::Rollback, self.host());
         for (disk, cvol, _) in &disks {
             let provider = self.provider(&cvol.provider)?;
-            if provider
-                .list_snapshots(&cvol.object)?
-                .iter()
-                .any(|s| &s.name == name)
-            {
+            if has_snapshot(&*provider, &cvol.object, name)? {
                 return Err(DatastoreError::Invalid(format!(
                     "disk {vm}/{disk} already has a snapshot \"{name}\"; choose another name"
                 )));
@@ -244,11 +241,7 @@ impl Datastore {
                     disk.disk
                 )));
             }
-            if !provider
-                .list_snapshots(&id)?
-                .iter()
-                .any(|s| &s.name == name)
-            {
+            if !has_snapshot(&*provider, &id, name)? {
                 return Err(DatastoreError::Invalid(format!(
                     "not reverting VM {vm}: disk {}'s volume {id} has no snapshot \"{name}\" any more",
                     disk.disk

@@ -308,6 +308,17 @@ impl RemoteProvider {
         }
     }
 
+    /// `GET /volumes/{id}`, as the service says it.
+    fn volume_body(&self, id: &VolumeId) -> Result<VolumeBody, ProviderError> {
+        let answer = self.call(
+            Method::GET,
+            &format!("/volumes/{id}"),
+            NO_BODY,
+            self.timeout,
+        )?;
+        self.accepted(&answer, id.as_str())
+    }
+
     fn volume_from(&self, body: VolumeBody) -> Result<Volume, ProviderError> {
         Ok(Volume {
             id: VolumeId::new(&body.id)
@@ -407,13 +418,7 @@ impl Provider for RemoteProvider {
     }
 
     fn volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
-        let answer = self.call(
-            Method::GET,
-            &format!("/volumes/{id}"),
-            NO_BODY,
-            self.timeout,
-        )?;
-        self.volume_from(self.accepted(&answer, id.as_str())?)
+        self.volume_from(self.volume_body(id)?)
     }
 
     fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
@@ -423,14 +428,7 @@ impl Provider for RemoteProvider {
             return Ok(Some(bytes));
         }
         drop(pools);
-        let answer = self.call(
-            Method::GET,
-            &format!("/volumes/{id}"),
-            NO_BODY,
-            self.timeout,
-        )?;
-        let body: VolumeBody = self.accepted(&answer, id.as_str())?;
-        Ok(body.allocated)
+        Ok(self.volume_body(id)?.allocated)
     }
 
     fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {

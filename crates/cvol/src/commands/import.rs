@@ -25,7 +25,6 @@ pub fn vm_import(
         None => anyhow::bail!("{}: give the VM a name with --name", source.display()),
     };
     let mut disks = Vec::new();
-    let mut names = Vec::new();
     for (i, disk) in plan.disks.iter().enumerate() {
         let info = qemu_img::info(&disk.path)?;
         // A source's own disk names are kept where they are valid names.
@@ -33,9 +32,9 @@ pub fn vm_import(
             Some(Ok(disk_name)) => disk_name,
             _ => DiskName::nth(&name, i)?,
         };
-        names.push(disk_name.clone());
         disks.push((disk_name, disk.path.clone(), info));
     }
+    let names: Vec<DiskName> = disks.iter().map(|(disk, ..)| disk.clone()).collect();
     let spec = VmSpec {
         disks: disks
             .iter()

@@ -113,11 +113,7 @@ pub fn export(
     format: &str,
     progress: &dyn CopyProgress,
 ) -> anyhow::Result<()> {
-    let info = ds
-        .disks(vm)?
-        .into_iter()
-        .find(|d| d.name == disk.as_str())
-        .ok_or_else(|| DatastoreError::DiskNotFound(format!("{vm}/{disk}")))?;
+    let info = ds.disk(vm, disk)?;
     if let Some(problem) = info.problem {
         bail!("cannot export {vm}/{disk}: {problem}");
     }
