@@ -293,6 +293,20 @@ pub struct ServeArgs {
     /// NBD connections served at once; more are closed at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub nbd_max_connections: usize,
+    /// Also serve every disk over vhost-user-blk, on DIR/VM/DISK.sock: QEMU's
+    /// vhost-user-blk-pci reaches it from shared memory with no kernel crossing (see
+    /// `cvol vm start --vhost-user`). One driver per disk at a time.
+    #[arg(long = "vhost-user", env = "CVOL_VHOST_USER", value_name = "DIR")]
+    pub vhost_user: Option<PathBuf>,
+    /// Queues each vhost-user disk offers (a driver may use fewer).
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub vhost_user_queues: u16,
+    /// Threads running each connected vhost-user disk's I/O.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub vhost_user_io_threads: u16,
+    /// How often the vhost-user sockets are brought in line with the datastore's disks.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub vhost_user_rescan_ms: u64,
 }
 
 /// `cvol mount`
@@ -548,13 +562,13 @@ pub struct DomxmlArgs {
 
 /// `cvol vm start`
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("local").args(["container", "nbd_socket"]))]
+#[command(group = clap::ArgGroup::new("local").args(["container", "nbd_socket", "vhost_user"]))]
 pub struct StartArgs {
     /// The VM's name.
     pub vm: String,
     /// Take the VM over from a host whose lease expired (its disks are fenced from that
     /// host first); refused while the lease is live.
-    #[arg(long, conflicts_with_all = ["container", "nbd_socket"])]
+    #[arg(long, conflicts_with_all = ["container", "nbd_socket", "vhost_user"])]
     pub takeover: bool,
     #[command(flatten)]
     pub agent: AgentArg,
@@ -564,6 +578,10 @@ pub struct StartArgs {
     /// Run QEMU here, reaching the disks over NBD on this unix socket.
     #[arg(long, value_name = "PATH", conflicts_with = "container")]
     pub nbd_socket: Option<PathBuf>,
+    /// Run QEMU here, reaching the disks over vhost-user-blk on the sockets under DIR
+    /// (`cvol mount --vhost-user DIR`); guest RAM is then shared memory (memfd).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["container", "nbd_socket"])]
+    pub vhost_user: Option<PathBuf>,
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: String,

@@ -20,6 +20,9 @@ pub enum DiskPaths<'a> {
     Extents(&'a Path),
     /// Over NBD on this unix socket (`format=raw`).
     Nbd(&'a Path),
+    /// Over vhost-user-blk on the sockets under this directory, with guest RAM in
+    /// shared memory so that the backend can reach the virtqueues.
+    VhostUser(&'a Path),
 }
 
 /// The QEMU binary and accelerator to run VMs with.
@@ -56,17 +59,30 @@ pub fn command(
         "auto" => "tcg",
         other => other,
     };
+    let memory_mib = vm.memory_mib.unwrap_or(1024);
+    let cpus = vm.cpus.unwrap_or(1);
+    let shared_memory = matches!(disks, DiskPaths::VhostUser(_));
     let mut cmd = vec![
         options.qemu.clone(),
         "-name".into(),
         vm.name.clone(),
         "-machine".into(),
-        format!("q35,accel={accel}"),
+        if shared_memory {
+            format!("q35,accel={accel},memory-backend=mem")
+        } else {
+            format!("q35,accel={accel}")
+        },
         "-m".into(),
-        vm.memory_mib.unwrap_or(1024).to_string(),
+        memory_mib.to_string(),
         "-smp".into(),
-        vm.cpus.unwrap_or(1).to_string(),
+        cpus.to_string(),
     ];
+    if shared_memory {
+        cmd.extend([
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
+        ]);
+    }
     for (key, flag) in [
         ("cvol.kernel", "-kernel"),
         ("cvol.initrd", "-initrd"),
@@ -76,8 +92,21 @@ pub fn command(
             cmd.extend([flag.to_string(), value.clone()]);
         }
     }
-    for file in &vm.vmx_disks {
+    for (i, file) in vm.vmx_disks.iter().enumerate() {
         let disk = file.strip_suffix(".vmdk").unwrap_or(file);
+        if let DiskPaths::VhostUser(dir) = disks {
+            let socket = cvol_vhost::socket_path(dir, &format!("{}/{disk}", vm.name));
+            cmd.extend([
+                "-chardev".into(),
+                format!("socket,id=vhost{i},path={}", socket.display()),
+                "-device".into(),
+                format!(
+                    "vhost-user-blk-pci,chardev=vhost{i},num-queues={}",
+                    cpus.min(VHOST_QUEUES)
+                ),
+            ]);
+            continue;
+        }
         let drive = match disks {
             DiskPaths::Nbd(socket) => format!(
                 "file=nbd+unix:///{}/{disk}?socket={},format=raw,if=virtio,cache=none",
@@ -94,10 +123,37 @@ pub fn command(
                     .join(format!("{disk}-flat.vmdk"))
                     .display()
             ),
+            DiskPaths::VhostUser(_) => unreachable!("added above"),
         };
         cmd.extend(["-drive".to_string(), drive]);
     }
     Ok(cmd)
+}
+
+/// Queues QEMU asks of a vhost-user disk, at most: one per vCPU up to what
+/// `cvol mount --vhost-user-queues` offers by default.
+const VHOST_QUEUES: u32 = 4;
+
+/// Waits up to `timeout` for the vhost-user socket of each of `vm`'s disks under `dir`:
+/// the mount daemon adds a new disk's socket on its next rescan.
+pub fn wait_for_vhost_sockets(vm: &VmInfo, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for file in &vm.vmx_disks {
+        let disk = file.strip_suffix(".vmdk").unwrap_or(file);
+        let socket = cvol_vhost::socket_path(dir, &format!("{}/{disk}", vm.name));
+        while !socket.exists() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "no vhost-user socket {} after {} s: is `cvol mount --vhost-user {}` running?",
+                    socket.display(),
+                    timeout.as_secs(),
+                    dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// Where one VM's QEMU keeps its files under the agent's state directory.

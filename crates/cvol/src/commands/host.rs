@@ -46,6 +46,10 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         nbd: settings.nbd.clone(),
         nbd_readonly: false,
         nbd_max_connections: 256,
+        vhost_user: None,
+        vhost_user_queues: 4,
+        vhost_user_io_threads: 8,
+        vhost_user_rescan_ms: 2000,
     };
     let mut api_runtime = None;
     let ready = |volumes: &Arc<_>| {

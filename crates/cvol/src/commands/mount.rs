@@ -39,6 +39,7 @@ pub fn serve(
     let signals = block_termination_signals();
     let volumes = Arc::new(AttachedVolumes::new(datastore));
     let nbd = start_nbd(&volumes, args)?;
+    let vhost = start_vhost_user(&volumes, args)?;
     let container = Arc::new(Container::new(volumes.clone()));
     let settings = MountSettings {
         threads: args.threads,
@@ -50,7 +51,11 @@ pub fn serve(
     tracing::info!("serving {}", mountpoint.display());
     let served = ready(&volumes).map(|()| wait_for_the_end(&signals, &mounted, mountpoint));
     stopping();
-    // NBD first: its connections close their volumes before the container detaches all.
+    // NBD and vhost-user first: their connections close their volumes before the
+    // container detaches all.
+    if let Some(vhost) = vhost {
+        vhost.stop();
+    }
     if let Some(runtime) = nbd {
         runtime.shutdown_timeout(Duration::from_secs(5));
     }
@@ -110,4 +115,29 @@ fn start_nbd(
         tracing::info!("NBD on {listen}");
     }
     Ok(Some(runtime))
+}
+
+/// Starts serving every disk over vhost-user-blk, if asked.
+fn start_vhost_user(
+    volumes: &Arc<AttachedVolumes>,
+    args: &ServeArgs,
+) -> anyhow::Result<Option<cvol_vhost::VhostUserServer>> {
+    let Some(dir) = &args.vhost_user else {
+        return Ok(None);
+    };
+    let settings = cvol_vhost::Settings {
+        queues: args.vhost_user_queues,
+        io_threads: usize::from(args.vhost_user_io_threads),
+        ..cvol_vhost::Settings::default()
+    };
+    let exports = Arc::new(cvol_nbd::DatastoreExports::new(volumes.clone()));
+    let server = cvol_vhost::VhostUserServer::start(
+        dir,
+        exports,
+        settings,
+        Duration::from_millis(args.vhost_user_rescan_ms.max(100)),
+    )
+    .with_context(|| format!("cannot serve vhost-user sockets in {}", dir.display()))?;
+    tracing::info!("vhost-user-blk sockets in {}", dir.display());
+    Ok(Some(server))
 }

@@ -195,8 +195,12 @@ fn show(ctx: &Context, vm: &VmInfo) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs QEMU here in the foreground (`--container` or `--nbd-socket`): no agent, no
-/// lease.
+/// How long `vm start --vhost-user` waits for a new disk's socket: the mount daemon
+/// adds sockets for new disks every `--vhost-user-rescan-ms`.
+const WAIT_FOR_SOCKETS: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs QEMU here in the foreground (`--container`, `--nbd-socket` or `--vhost-user`):
+/// no agent, no lease.
 fn start_local(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
     let vm = ctx.datastore()?.vm_info(&VmName::new(&args.vm)?)?;
     vm.check_startable()?;
@@ -204,12 +208,16 @@ fn start_local(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
         qemu: args.qemu.clone(),
         accel: args.accel.clone(),
     };
-    let disks = match (&args.nbd_socket, &args.container) {
-        (Some(socket), _) => DiskPaths::Nbd(socket),
-        (None, Some(mnt)) => DiskPaths::Container(mnt),
-        (None, None) => unreachable!("called with one"),
+    let disks = match (&args.nbd_socket, &args.container, &args.vhost_user) {
+        (Some(socket), _, _) => DiskPaths::Nbd(socket),
+        (None, Some(mnt), _) => DiskPaths::Container(mnt),
+        (None, None, Some(dir)) => DiskPaths::VhostUser(dir),
+        (None, None, None) => unreachable!("called with one"),
     };
     let mut cmd = qemu::command(&vm, &options, disks)?;
+    if let (Some(dir), false) = (&args.vhost_user, args.dry_run) {
+        qemu::wait_for_vhost_sockets(&vm, dir, WAIT_FOR_SOCKETS)?;
+    }
     cmd.extend(args.qemu_args.iter().cloned());
     if args.dry_run {
         let quoted: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
@@ -222,11 +230,11 @@ fn start_local(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
 }
 
 fn start(ctx: &Context, args: &StartArgs) -> anyhow::Result<()> {
-    if args.container.is_some() || args.nbd_socket.is_some() {
+    if args.container.is_some() || args.nbd_socket.is_some() || args.vhost_user.is_some() {
         return start_local(ctx, args);
     }
     if !args.qemu_args.is_empty() {
-        anyhow::bail!("extra QEMU arguments are for --container or --nbd-socket; the agent runs what the .vmx says (see cvol vm set)");
+        anyhow::bail!("extra QEMU arguments are for --container, --nbd-socket or --vhost-user; the agent runs what the .vmx says (see cvol vm set)");
     }
     let vm = VmName::new(&args.vm)?;
     let status: VmStatus = AgentClient::new(&args.agent.agent).post(

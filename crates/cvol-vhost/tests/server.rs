@@ -1,0 +1,127 @@
+//! The vhost-user server driven by a real user-space driver (libblkio), against
+//! in-memory disks: every request type, several queues, and drivers that misbehave.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cvol_nbd::memory::MemoryDevice;
+use cvol_nbd::{DeviceExport, Exports};
+use cvol_provider::BlockDevice;
+use cvol_vhost::client::VhostClient;
+use cvol_vhost::{socket_path, Settings, VhostUserServer};
+
+const SIZE: usize = 8 << 20;
+
+struct Served {
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    device: Arc<MemoryDevice>,
+    server: Option<VhostUserServer>,
+}
+
+fn serve(settings: Settings) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Arc::new(MemoryDevice::new(SIZE));
+    let exports: Arc<dyn Exports> = Arc::new(DeviceExport::new("vm1/disk", device.clone()));
+    let server =
+        VhostUserServer::start(dir.path(), exports, settings, Duration::from_secs(60)).unwrap();
+    Served {
+        socket: socket_path(dir.path(), "vm1/disk"),
+        _dir: dir,
+        device,
+        server: Some(server),
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn device_bytes(device: &MemoryDevice, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    device.read_at(&mut buf, offset).unwrap();
+    buf
+}
+
+#[test]
+fn every_request_type_works_on_every_queue() {
+    let s = serve(Settings::default());
+    let mut c = VhostClient::connect(&s.socket, 4, 4 << 20).unwrap();
+    assert_eq!(c.capacity(), SIZE as u64);
+    assert_eq!(c.queues(), 4);
+    for q in 0..4 {
+        let offset = (q as u64) << 20;
+        let data = pattern(256 << 10, q as u8);
+        c.write(q, offset, &data).unwrap();
+        assert_eq!(c.read((q + 1) % 4, offset, data.len()).unwrap(), data);
+        assert_eq!(device_bytes(&s.device, offset, data.len()), data);
+    }
+    c.flush(0).unwrap();
+    c.discard(1, 4096, 8192).unwrap();
+    assert_eq!(c.read(1, 4096, 8192).unwrap(), vec![0; 8192]);
+    c.write_zeroes(2, 1 << 20, 65536, false).unwrap();
+    c.write_zeroes(3, 2 << 20, 65536, true).unwrap();
+    assert_eq!(device_bytes(&s.device, 1 << 20, 65536), vec![0; 65536]);
+    assert_eq!(device_bytes(&s.device, 2 << 20, 65536), vec![0; 65536]);
+    // A whole 4 MiB request crosses the servers' 1 MiB pieces.
+    let big = pattern(4 << 20, 7);
+    c.write(0, 4 << 20, &big).unwrap();
+    assert_eq!(c.read(1, 4 << 20, big.len()).unwrap(), big);
+    assert!(
+        c.read(0, SIZE as u64 - 512, 1024).is_err(),
+        "read past the end"
+    );
+    assert!(
+        c.write(0, SIZE as u64, &[0; 512]).is_err(),
+        "write past the end"
+    );
+}
+
+#[test]
+fn a_second_driver_is_turned_away_and_the_first_keeps_working() {
+    let s = serve(Settings::default());
+    let mut first = VhostClient::connect(&s.socket, 1, 1 << 20).unwrap();
+    let second = VhostClient::connect(&s.socket, 1, 1 << 20);
+    assert!(second.is_err(), "a second driver was served");
+    first.write(0, 0, &pattern(4096, 1)).unwrap();
+    assert_eq!(first.read(0, 0, 4096).unwrap(), pattern(4096, 1));
+    drop(first);
+    // Once the first has gone, the next is served.
+    let mut third = connect_when_idle(&s.socket);
+    assert_eq!(third.read(0, 0, 4096).unwrap(), pattern(4096, 1));
+}
+
+/// Connects once the server has noticed the previous driver left (it answers a
+/// connection in the meantime by closing it).
+fn connect_when_idle(socket: &Path) -> VhostClient {
+    connect_when_idle_with(socket, false)
+}
+
+fn connect_when_idle_with(socket: &Path, read_only: bool) -> VhostClient {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match VhostClient::connect_with(socket, 1, 1 << 20, read_only) {
+            Ok(c) => return c,
+            Err(e) if std::time::Instant::now() > deadline => panic!("never served again: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn read_only_devices_say_so_and_refuse_writes() {
+    let s = serve(Settings {
+        read_only: true,
+        ..Settings::default()
+    });
+    assert!(VhostClient::connect(&s.socket, 1, 1 << 20).is_err());
+    let mut c = connect_when_idle_with(&s.socket, true);
+    assert!(c.property_bool("read-only").unwrap());
+    assert_eq!(c.read(0, 0, 4096).unwrap(), vec![0; 4096]);
+    drop(c);
+    s.server.unwrap().stop();
+    assert!(!s.socket.exists(), "the socket outlived the server");
+}
