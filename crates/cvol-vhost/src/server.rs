@@ -375,7 +375,14 @@ impl Session {
         *self.state.lock().expect("state") = State::Connected(daemon.shutdown_handle());
         self.wake.wake();
         tracing::info!("vhost-user {}: driver connected", self.name);
-        let result = daemon.wait().map_err(|e| e.to_string());
+        let result = match daemon.wait() {
+            // The driver closing its end is how a session ends.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
         tracing::info!("vhost-user {}: driver disconnected", self.name);
         result
     }

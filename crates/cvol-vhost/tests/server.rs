@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cvol_nbd::memory::MemoryDevice;
-use cvol_nbd::{DeviceExport, Exports};
+use cvol_nbd::{DeviceExport, ExportError, Exports, OpenExport};
 use cvol_provider::BlockDevice;
 use cvol_vhost::client::VhostClient;
 use cvol_vhost::{socket_path, Settings, VhostUserServer};
@@ -124,4 +124,99 @@ fn read_only_devices_say_so_and_refuse_writes() {
     drop(c);
     s.server.unwrap().stop();
     assert!(!s.socket.exists(), "the socket outlived the server");
+}
+
+/// Two in-memory disks that count their open attachments.
+struct TwoDisks {
+    devices: Vec<(String, Arc<MemoryDevice>)>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Exports for TwoDisks {
+    fn names(&self) -> Result<Vec<String>, ExportError> {
+        Ok(self.devices.iter().map(|(n, _)| n.clone()).collect())
+    }
+
+    fn size(&self, name: &str) -> Result<u64, ExportError> {
+        Ok(self.open(name)?.device.size())
+    }
+
+    fn open(&self, name: &str) -> Result<OpenExport, ExportError> {
+        let (_, device) = self
+            .devices
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| ExportError::Unknown(name.into()))?;
+        use std::sync::atomic::Ordering::SeqCst;
+        self.open.fetch_add(1, SeqCst);
+        let open = self.open.clone();
+        Ok(OpenExport::new(device.clone(), move || {
+            open.fetch_sub(1, SeqCst);
+        }))
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn drivers_that_vanish_or_send_garbage_cost_nothing_and_other_disks_keep_working() {
+    use std::io::Write;
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let exports = Arc::new(TwoDisks {
+        devices: vec![
+            ("a/disk".into(), Arc::new(MemoryDevice::new(SIZE))),
+            ("b/disk".into(), Arc::new(MemoryDevice::new(SIZE))),
+        ],
+        open: open.clone(),
+    });
+    let _server = VhostUserServer::start(
+        dir.path(),
+        exports,
+        Settings::default(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let a = socket_path(dir.path(), "a/disk");
+    let mut other = VhostClient::connect(&socket_path(dir.path(), "b/disk"), 1, 1 << 20).unwrap();
+    other.write(0, 0, &pattern(4096, 9)).unwrap();
+
+    // Mid-handshake: half a message header, then gone.
+    let mut raw = std::os::unix::net::UnixStream::connect(&a).unwrap();
+    raw.write_all(&[1, 0, 0, 0, 1]).unwrap();
+    drop(raw);
+    // Garbage: a message header claiming a huge payload, then noise.
+    let mut raw = std::os::unix::net::UnixStream::connect(&a).unwrap();
+    let mut junk = vec![0x01, 0, 0, 0, 0x01, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f];
+    junk.extend(pattern(4096, 3));
+    let _ = raw.write_all(&junk);
+    drop(raw);
+    // Mid-request: 64 writes submitted, then the driver is dropped without waiting.
+    let mut c = connect_when_idle(&a);
+    for i in 0..64u64 {
+        let buf = c.buffer_ptr(0);
+        c.queue(0)
+            .write(i * 4096, buf, 4096, 0, blkio::ReqFlags::empty());
+    }
+    let _ = cvol_vhost::client::wait(c.queue(0), 0, Some(Duration::ZERO));
+    drop(c);
+
+    wait_until("disk a detached", || open.load(SeqCst) == 1);
+    let mut again = connect_when_idle(&a);
+    again.write(0, 0, &pattern(4096, 5)).unwrap();
+    assert_eq!(again.read(0, 0, 4096).unwrap(), pattern(4096, 5));
+    assert_eq!(other.read(0, 0, 4096).unwrap(), pattern(4096, 9));
+    drop(again);
+    drop(other);
+    wait_until("both disks detached", || open.load(SeqCst) == 0);
 }
