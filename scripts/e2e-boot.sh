@@ -6,7 +6,8 @@
 # *through the file system container* as an ext4 root file system; QEMU opens the VM's descriptor in the container
 # (following its extent to the volume), boots a Debian kernel, and the guest writes a
 # random token given on its command line to /marker and powers off. After an unmount and
-# a remount the token is read back from the disk. Then the same over NBD, and from a
+# a remount the token is read back from the disk. Then the same over NBD and over
+# vhost-user-blk (guest RAM in shared memory, the daemon serving the virtqueues), and from a
 # `cvol disk clone` of the disk (the clone boots, the original is unchanged), and from
 # images made outside cvol and brought in by `cvol vm import`. Then QEMU
 # runs as an unprivileged user (as under libvirt) after the VM's disk files are chowned
@@ -40,7 +41,7 @@ ganesha_pid=
 libvirtd_pid=
 
 mount_container() {
-    "$cvol" mount "$mnt" --nbd "unix:$sock" --allow-other 2>>"$work/daemon.log" &
+    "$cvol" mount "$mnt" --nbd "unix:$sock" --vhost-user "$work/vhost" --allow-other 2>>"$work/daemon.log" &
     daemon=$!
     wait_mounted "$mnt"
 }
@@ -144,6 +145,13 @@ boot nbd e2e "$token2" --nbd-socket "$sock"
 boot_nbd=$((SECONDS - t2))
 [[ $(marker e2e e2e) == "$token2" ]] || { echo "marker after the NBD boot: $(marker e2e e2e)" >&2; exit 1; }
 
+# vhost-user-blk: QEMU reaches the disk from shared memory, served by the daemon.
+t_vhost=$SECONDS
+token7=$(token)
+boot vhost e2e "$token7" --vhost-user "$work/vhost"
+boot_vhost=$((SECONDS - t_vhost))
+[[ $(marker e2e e2e) == "$token7" ]] || { echo "marker after the vhost-user boot: $(marker e2e e2e)" >&2; exit 1; }
+
 "$cvol" vm create e2eclone --memory 256 >/dev/null
 "$cvol" disk clone e2e/e2e e2eclone/e2eclone >/dev/null
 token3=$(token)
@@ -151,7 +159,7 @@ t3=$SECONDS
 boot clone e2eclone "$token3" --container "$mnt"
 boot_clone=$((SECONDS - t3))
 [[ $(marker e2eclone e2eclone) == "$token3" ]] || { echo "clone marker: $(marker e2eclone e2eclone)" >&2; exit 1; }
-[[ $(marker e2e e2e) == "$token2" ]] || { echo "the original changed: $(marker e2e e2e)" >&2; exit 1; }
+[[ $(marker e2e e2e) == "$token7" ]] || { echo "the original changed: $(marker e2e e2e)" >&2; exit 1; }
 
 # The same root file system built outside cvol, as a cloud image would be, brought in
 # by `cvol vm import` as qcow2 (then booted) and as a stream-optimized VMDK (the bytes
@@ -233,5 +241,5 @@ t5=$SECONDS
 unmount_container
 "$cvol" datastore fsck >/dev/null
 teardown=$((SECONDS - t5))
-echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, clone ${boot_clone}s, imported ${boot_import}s, as nobody ${boot_nobody}s, under libvirt ${boot_libvirt}s, teardown ${teardown}s"
-echo "e2e-boot: 6 passed, 0 failed"
+echo "e2e-boot: setup ${setup}s, boot via container ${boot_container}s, via NBD ${boot_nbd}s, via vhost-user ${boot_vhost}s, clone ${boot_clone}s, imported ${boot_import}s, as nobody ${boot_nobody}s, under libvirt ${boot_libvirt}s, teardown ${teardown}s"
+echo "e2e-boot: 7 passed, 0 failed"
