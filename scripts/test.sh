@@ -9,11 +9,12 @@ source scripts/lib.sh
 # Debian packages the tests drive for real: qemu-img and qemu-io (qemu-utils), the FUSE
 # helpers (fuse3), fio, the libnbd tools (nbdinfo, nbdcopy), nbdkit, an NFS server
 # (rpcbind, nfs-ganesha) and libnfs's tools, and for the boot test QEMU itself, busybox
-# and e2fsprogs (all installed together, in matching versions), libvirt (the boot test
+# and e2fsprogs (all installed together, in matching versions), qemu-storage-daemon (the
+# reference vhost-user-blk server the vhost tests compare with), libvirt (the boot test
 # boots a VM under it from `cvol vm domxml`), and for the cluster tests
 # (hosts in network namespaces) iproute2 and curl. The S3 server (Garage) comes from
 # crates.io.
-packages=(qemu-utils qemu-system-x86 fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
+packages=(qemu-utils qemu-system-x86 qemu-system-common fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
     busybox-static e2fsprogs iproute2 curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 
 ensure_packages "${packages[@]}"
