@@ -57,13 +57,34 @@ enum State {
     Starting,
     /// A driver is connected; further connections are closed.
     Connected(Option<ShutdownHandle>),
+    /// The driver went away; what it left in flight is answered, then the disk detached.
+    Closing,
 }
+
+/// How long a connection to a socket whose disk is connected waits before it is closed,
+/// in case the connected driver is just leaving.
+const GRACE: Duration = Duration::from_millis(500);
 
 struct Socket {
     path: PathBuf,
     listener: UnixListener,
     state: Arc<Mutex<State>>,
     session: Option<JoinHandle<()>>,
+    /// A connection arrived while a driver was connected: it is closed at this instant
+    /// if that driver is still there.
+    refuse_at: Option<Instant>,
+}
+
+impl Socket {
+    /// True when a waiting connection should wake the watcher: the socket is idle, or
+    /// connected with no connection already waiting out its grace.
+    fn watched(&self) -> bool {
+        match *self.state.lock().expect("state") {
+            State::Idle => true,
+            State::Connected(_) => self.refuse_at.is_none(),
+            State::Starting | State::Closing => false,
+        }
+    }
 }
 
 /// Every disk of a datastore served over vhost-user, until [`VhostUserServer::stop`].
@@ -143,7 +164,13 @@ impl Watcher {
                 self.rescan();
                 next_scan = Instant::now() + self.rescan;
             }
-            let ready = match self.wait(next_scan) {
+            self.refuse_waiting();
+            let deadline = self
+                .sockets
+                .values()
+                .filter_map(|s| s.refuse_at)
+                .fold(next_scan, Instant::min);
+            let ready = match self.wait(deadline) {
                 Ok(ready) => ready,
                 Err(e) => {
                     tracing::error!("vhost-user: waiting for connections: {e}");
@@ -161,11 +188,8 @@ impl Watcher {
     /// Waits until `deadline` for a connection or a wake-up; returns the sockets with a
     /// connection waiting.
     fn wait(&self, deadline: Instant) -> io::Result<Vec<String>> {
-        let watched: Vec<(&String, &Socket)> = self
-            .sockets
-            .iter()
-            .filter(|(_, s)| !matches!(*s.state.lock().expect("state"), State::Starting))
-            .collect();
+        let watched: Vec<(&String, &Socket)> =
+            self.sockets.iter().filter(|(_, s)| s.watched()).collect();
         let mut fds = vec![PollFd::new(&*self.wake.0, PollFlags::IN)];
         fds.extend(
             watched
@@ -228,16 +252,33 @@ impl Watcher {
                     }
                 }
             }
-            State::Connected(_) => {
-                if let Ok((stream, _)) = socket.listener.accept() {
-                    drop(stream);
-                    tracing::warn!(
-                        "{}: refused a second vhost-user driver: {name} is already connected",
-                        socket.path.display()
-                    );
+            State::Connected(_) => socket.refuse_at = Some(Instant::now() + GRACE),
+            State::Starting | State::Closing => {}
+        }
+    }
+
+    /// Closes the connections that waited out their grace while a driver stayed
+    /// connected; those whose socket fell idle meanwhile are served on the next poll.
+    fn refuse_waiting(&mut self) {
+        let now = Instant::now();
+        for socket in self.sockets.values_mut() {
+            let Some(at) = socket.refuse_at else {
+                continue;
+            };
+            match *socket.state.lock().expect("state") {
+                State::Idle => socket.refuse_at = None,
+                State::Connected(_) if at <= now => {
+                    socket.refuse_at = None;
+                    if let Ok((stream, _)) = socket.listener.accept() {
+                        drop(stream);
+                        tracing::warn!(
+                            "{}: refused a second vhost-user driver: the disk is already connected",
+                            socket.path.display()
+                        );
+                    }
                 }
+                State::Connected(_) | State::Starting | State::Closing => {}
             }
-            State::Starting => {}
         }
     }
 
@@ -294,6 +335,7 @@ impl Watcher {
             listener,
             state: Arc::new(Mutex::new(State::Idle)),
             session: None,
+            refuse_at: None,
         })
     }
 
@@ -383,6 +425,7 @@ impl Session {
             )) => Ok(()),
             Err(e) => Err(e.to_string()),
         };
+        *self.state.lock().expect("state") = State::Closing;
         tracing::info!("vhost-user {}: driver disconnected", self.name);
         result
     }

@@ -90,6 +90,10 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
     if serve.nbd.is_empty() {
         serve.nbd.push(cvol_nbd::Listen::Unix(socket.clone()));
     }
+    let vhost_dir = serve
+        .vhost_user
+        .get_or_insert_with(|| dir.join("vhost"))
+        .clone();
     let ready = |_: &_| {
         println!("container mounted at {}; in another shell:", mnt.display());
         println!("  ls -l {mnt_arg}/{DEMO_VM}");
@@ -108,6 +112,10 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        println!(
+            "  cvol --share {share_arg} vm start {DEMO_VM} --vhost-user {} --dry-run",
+            shell_path(&vhost_dir)
+        );
         println!("  cvol --share {share_arg} vm create web --disk 10G --memory 2048");
         println!("stop with Ctrl-C (or: cvol umount {mnt_arg})");
         Ok(())
