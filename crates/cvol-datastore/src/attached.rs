@@ -74,6 +74,10 @@ impl BlockDevice for Promotable {
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
         self.current().extents(offset, len)
     }
+
+    fn may_block(&self) -> bool {
+        self.current().may_block()
+    }
 }
 
 /// This host's attached volumes.

@@ -37,6 +37,10 @@ impl BlockDevice for MemoryDevice {
         Ok(())
     }
 
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
         self.write_zeroes(offset, len)
     }

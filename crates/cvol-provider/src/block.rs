@@ -76,6 +76,13 @@ pub trait BlockDevice: Send + Sync {
         }])
     }
 
+    /// True when a call may wait on a network (an object store, a remote service), not
+    /// only on local storage: servers then run calls on threads of their own, so that one
+    /// slow call does not hold up the others; otherwise they may run them inline.
+    fn may_block(&self) -> bool {
+        true
+    }
+
     /// The local file holding the device's bytes at their offsets, if there is one: the
     /// container then lets the kernel do I/O on it directly (FUSE passthrough).
     fn backing_file(&self) -> Option<&std::fs::File> {

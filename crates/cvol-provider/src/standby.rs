@@ -46,4 +46,8 @@ impl BlockDevice for StandbyDevice {
     fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
         self.inner.extents(offset, len)
     }
+
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
+    }
 }

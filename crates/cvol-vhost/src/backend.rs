@@ -1,10 +1,13 @@
 //! One connected disk: the vhost-user backend that takes requests off its virtqueues
 //! and runs them against the disk's [`BlockDevice`].
 //!
-//! Each queue has its own thread (vhost-user-backend's epoll loop) that only pops
+//! Each queue has its own thread (vhost-user-backend's epoll loop). On a device whose
+//! calls may block on a network (an object pool fetching chunks) that thread only pops
 //! descriptor chains and hands them to a pool of I/O threads, so many requests are in
-//! flight at once even though a device call blocks (an object pool fetches chunks);
-//! completions go back onto the used ring in whatever order they finish.
+//! flight at once, and completions go back onto the used ring in whatever order they
+//! finish. On local storage (a file pool) it runs them itself: handing a 4 KiB read to
+//! another thread and back costs more than the read (BENCHMARKS.md), and the queues
+//! still run in parallel.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,8 +211,12 @@ pub struct BlkBackend {
     settings: Settings,
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<Memory>>>,
+    /// Where requests go: `None` runs them on the queue's thread.
     jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Each queue thread's buffer, for requests it runs itself.
+    buffers: Vec<Mutex<Vec<u8>>>,
+    closed: AtomicBool,
 }
 
 impl BlkBackend {
@@ -239,7 +246,12 @@ impl BlkBackend {
             in_flight: (0..settings.queues).map(|_| InFlight::default()).collect(),
         });
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let workers = (0..settings.io_threads.max(1))
+        let io_threads = if shared.device.may_block() {
+            settings.io_threads.max(1)
+        } else {
+            0
+        };
+        let workers = (0..io_threads)
             .map(|i| {
                 let rx = rx.clone();
                 let shared = shared.clone();
@@ -258,13 +270,16 @@ impl BlkBackend {
             settings: settings.clone(),
             event_idx: AtomicBool::new(false),
             mem: RwLock::new(None),
-            jobs: Mutex::new(Some(tx)),
+            jobs: Mutex::new((io_threads > 0).then_some(tx)),
             workers: Mutex::new(workers),
+            buffers: (0..settings.queues).map(|_| Mutex::default()).collect(),
+            closed: AtomicBool::new(false),
         }))
     }
 
     /// Waits for every accepted request to be answered, then stops the I/O threads.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         drop(self.jobs.lock().expect("jobs").take());
         for worker in self.workers.lock().expect("workers").drain(..) {
             let _ = worker.join();
@@ -286,20 +301,21 @@ impl BlkBackend {
             .iter(mem.clone())
             .map_err(|e| io::Error::other(format!("virtqueue {queue}: {e}")))?
             .collect();
-        let jobs = self.jobs.lock().expect("jobs");
-        let Some(tx) = jobs.as_ref() else {
+        if self.closed.load(Ordering::SeqCst) {
             return Err(io::Error::other("the disk is closing"));
-        };
+        }
+        let jobs = self.jobs.lock().expect("jobs").clone();
         for chain in chains {
             self.shared.in_flight[queue].add();
-            tx.send(Job::new(
-                queue,
-                vring,
-                mem.clone(),
-                chain.head_index(),
-                chain,
-            ))
-            .map_err(|_| io::Error::other("the I/O threads are gone"))?;
+            let job = Job::new(queue, vring, mem.clone(), chain.head_index(), chain);
+            match &jobs {
+                Some(tx) => tx
+                    .send(job)
+                    .map_err(|_| io::Error::other("the I/O threads are gone"))?,
+                None => self
+                    .shared
+                    .complete(job, &mut self.buffers[queue].lock().expect("buffer")),
+            }
         }
         Ok(())
     }

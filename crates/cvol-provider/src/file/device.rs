@@ -83,6 +83,10 @@ impl BlockDevice for FileBlockDevice {
         Ok(runs)
     }
 
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn backing_file(&self) -> Option<&File> {
         self.passthrough.then_some(&self.file)
     }
