@@ -1,5 +1,7 @@
-//! The transmission phase ("Transmission" in the spec): requests are read in order,
-//! run concurrently on blocking threads, and answered as they finish, out of order.
+//! The transmission phase ("Transmission" in the spec): requests are read in order and
+//! answered as they finish. On a device that may block on a network (an object pool)
+//! they run concurrently on blocking threads and are answered out of order; on local
+//! storage small reads and writes run in turn on the connection's task.
 
 use std::sync::Arc;
 
@@ -13,6 +15,8 @@ use crate::server::Settings;
 
 /// Requests one connection may have running at once; more wait, bounding memory.
 const MAX_IN_FLIGHT: u32 = 64;
+/// Reads and writes up to this size on local storage run on the connection's task.
+const INLINE_MAX: u32 = 64 << 10;
 /// Extents one block status reply describes at most.
 const MAX_EXTENTS: usize = 1024;
 
@@ -95,6 +99,19 @@ where
         } else {
             Vec::new()
         };
+        if matches!(request.kind, CMD_READ | CMD_WRITE)
+            && request.length <= INLINE_MAX
+            && !ctx.device.may_block()
+        {
+            // Local storage answers a small read or write faster than a hand-off to
+            // another thread and back (BENCHMARKS.md): run it here, as nbdkit's threads
+            // do. Large ones and flushes, which take long, still run concurrently.
+            let reply = execute(&ctx, &request, &payload, peer);
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let permit = in_flight
             .clone()
             .acquire_owned()

@@ -5,9 +5,9 @@
 //! calls may block on a network (an object pool fetching chunks) that thread only pops
 //! descriptor chains and hands them to a pool of I/O threads, so many requests are in
 //! flight at once, and completions go back onto the used ring in whatever order they
-//! finish. On local storage (a file pool) it runs them itself: handing a 4 KiB read to
-//! another thread and back costs more than the read (BENCHMARKS.md), and the queues
-//! still run in parallel.
+//! finish. On local storage (a file pool) it runs small requests itself: handing a 4 KiB
+//! read to another thread and back costs more than the read (BENCHMARKS.md); large ones
+//! still go to the I/O threads, where several run at once.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +58,8 @@ impl Default for Settings {
     }
 }
 
+/// Requests moving up to this many bytes on local storage run on their queue's thread.
+const INLINE_MAX: u64 = 64 << 10;
 /// Bytes moved between guest memory and the device per device call: bounds a worker's
 /// buffer whatever size a request claims.
 const MAX_PIECE: u64 = 1 << 20;
@@ -211,12 +213,13 @@ pub struct BlkBackend {
     settings: Settings,
     event_idx: AtomicBool,
     mem: RwLock<Option<GuestMemoryAtomic<Memory>>>,
-    /// Where requests go: `None` runs them on the queue's thread.
+    /// Where requests go to run on the I/O threads; `None` once closed.
     jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    /// The device answers from local storage: small requests run on the queue thread.
+    local: bool,
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Each queue thread's buffer, for requests it runs itself.
     buffers: Vec<Mutex<Vec<u8>>>,
-    closed: AtomicBool,
 }
 
 impl BlkBackend {
@@ -245,13 +248,9 @@ impl BlkBackend {
             writeback: AtomicBool::new(true),
             in_flight: (0..settings.queues).map(|_| InFlight::default()).collect(),
         });
+        let device_may_block = shared.device.may_block();
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let io_threads = if shared.device.may_block() {
-            settings.io_threads.max(1)
-        } else {
-            0
-        };
-        let workers = (0..io_threads)
+        let workers = (0..settings.io_threads.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let shared = shared.clone();
@@ -270,16 +269,15 @@ impl BlkBackend {
             settings: settings.clone(),
             event_idx: AtomicBool::new(false),
             mem: RwLock::new(None),
-            jobs: Mutex::new((io_threads > 0).then_some(tx)),
+            jobs: Mutex::new(Some(tx)),
             workers: Mutex::new(workers),
             buffers: (0..settings.queues).map(|_| Mutex::default()).collect(),
-            closed: AtomicBool::new(false),
+            local: !device_may_block,
         }))
     }
 
     /// Waits for every accepted request to be answered, then stops the I/O threads.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
         drop(self.jobs.lock().expect("jobs").take());
         for worker in self.workers.lock().expect("workers").drain(..) {
             let _ = worker.join();
@@ -301,20 +299,19 @@ impl BlkBackend {
             .iter(mem.clone())
             .map_err(|e| io::Error::other(format!("virtqueue {queue}: {e}")))?
             .collect();
-        if self.closed.load(Ordering::SeqCst) {
+        let Some(jobs) = self.jobs.lock().expect("jobs").clone() else {
             return Err(io::Error::other("the disk is closing"));
-        }
-        let jobs = self.jobs.lock().expect("jobs").clone();
+        };
         for chain in chains {
             self.shared.in_flight[queue].add();
             let job = Job::new(queue, vring, mem.clone(), chain.head_index(), chain);
-            match &jobs {
-                Some(tx) => tx
-                    .send(job)
-                    .map_err(|_| io::Error::other("the I/O threads are gone"))?,
-                None => self
-                    .shared
-                    .complete(job, &mut self.buffers[queue].lock().expect("buffer")),
+            let shape = job.shape();
+            if self.local && shape.readable + shape.writable <= INLINE_MAX {
+                let mut buf = self.buffers[queue].lock().expect("buffer");
+                self.shared.complete(job, &mut buf);
+            } else {
+                jobs.send(job)
+                    .map_err(|_| io::Error::other("the I/O threads are gone"))?;
             }
         }
         Ok(())
