@@ -965,4 +965,127 @@ mod tests {
         );
         b.close();
     }
+
+    /// A chain of (address, length, device writes) descriptors, linked.
+    fn linked(chain: &[(u64, u32, bool)], first: u16) -> Vec<virtio_queue::desc::RawDescriptor> {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+        chain
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, device_writes))| {
+                let mut flags = if device_writes {
+                    VRING_DESC_F_WRITE as u16
+                } else {
+                    0
+                };
+                if i + 1 < chain.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                Descriptor::new(addr, len, flags, first + i as u16 + 1).into()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chains_on_a_real_virtqueue_are_answered_on_its_used_ring_inline_and_on_threads() {
+        use virtio_queue::mock::MockSplitQueue;
+        for may_block in [false, true] {
+            let disk = Arc::new(TestDisk {
+                bytes: Mutex::new((0..DISK).map(|i| (i % 251) as u8).collect()),
+                fenced: AtomicBool::new(false),
+            });
+            struct Wrapped(Arc<TestDisk>, bool);
+            impl BlockDevice for Wrapped {
+                fn size(&self) -> u64 {
+                    self.0.size()
+                }
+                fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+                    self.0.read_at(buf, offset)
+                }
+                fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+                    self.0.write_at(buf, offset)
+                }
+                fn flush(&self) -> Result<(), BlockError> {
+                    Ok(())
+                }
+                fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+                    self.0.discard(offset, len)
+                }
+                fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+                    self.0.write_zeroes(offset, len)
+                }
+                fn may_block(&self) -> bool {
+                    self.1
+                }
+            }
+            let settings = Settings {
+                queues: 1,
+                queue_size: 16,
+                io_threads: 2,
+                read_only: false,
+            };
+            let device = Arc::new(Wrapped(disk.clone(), may_block));
+            let backend = BlkBackend::new("vm/disk", "vm/disk", device, &settings).unwrap();
+            let mem = GuestMemoryAtomic::new(
+                Memory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
+            );
+            let m = mem.memory();
+            let mock = MockSplitQueue::new(&*m, 16);
+            let header = |at: u64, kind: u32, sector: u64| {
+                m.write_obj(kind, GuestAddress(at)).unwrap();
+                m.write_obj(sector, GuestAddress(at + 8)).unwrap();
+            };
+            header(0x10000, VIRTIO_BLK_T_IN, 2);
+            header(0x20000, VIRTIO_BLK_T_OUT, 4);
+            m.write_slice(&[0xabu8; 512], GuestAddress(0x21000))
+                .unwrap();
+            header(0x30000, VIRTIO_BLK_T_FLUSH, 0);
+            let mut descs = linked(
+                &[
+                    (0x10000, 16, false),
+                    (0x11000, 1024, true),
+                    (0x12000, 1, true),
+                ],
+                0,
+            );
+            descs.extend(linked(
+                &[
+                    (0x20000, 16, false),
+                    (0x21000, 512, false),
+                    (0x22000, 1, true),
+                ],
+                3,
+            ));
+            descs.extend(linked(&[(0x30000, 16, false), (0x32000, 1, true)], 6));
+            mock.add_desc_chains(&descs, 0).unwrap();
+
+            let vring = VringRwLock::new(mem.clone(), 16).unwrap();
+            vring.set_queue_size(16);
+            vring
+                .set_queue_info(
+                    mock.desc_table_addr().0,
+                    mock.avail_addr().0,
+                    mock.used_addr().0,
+                )
+                .unwrap();
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            backend.update_memory(mem.clone()).unwrap();
+            backend
+                .handle_event(0, EventSet::IN, &[vring.clone()], 0)
+                .unwrap();
+            backend.stop_vring(0).unwrap();
+
+            assert_eq!(mock.used().idx().load(), 3, "may_block {may_block}");
+            for status in [0x12000, 0x22000, 0x32000] {
+                assert_eq!(m.read_obj::<u8>(GuestAddress(status)).unwrap(), OK);
+            }
+            let mut read = vec![0u8; 1024];
+            m.read_slice(&mut read, GuestAddress(0x11000)).unwrap();
+            let want: Vec<u8> = (1024..2048).map(|i| (i % 251) as u8).collect();
+            assert_eq!(read, want);
+            assert_eq!(disk.bytes.lock().unwrap()[2048..2560], [0xab; 512]);
+            backend.close();
+        }
+    }
 }
