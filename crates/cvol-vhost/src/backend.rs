@@ -580,6 +580,7 @@ mod tests {
     struct TestDisk {
         bytes: Mutex<Vec<u8>>,
         fenced: AtomicBool,
+        may_block: bool,
     }
 
     impl BlockDevice for TestDisk {
@@ -607,6 +608,9 @@ mod tests {
         fn flush(&self) -> Result<(), BlockError> {
             Ok(())
         }
+        fn may_block(&self) -> bool {
+            self.may_block
+        }
         fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
             self.write_zeroes(offset, len)
         }
@@ -626,6 +630,7 @@ mod tests {
         let disk = Arc::new(TestDisk {
             bytes: Mutex::new((0..DISK).map(|i| (i % 251) as u8).collect()),
             fenced: AtomicBool::new(false),
+            may_block: true,
         });
         let settings = Settings {
             queues: 1,
@@ -648,13 +653,24 @@ mod tests {
         }
     }
 
-    fn desc(addr: u64, len: u32, device_writes: bool) -> Descriptor {
-        let flags = if device_writes {
-            VRING_DESC_F_WRITE as u16
-        } else {
-            0
-        };
-        Descriptor::new(addr, len, flags, 0)
+    /// A descriptor the device reads.
+    fn rd(addr: u64, len: u32) -> Descriptor {
+        Descriptor::new(addr, len, 0, 0)
+    }
+
+    /// A descriptor the device writes.
+    fn wr(addr: u64, len: u32) -> Descriptor {
+        Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0)
+    }
+
+    /// The request header.
+    fn hdr() -> Descriptor {
+        rd(HEADER, 16)
+    }
+
+    /// The status byte.
+    fn st() -> Descriptor {
+        wr(STATUS, 1)
     }
 
     impl Rig {
@@ -694,12 +710,7 @@ mod tests {
     fn a_read_split_over_descriptors_lands_in_each() {
         let r = rig(false);
         r.header(VIRTIO_BLK_T_IN, 3);
-        let (used, status) = r.run(vec![
-            desc(HEADER, 16, false),
-            desc(DATA, 512, true),
-            desc(DATA + 0x1000, 1024, true),
-            desc(STATUS, 1, true),
-        ]);
+        let (used, status) = r.run(vec![hdr(), wr(DATA, 512), wr(DATA + 0x1000, 1024), st()]);
         assert_eq!((used, status), (1537, OK));
         let want: Vec<u8> = (1536..3072).map(|i| (i % 251) as u8).collect();
         assert_eq!(r.bytes(DATA, 512), want[..512]);
@@ -715,11 +726,7 @@ mod tests {
             .memory()
             .write_slice(&data, GuestAddress(HEADER + 16))
             .unwrap();
-        let (used, status) = r.run(vec![
-            desc(HEADER, 10, false),
-            desc(HEADER + 10, 6 + 512, false),
-            desc(STATUS, 1, true),
-        ]);
+        let (used, status) = r.run(vec![rd(HEADER, 10), rd(HEADER + 10, 6 + 512), st()]);
         assert_eq!((used, status), (1, OK));
         assert_eq!(r.disk.bytes.lock().unwrap()[512..1024], data[..]);
     }
@@ -733,84 +740,55 @@ mod tests {
                 "header too short",
                 VIRTIO_BLK_T_IN,
                 0,
-                vec![desc(HEADER, 8, false), desc(STATUS, 1, true)],
+                vec![rd(HEADER, 8), st()],
             ),
             (
                 "write with writable data",
                 VIRTIO_BLK_T_OUT,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 512, true),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), wr(DATA, 512), st()],
             ),
             (
                 "read with readable data",
                 VIRTIO_BLK_T_IN,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 512, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(DATA, 512), st()],
             ),
             (
                 "readable after writable",
                 VIRTIO_BLK_T_OUT,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 512, true),
-                    desc(DATA, 512, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), wr(DATA, 512), rd(DATA, 512), st()],
             ),
             (
                 "past the end",
                 VIRTIO_BLK_T_OUT,
                 (DISK as u64) / 512,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 512, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(DATA, 512), st()],
             ),
             (
                 "sector overflows",
                 VIRTIO_BLK_T_OUT,
                 u64::MAX,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 512, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(DATA, 512), st()],
             ),
             (
                 "partial sector",
                 VIRTIO_BLK_T_OUT,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 100, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(DATA, 100), st()],
             ),
             (
                 "header outside guest memory",
                 VIRTIO_BLK_T_IN,
                 0,
-                vec![desc(RAM + 0x1000, 16, false), desc(STATUS, 1, true)],
+                vec![rd(RAM + 0x1000, 16), st()],
             ),
             (
                 "data outside guest memory",
                 VIRTIO_BLK_T_OUT,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(RAM - 256, 512, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(RAM - 256, 512), st()],
             ),
             (
                 "more data descriptors than seg_max",
@@ -818,34 +796,25 @@ mod tests {
                 0,
                 (0..8)
                     .map(|i| {
-                        desc(
+                        rd(
                             if i == 0 { HEADER } else { DATA },
                             if i == 0 { 16 } else { 512 },
-                            false,
                         )
                     })
-                    .chain([desc(STATUS, 1, true)])
+                    .chain([st()])
                     .collect(),
             ),
             (
                 "discard past the end",
                 VIRTIO_BLK_T_DISCARD,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 16, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(DATA, 16), st()],
             ),
             (
                 "discard with 17 segments",
                 VIRTIO_BLK_T_DISCARD,
                 0,
-                vec![
-                    desc(HEADER, 16, false),
-                    desc(DATA, 16 * 17, false),
-                    desc(STATUS, 1, true),
-                ],
+                vec![hdr(), rd(DATA, 16 * 17), st()],
             ),
         ];
         // One discard segment past the end of the disk at DATA.
@@ -869,33 +838,22 @@ mod tests {
     fn a_chain_without_a_status_byte_is_returned_unanswered() {
         let r = rig(false);
         r.header(VIRTIO_BLK_T_FLUSH, 0);
-        assert_eq!(r.run(vec![desc(HEADER, 16, false)]).0, 0);
-        assert_eq!(
-            r.run(vec![desc(HEADER, 16, false), desc(RAM + 5, 1, true)])
-                .0,
-            0
-        );
+        assert_eq!(r.run(vec![hdr()]).0, 0);
+        assert_eq!(r.run(vec![hdr(), wr(RAM + 5, 1)]).0, 0);
     }
 
     #[test]
     fn unknown_types_and_flags_are_unsupported() {
         let r = rig(false);
         r.header(42, 0);
-        assert_eq!(
-            r.run(vec![desc(HEADER, 16, false), desc(STATUS, 1, true)]),
-            (1, UNSUPP)
-        );
+        assert_eq!(r.run(vec![hdr(), st()]), (1, UNSUPP));
         r.header(VIRTIO_BLK_T_DISCARD, 0);
         let m = r.mem.memory();
         m.write_obj(0u64, GuestAddress(DATA)).unwrap();
         m.write_obj(8u32, GuestAddress(DATA + 8)).unwrap();
         m.write_obj(VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, GuestAddress(DATA + 12))
             .unwrap();
-        let (_, status) = r.run(vec![
-            desc(HEADER, 16, false),
-            desc(DATA, 16, false),
-            desc(STATUS, 1, true),
-        ]);
+        let (_, status) = r.run(vec![hdr(), rd(DATA, 16), st()]);
         assert_eq!(status, UNSUPP, "discard takes no UNMAP flag");
     }
 
@@ -904,46 +862,18 @@ mod tests {
         let r = rig(false);
         r.disk.fenced.store(true, Ordering::SeqCst);
         r.header(VIRTIO_BLK_T_OUT, 0);
-        assert_eq!(
-            r.run(vec![
-                desc(HEADER, 16, false),
-                desc(DATA, 512, false),
-                desc(STATUS, 1, true)
-            ]),
-            (1, IOERR)
-        );
+        assert_eq!(r.run(vec![hdr(), rd(DATA, 512), st()]), (1, IOERR));
         r.header(VIRTIO_BLK_T_IN, 0);
-        assert_eq!(
-            r.run(vec![
-                desc(HEADER, 16, false),
-                desc(DATA, 512, true),
-                desc(STATUS, 1, true)
-            ]),
-            (513, OK)
-        );
+        assert_eq!(r.run(vec![hdr(), wr(DATA, 512), st()]), (513, OK));
     }
 
     #[test]
     fn read_only_refuses_writes_and_get_id_answers_the_serial() {
         let r = rig(true);
         r.header(VIRTIO_BLK_T_OUT, 0);
-        assert_eq!(
-            r.run(vec![
-                desc(HEADER, 16, false),
-                desc(DATA, 512, false),
-                desc(STATUS, 1, true)
-            ]),
-            (1, IOERR)
-        );
+        assert_eq!(r.run(vec![hdr(), rd(DATA, 512), st()]), (1, IOERR));
         r.header(VIRTIO_BLK_T_GET_ID, 0);
-        assert_eq!(
-            r.run(vec![
-                desc(HEADER, 16, false),
-                desc(DATA, 20, true),
-                desc(STATUS, 1, true)
-            ]),
-            (21, OK)
-        );
+        assert_eq!(r.run(vec![hdr(), wr(DATA, 20), st()]), (21, OK));
         assert_eq!(&r.bytes(DATA, 20)[..8], b"vm/disk\0");
     }
 
@@ -952,6 +882,7 @@ mod tests {
         let disk = Arc::new(TestDisk {
             bytes: Mutex::new(vec![0; DISK]),
             fenced: AtomicBool::new(false),
+            may_block: true,
         });
         let b = BlkBackend::new("d", "d", disk, &Settings::default()).unwrap();
         assert_eq!(b.get_config(WRITEBACK_OFFSET as u32, 1), vec![1]);
@@ -993,39 +924,15 @@ mod tests {
             let disk = Arc::new(TestDisk {
                 bytes: Mutex::new((0..DISK).map(|i| (i % 251) as u8).collect()),
                 fenced: AtomicBool::new(false),
+                may_block,
             });
-            struct Wrapped(Arc<TestDisk>, bool);
-            impl BlockDevice for Wrapped {
-                fn size(&self) -> u64 {
-                    self.0.size()
-                }
-                fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
-                    self.0.read_at(buf, offset)
-                }
-                fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
-                    self.0.write_at(buf, offset)
-                }
-                fn flush(&self) -> Result<(), BlockError> {
-                    Ok(())
-                }
-                fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-                    self.0.discard(offset, len)
-                }
-                fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-                    self.0.write_zeroes(offset, len)
-                }
-                fn may_block(&self) -> bool {
-                    self.1
-                }
-            }
             let settings = Settings {
                 queues: 1,
                 queue_size: 16,
                 io_threads: 2,
                 read_only: false,
             };
-            let device = Arc::new(Wrapped(disk.clone(), may_block));
-            let backend = BlkBackend::new("vm/disk", "vm/disk", device, &settings).unwrap();
+            let backend = BlkBackend::new("vm/disk", "vm/disk", disk.clone(), &settings).unwrap();
             let mem = GuestMemoryAtomic::new(
                 Memory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap(),
             );
