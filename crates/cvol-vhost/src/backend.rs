@@ -979,7 +979,7 @@ mod tests {
             vring.set_enabled(true);
             backend.update_memory(mem.clone()).unwrap();
             backend
-                .handle_event(0, EventSet::IN, &[vring.clone()], 0)
+                .handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
                 .unwrap();
             backend.stop_vring(0).unwrap();
 
