@@ -26,5 +26,6 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
+./scripts/fuzz.sh 20000
 ./scripts/schemathesis.sh 100
 ./scripts/e2e-boot.sh
