@@ -33,6 +33,10 @@ impl PackedRpcMessage {
     }
 }
 
+/// cvol: added. The largest RPC call accepted: cvol's export advertises 1 MiB reads and
+/// writes; the rest is room for the call's header and credentials.
+const MAX_MESSAGE: usize = (1 << 20) + (64 << 10);
+
 /// Contains collected RPC message fragments without their headers.
 #[derive(Default, Debug)]
 pub struct IncompleteRpcMessage(Vec<u8>);
@@ -44,8 +48,22 @@ impl IncompleteRpcMessage {
         let header: fragment_header = header_buf.into();
         let prev_length = self.0.len();
         let fragment_length = header.fragment_length() as usize;
-        self.0.resize(prev_length + fragment_length, 0);
-        input.read_exact(&mut self.0[prev_length..]).await?;
+        // cvol: added. A record mark is the client's word only: refuse a message larger
+        // than any call needs (a WRITE of wtmax bytes and its header) before allocating,
+        // and let the buffer grow only with the bytes that actually arrive.
+        if prev_length + fragment_length > MAX_MESSAGE {
+            bail!(
+                "RPC message of more than {} bytes refused (limit {MAX_MESSAGE})",
+                prev_length + fragment_length
+            );
+        }
+        let read = input
+            .take(fragment_length as u64)
+            .read_to_end(&mut self.0)
+            .await?;
+        if read < fragment_length {
+            bail!("connection closed in the middle of an RPC fragment");
+        }
 
         Ok(header.eof())
     }
