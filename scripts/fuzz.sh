@@ -7,7 +7,7 @@
 # SanitizerCoverage, no nightly needed); with RUSTC_BOOTSTRAP=1 in the environment they
 # are built with AddressSanitizer as well, as oss-fuzz does. Each target keeps its corpus
 # in target/fuzz/corpus/TARGET (seeded from fuzz/seeds/TARGET) and its crashes in
-# target/fuzz/artifacts/TARGET; the inputs of crashes found and fixed are kept in
+# target/fuzz/artifacts/TARGET (target/fuzz-asan/… with AddressSanitizer); the inputs of crashes found and fixed are kept in
 # fuzz/regressions/TARGET and run first, every time. Exits non-zero on the first crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +17,11 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 flags="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"
 flags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table"
 flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+out=$PWD/target/fuzz
 if [[ -n ${RUSTC_BOOTSTRAP:-} ]]; then
     flags+=" -Zsanitizer=address"
+    out=$PWD/target/fuzz-asan
 fi
-out=$PWD/target/fuzz
 targets=("$@")
 if ((${#targets[@]} == 0)); then
     mapfile -t targets < <(sed -n 's/^name = "\(.*\)"/\1/p' fuzz/Cargo.toml | grep -v '^cvol-fuzz$')
