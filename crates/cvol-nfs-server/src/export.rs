@@ -6,6 +6,7 @@
 //! directory block for microseconds to an fsync; they run in `block_in_place` so the
 //! runtime keeps serving other connections meanwhile.
 
+use ipnet::IpNet;
 use std::sync::Arc;
 
 use cvol_share::{FileKind, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath};
@@ -25,6 +26,8 @@ use crate::handles::{HandleTable, ROOT};
 #[derive(Clone)]
 pub struct LocalExport {
     inner: Arc<Inner>,
+    /// Client networks served; empty serves every client.
+    allow: Arc<Vec<IpNet>>,
 }
 
 struct Inner {
@@ -72,7 +75,14 @@ impl LocalExport {
                 handles: HandleTable::new(root),
                 fsid,
             }),
+            allow: Arc::new(Vec::new()),
         })
+    }
+
+    /// Serves only clients in `allow` (every client when it is empty).
+    pub fn allowing(mut self, allow: Vec<IpNet>) -> Self {
+        self.allow = Arc::new(allow);
+        self
     }
 }
 
@@ -157,6 +167,15 @@ impl NfsReadFileSystem for LocalExport {
 
     fn root_dir(&self) -> FileHandleU64 {
         FileHandleU64::new(ROOT)
+    }
+
+    fn admit(&self, client: &std::net::SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        let admitted = self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip));
+        if !admitted {
+            tracing::warn!("refusing a connection from {client}: not in the allowed networks");
+        }
+        admitted
     }
 
     async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {

@@ -4,7 +4,9 @@
 //! The protocol (RPC, MOUNT, the portmapper's GETPORT and NFSv3 itself, all on one TCP
 //! port) is the `nfs3_server` crate's; [`LocalExport`] is the file system it serves.
 //! AUTH_SYS credentials are accepted as sent and every operation runs as the server's
-//! own user, as with a user-space server exporting one user's directory.
+//! own user, as with a user-space server exporting one user's directory: root squash has
+//! nothing to map. An [`ExportPolicy`] limits who is served (client networks, checked on
+//! every connection before any call, MOUNT or not) and whether anything may change.
 
 mod attrs;
 mod export;
@@ -17,6 +19,16 @@ use cvol_share::{LocalShare, NfsUrl, ShareError};
 use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
 
 pub use export::LocalExport;
+pub use ipnet::IpNet;
+
+/// Who the export serves, and whether it may be changed.
+#[derive(Debug, Clone, Default)]
+pub struct ExportPolicy {
+    /// Client networks served; empty serves every client.
+    pub allow: Vec<IpNet>,
+    /// Every change is refused (NFS3ERR_ROFS).
+    pub read_only: bool,
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,13 +61,23 @@ impl NfsServer {
     /// Exports `dir` on `listen` (port 0 picks a free one) and serves it on threads of
     /// its own until dropped.
     pub fn start(dir: &Path, listen: SocketAddr) -> Result<Self, ServerError> {
+        Self::start_with(dir, listen, &ExportPolicy::default())
+    }
+
+    /// As [`NfsServer::start`], serving under `policy`.
+    pub fn start_with(
+        dir: &Path,
+        listen: SocketAddr,
+        policy: &ExportPolicy,
+    ) -> Result<Self, ServerError> {
         let export_error = |source| ServerError::Export {
             dir: dir.display().to_string(),
             source,
         };
         let export = LocalShare::open(dir)
             .and_then(LocalExport::new)
-            .map_err(export_error)?;
+            .map_err(export_error)?
+            .allowing(policy.allow.clone());
         let listen_error = |source| ServerError::Listen {
             addr: listen,
             source,
@@ -66,15 +88,18 @@ impl NfsServer {
             .enable_all()
             .build()
             .map_err(listen_error)?;
-        let listener = runtime
-            .block_on(NFSTcpListener::bind(&listen.to_string(), export))
-            .map_err(listen_error)?;
-        let addr = SocketAddr::new(listen.ip(), listener.get_listen_port());
-        runtime.spawn(async move {
-            if let Err(e) = listener.handle_forever().await {
-                tracing::error!("NFS server on {addr} stopped: {e}");
-            }
-        });
+        let listen_on = listen.to_string();
+        let addr = if policy.read_only {
+            let listener = runtime
+                .block_on(NFSTcpListener::bind_ro(&listen_on, export))
+                .map_err(listen_error)?;
+            spawn_serving(&runtime, listener, listen)
+        } else {
+            let listener = runtime
+                .block_on(NFSTcpListener::bind(&listen_on, export))
+                .map_err(listen_error)?;
+            spawn_serving(&runtime, listener, listen)
+        };
         tracing::info!("serving {} over NFSv3 on {addr}", dir.display());
         Ok(Self {
             addr,
@@ -99,4 +124,22 @@ impl Drop for NfsServer {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Serves `listener` on `runtime` until it is shut down; returns the address it is on.
+fn spawn_serving<T>(
+    runtime: &tokio::runtime::Runtime,
+    listener: NFSTcpListener<T>,
+    listen: SocketAddr,
+) -> SocketAddr
+where
+    T: nfs3_server::vfs::NfsFileSystem + 'static,
+{
+    let addr = SocketAddr::new(listen.ip(), listener.get_listen_port());
+    runtime.spawn(async move {
+        if let Err(e) = listener.handle_forever().await {
+            tracing::error!("NFS server on {addr} stopped: {e}");
+        }
+    });
+    addr
 }

@@ -267,6 +267,14 @@ pub enum NfsCommand {
         /// Address to listen on; port 0 picks a free port.
         #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,
+        /// Serve only clients in this network (e.g. 10.1.0.0/16, or one address);
+        /// repeatable. Other clients' connections are closed before any call, and
+        /// logged. Default: every client that can reach the address.
+        #[arg(long = "allow", value_name = "CIDR", value_parser = parse_network)]
+        allow: Vec<cvol_nfs_server::IpNet>,
+        /// Refuse every change (NFS3ERR_ROFS): the share can be read, never written.
+        #[arg(long)]
+        read_only: bool,
     },
 }
 
@@ -681,4 +689,11 @@ pub struct UpArgs {
     pub no_mount: bool,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// A network for `--allow`: `ADDR/PREFIX`, or one address.
+fn parse_network(text: &str) -> Result<cvol_nfs_server::IpNet, String> {
+    text.parse::<cvol_nfs_server::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(Into::into))
+        .map_err(|_| format!("{text:?} is neither a network (10.1.0.0/16) nor an address"))
 }

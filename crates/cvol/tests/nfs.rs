@@ -200,3 +200,68 @@ fn files_changed_behind_the_clients_back_are_never_served_stale() {
     let err = std::fs::read(m.path("demo/gone.txt")).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
 }
+
+#[test]
+fn an_export_policy_turns_away_other_networks_and_a_read_only_export_refuses_changes() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    std::fs::create_dir_all(export.join("vm1")).unwrap();
+    std::fs::write(export.join("vm1/vm1.vmx"), b"displayName = \"vm1\"\n").unwrap();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let local = tmp.path().join("in.bin");
+    std::fs::write(&local, b"new").unwrap();
+
+    // Loopback is not in 10.9.9.0/24: closed before any call, MOUNT or NFS.
+    let log = tmp.path().join("refusing.log");
+    let refusing = NfsServe::start_with(
+        &export,
+        loopback,
+        &["--allow", "10.9.9.0/24", "--allow", "192.168.7.7"],
+        std::fs::File::create(&log).unwrap(),
+    );
+    let out = tool_output("nfs-ls", &[&libnfs_url(&refusing, "vm1")]);
+    assert!(
+        !out.status.success(),
+        "a client outside the policy listed the export"
+    );
+    // A NULL call to the NFS program straight away, no MOUNT: no answer, only a close.
+    let mut raw = std::net::TcpStream::connect(refusing.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let call: Vec<u8> = [0x8000_0028u32, 1, 0, 2, 100_003, 3, 0, 0, 0, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    let _ = raw.write_all(&call);
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    assert!(
+        reply.is_empty(),
+        "a refused connection was answered: {reply:?}"
+    );
+    drop(refusing);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("refusing a connection from 127.0.0.1"),
+        "{logged}"
+    );
+
+    // Loopback allowed, read-only: reads work, changes are refused and change nothing.
+    let ro = NfsServe::start_with(
+        &export,
+        loopback,
+        &["--allow", "127.0.0.0/8", "--read-only"],
+        std::process::Stdio::null(),
+    );
+    let listing = tool("nfs-ls", &[&libnfs_url(&ro, "vm1")]);
+    assert!(listing.contains("vm1.vmx"), "{listing}");
+    let out = tool_output("nfs-cp", &[s(&local), &libnfs_url(&ro, "vm1/new.bin")]);
+    assert!(!out.status.success(), "a read-only export took a new file");
+    assert!(!export.join("vm1/new.bin").exists());
+    let out = tool_output("nfs-cp", &[s(&local), &libnfs_url(&ro, "vm1/vm1.vmx")]);
+    assert!(!out.status.success(), "a read-only export took a write");
+    assert_eq!(
+        std::fs::read(export.join("vm1/vm1.vmx")).unwrap(),
+        b"displayName = \"vm1\"\n"
+    );
+}

@@ -2,23 +2,29 @@
 
 use std::time::Duration;
 
-use cvol_nfs_server::NfsServer;
+use cvol_nfs_server::{ExportPolicy, NfsServer};
 
 use super::signals::{block_termination_signals, wait_signal};
 use super::Context;
 use crate::cli::NfsCommand;
 
 pub fn run(ctx: &Context, cmd: NfsCommand) -> anyhow::Result<()> {
-    let NfsCommand::Serve { dir, listen } = cmd;
-    if !listen.ip().is_loopback() {
+    let NfsCommand::Serve {
+        dir,
+        listen,
+        allow,
+        read_only,
+    } = cmd;
+    if !listen.ip().is_loopback() && allow.is_empty() {
         tracing::warn!(
-            "serving {} on {listen}: AUTH_SYS trusts what clients claim; \
-             reach it only from hosts you trust",
+            "serving {} on {listen} to every client: AUTH_SYS trusts what clients claim; \
+             limit it with --allow CIDR to the hosts you trust",
             dir.display()
         );
     }
     let signals = block_termination_signals();
-    let server = NfsServer::start(&dir, listen)?;
+    let policy = ExportPolicy { allow, read_only };
+    let server = NfsServer::start_with(&dir, listen, &policy)?;
     let url = server.url();
     if ctx.json {
         crate::output::print_json(&serde_json::json!({

@@ -506,11 +506,23 @@ impl NfsServe {
 
     /// Serves `dir` on `addr`.
     pub fn start_on(dir: &Path, addr: std::net::SocketAddr) -> Self {
+        Self::start_with(dir, addr, &[], Stdio::inherit())
+    }
+
+    /// Serves `dir` on `addr` with more `cvol nfs serve` arguments, its log to `stderr`.
+    pub fn start_with(
+        dir: &Path,
+        addr: std::net::SocketAddr,
+        extra: &[&str],
+        stderr: impl Into<Stdio>,
+    ) -> Self {
         use std::io::BufRead;
         let mut child = cvol()
             .args(["nfs", "serve", "--listen", &addr.to_string()])
+            .args(extra)
             .arg(dir)
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut url = String::new();

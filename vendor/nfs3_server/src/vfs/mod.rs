@@ -65,6 +65,14 @@ pub trait NfsReadFileSystem: Send + Sync {
         true
     }
 
+    /// cvol: added. Returns whether to serve a connection from `client`. A refused one
+    /// is closed before any call is read, so no call of it (MOUNT, or NFS with a file
+    /// handle learnt elsewhere) reaches the file system.
+    fn admit(&self, client: &std::net::SocketAddr) -> bool {
+        let _ = client;
+        true
+    }
+
     /// Look up the id of a path in a directory
     ///
     /// i.e. given a directory dir/ containing a file `a.txt`

@@ -38,6 +38,10 @@ where
         self.0.authorize(auth)
     }
 
+    fn admit(&self, client: &std::net::SocketAddr) -> bool {
+        self.0.admit(client)
+    }
+
     fn root_dir(&self) -> Self::Handle {
         self.0.root_dir()
     }
