@@ -5,7 +5,8 @@
 //! and vhost-user-backend's daemon serve it, and when the driver goes away everything
 //! in flight is answered and the disk detached. A second driver on a socket whose disk
 //! is connected gets a closed connection at once, never a hang. The set of sockets
-//! follows the datastore: it is read again every `rescan` interval.
+//! follows the datastore: it is read again every `rescan` interval, or less often when
+//! listing it takes long (a fifth of the time at most).
 
 use std::collections::HashMap;
 use std::io;
@@ -161,8 +162,11 @@ impl Watcher {
         let mut next_scan = Instant::now() + self.rescan;
         while !self.stopping.load(Ordering::SeqCst) {
             if Instant::now() >= next_scan {
+                let started = Instant::now();
                 self.rescan();
-                next_scan = Instant::now() + self.rescan;
+                // A datastore of thousands of VMs takes a while to list: keep the scans
+                // to a fifth of the time at most.
+                next_scan = Instant::now() + self.rescan.max(started.elapsed() * 4);
             }
             self.refuse_waiting();
             let deadline = self
