@@ -100,12 +100,14 @@ where
             Vec::new()
         };
         if matches!(request.kind, CMD_READ | CMD_WRITE)
+            && request.flags & CMD_FLAG_FUA == 0
             && request.length <= INLINE_MAX
             && !ctx.device.may_block()
         {
             // Local storage answers a small read or write faster than a hand-off to
             // another thread and back (BENCHMARKS.md): run it here, as nbdkit's threads
-            // do. Large ones and flushes, which take long, still run concurrently.
+            // do. Large ones and flushes (FUA included), which take long, still run
+            // concurrently.
             let reply = execute(&ctx, &request, &payload, peer);
             if tx.send(reply).await.is_err() {
                 break;

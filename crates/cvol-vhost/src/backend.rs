@@ -7,7 +7,7 @@
 //! flight at once, and completions go back onto the used ring in whatever order they
 //! finish. On local storage (a file pool) it runs small requests itself: handing a 4 KiB
 //! read to another thread and back costs more than the read (BENCHMARKS.md); large ones
-//! still go to the I/O threads, where several run at once.
+//! and flushes still go to the I/O threads, where several run at once.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use cvol_provider::BlockDevice;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_T_FLUSH;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::QueueOwnedT;
 use vm_memory::{
@@ -116,6 +117,14 @@ impl Job {
             }
         }
         job
+    }
+
+    /// True for a FLUSH, which may take long: it never runs on the queue's thread.
+    fn is_flush(&self) -> bool {
+        self.readable.first().is_some_and(|s| {
+            s.len >= 4
+                && self.mem.read_obj::<u32>(GuestAddress(s.addr)).ok() == Some(VIRTIO_BLK_T_FLUSH)
+        })
     }
 
     fn shape(&self) -> Shape {
@@ -306,7 +315,7 @@ impl BlkBackend {
             self.shared.in_flight[queue].add();
             let job = Job::new(queue, vring, mem.clone(), chain.head_index(), chain);
             let shape = job.shape();
-            if self.local && shape.readable + shape.writable <= INLINE_MAX {
+            if self.local && shape.readable + shape.writable <= INLINE_MAX && !job.is_flush() {
                 let mut buf = self.buffers[queue].lock().expect("buffer");
                 self.shared.complete(job, &mut buf);
             } else {
