@@ -4,7 +4,9 @@
 //! the disk is attached (as NBD and the container attach it: once per host), a backend
 //! and vhost-user-backend's daemon serve it, and when the driver goes away everything
 //! in flight is answered and the disk detached. A second driver on a socket whose disk
-//! is connected gets a closed connection at once, never a hang. The set of sockets
+//! is connected gets a closed connection, never a hang: after a short grace, so that a
+//! driver reconnecting right after it hung up (QEMU restarting a VM) waits for the old
+//! session to end instead of being turned away. The set of sockets
 //! follows the datastore: it is read again every `rescan` interval, or less often when
 //! listing it takes long (a fifth of the time at most).
 
