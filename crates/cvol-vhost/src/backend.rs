@@ -48,12 +48,17 @@ pub struct Settings {
     pub read_only: bool,
 }
 
+/// Queues offered unless told otherwise.
+pub const DEFAULT_QUEUES: u16 = 4;
+/// I/O threads per connected disk unless told otherwise.
+pub const DEFAULT_IO_THREADS: u16 = 8;
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            queues: 4,
+            queues: DEFAULT_QUEUES,
             queue_size: 256,
-            io_threads: 8,
+            io_threads: usize::from(DEFAULT_IO_THREADS),
             read_only: false,
         }
     }

@@ -13,5 +13,5 @@ pub mod config;
 pub mod request;
 mod server;
 
-pub use backend::{BlkBackend, Settings};
-pub use server::{socket_path, VhostUserServer};
+pub use backend::{BlkBackend, Settings, DEFAULT_IO_THREADS, DEFAULT_QUEUES};
+pub use server::{socket_path, VhostUserServer, DEFAULT_RESCAN_MS};

@@ -47,6 +47,9 @@ impl Wake {
     }
 }
 
+/// How often the sockets follow the datastore's disks unless told otherwise.
+pub const DEFAULT_RESCAN_MS: u64 = 2000;
+
 /// Where the socket of disk `name` (`VM/DISK`) lies under `dir`.
 pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))

@@ -307,14 +307,14 @@ pub struct ServeArgs {
     #[arg(long = "vhost-user", env = "CVOL_VHOST_USER", value_name = "DIR")]
     pub vhost_user: Option<PathBuf>,
     /// Queues each vhost-user disk offers (a driver may use fewer).
-    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = cvol_vhost::DEFAULT_QUEUES, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub vhost_user_queues: u16,
     /// Threads running each connected vhost-user disk's I/O.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = cvol_vhost::DEFAULT_IO_THREADS, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub vhost_user_io_threads: u16,
     /// How often the vhost-user sockets are brought in line with the datastore's disks
     /// (less often on a datastore that takes long to list: at most a fifth of the time).
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    #[arg(long, default_value_t = cvol_vhost::DEFAULT_RESCAN_MS, value_name = "MS")]
     pub vhost_user_rescan_ms: u64,
 }
 

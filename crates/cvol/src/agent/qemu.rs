@@ -95,14 +95,15 @@ pub fn command(
     for (i, file) in vm.vmx_disks.iter().enumerate() {
         let disk = file.strip_suffix(".vmdk").unwrap_or(file);
         if let DiskPaths::VhostUser(dir) = disks {
-            let socket = cvol_vhost::socket_path(dir, &format!("{}/{disk}", vm.name));
+            let socket = vhost_socket(dir, vm, file);
+            // One queue per vCPU, up to what `cvol mount` offers by default.
             cmd.extend([
                 "-chardev".into(),
                 format!("socket,id=vhost{i},path={}", socket.display()),
                 "-device".into(),
                 format!(
                     "vhost-user-blk-pci,chardev=vhost{i},num-queues={}",
-                    cpus.min(VHOST_QUEUES)
+                    cpus.min(u32::from(cvol_vhost::DEFAULT_QUEUES))
                 ),
             ]);
             continue;
@@ -130,17 +131,18 @@ pub fn command(
     Ok(cmd)
 }
 
-/// Queues QEMU asks of a vhost-user disk, at most: one per vCPU up to what
-/// `cvol mount --vhost-user-queues` offers by default.
-const VHOST_QUEUES: u32 = 4;
+/// The vhost-user socket under `dir` of `vm`'s disk whose descriptor is `file`.
+fn vhost_socket(dir: &Path, vm: &VmInfo, file: &str) -> PathBuf {
+    let disk = file.strip_suffix(".vmdk").unwrap_or(file);
+    cvol_vhost::socket_path(dir, &format!("{}/{disk}", vm.name))
+}
 
 /// Waits up to `timeout` for the vhost-user socket of each of `vm`'s disks under `dir`:
 /// the mount daemon adds a new disk's socket on its next rescan.
 pub fn wait_for_vhost_sockets(vm: &VmInfo, dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     for file in &vm.vmx_disks {
-        let disk = file.strip_suffix(".vmdk").unwrap_or(file);
-        let socket = cvol_vhost::socket_path(dir, &format!("{}/{disk}", vm.name));
+        let socket = vhost_socket(dir, vm, file);
         while !socket.exists() {
             if Instant::now() >= deadline {
                 bail!(

@@ -47,9 +47,9 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         nbd_readonly: false,
         nbd_max_connections: 256,
         vhost_user: None,
-        vhost_user_queues: 4,
-        vhost_user_io_threads: 8,
-        vhost_user_rescan_ms: 2000,
+        vhost_user_queues: cvol_vhost::DEFAULT_QUEUES,
+        vhost_user_io_threads: cvol_vhost::DEFAULT_IO_THREADS,
+        vhost_user_rescan_ms: cvol_vhost::DEFAULT_RESCAN_MS,
     };
     let mut api_runtime = None;
     let ready = |volumes: &Arc<_>| {
