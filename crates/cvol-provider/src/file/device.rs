@@ -30,8 +30,16 @@ impl FileBlockDevice {
         generation: u64,
         passthrough: bool,
     ) -> io::Result<Self> {
+        let file = File::options().read(true).write(true).open(data)?;
+        // No readahead on a disk's file: the guest reads ahead itself, and the large
+        // page-cache folios host readahead leaves behind make every later small write
+        // into them several times slower (ext4 walks the whole folio; BENCHMARKS.md).
+        // Only a hint: a file system that refuses it still serves the disk.
+        if let Err(e) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random) {
+            tracing::debug!(file = %data.display(), "no POSIX_FADV_RANDOM: {e}");
+        }
         Ok(Self {
-            file: File::options().read(true).write(true).open(data)?,
+            file,
             fence: Fence::open(fence, generation)?,
             passthrough,
         })
