@@ -13,6 +13,7 @@ use cvol_format::{ProviderId, VolumeId};
 use cvol_provider::{BlockDevice, BlockError, BlockExtent, Provider};
 use cvol_share::SharePath;
 
+use crate::metered::MeteredDevice;
 use crate::{Datastore, DatastoreError};
 
 /// What this host is to an attached volume.
@@ -80,6 +81,11 @@ impl BlockDevice for Promotable {
     }
 }
 
+/// Publishes how many volumes this host has attached (standbys included).
+fn count(map: &HashMap<VolumeId, Attached>) {
+    metrics::gauge!("cvol_attached_volumes").set(map.len() as f64);
+}
+
 /// This host's attached volumes.
 pub struct AttachedVolumes {
     ds: Arc<Datastore>,
@@ -118,17 +124,19 @@ impl AttachedVolumes {
             .provider(provider)?
             .attach(volume, self.ds.host(), false)?;
         tracing::info!(%volume, host = self.ds.host(), "attached");
+        let device = MeteredDevice::wrap(volume, attachment.device);
         map.insert(
             volume.clone(),
             Attached {
                 provider: provider.clone(),
-                device: attachment.device.clone(),
+                device: device.clone(),
                 opens: 1,
                 descriptor: descriptor.cloned(),
                 role: Role::Owner,
             },
         );
-        Ok(attachment.device)
+        count(&map);
+        Ok(device)
     }
 
     /// Attaches `volume` as a standby (the destination of a live migration): opens get
@@ -157,12 +165,13 @@ impl AttachedVolumes {
             volume.clone(),
             Attached {
                 provider: provider.clone(),
-                device: device.clone(),
+                device: MeteredDevice::wrap(volume, device.clone()),
                 opens: 0,
                 descriptor: descriptor.cloned(),
                 role: Role::Standby(device),
             },
         );
+        count(&map);
         tracing::info!(%volume, host = self.ds.host(), "attached as a standby");
         Ok(())
     }
@@ -190,6 +199,7 @@ impl AttachedVolumes {
         tracing::info!(%volume, generation = attachment.generation, "standby promoted to owner");
         if a.opens == 0 {
             let a = map.remove(volume).expect("present");
+            count(&map);
             self.detach(volume, &a)?;
         }
         Ok(())
@@ -204,6 +214,7 @@ impl AttachedVolumes {
                 a.role = Role::Dropped;
                 if a.opens == 0 {
                     map.remove(volume);
+                    count(&map);
                 }
                 tracing::info!(%volume, "standby dropped");
             }
@@ -224,10 +235,12 @@ impl AttachedVolumes {
             Role::Standby(_) => Ok(()),
             Role::Dropped => {
                 map.remove(volume);
+                count(&map);
                 Ok(())
             }
             Role::Owner => {
                 let a = map.remove(volume).expect("present");
+                count(&map);
                 self.detach(volume, &a)
             }
         }
@@ -245,6 +258,7 @@ impl AttachedVolumes {
     pub fn close_all(&self) {
         let all: Vec<(VolumeId, Attached)> =
             self.map.lock().expect("attachment lock").drain().collect();
+        metrics::gauge!("cvol_attached_volumes").set(0.0);
         for (volume, a) in all
             .into_iter()
             .filter(|(_, a)| matches!(a.role, Role::Owner))

@@ -11,6 +11,7 @@ mod error;
 mod fsck;
 pub mod intent;
 pub mod layout;
+mod metered;
 mod pending;
 mod vm;
 mod vm_clone;

@@ -12,7 +12,7 @@ mod handlers;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -128,11 +128,26 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
-/// Logs each call's method, path and status (never its headers, which hold the token).
+/// Logs each call's method, path and status (never its headers, which hold the token),
+/// and records its time by method, route (the template, so volume ids do not multiply the
+/// series) and status.
 async fn log_call(request: Request, next: Next) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
-    tracing::debug!(%method, path, status = response.status().as_u16(), "call");
+    let status = response.status().as_u16();
+    metrics::histogram!(
+        "cvol_provider_request_seconds",
+        "method" => method.to_string(),
+        "route" => route,
+        "status" => status.to_string()
+    )
+    .record(started.elapsed());
+    tracing::debug!(%method, path, status, "call");
     response
 }
 

@@ -129,6 +129,19 @@ impl Command {
                 | Self::Host(HostCommand::Run(_))
         )
     }
+
+    /// Where the command serves metrics, when asked to. The host agent is not here: it
+    /// also takes the address from its settings file, and starts the endpoint itself.
+    pub fn metrics(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Mount(MountArgs { serve, .. }) | Self::Up(UpArgs { serve, .. }) => {
+                serve.metrics.addr
+            }
+            Self::Nfs(NfsCommand::Serve { metrics, .. })
+            | Self::Provider(ProviderCommand::Serve { metrics, .. }) => metrics.addr,
+            _ => None,
+        }
+    }
 }
 
 /// `cvol provider …`
@@ -158,6 +171,8 @@ pub enum ProviderCommand {
         /// CVOL_PROVIDER_TOKEN_FILE.
         #[arg(long, value_name = "FILE", env = "CVOL_TOKEN_FILE")]
         token_file: Option<PathBuf>,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Find the chunks of an object pool that no volume, snapshot or current manifest
     /// names, and superseded manifests; delete them with --apply (a dry run otherwise).
@@ -253,6 +268,18 @@ pub struct HostRunArgs {
     /// before ending QEMU [default: 60].
     #[arg(long, env = "CVOL_STOP_TIMEOUT", value_name = "SECONDS")]
     pub stop_timeout_s: Option<u64>,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
+}
+
+/// Where a daemon serves its Prometheus metrics.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArg {
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (port 0 picks a free port,
+    /// logged at -v): per-volume I/O bytes and latency, flushes, fenced errors, NFS calls
+    /// by procedure, the object pool's cache and store, leases. Off by default.
+    #[arg(long = "metrics", env = "CVOL_METRICS", value_name = "ADDR:PORT")]
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// `cvol nfs …`
@@ -275,6 +302,8 @@ pub enum NfsCommand {
         /// Refuse every change (NFS3ERR_ROFS): the share can be read, never written.
         #[arg(long)]
         read_only: bool,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
 }
 
@@ -316,6 +345,8 @@ pub struct ServeArgs {
     /// (less often on a datastore that takes long to list: at most a fifth of the time).
     #[arg(long, default_value_t = cvol_vhost::DEFAULT_RESCAN_MS, value_name = "MS")]
     pub vhost_user_rescan_ms: u64,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
 }
 
 /// `cvol mount`

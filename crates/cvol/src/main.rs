@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod image;
 mod libvirt;
+mod metrics;
 mod output;
 mod progress;
 

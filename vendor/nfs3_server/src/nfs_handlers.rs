@@ -40,7 +40,9 @@ where
     };
 
     debug!("{proc}({})", message.xid());
-    match proc {
+    // cvol: added — every call timed by procedure, for a Prometheus endpoint.
+    let started = std::time::Instant::now();
+    let result = match proc {
         NFSPROC3_NULL => handle(context, message, nfsproc3_null).await,
         NFSPROC3_GETATTR => handle(context, message, nfsproc3_getattr).await,
         NFSPROC3_LOOKUP => handle(context, message, nfsproc3_lookup).await,
@@ -62,7 +64,10 @@ where
         NFSPROC3_COMMIT => handle(context, message, nfsproc3_commit).await,
         NFSPROC3_MKNOD => handle(context, message, nfsproc3_mknod).await,
         NFSPROC3_LINK => handle(context, message, nfsproc3_link).await,
-    }
+    };
+    metrics::histogram!("cvol_nfs_server_rpc_seconds", "procedure" => proc.to_string())
+        .record(started.elapsed());
+    result
 }
 
 macro_rules! fh_to_id {

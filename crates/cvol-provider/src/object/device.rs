@@ -109,6 +109,9 @@ pub(crate) struct ObjectBlockDevice {
     state: Arc<Mutex<State>>,
     /// One flush at a time, so that manifests are committed in order.
     flushing: Mutex<()>,
+    /// Chunk loads served from the cache, and those that waited on the store.
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
 }
 
 /// Bytes taken by the chunks at `indexes` of a volume of `size` bytes.
@@ -142,6 +145,8 @@ impl ObjectBlockDevice {
             0
         };
         Self {
+            cache_hits: metrics::counter!("cvol_object_cache_hits_total", "volume" => volume.to_string()),
+            cache_misses: metrics::counter!("cvol_object_cache_misses_total", "volume" => volume.to_string()),
             store,
             layout,
             volume,
@@ -169,11 +174,15 @@ impl ObjectBlockDevice {
     /// The bytes of chunk `index` as stored (zeros if it has none), from the cache or
     /// the store.
     fn load(&self, index: u64) -> Result<Arc<Vec<u8>>, BlockError> {
+        let mut waited = false;
         loop {
             let fetch = {
                 let mut state = self.lock();
                 if state.cache.contains_key(&index) {
                     state.touch(index);
+                    if !waited {
+                        self.cache_hits.increment(1);
+                    }
                     return Ok(state.cache[&index].data.clone());
                 }
                 match state.fetching.get(&index).cloned() {
@@ -188,6 +197,10 @@ impl ObjectBlockDevice {
                     },
                 }
             };
+            if !waited {
+                self.cache_misses.increment(1);
+                waited = true;
+            }
             // Once it is done the chunk is cached (or changed meanwhile): look again.
             fetch.wait().map_err(io)?;
         }
@@ -203,7 +216,7 @@ impl ObjectBlockDevice {
             (self.store.clone(), self.layout.chunk(&key), self.chunk_size);
         let (shared, done) = (self.state.clone(), fetch.clone());
         let inner = store.inner.clone();
-        let download = store.timed({
+        let download = store.timed("get", {
             let path = path.clone();
             async move {
                 let bytes = inner.get(&path).await?.bytes().await?;
@@ -332,7 +345,7 @@ impl ObjectBlockDevice {
             .filter_map(|(_, u)| u.clone())
             .map(|(key, data)| {
                 let (store, path) = (store.clone(), layout.chunk(&key));
-                self.store.timed(async move {
+                self.store.timed("put", async move {
                     store
                         .put_opts(
                             &path,

@@ -80,21 +80,32 @@ impl Store {
         result.map_err(StoreError::from)
     }
 
-    /// `call`, failed if it takes longer than the pool's timeout. Every single call to
-    /// the store goes through here, so that a store that went away fails it instead of
-    /// hanging a flush (object_store retries within the same limit).
+    /// `call` (a store operation `op`: get, put, list, delete), failed if it takes
+    /// longer than the pool's timeout. Every single call to the store goes through here,
+    /// so that a store that went away fails it instead of hanging a flush (object_store
+    /// retries within the same limit); its time and failure are recorded by `op`.
     pub(crate) fn timed<T>(
         &self,
+        op: &'static str,
         call: impl std::future::Future<Output = Result<T, object_store::Error>> + Send,
     ) -> impl std::future::Future<Output = Result<T, object_store::Error>> + Send {
         let limit = self.timeout;
+        let provider = self.provider.clone();
         async move {
-            tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            let started = std::time::Instant::now();
+            let result = tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
                 Err(object_store::Error::Generic {
                     store: "cvol",
                     source: format!("no answer within {} s", limit.as_secs()).into(),
                 })
-            })
+            });
+            metrics::histogram!("cvol_object_store_request_seconds", "provider" => provider.clone(), "op" => op)
+                .record(started.elapsed());
+            if matches!(&result, Err(e) if !matches!(e, object_store::Error::NotFound { .. })) {
+                metrics::counter!("cvol_object_store_errors_total", "provider" => provider, "op" => op)
+                    .increment(1);
+            }
+            result
         }
     }
 
@@ -121,7 +132,7 @@ impl Store {
     /// The object at `path`, and its version for a conditional update of it.
     pub(crate) fn get_versioned(&self, path: &Path) -> Result<(Bytes, UpdateVersion), StoreError> {
         let store = &self.inner;
-        self.block(self.timed(async move {
+        self.block(self.timed("get", async move {
             let got = store.get(path).await?;
             let version = UpdateVersion {
                 e_tag: got.meta.e_tag.clone(),
@@ -157,7 +168,7 @@ impl Store {
             mode,
             ..Default::default()
         };
-        self.block(self.timed(async move {
+        self.block(self.timed("put", async move {
             store
                 .put_opts(path, PutPayload::from_bytes(bytes), options)
                 .await
@@ -178,15 +189,19 @@ impl Store {
     /// Every object below `prefix`.
     pub(crate) fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>, ProviderError> {
         let store = &self.inner;
-        self.block(self.timed(async move { store.list(Some(prefix)).try_collect().await }))
-            .map_err(|e| self.error("list", prefix, e))
+        self.block(self.timed("list", async move {
+            store.list(Some(prefix)).try_collect().await
+        }))
+        .map_err(|e| self.error("list", prefix, e))
     }
 
     /// The names of the "directories" right below `prefix`.
     pub(crate) fn list_dirs(&self, prefix: &Path) -> Result<Vec<String>, ProviderError> {
         let store = &self.inner;
         let listing = self
-            .block(self.timed(async move { store.list_with_delimiter(Some(prefix)).await }))
+            .block(self.timed("list", async move {
+                store.list_with_delimiter(Some(prefix)).await
+            }))
             .map_err(|e| self.error("list", prefix, e))?;
         Ok(listing
             .common_prefixes
@@ -198,7 +213,7 @@ impl Store {
     /// Deletes `path`; gone already is fine.
     pub(crate) fn delete(&self, path: &Path) -> Result<(), ProviderError> {
         let store = &self.inner;
-        match self.block(self.timed(async move { store.delete(path).await })) {
+        match self.block(self.timed("delete", async move { store.delete(path).await })) {
             Ok(()) | Err(StoreError::NotFound) => Ok(()),
             Err(e) => Err(self.error("delete", path, e)),
         }

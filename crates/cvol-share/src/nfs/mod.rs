@@ -183,26 +183,28 @@ thread_local! {
 /// the status (`done_if`) that a repeat of an already-done call answers, and give `None`
 /// when that is what happened.
 macro_rules! rpc {
-    ($share:expr, |$c:ident| $call:expr) => {
-        rpc!(@ $share, None, |$c| $call).map(|reply| reply.expect("an idempotent call"))
+    ($share:expr, |$c:ident| $r:ident.$proc:ident($($args:tt)*)) => {
+        rpc!(@ $share, None, |$c| $r.$proc($($args)*)).map(|reply| reply.expect("an idempotent call"))
     };
-    ($share:expr, done_if = $status:expr, |$c:ident| $call:expr) => {
-        rpc!(@ $share, Some($status), |$c| $call)
+    ($share:expr, done_if = $status:expr, |$c:ident| $r:ident.$proc:ident($($args:tt)*)) => {
+        rpc!(@ $share, Some($status), |$c| $r.$proc($($args)*))
     };
-    (@ $share:expr, $done_if:expr, |$c:ident| $call:expr) => {{
+    // The call's method names the procedure its time and repeats are recorded under.
+    (@ $share:expr, $done_if:expr, |$c:ident| $r:ident.$proc:ident($($args:tt)*)) => {{
         let share: &NfsShare = $share;
         let done_if: Option<nfsstat3> = $done_if;
+        let procedure = stringify!($proc);
         let started = Instant::now();
         let patience = share.patience();
         let mut delay = Duration::from_millis(50);
-        loop {
+        let outcome = loop {
             share.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let outcome = match share.connection() {
                 Err(e) => Err(CallError::Transport(e)),
                 Ok(mut connection) => {
                     let result = {
                         let $c = &mut connection;
-                        share.block_on($call)
+                        share.block_on($r.$proc($($args)*))
                     };
                     match result {
                         Ok(Nfs3Result::Ok(ok)) => {
@@ -232,11 +234,15 @@ macro_rules! rpc {
                 Err(CallError::Status(nfsstat3::NFS3ERR_JUKEBOX) | CallError::Transport(_))
                     if started.elapsed() < patience =>
                 {
+                    metrics::counter!("cvol_nfs_client_retries_total", "procedure" => procedure)
+                        .increment(1);
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(CallError::Transport(e)) => {
                     share.mark_down();
+                    metrics::counter!("cvol_nfs_client_failures_total", "procedure" => procedure)
+                        .increment(1);
                     break Err(CallError::Transport(e));
                 }
                 other => {
@@ -244,7 +250,10 @@ macro_rules! rpc {
                     break other;
                 }
             }
-        }
+        };
+        metrics::histogram!("cvol_nfs_client_rpc_seconds", "procedure" => procedure)
+            .record(started.elapsed());
+        outcome
     }};
 }
 

@@ -34,6 +34,7 @@ struct HostFile {
     fence_after_ms: Option<u64>,
     lease_expiry_ms: Option<u64>,
     stop_timeout_s: Option<u64>,
+    metrics: Option<SocketAddr>,
 }
 
 /// How the agent's QEMUs reach their disks.
@@ -74,6 +75,8 @@ pub struct HostSettings {
     pub timing: LeaseTiming,
     /// How long `cvol vm stop` waits for a guest to power off before killing it.
     pub stop_timeout: Duration,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl HostSettings {
@@ -183,6 +186,7 @@ impl HostSettings {
             stop_timeout: Duration::from_secs(
                 args.stop_timeout_s.or(file.stop_timeout_s).unwrap_or(60),
             ),
+            metrics: args.metrics.addr.or(file.metrics),
         })
     }
 }

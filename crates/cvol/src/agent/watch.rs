@@ -56,7 +56,12 @@ impl Agent {
                 let Some(lease) = lease.as_mut() else {
                     continue;
                 };
-                match self.leases.renew(lease) {
+                let renewed = self.leases.renew(lease);
+                let outcome = if renewed.is_ok() { "ok" } else { "failed" };
+                metrics::counter!("cvol_lease_renewals_total", "vm" => vm.name.to_string(), "outcome" => outcome)
+                    .increment(1);
+                metrics::histogram!("cvol_lease_renewal_seconds").record(started.elapsed());
+                match renewed {
                     Ok(()) => *lock(&vm.last_ok) = started,
                     Err(e) => tracing::warn!(vm = %vm.name, "cannot renew the lease: {e}"),
                 }
@@ -96,6 +101,8 @@ impl Agent {
                     continue;
                 }
                 let silent = lock(&vm.last_ok).elapsed();
+                metrics::gauge!("cvol_lease_age_seconds", "vm" => vm.name.to_string())
+                    .set(silent.as_secs_f64());
                 if silent > timing.fence_after {
                     self.fence(
                         &vm,

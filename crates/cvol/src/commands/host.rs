@@ -10,7 +10,7 @@ use super::{with_env_failpoint, Context};
 use crate::agent::client::AgentClient;
 use crate::agent::config::HostSettings;
 use crate::agent::{api, Agent, HostInfo, HostStatus};
-use crate::cli::{AgentArg, HostCommand, HostRunArgs, ServeArgs};
+use crate::cli::{AgentArg, HostCommand, HostRunArgs, MetricsArg, ServeArgs};
 use crate::output::{print_json, print_table};
 
 pub fn run(ctx: &Context, cmd: HostCommand) -> anyhow::Result<()> {
@@ -23,6 +23,9 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> anyhow::Result<()> {
 
 fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
     let settings = HostSettings::resolve(args, ctx.share.as_deref(), ctx.host_arg.as_deref())?;
+    if let Some(addr) = settings.metrics {
+        crate::metrics::serve(addr)?;
+    }
     let share = ctx.open_share_at(&settings.share)?;
     let ds = Arc::new(with_env_failpoint(Datastore::open(
         share,
@@ -50,6 +53,7 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         vhost_user_queues: cvol_vhost::DEFAULT_QUEUES,
         vhost_user_io_threads: cvol_vhost::DEFAULT_IO_THREADS,
         vhost_user_rescan_ms: cvol_vhost::DEFAULT_RESCAN_MS,
+        metrics: MetricsArg { addr: None },
     };
     let mut api_runtime = None;
     let ready = |volumes: &Arc<_>| {

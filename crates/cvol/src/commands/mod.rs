@@ -113,6 +113,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         json: cli.json,
         walk_parallel: usize::from(cli.walk_parallel),
     };
+    if let Some(addr) = cli.command.metrics() {
+        crate::metrics::serve(addr)?;
+    }
     match cli.command {
         Command::Datastore(cmd) => datastore::run(&ctx, cmd),
         Command::Vm(cmd) => vm::run(&ctx, cmd).map(|()| ExitCode::SUCCESS),

@@ -14,6 +14,7 @@ pub fn run(ctx: &Context, cmd: NfsCommand) -> anyhow::Result<()> {
         listen,
         allow,
         read_only,
+        metrics: _,
     } = cmd;
     if !listen.ip().is_loopback() && allow.is_empty() {
         tracing::warn!(

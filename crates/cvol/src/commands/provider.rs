@@ -18,6 +18,7 @@ pub fn run(ctx: &Context, cmd: ProviderCommand) -> anyhow::Result<()> {
             pool,
             listen,
             token_file,
+            metrics: _,
         } => serve(ctx, &pool, listen, token_file),
         ProviderCommand::Gc { pool, grace, apply } => gc(ctx, &pool, grace, apply),
     }

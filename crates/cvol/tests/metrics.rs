@@ -1,0 +1,228 @@
+//! The daemons' Prometheus endpoints (`--metrics ADDR`), scraped while real clients work:
+//! fio over NBD on the mount daemon, cvol's NFS client on `cvol nfs serve`, HTTP calls on
+//! `cvol provider serve`.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{cvol, free_port, tool, Env, NfsServe, ProviderServe};
+
+/// The endpoint's text.
+fn scrape(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    // The endpoint answers as soon as the daemon is up; a daemon still starting gets a
+    // few more tries.
+    for _ in 0..100 {
+        if let Ok(mut response) = ureq::get(&url).call() {
+            return response.body_mut().read_to_string().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no metrics at {url}");
+}
+
+/// The sum of the samples of `name` whose labels contain every one of `labels` (e.g.
+/// `volume="vol-…"`); 0 when there are none.
+fn value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && labels.iter().all(|l| rest.contains(l))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+/// fio's JSON summary of one job, whatever it printed before it.
+fn fio(args: &[&str]) -> serde_json::Value {
+    let out = tool("fio", args);
+    let json: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    json["jobs"][0].clone()
+}
+
+fn assert_within_1_percent(got: f64, want: f64, what: &str) {
+    assert!(
+        want > 0.0 && (got - want).abs() <= want / 100.0,
+        "{what}: the metrics say {got}, the client did {want}"
+    );
+}
+
+#[test]
+fn volume_counters_rise_by_what_fio_did_over_nbd() {
+    volume_counters_on(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn volume_and_cache_counters_on_an_object_pool() {
+    volume_counters_on(Env::datastore_on_object());
+}
+
+fn volume_counters_on(env: Env) {
+    env.ok(&["vm", "create", "demo", "--disk", "64M"]);
+    let volume = env.volume_of("demo/demo");
+    let socket = env.tmp.path().join("nbd.sock");
+    let port = free_port();
+    let m = env.mount_with(&[
+        "--nbd",
+        &format!("unix:{}", socket.display()),
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let uri = format!("nbd+unix:///demo/demo?socket={}", socket.display());
+    let of_volume = format!("volume=\"{volume}\"");
+    let counter = |text: &str, name: &str| value(text, name, &[&of_volume]);
+
+    let before = scrape(port);
+    let write = fio(&[
+        "--name=w",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=8",
+        "--size=64M",
+        "--io_size=8M",
+        "--fsync=64",
+        "--output-format=json",
+    ]);
+    let read = fio(&[
+        "--name=r",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=read",
+        "--bs=64k",
+        "--iodepth=4",
+        "--size=64M",
+        "--output-format=json",
+    ]);
+    let after = scrape(port);
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+
+    let written = write["write"]["io_bytes"].as_f64().unwrap();
+    let writes = write["write"]["total_ios"].as_f64().unwrap();
+    let flushes = write["sync"]["total_ios"].as_f64().unwrap();
+    let read_bytes = read["read"]["io_bytes"].as_f64().unwrap();
+    let reads = read["read"]["total_ios"].as_f64().unwrap();
+    assert_within_1_percent(
+        delta("cvol_volume_written_bytes_total"),
+        written,
+        "bytes written",
+    );
+    assert_within_1_percent(delta("cvol_volume_write_seconds_count"), writes, "writes");
+    assert_within_1_percent(
+        delta("cvol_volume_read_bytes_total"),
+        read_bytes,
+        "bytes read",
+    );
+    assert_within_1_percent(delta("cvol_volume_read_seconds_count"), reads, "reads");
+    // The daemon adds a flush of its own at every detach: each fio job connects twice
+    // (once to learn the size, once to run), and the disk is detached after each.
+    let flushed = delta("cvol_volume_flush_seconds_count");
+    assert!(
+        flushed >= flushes && flushed <= flushes + 4.0,
+        "fio flushed {flushes} times, the metrics say {flushed}"
+    );
+    assert!(
+        delta("cvol_volume_write_seconds_sum") > 0.0,
+        "write latency recorded"
+    );
+    assert_eq!(counter(&after, "cvol_volume_errors_total"), 0.0, "{after}");
+    // fio is gone, so is the attachment.
+    assert_eq!(value(&after, "cvol_attached_volumes", &[]), 0.0, "{after}");
+
+    if env.server.is_some() {
+        assert!(
+            value(&after, "cvol_nfs_client_rpc_seconds_count", &[]) > 0.0,
+            "the share's NFS calls: {after}"
+        );
+    }
+    if env.object_url.is_some() {
+        let hits = value(&after, "cvol_object_cache_hits_total", &[&of_volume]);
+        assert!(hits > 0.0, "cache hits: {after}");
+        assert!(
+            value(
+                &after,
+                "cvol_object_store_request_seconds_count",
+                &["op=\"put\""]
+            ) > 0.0,
+            "chunk uploads: {after}"
+        );
+    }
+    m.stop();
+}
+
+#[test]
+fn the_nfs_server_and_the_provider_service_count_their_calls() {
+    let env = Env::empty();
+    let nfs_port = free_port();
+    let nfs = NfsServe::start_with(
+        &env.share,
+        "127.0.0.1:0".parse().unwrap(),
+        &["--metrics", &format!("127.0.0.1:{nfs_port}")],
+        Stdio::null(),
+    );
+    let idle = scrape(nfs_port);
+    assert_eq!(
+        value(&idle, "cvol_nfs_server_rpc_seconds_count", &[]),
+        0.0,
+        "{idle}"
+    );
+
+    let provider_port = free_port();
+    let mut command = cvol();
+    command.env("CVOL_METRICS", format!("127.0.0.1:{provider_port}"));
+    let spec = format!("file:{}", env.pool.display());
+    let service = ProviderServe::start_spec(&spec, None, "127.0.0.1:0", command);
+
+    // A datastore on the served share whose pool is the service.
+    let run = |args: &[&str]| {
+        let out = cvol()
+            .arg("--share")
+            .arg(&nfs.url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cvol {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "datastore",
+        "create",
+        "--name",
+        "m",
+        "--provider",
+        &format!("pool=remote:{}", service.url),
+    ]);
+    run(&["vm", "create", "demo", "--disk", "1M"]);
+
+    let nfs_metrics = scrape(nfs_port);
+    for procedure in ["NFSPROC3_LOOKUP", "NFSPROC3_MKDIR", "NFSPROC3_WRITE"] {
+        assert!(
+            value(
+                &nfs_metrics,
+                "cvol_nfs_server_rpc_seconds_count",
+                &[&format!("procedure=\"{procedure}\"")]
+            ) > 0.0,
+            "{procedure}: {nfs_metrics}"
+        );
+    }
+
+    let calls = scrape(provider_port);
+    let volumes_created = value(
+        &calls,
+        "cvol_provider_request_seconds_count",
+        &["method=\"POST\"", "route=\"/v1/volumes\"", "status=\"201\""],
+    );
+    assert_eq!(volumes_created, 1.0, "one disk, one volume: {calls}");
+    assert!(
+        !calls.contains("vol-"),
+        "routes are templates, not volume ids: {calls}"
+    );
+}
