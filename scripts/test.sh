@@ -12,10 +12,10 @@ source scripts/lib.sh
 # and e2fsprogs (all installed together, in matching versions), qemu-storage-daemon (the
 # reference vhost-user-blk server the vhost tests compare with), libvirt (the boot test
 # boots a VM under it from `cvol vm domxml`), and for the cluster tests
-# (hosts in network namespaces) iproute2 and curl. The S3 server (Garage) comes from
-# crates.io.
+# (hosts in network namespaces) iproute2 and curl, and tcpdump (the TLS test looks for
+# the token in a capture of its traffic). The S3 server (Garage) comes from crates.io.
 packages=(qemu-utils qemu-system-x86 qemu-system-common fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
-    busybox-static e2fsprogs iproute2 curl libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+    busybox-static e2fsprogs iproute2 curl tcpdump libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 
 ensure_packages "${packages[@]}"
 ensure_garage

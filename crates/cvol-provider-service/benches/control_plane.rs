@@ -86,6 +86,7 @@ fn main() {
             &url,
             Some("bench-token".into()),
             Duration::from_secs(30),
+            &Default::default(),
         )
         .unwrap(),
     );

@@ -290,9 +290,9 @@ pub const PROVIDER_KINDS: &[&str] = &["file", "object", "remote"];
 /// token, when its settings name none.
 pub const TOKEN_FILE_ENV: &str = "CVOL_PROVIDER_TOKEN_FILE";
 
-/// Reads a bearer token: the file's content without surrounding white space. A file that
-/// every user may read holds no secret: it is refused, with its mode.
-pub fn read_token(path: &str) -> io::Result<String> {
+/// Reads a secret file (a token, a private key). A file that every user may read holds
+/// no secret: it is refused, with its path and mode.
+pub fn read_secret(path: &std::path::Path) -> io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let mut file = std::fs::File::open(path)?;
@@ -300,11 +300,22 @@ pub fn read_token(path: &str) -> io::Result<String> {
     if mode & 0o004 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("every user may read it (mode {mode:04o}); a secret file must not be: chmod o-rwx {path}"),
+            format!(
+                "every user may read it (mode {mode:04o}); a secret file must not be: chmod o-rwx {}",
+                path.display()
+            ),
         ));
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Reads a bearer token: the file's content without surrounding white space, from a
+/// secret file ([`read_secret`]).
+pub fn read_token(path: &str) -> io::Result<String> {
+    let text = String::from_utf8(read_secret(path.as_ref())?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a token is text"))?;
     let token = text.trim().to_string();
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(io::Error::new(
@@ -314,6 +325,15 @@ pub fn read_token(path: &str) -> io::Result<String> {
     }
     Ok(token)
 }
+
+/// The environment variables naming a `remote` provider's TLS files, when its settings
+/// name none: the CA to trust (`ca_file`), and this host's certificate and key for a
+/// service that asks for one (`cert_file`, `key_file`).
+pub const TLS_ENV: [(&str, &str); 3] = [
+    ("ca_file", "CVOL_PROVIDER_CA_FILE"),
+    ("cert_file", "CVOL_PROVIDER_CERT_FILE"),
+    ("key_file", "CVOL_PROVIDER_KEY_FILE"),
+];
 
 /// Opens the provider a datastore configures.
 pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
@@ -335,8 +355,16 @@ pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, Provi
                 ),
                 None => None,
             };
+            let [ca, cert, key] = TLS_ENV.map(|(setting, env)| {
+                settings
+                    .get(setting)
+                    .map(str::to_string)
+                    .or_else(|| std::env::var(env).ok())
+                    .map(std::path::PathBuf::from)
+            });
+            let tls = remote::TlsFiles { ca, cert, key };
             Ok(Arc::new(RemoteProvider::new(
-                &config.id, url, token, timeout,
+                &config.id, url, token, timeout, &tls,
             )?))
         }
         other => Err(ProviderError::Setting {

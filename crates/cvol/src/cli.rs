@@ -172,6 +172,8 @@ pub enum ProviderCommand {
         #[arg(long, value_name = "FILE", env = "CVOL_TOKEN_FILE")]
         token_file: Option<PathBuf>,
         #[command(flatten)]
+        tls: TlsServerArgs,
+        #[command(flatten)]
         metrics: MetricsArg,
     },
     /// Find the chunks of an object pool that no volume, snapshot or current manifest
@@ -239,6 +241,21 @@ pub struct HostRunArgs {
     /// A file holding the bearer token peer calls must carry.
     #[arg(long, env = "CVOL_AGENT_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve the peer API over TLS with this PEM certificate chain (needs --tls-key and
+    /// --tls-ca); it is also this host's client certificate when it calls its peers.
+    #[arg(long, env = "CVOL_AGENT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key; a file every user may read is refused.
+    #[arg(long, env = "CVOL_AGENT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's PEM CA: every peer's certificate, as server and as client, must
+    /// chain to it (mutual TLS between hosts).
+    #[arg(long, env = "CVOL_AGENT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve the peer API over plain HTTP on an address other than loopback (refused
+    /// otherwise: the token would cross the network in clear text).
+    #[arg(long)]
+    pub insecure: bool,
     /// Also export every disk over NBD, as `cvol mount --nbd`. Repeatable.
     #[arg(long = "nbd", value_name = "unix:PATH|tcp:ADDR:PORT")]
     pub nbd: Vec<cvol_nbd::Listen>,
@@ -270,6 +287,31 @@ pub struct HostRunArgs {
     pub stop_timeout_s: Option<u64>,
     #[command(flatten)]
     pub metrics: MetricsArg,
+}
+
+/// TLS for an HTTP server.
+#[derive(Debug, Clone, Args)]
+pub struct TlsServerArgs {
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key). Clients trust it
+    /// through their CA file (the provider setting ca_file).
+    #[arg(long, env = "CVOL_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key; a file every user may read is refused.
+    #[arg(long, env = "CVOL_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: ask every client for a certificate that chains to this PEM CA, and
+    /// refuse those without one.
+    #[arg(
+        long,
+        env = "CVOL_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (refused otherwise: tokens
+    /// would cross the network in clear text).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Where a daemon serves its Prometheus metrics.

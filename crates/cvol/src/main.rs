@@ -8,6 +8,7 @@ mod libvirt;
 mod metrics;
 mod output;
 mod progress;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::garage::{Garage, BUCKET};
+use common::pki::{Ca, Identity};
 use common::{cvol, random_hex, spawn_tied, write_secret};
 
 /// One cluster at a time.
@@ -108,6 +109,9 @@ struct Host {
     ip: String,
     dir: PathBuf,
     agent: Option<Child>,
+    /// Its certificate of the cluster CA: the peer API's, and its client certificate
+    /// for the provider service and its peers.
+    tls: Identity,
 }
 
 impl Host {
@@ -149,6 +153,8 @@ struct Cluster {
     servers: Vec<Child>,
     share_url: String,
     token_file: PathBuf,
+    /// The cluster CA: every host's and the provider service's certificates chain to it.
+    ca: Ca,
     /// The S3 server of an object pool, and the environment that reaches it.
     garage: Option<Garage>,
     env: Vec<(String, String)>,
@@ -177,6 +183,7 @@ impl Cluster {
             servers: Vec::new(),
             share_url: String::new(),
             token_file: work.join("token"),
+            ca: Ca::new(&work, "cluster"),
             garage: None,
             env: Vec::new(),
             vm_disks: "container",
@@ -207,6 +214,7 @@ impl Cluster {
                 ip: host_ip.clone(),
                 dir,
                 agent: None,
+                tls: cluster.ca.sign(&format!("h{i}"), &[&host_ip]),
             });
             let peer = format!("h{i}");
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -260,6 +268,9 @@ impl Cluster {
             }
         };
         let token = cluster.token_file.display().to_string();
+        // Over mutual TLS: hosts prove who they are with their certificates.
+        let storage = cluster.ca.sign("storage", &[STORAGE_IP]);
+        let ca = cluster.ca.cert.clone();
         let provider = cluster.serve(&[
             "provider".as_ref(),
             "serve".as_ref(),
@@ -269,7 +280,14 @@ impl Cluster {
             pool.as_ref(),
             "--token-file".as_ref(),
             token.as_ref(),
+            "--tls-cert".as_ref(),
+            storage.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            storage.key.as_os_str(),
+            "--tls-client-ca".as_ref(),
+            ca.as_os_str(),
         ]);
+        assert!(provider.starts_with("https://"), "{provider}");
         cluster.cvol_ok(
             0,
             &[
@@ -314,6 +332,16 @@ impl Cluster {
         line.trim().to_string()
     }
 
+    /// How host `h` reaches the provider service: trusting the cluster CA, with its own
+    /// certificate.
+    fn provider_tls(&self, h: usize) -> [(&'static str, &Path); 3] {
+        [
+            ("CVOL_PROVIDER_CA_FILE", &self.ca.cert),
+            ("CVOL_PROVIDER_CERT_FILE", &self.hosts[h].tls.cert),
+            ("CVOL_PROVIDER_KEY_FILE", &self.hosts[h].tls.key),
+        ]
+    }
+
     /// `cvol --share URL ARGS` in host `h`'s namespace.
     fn cvol_in(&self, h: usize, args: &[&str]) -> Output {
         run(Command::new("ip")
@@ -326,6 +354,7 @@ impl Cluster {
             .args(["--share", &self.share_url, "--host-id", &self.hosts[h].id])
             .args(args)
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
+            .envs(self.provider_tls(h))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG"))
     }
@@ -388,10 +417,17 @@ impl Cluster {
             ])
             .arg("--token-file")
             .arg(&self.token_file)
+            .arg("--tls-cert")
+            .arg(&host.tls.cert)
+            .arg("--tls-key")
+            .arg(&host.tls.key)
+            .arg("--tls-ca")
+            .arg(&self.ca.cert)
             .arg("--nbd")
             .arg(format!("unix:{}", dir.join("nbd.sock").display()))
             .args(["--disks", self.vm_disks])
             .env("CVOL_PROVIDER_TOKEN_FILE", &self.token_file)
+            .envs(self.provider_tls(h))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -1281,6 +1317,12 @@ fn bad_requests_are_refused_and_change_nothing() {
             "exec",
             &c.storage_ns,
             "curl",
+            "--cacert",
+            c.ca.cert.to_str().unwrap(),
+            "--cert",
+            c.hosts[0].tls.cert.to_str().unwrap(),
+            "--key",
+            c.hosts[0].tls.key.to_str().unwrap(),
             "-s",
             "-o",
             "/dev/null",
@@ -1294,7 +1336,7 @@ fn bad_requests_are_refused_and_change_nothing() {
             "Content-Type: application/json",
             "-d",
             "{}",
-            &format!("http://{}:{AGENT_PORT}{path}", c.hosts[1].ip),
+            &format!("https://{}:{AGENT_PORT}{path}", c.hosts[1].ip),
         ]));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -1309,14 +1351,37 @@ fn bad_requests_are_refused_and_change_nothing() {
         "exec",
         &c.storage_ns,
         "curl",
+        "--cacert",
+        c.ca.cert.to_str().unwrap(),
+        "--cert",
+        c.hosts[0].tls.cert.to_str().unwrap(),
+        "--key",
+        c.hosts[0].tls.key.to_str().unwrap(),
         "-sf",
         "-H",
         &format!("Authorization: Bearer {token}"),
-        &format!("http://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
+        &format!("https://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
     ]));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("\"host\":\"h2\""),
         "{out:?}"
+    );
+    // Without a certificate of the cluster CA, no call gets through at all.
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &c.storage_ns,
+        "curl",
+        "--cacert",
+        c.ca.cert.to_str().unwrap(),
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("https://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
+    ]));
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "a client without a certificate was answered: {out:?}"
     );
 
     // A takeover while the holder lives is refused, naming the holder.

@@ -226,3 +226,52 @@ fn the_nfs_server_and_the_provider_service_count_their_calls() {
         "routes are templates, not volume ids: {calls}"
     );
 }
+
+/// Every metric the Grafana dashboard queries is one the README documents and the code
+/// records: a renamed metric must not leave the dashboard blank.
+#[test]
+fn the_dashboard_queries_documented_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dashboard = std::fs::read_to_string(root.join("docs/grafana.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut sources = String::new();
+    for dir in ["crates", "vendor"] {
+        let out = tool(
+            "grep",
+            &[
+                "-rhoE",
+                "\"cvol_[a-z_]+\"",
+                root.join(dir).to_str().unwrap(),
+            ],
+        );
+        sources.push_str(&out);
+    }
+    let mut names: Vec<&str> = dashboard
+        .match_indices("cvol_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            let name = &rest[..end];
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "{name} is not in the README's metrics table"
+        );
+        assert!(
+            sources.contains(&format!("\"{name}\"")),
+            "{name} is recorded nowhere in the code"
+        );
+    }
+}

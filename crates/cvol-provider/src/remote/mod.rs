@@ -11,6 +11,7 @@
 pub mod api;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +19,7 @@ use cvol_format::{ProviderId, SnapshotName, VolumeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use ureq::http::{Method, Request};
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
 use crate::file::FileBlockDevice;
 use crate::object::ObjectSettings;
@@ -36,6 +38,63 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one attempt of a call that copies data (create, snapshot) may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The TLS files of a client of an `https://` service: the CA its certificate must chain
+/// to (instead of the public web roots), and this client's own certificate and key for
+/// a service that asks for one (mutual TLS).
+#[derive(Debug, Default, Clone)]
+pub struct TlsFiles {
+    /// PEM certificates to trust.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain of this client.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of this client (a secret file: not readable by every user).
+    pub key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// ureq's TLS settings for these files.
+    fn config(&self) -> Result<TlsConfig, String> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let certificates = |path: &Path| -> Result<Vec<Certificate<'static>>, String> {
+            let pem = read(path)?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(format!("{}: {e}", path.display()))),
+                })
+                .collect::<Result<_, _>>()?;
+            if certs.is_empty() {
+                return Err(format!("{}: no PEM certificate in it", path.display()));
+            }
+            Ok(certs)
+        };
+        let mut builder = TlsConfig::builder();
+        if let Some(ca) = &self.ca {
+            builder = builder.root_certs(RootCerts::new_with_certs(&certificates(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let pem = crate::read_secret(key)
+                    .map_err(|e| format!("key file {}: {e}", key.display()))?;
+                let key = PrivateKey::from_pem(&pem)
+                    .map_err(|e| format!("key file {}: {e}", key.display()))?;
+                builder = builder
+                    .client_cert(Some(ClientCert::new_with_certs(&certificates(cert)?, key)));
+            }
+            (None, None) => {}
+            _ => return Err("cert_file and key_file go together".to_string()),
+        }
+        Ok(builder.build())
+    }
+}
 
 /// Volumes asked for per page when listing.
 const PAGE: usize = 1000;
@@ -160,6 +219,7 @@ impl RemoteProvider {
         url: &str,
         token: Option<String>,
         timeout: Duration,
+        tls: &TlsFiles,
     ) -> Result<Self, ProviderError> {
         let url = url.trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -168,11 +228,22 @@ impl RemoteProvider {
                 message: format!("url {url:?}: expected http://HOST:PORT or https://HOST:PORT"),
             });
         }
-        let agent = ureq::Agent::config_builder()
+        let setting = |message: String| ProviderError::Setting {
+            provider: id.to_string(),
+            message,
+        };
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .build()
-            .new_agent();
+            .timeout_global(Some(timeout));
+        if tls.is_set() {
+            if !url.starts_with("https://") {
+                return Err(setting(format!(
+                    "url {url:?}: TLS files are set, so the url must be https://"
+                )));
+            }
+            config = config.tls_config(tls.config().map_err(setting)?);
+        }
+        let agent = config.build().new_agent();
         Ok(Self {
             id: id.clone(),
             url,
@@ -341,15 +412,17 @@ impl RemoteProvider {
 }
 
 fn retryable(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::HostNotFound
-            | ureq::Error::Protocol(_)
-            | ureq::Error::BodyStalled
-    )
+    match e {
+        // A TLS failure (a certificate not trusted or expired, a refused client
+        // certificate) comes as invalid data; trying again changes nothing.
+        ureq::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,
+        ureq::Error::Timeout(_)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound
+        | ureq::Error::Protocol(_)
+        | ureq::Error::BodyStalled => true,
+        _ => false,
+    }
 }
 
 /// `text` as one URL path segment.

@@ -2,12 +2,14 @@
 //! calling their peers over HTTP with the cluster's bearer token.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -20,8 +22,12 @@ pub const DEFAULT_SOCKET: &str = "/run/cvol/agent.sock";
 enum Endpoint {
     /// The agent of this host, on its unix socket.
     Local(PathBuf),
-    /// A peer's API: `HOST:PORT` and the bearer token.
-    Peer { addr: String, token: String },
+    /// A peer's API: `HOST:PORT`, the bearer token, and TLS (an `https://` peer).
+    Peer {
+        addr: String,
+        token: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    },
 }
 
 /// A client of one host agent.
@@ -50,17 +56,30 @@ impl AgentClient {
         }
     }
 
-    /// A peer agent at `url` (`http://HOST:PORT`, as its host record advertises it).
-    pub fn peer(url: &str, token: &str) -> anyhow::Result<Self> {
-        let addr = url
-            .strip_prefix("http://")
-            .map(|a| a.trim_end_matches('/'))
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| anyhow!("peer address {url:?} is not http://HOST:PORT"))?;
+    /// A peer agent at `url` (`http://HOST:PORT` or `https://HOST:PORT`, as its host
+    /// record advertises it); an `https://` peer needs this host's TLS settings.
+    pub fn peer(
+        url: &str,
+        token: &str,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
+        let (addr, tls) = match (url.split_once("://"), tls) {
+            (Some(("http", addr)), _) => (addr, None),
+            (Some(("https", addr)), Some(tls)) => (addr, Some(tls.clone())),
+            (Some(("https", _)), None) => bail!(
+                "peer {url} serves TLS, and this host has no TLS settings (tls_cert, tls_key, tls_ca) to reach it"
+            ),
+            _ => bail!("peer address {url:?} is not http(s)://HOST:PORT"),
+        };
+        let addr = addr.trim_end_matches('/');
+        if addr.is_empty() || addr.contains('/') {
+            bail!("peer address {url:?} is not http(s)://HOST:PORT");
+        }
         Ok(Self {
             endpoint: Endpoint::Peer {
                 addr: addr.to_string(),
                 token: token.to_string(),
+                tls,
             },
         })
     }
@@ -95,7 +114,7 @@ impl AgentClient {
             .header("content-type", "application/json");
         request = match &self.endpoint {
             Endpoint::Local(_) => request.header("host", "localhost"),
-            Endpoint::Peer { addr, token } => request
+            Endpoint::Peer { addr, token, .. } => request
                 .header("host", addr.as_str())
                 .header("authorization", format!("Bearer {token}")),
         };
@@ -114,11 +133,23 @@ impl AgentClient {
                     })?;
                     exchange!(stream, request)
                 }
-                Endpoint::Peer { addr, .. } => {
+                Endpoint::Peer { addr, tls, .. } => {
                     let stream = tokio::net::TcpStream::connect(addr.as_str())
                         .await
                         .with_context(|| format!("no host agent answers at {addr}"))?;
-                    exchange!(stream, request)
+                    match tls {
+                        None => exchange!(stream, request),
+                        Some(tls) => {
+                            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                                .with_context(|| format!("peer address {addr}"))?;
+                            let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                                .connect(name, stream)
+                                .await
+                                .with_context(|| format!("TLS with the host agent at {addr}"))?;
+                            exchange!(stream, request)
+                        }
+                    }
                 }
             }
         })?;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -26,6 +27,10 @@ struct HostFile {
     listen: Option<SocketAddr>,
     advertise: Option<String>,
     token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    insecure: Option<bool>,
     nbd: Option<Vec<String>>,
     disks: Option<String>,
     qemu: Option<String>,
@@ -46,6 +51,16 @@ pub enum VmDisks {
     Nbd(PathBuf),
 }
 
+/// TLS between host agents: the peer API's server side, and this host's side when it
+/// calls a peer (its certificate doubles as its client certificate).
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// The peer API's server settings (client certificates of the cluster CA required).
+    pub server: Arc<rustls::ServerConfig>,
+    /// Calls to peers: their certificates must chain to the cluster CA.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
 /// A host agent's settings, resolved.
 #[derive(Debug, Clone)]
 pub struct HostSettings {
@@ -63,6 +78,8 @@ pub struct HostSettings {
     pub advertise: Option<String>,
     /// The peer API's bearer token.
     pub token: Option<String>,
+    /// TLS between peers, if configured.
+    pub tls: Option<PeerTls>,
     /// NBD listeners, as `cvol mount --nbd` takes them.
     pub nbd: Vec<cvol_nbd::Listen>,
     /// How the agent's QEMUs reach their disks.
@@ -144,6 +161,23 @@ impl HostSettings {
         if listen.is_some() && token.is_none() {
             bail!("the peer API (listen) needs a token: set token_file or pass --token-file");
         }
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+            args.tls_ca.clone().or(file.tls_ca),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(PeerTls {
+                server: crate::tls::server_config(&cert, &key, Some(&ca))?,
+                client: crate::tls::client_config(&ca, Some((&cert, &key)))?,
+            }),
+            _ => bail!("TLS between hosts needs all of tls_cert, tls_key and tls_ca"),
+        };
+        if let Some(listen) = listen {
+            let insecure = args.insecure || file.insecure.unwrap_or(false);
+            crate::tls::check_plain(listen, tls.is_some(), insecure, "the peer API")?;
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
             flag.or(file).map_or(default, Duration::from_millis)
         };
@@ -167,9 +201,10 @@ impl HostSettings {
                 .advertise
                 .clone()
                 .or(file.advertise)
-                .or_else(|| listen.map(|a| format!("http://{a}"))),
+                .or_else(|| listen.map(|a| format!("{scheme}://{a}"))),
             listen,
             token,
+            tls,
             nbd,
             disks,
             qemu: args

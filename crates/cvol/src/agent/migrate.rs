@@ -257,7 +257,12 @@ impl Agent {
         let token = self.settings.token.as_deref().ok_or_else(|| {
             AgentError::Invalid("this host has no token for the peer API (token_file)".into())
         })?;
-        AgentClient::peer(&address, token).map_err(AgentError::Failed)
+        AgentClient::peer(
+            &address,
+            token,
+            self.settings.tls.as_ref().map(|t| &t.client),
+        )
+        .map_err(AgentError::Failed)
     }
 
     /// The source's part, with the VM's lease held here.

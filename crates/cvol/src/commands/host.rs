@@ -68,7 +68,14 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
             socket.display(),
             settings
                 .listen
-                .map(|a| format!(" and http://{a}"))
+                .map(|a| {
+                    let scheme = if settings.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!(" and {scheme}://{a}")
+                })
                 .unwrap_or_default()
         );
         Ok(())
@@ -96,11 +103,17 @@ fn serve_api(agent: &Arc<Agent>) -> anyhow::Result<tokio::runtime::Runtime> {
     let router = api::router(agent.clone());
     runtime.spawn(async move { axum::serve(local, router).await });
     if let (Some(listen), Some(token)) = (settings.listen, settings.token.clone()) {
-        let peers = runtime
-            .block_on(tokio::net::TcpListener::bind(listen))
+        let peers = std::net::TcpListener::bind(listen)
             .with_context(|| format!("cannot listen on {listen}"))?;
         let router = api::peer_router(agent.clone(), token);
-        runtime.spawn(async move { axum::serve(peers, router).await });
+        let tls = settings.tls.as_ref().map(|t| t.server.clone());
+        // Served until the runtime is dropped with the agent.
+        runtime.spawn(crate::tls::serve(
+            peers,
+            tls,
+            router,
+            std::future::pending(),
+        ));
     }
     Ok(runtime)
 }

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::datastore::parse_provider;
 use super::Context;
-use crate::cli::ProviderCommand;
+use crate::cli::{ProviderCommand, TlsServerArgs};
 
 pub fn run(ctx: &Context, cmd: ProviderCommand) -> anyhow::Result<()> {
     match cmd {
@@ -18,8 +18,9 @@ pub fn run(ctx: &Context, cmd: ProviderCommand) -> anyhow::Result<()> {
             pool,
             listen,
             token_file,
+            tls,
             metrics: _,
-        } => serve(ctx, &pool, listen, token_file),
+        } => serve(ctx, &pool, listen, token_file, &tls),
         ProviderCommand::Gc { pool, grace, apply } => gc(ctx, &pool, grace, apply),
     }
 }
@@ -80,7 +81,22 @@ fn serve(
     pool: &str,
     listen: std::net::SocketAddr,
     token_file: Option<std::path::PathBuf>,
+    tls: &TlsServerArgs,
 ) -> anyhow::Result<()> {
+    let tls_config = match (&tls.tls_cert, &tls.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(
+            cert,
+            key,
+            tls.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
+    crate::tls::check_plain(
+        listen,
+        tls_config.is_some(),
+        tls.insecure,
+        "the provider service",
+    )?;
     let provider = open_provider(&open_pool(pool)?)?;
     let token = match &token_file {
         Some(path) => Some(
@@ -88,39 +104,43 @@ fn serve(
                 .with_context(|| format!("token file {}", path.display()))?,
         ),
         None => {
-            if !listen.ip().is_loopback() {
-                tracing::warn!("serving on {listen} without --token-file: anyone who reaches it controls the pool");
+            if !listen.ip().is_loopback() && tls.tls_client_ca.is_none() {
+                tracing::warn!("serving on {listen} without --token-file or --tls-client-ca: anyone who reaches it controls the pool");
             }
             None
         }
     };
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{}", listener.local_addr()?);
+    if ctx.json {
+        crate::output::print_json(&serde_json::json!({
+            "url": url,
+            "pool": provider.location(),
+        }))?;
+    } else {
+        println!("{url}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        if ctx.json {
-            crate::output::print_json(&serde_json::json!({
-                "url": url,
-                "pool": provider.location(),
-            }))?;
-        } else {
-            println!("{url}");
-        }
         let app = cvol_provider_service::router(provider, token);
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-                tracing::info!("stopping the provider service on {url}");
-            })
+        let stop = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("stopping the provider service on {url}");
+        };
+        crate::tls::serve(listener, tls_config, app, stop)
             .await
             .context("the provider service failed")
     })

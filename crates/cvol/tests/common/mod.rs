@@ -3,6 +3,7 @@
 
 pub mod garage;
 pub mod objects;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -639,7 +640,7 @@ impl ProviderServe {
             .unwrap();
         let url = url.trim().to_string();
         assert!(
-            url.starts_with("http://127.0.0.1:"),
+            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
             "cvol provider serve printed {url:?}"
         );
         Self {
@@ -653,7 +654,7 @@ impl ProviderServe {
 
     /// The address it listens on.
     pub fn addr(&self) -> &str {
-        self.url.strip_prefix("http://").unwrap()
+        self.url.split_once("://").unwrap().1
     }
 
     /// Kills the service at once, as a crash would.
