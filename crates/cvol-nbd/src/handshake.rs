@@ -74,14 +74,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(io::Error::other)
 }
 
-/// Negotiates with the client on `r`/`w`. `Ok(None)`: the client aborted.
-pub async fn negotiate<R, W>(
-    r: &mut R,
-    w: &mut W,
-    exports: &Arc<dyn Exports>,
-    settings: &Settings,
-    peer: &str,
-) -> Result<Option<Negotiated>, HandshakeError>
+/// How a negotiation ended well.
+pub enum Negotiation {
+    /// An export is open: transmission starts.
+    Session(Negotiated),
+    /// The client aborted.
+    Aborted,
+    /// The client asked for TLS and was told yes: the TLS handshake comes next on the
+    /// same connection, then the options go on ([`haggle`] again, with TLS on).
+    StartTls,
+}
+
+/// Greets the client on `w` and reads its flags from `r`; true if it asked for no
+/// zeroes after an export (NBD_FLAG_C_NO_ZEROES).
+pub async fn greet<R, W>(r: &mut R, w: &mut W) -> Result<bool, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -96,8 +102,30 @@ where
             "unknown client flags {client_flags:#x}"
         )));
     }
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
-    let mut state = OptionState::default();
+    Ok(client_flags & FLAG_C_NO_ZEROES != 0)
+}
+
+/// Answers the client's options on `r`/`w` until it picks an export, aborts or starts
+/// TLS. `tls` says whether the connection already runs over TLS; a server that requires
+/// TLS answers every other option before it with NBD_REP_ERR_TLS_REQD.
+pub async fn haggle<R, W>(
+    r: &mut R,
+    w: &mut W,
+    no_zeroes: bool,
+    tls: bool,
+    exports: &Arc<dyn Exports>,
+    settings: &Settings,
+    peer: &str,
+) -> Result<Negotiation, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let tls_required = settings.tls.as_ref().is_some_and(|t| t.require) && !tls;
+    let mut state = OptionState {
+        tls,
+        ..OptionState::default()
+    };
     loop {
         let magic = r.read_u64().await?;
         if magic != IHAVEOPT {
@@ -115,7 +143,20 @@ where
         let mut data = vec![0; len as usize];
         r.read_exact(&mut data).await?;
         tracing::debug!(peer, option, len, "NBD option");
-        let answer = answer_option(option, data, &mut state, exports, settings).await?;
+        let answer = if tls_required && !matches!(option, OPT_STARTTLS | OPT_ABORT) {
+            if option == OPT_EXPORT_NAME {
+                // It has no error reply: all the spec allows is closing.
+                return Err(HandshakeError::Protocol(
+                    "NBD_OPT_EXPORT_NAME without TLS on a server that requires it".into(),
+                ));
+            }
+            Answer::Refuse(
+                REP_ERR_TLS_REQD,
+                "this server requires TLS: send NBD_OPT_STARTTLS first".into(),
+            )
+        } else {
+            answer_option(option, data, &mut state, exports, settings).await?
+        };
         match answer {
             Answer::Reply(bytes) => w.write_all(&bytes).await?,
             Answer::Refuse(kind, message) => {
@@ -126,12 +167,17 @@ where
             Answer::Abort => {
                 w.write_all(&option_reply(option, REP_ACK, &[])).await?;
                 w.flush().await?;
-                return Ok(None);
+                return Ok(Negotiation::Aborted);
+            }
+            Answer::StartTls => {
+                w.write_all(&option_reply(option, REP_ACK, &[])).await?;
+                w.flush().await?;
+                return Ok(Negotiation::StartTls);
             }
             Answer::Go(bytes, session) => {
                 w.write_all(&bytes).await?;
                 w.flush().await?;
-                return Ok(Some(session));
+                return Ok(Negotiation::Session(session));
             }
             Answer::ExportName(session) => {
                 // The old way to pick an export: the size, the flags, and padding.
@@ -142,7 +188,7 @@ where
                     w.write_all(&[0; 124]).await?;
                 }
                 w.flush().await?;
-                return Ok(Some(session));
+                return Ok(Negotiation::Session(session));
             }
         }
         w.flush().await?;
@@ -154,6 +200,8 @@ where
 struct OptionState {
     structured: bool,
     allocation: bool,
+    /// The connection runs over TLS.
+    tls: bool,
 }
 
 /// How to answer one option.
@@ -164,6 +212,8 @@ enum Answer {
     Refuse(u32, String),
     /// Acknowledge and close.
     Abort,
+    /// Acknowledge, then the TLS handshake.
+    StartTls,
     /// Send these replies and start transmission.
     Go(Vec<u8>, Negotiated),
     /// Start transmission the old way (NBD_OPT_EXPORT_NAME).
@@ -218,10 +268,15 @@ async fn answer_option(
             }
             Err(e) => refuse(REP_ERR_INVALID, &e.to_string()),
         },
-        OPT_STARTTLS => refuse(
+        OPT_STARTTLS if settings.tls.is_none() => refuse(
             REP_ERR_POLICY,
-            "TLS is not offered; use a unix socket or loopback",
+            "TLS is not offered here (the daemon's --nbd-tls is off)",
         ),
+        OPT_STARTTLS if !data.is_empty() => {
+            refuse(REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")
+        }
+        OPT_STARTTLS if state.tls => refuse(REP_ERR_INVALID, "TLS is already on"),
+        OPT_STARTTLS => Ok(Answer::StartTls),
         OPT_STRUCTURED_REPLY if !data.is_empty() => {
             refuse(REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data")
         }

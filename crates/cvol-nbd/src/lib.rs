@@ -13,4 +13,4 @@ mod server;
 mod transmission;
 
 pub use exports::{DatastoreExports, DeviceExport, ExportError, Exports, OpenExport};
-pub use server::{Listen, NbdServer, Settings};
+pub use server::{Listen, NbdServer, Settings, TlsPolicy};

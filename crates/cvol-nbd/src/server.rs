@@ -24,6 +24,19 @@ pub struct Settings {
     /// Log requests the device fails; off where the only client is a job that reports
     /// its own failures (an import's `qemu-img`).
     pub log_failures: bool,
+    /// TLS offered by NBD_OPT_STARTTLS, if at all.
+    pub tls: Option<TlsPolicy>,
+}
+
+/// How a server offers TLS (x509 certificates; "TLS support" in the NBD spec).
+#[derive(Debug, Clone)]
+pub struct TlsPolicy {
+    /// The server's certificate and key, and the CA client certificates must chain to
+    /// when it asks for them.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Refuse every option before NBD_OPT_STARTTLS (NBD_REP_ERR_TLS_REQD), so that no
+    /// export is reached without TLS; otherwise TLS is the client's choice.
+    pub require: bool,
 }
 
 impl Default for Settings {
@@ -33,6 +46,7 @@ impl Default for Settings {
             max_connections: 256,
             max_request: 32 << 20,
             log_failures: true,
+            tls: None,
         }
     }
 }
@@ -118,9 +132,11 @@ impl NbdServer {
                 }))
             }
             Listen::Tcp(addr) => {
-                if !addr.ip().is_loopback() {
+                if !addr.ip().is_loopback()
+                    && !self.settings.tls.as_ref().is_some_and(|t| t.require)
+                {
                     tracing::warn!(
-                        "NBD on {addr}: reachable beyond this host, without authentication or TLS"
+                        "NBD on {addr}: reachable beyond this host, without TLS required (--nbd-tls require)"
                     );
                 }
                 let listener = TcpListener::bind(addr).await?;
@@ -141,7 +157,7 @@ impl NbdServer {
 
     fn accept<S>(self: Arc<Self>, stream: S, peer: String)
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Ok(permit) = self.connections.clone().try_acquire_owned() else {
             tracing::warn!(
@@ -161,29 +177,114 @@ impl NbdServer {
     /// listeners call it for each connection; fuzzing calls it on in-memory streams.
     pub async fn serve_connection<S>(&self, stream: S, peer: &str)
     where
-        S: AsyncRead + AsyncWrite + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        match handshake::negotiate(&mut r, &mut w, &self.exports, &self.settings, peer).await {
-            Ok(Some(session)) => {
-                tracing::info!(
-                    peer,
-                    export = session.name,
-                    size = session.size,
-                    structured = session.structured,
-                    "NBD export opened"
-                );
+        let negotiated = match handshake::greet(&mut r, &mut w).await {
+            Ok(no_zeroes) => self.haggle(&mut r, &mut w, no_zeroes, false, peer).await,
+            Err(e) => Err(e),
+        };
+        match negotiated {
+            Ok(Some(handshake::Negotiation::StartTls)) => {
+                self.serve_tls(r, w, peer).await;
+            }
+            Ok(Some(handshake::Negotiation::Session(session))) => {
                 transmission::serve(r, w, session, &self.settings, peer).await;
             }
-            Ok(None) => tracing::debug!(peer, "NBD client aborted the negotiation"),
-            // Clients such as `nbdinfo --list` hang up right after their last option,
-            // without waiting for the answer: nothing for an operator to look into.
-            Err(handshake::HandshakeError::Io(e)) if is_hang_up(&e) => {
-                tracing::debug!(peer, "NBD client hung up during the negotiation: {e}")
-            }
-            Err(e) => tracing::warn!(peer, "NBD negotiation ended: {e}"),
+            Ok(_) => {}
+            Err(e) => log_handshake_error(peer, &e),
         }
+    }
+
+    /// After NBD_OPT_STARTTLS was acknowledged: the TLS handshake on the same
+    /// connection, then the options again over TLS, then transmission.
+    async fn serve_tls<S>(
+        &self,
+        r: BufReader<tokio::io::ReadHalf<S>>,
+        w: tokio::io::WriteHalf<S>,
+        peer: &str,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // The client may send nothing between STARTTLS and its TLS hello; bytes already
+        // here would be read as if they came over TLS (an injection), so they end it.
+        if !r.buffer().is_empty() {
+            tracing::warn!(
+                peer,
+                "NBD client sent data right after NBD_OPT_STARTTLS: closed"
+            );
+            return;
+        }
+        let config = self
+            .settings
+            .tls
+            .as_ref()
+            .expect("TLS offered")
+            .config
+            .clone();
+        let stream = r.into_inner().unsplit(w);
+        let stream = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(peer, "NBD TLS handshake failed: {e}");
+                return;
+            }
+        };
+        let (r, mut w) = tokio::io::split(stream);
+        let mut r = BufReader::new(r);
+        // Newer options come over TLS; the flags of the greeting still hold.
+        match self.haggle(&mut r, &mut w, true, true, peer).await {
+            Ok(Some(handshake::Negotiation::Session(session))) => {
+                tracing::info!(peer, export = session.name, "NBD export opened over TLS");
+                transmission::serve(r, w, session, &self.settings, peer).await;
+            }
+            Ok(_) => {}
+            Err(e) => log_handshake_error(peer, &e),
+        }
+    }
+
+    /// The options of one connection; `None` when the client aborted.
+    async fn haggle<R, W>(
+        &self,
+        r: &mut R,
+        w: &mut W,
+        no_zeroes: bool,
+        tls: bool,
+        peer: &str,
+    ) -> Result<Option<handshake::Negotiation>, handshake::HandshakeError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let negotiation =
+            handshake::haggle(r, w, no_zeroes, tls, &self.exports, &self.settings, peer).await?;
+        match &negotiation {
+            handshake::Negotiation::Session(session) => tracing::info!(
+                peer,
+                export = session.name,
+                size = session.size,
+                structured = session.structured,
+                "NBD export opened"
+            ),
+            handshake::Negotiation::Aborted => {
+                tracing::debug!(peer, "NBD client aborted the negotiation");
+                return Ok(None);
+            }
+            handshake::Negotiation::StartTls => tracing::debug!(peer, "NBD STARTTLS"),
+        }
+        Ok(Some(negotiation))
+    }
+}
+
+fn log_handshake_error(peer: &str, e: &handshake::HandshakeError) {
+    match e {
+        // Clients such as `nbdinfo --list` hang up right after their last option,
+        // without waiting for the answer: nothing for an operator to look into.
+        handshake::HandshakeError::Io(e) if is_hang_up(e) => {
+            tracing::debug!(peer, "NBD client hung up during the negotiation: {e}")
+        }
+        e => tracing::warn!(peer, "NBD negotiation ended: {e}"),
     }
 }
 

@@ -289,6 +289,17 @@ pub struct HostRunArgs {
     pub metrics: MetricsArg,
 }
 
+/// Whether NBD clients may, or must, use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NbdTls {
+    /// No TLS: STARTTLS is refused.
+    Off,
+    /// TLS when the client asks for it.
+    On,
+    /// TLS before anything else.
+    Require,
+}
+
 /// TLS for an HTTP server.
 #[derive(Debug, Clone, Args)]
 pub struct TlsServerArgs {
@@ -372,6 +383,21 @@ pub struct ServeArgs {
     /// NBD connections served at once; more are closed at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub nbd_max_connections: usize,
+    /// TLS on NBD (NBD_OPT_STARTTLS, x509): `off`; `on`, the client chooses; `require`,
+    /// no export without TLS (every other option before it gets NBD_REP_ERR_TLS_REQD).
+    /// `on` and `require` need --nbd-tls-cert and --nbd-tls-key.
+    #[arg(long, value_enum, default_value_t = NbdTls::Off)]
+    pub nbd_tls: NbdTls,
+    /// The NBD server's PEM certificate chain.
+    #[arg(long, value_name = "FILE")]
+    pub nbd_tls_cert: Option<PathBuf>,
+    /// Its PEM private key; a file every user may read is refused.
+    #[arg(long, value_name = "FILE")]
+    pub nbd_tls_key: Option<PathBuf>,
+    /// Ask NBD clients for a certificate that chains to this PEM CA, and refuse those
+    /// without one (QEMU's verify-peer).
+    #[arg(long, value_name = "FILE")]
+    pub nbd_tls_client_ca: Option<PathBuf>,
     /// Also serve every disk over vhost-user-blk, on DIR/VM/DISK.sock: QEMU's
     /// vhost-user-blk-pci reaches it from shared memory with no kernel crossing (see
     /// `cvol vm start --vhost-user`). One driver per disk at a time.

@@ -463,3 +463,189 @@ fn exports_a_datastore_whose_share_is_on_nfs(env: Env) {
     assert!(!out.contains("Pattern verification failed"), "{out}");
     assert!(tool("nbdinfo", &["--list", &nbd.uri("")]).contains("other/other"));
 }
+
+/// An NBD server requiring TLS (x509), on TCP and a unix socket, and a directory of the
+/// files QEMU's tls-creds-x509 and libnbd's tls-certificates read (`ca-cert.pem`, and
+/// with `client`, `client-cert.pem` and `client-key.pem`).
+struct TlsNbd {
+    nbd: Nbd,
+    port: u16,
+    ca: common::pki::Ca,
+}
+
+impl TlsNbd {
+    fn start(mode: &str, client_ca: bool) -> Self {
+        let env = Env::datastore();
+        let ca = common::pki::Ca::new(env.tmp.path(), "nbd");
+        let server = ca.sign("server", &["127.0.0.1", "localhost"]);
+        let port = free_port();
+        let tcp = format!("tcp:127.0.0.1:{port}");
+        let mut args = vec![
+            "--nbd",
+            &tcp,
+            "--nbd-tls",
+            mode,
+            "--nbd-tls-cert",
+            s(&server.cert),
+            "--nbd-tls-key",
+            s(&server.key),
+        ];
+        if client_ca {
+            args.extend(["--nbd-tls-client-ca", s(&ca.cert)]);
+        }
+        let nbd = Nbd::start_on(env, &args);
+        Self { nbd, port, ca }
+    }
+
+    /// A credentials directory trusting this server's CA, with a client certificate
+    /// signed by `signer` if given.
+    fn credentials(&self, name: &str, signer: Option<&common::pki::Ca>) -> PathBuf {
+        let dir = self.nbd.env.tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(&self.ca.cert, dir.join("ca-cert.pem")).unwrap();
+        if let Some(signer) = signer {
+            let client = signer.sign(name, &[]);
+            std::fs::rename(&client.cert, dir.join("client-cert.pem")).unwrap();
+            std::fs::rename(&client.key, dir.join("client-key.pem")).unwrap();
+        }
+        dir
+    }
+
+    fn qemu_args(&self, creds: &Path) -> [String; 4] {
+        [
+            "--object".into(),
+            format!("tls-creds-x509,id=tls0,dir={},endpoint=client", creds.display()),
+            "--image-opts".into(),
+            format!(
+                "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export=demo/demo,tls-creds=tls0",
+                self.port
+            ),
+        ]
+    }
+
+    fn nbds_uri(&self, creds: &Path) -> String {
+        format!(
+            "nbds://127.0.0.1:{}/demo/demo?tls-certificates={}",
+            self.port,
+            creds.display()
+        )
+    }
+}
+
+#[test]
+fn real_clients_over_tls_and_no_export_without_it() {
+    let t = TlsNbd::start("require", false);
+    let creds = t.credentials("client", None);
+    let qemu = t.qemu_args(&creds);
+    let qemu: Vec<&str> = qemu.iter().map(String::as_str).collect();
+
+    let mut write = qemu.clone();
+    write.extend(["-c", "write -P 0x5a 0 1M", "-c", "flush"]);
+    tool("qemu-io", &write);
+    let mut info = vec!["info"];
+    info.extend(&qemu);
+    assert!(tool("qemu-img", &info).contains("64 MiB"));
+
+    let uri = t.nbds_uri(&creds);
+    assert!(
+        tool("nbdinfo", &["--size", &uri]).trim() == (64u64 << 20).to_string(),
+        "nbdinfo over TLS"
+    );
+    let copy = t.nbd.env.tmp.path().join("copy.raw");
+    tool("nbdcopy", &[&uri, s(&copy)]);
+    let bytes = std::fs::read(&copy).unwrap();
+    assert!(bytes[..1 << 20].iter().all(|&b| b == 0x5a));
+    assert!(bytes[1 << 20..].iter().all(|&b| b == 0));
+    assert_eq!(
+        t.nbd.env.volume_bytes("demo/demo")[..1 << 20],
+        bytes[..1 << 20],
+        "the pool file holds what was written over TLS"
+    );
+
+    // Without TLS, nothing: the spec's NBD_REP_ERR_TLS_REQD.
+    let out = tool_output(
+        "nbdinfo",
+        &[&format!("nbd://127.0.0.1:{}/demo/demo", t.port)],
+    );
+    assert!(!out.status.success(), "a plain client reached the export");
+    let log = t.nbd.m.log();
+    assert!(log.contains("this server requires TLS"), "{log}");
+}
+
+#[test]
+fn client_certificates_are_checked_when_asked_for() {
+    let t = TlsNbd::start("require", true);
+    let own = t.credentials("host1", Some(&t.ca));
+    assert!(tool("nbdinfo", &["--size", &t.nbds_uri(&own)]).contains(&(64u64 << 20).to_string()));
+
+    let none = t.credentials("anonymous", None);
+    let out = tool_output("nbdinfo", &["--size", &t.nbds_uri(&none)]);
+    assert!(
+        !out.status.success(),
+        "a client without a certificate got in"
+    );
+
+    let rogue = common::pki::Ca::new(t.nbd.env.tmp.path(), "rogue");
+    let other = t.credentials("intruder", Some(&rogue));
+    let out = tool_output("nbdinfo", &["--size", &t.nbds_uri(&other)]);
+    assert!(
+        !out.status.success(),
+        "a client certificate of another CA got in"
+    );
+}
+
+#[test]
+fn hostile_clients_get_no_export_before_tls() {
+    let t = TlsNbd::start("require", false);
+    let mut c = RawClient::connect(&t.nbd.socket);
+    c.greet();
+    // Options before STARTTLS, with data: refused, each with TLS_REQD.
+    c.option(OPT_LIST, &[]);
+    assert_eq!(c.option_reply().0, REP_ERR_TLS_REQD);
+    let mut go = 9u32.to_be_bytes().to_vec();
+    go.extend_from_slice(b"demo/demo");
+    go.extend_from_slice(&0u16.to_be_bytes());
+    c.option(OPT_GO, &go);
+    assert_eq!(c.option_reply().0, REP_ERR_TLS_REQD);
+    c.option(OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(c.option_reply().0, REP_ERR_TLS_REQD);
+    // NBD_OPT_EXPORT_NAME has no error reply: the connection closes.
+    c.option(OPT_EXPORT_NAME, b"demo/demo");
+    assert!(c.read_n(1).is_err(), "EXPORT_NAME without TLS was answered");
+
+    // STARTTLS with plain bytes right behind it (an injection attempt): closed, the
+    // bytes never taken as options.
+    let mut c = RawClient::connect(&t.nbd.socket);
+    c.greet();
+    let mut both = IHAVEOPT.to_be_bytes().to_vec();
+    both.extend_from_slice(&OPT_STARTTLS.to_be_bytes());
+    both.extend_from_slice(&0u32.to_be_bytes());
+    both.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    both.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+    both.extend_from_slice(&9u32.to_be_bytes());
+    both.extend_from_slice(b"demo/demo");
+    c.0.write_all(&both).unwrap();
+    assert_eq!(c.option_reply().0, REP_ACK);
+    let mut rest = Vec::new();
+    let _ = c.0.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "answered after an injection: {rest:?}");
+
+    // STARTTLS with data is invalid; the option loop goes on.
+    let mut c = RawClient::connect(&t.nbd.socket);
+    c.greet();
+    c.option(OPT_STARTTLS, b"x");
+    assert_eq!(c.option_reply().0, REP_ERR_INVALID);
+
+    // The server still serves.
+    let creds = t.credentials("client", None);
+    assert!(tool("nbdinfo", &["--size", &t.nbds_uri(&creds)]).contains(&(64u64 << 20).to_string()));
+}
+
+#[test]
+fn tls_on_lets_plain_clients_choose() {
+    let t = TlsNbd::start("on", false);
+    let plain = format!("nbd://127.0.0.1:{}/demo/demo", t.port);
+    assert!(tool("nbdinfo", &["--size", &plain]).contains(&(64u64 << 20).to_string()));
+    let creds = t.credentials("client", None);
+    assert!(tool("nbdinfo", &["--size", &t.nbds_uri(&creds)]).contains(&(64u64 << 20).to_string()));
+}

@@ -10,7 +10,7 @@ use super::{with_env_failpoint, Context};
 use crate::agent::client::AgentClient;
 use crate::agent::config::HostSettings;
 use crate::agent::{api, Agent, HostInfo, HostStatus};
-use crate::cli::{AgentArg, HostCommand, HostRunArgs, MetricsArg, ServeArgs};
+use crate::cli::{AgentArg, HostCommand, HostRunArgs, MetricsArg, NbdTls, ServeArgs};
 use crate::output::{print_json, print_table};
 
 pub fn run(ctx: &Context, cmd: HostCommand) -> anyhow::Result<()> {
@@ -49,6 +49,10 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         nbd: settings.nbd.clone(),
         nbd_readonly: false,
         nbd_max_connections: 256,
+        nbd_tls: NbdTls::Off,
+        nbd_tls_cert: None,
+        nbd_tls_key: None,
+        nbd_tls_client_ca: None,
         vhost_user: None,
         vhost_user_queues: cvol_vhost::DEFAULT_QUEUES,
         vhost_user_io_threads: cvol_vhost::DEFAULT_IO_THREADS,

@@ -10,7 +10,7 @@ use cvol_datastore::{AttachedVolumes, Datastore};
 
 use super::signals::{block_termination_signals, wait_signal};
 use super::Context;
-use crate::cli::{MountArgs, ServeArgs};
+use crate::cli::{MountArgs, NbdTls, ServeArgs};
 
 pub fn run(ctx: &Context, args: &MountArgs) -> anyhow::Result<()> {
     serve(
@@ -105,6 +105,7 @@ fn start_nbd(
     let settings = cvol_nbd::Settings {
         readonly: args.nbd_readonly,
         max_connections: args.nbd_max_connections,
+        tls: nbd_tls(args)?,
         ..cvol_nbd::Settings::default()
     };
     let server = cvol_nbd::NbdServer::new(exports, settings);
@@ -115,6 +116,25 @@ fn start_nbd(
         tracing::info!("NBD on {listen}");
     }
     Ok(Some(runtime))
+}
+
+/// The NBD server's TLS, as the flags say.
+fn nbd_tls(args: &ServeArgs) -> anyhow::Result<Option<cvol_nbd::TlsPolicy>> {
+    let require = match args.nbd_tls {
+        NbdTls::Off => {
+            if args.nbd_tls_cert.is_some() || args.nbd_tls_key.is_some() {
+                bail!("--nbd-tls-cert and --nbd-tls-key need --nbd-tls on or require");
+            }
+            return Ok(None);
+        }
+        NbdTls::On => false,
+        NbdTls::Require => true,
+    };
+    let (Some(cert), Some(key)) = (&args.nbd_tls_cert, &args.nbd_tls_key) else {
+        bail!("--nbd-tls on|require needs --nbd-tls-cert and --nbd-tls-key");
+    };
+    let config = crate::tls::server_config(cert, key, args.nbd_tls_client_ca.as_deref())?;
+    Ok(Some(cvol_nbd::TlsPolicy { config, require }))
 }
 
 /// Starts serving every disk over vhost-user-blk, if asked.
