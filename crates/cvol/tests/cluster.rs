@@ -29,6 +29,8 @@ const FAILOVER_GOAL: Duration = Duration::from_secs(30);
 
 const STORAGE_IP: &str = "10.99.0.1";
 const AGENT_PORT: u16 = 7500;
+/// Where every agent serves its metrics, on its host's address.
+const METRICS_PORT: u16 = 9464;
 
 /// A guest kernel and an initramfs whose init writes a counter to /dev/vda (see
 /// `counter_guest` in scripts/lib.sh), built once per test process.
@@ -414,6 +416,8 @@ impl Cluster {
                 "tcg",
                 "--listen",
                 &format!("{}:{AGENT_PORT}", host.ip),
+                "--metrics",
+                &format!("{}:{METRICS_PORT}", host.ip),
             ])
             .arg("--token-file")
             .arg(&self.token_file)
@@ -1386,6 +1390,42 @@ fn bad_requests_are_refused_and_change_nothing() {
 
     // A takeover while the holder lives is refused, naming the holder.
     c.start_vm(0, "vm1");
+    // Its host's metrics show the lease renewed, and young.
+    let metrics = || {
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &c.storage_ns,
+            "curl",
+            "-sf",
+            &format!("http://{}:{METRICS_PORT}/metrics", c.hosts[0].ip),
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sample = |text: &str, series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "a lease renewal in the metrics",
+        || {
+            sample(
+                &metrics(),
+                "cvol_lease_renewals_total{vm=\"vm1\",outcome=\"ok\"}",
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    );
+    let text = metrics();
+    let age = sample(&text, "cvol_lease_age_seconds{vm=\"vm1\"}")
+        .unwrap_or_else(|| panic!("no lease age: {text}"));
+    assert!(age < 10.0, "lease age {age} s: {text}");
+    assert!(
+        sample(&text, "cvol_attached_volumes").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     let out = c.agent_call(1, &["vm", "start", "--takeover", "vm1"]);
     let refusal = String::from_utf8_lossy(&out.stderr);
     assert!(

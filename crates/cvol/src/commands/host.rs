@@ -23,9 +23,6 @@ pub fn run(ctx: &Context, cmd: HostCommand) -> anyhow::Result<()> {
 
 fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
     let settings = HostSettings::resolve(args, ctx.share.as_deref(), ctx.host_arg.as_deref())?;
-    if let Some(addr) = settings.metrics {
-        crate::metrics::serve(addr)?;
-    }
     let share = ctx.open_share_at(&settings.share)?;
     let ds = Arc::new(with_env_failpoint(Datastore::open(
         share,
@@ -64,6 +61,10 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         agent.set_volumes(Arc::clone(volumes));
         agent.start_threads()?;
         api_runtime = Some(serve_api(&agent)?);
+        // Only an agent that runs takes the metrics port (not one refused as a twin).
+        if let Some(addr) = settings.metrics {
+            crate::metrics::serve(addr)?;
+        }
         tracing::info!(host = %settings.host, socket = %socket.display(), "host agent ready");
         eprintln!(
             "cvol: host agent {} ready: container at {}, API at {}{}",
