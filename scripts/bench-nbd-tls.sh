@@ -31,9 +31,11 @@ cleanup() {
 trap cleanup EXIT
 
 # A CA, and a server certificate for 127.0.0.1 in the file names QEMU's tls-creds-x509
-# reads; clients get the CA in a directory of their own (libnbd's tls-certificates).
+# reads. fio's nbd engine may not name a certificate directory in its URI (libnbd
+# refuses local files there), so clients find the CA where libnbd looks by default:
+# $HOME/.pki/libnbd.
 pki=$work/pki
-mkdir -p "$pki/server" "$pki/client"
+mkdir -p "$pki/server" "$pki/home/.pki/libnbd"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
     -keyout "$pki/ca-key.pem" -out "$pki/server/ca-cert.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
@@ -41,7 +43,7 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0
 openssl x509 -req -in "$pki/server.csr" -CA "$pki/server/ca-cert.pem" -CAkey "$pki/ca-key.pem" \
     -days 2 -extfile <(echo "subjectAltName=IP:127.0.0.1") -out "$pki/server/server-cert.pem" 2>/dev/null
 chmod 600 "$pki/server/server-key.pem"
-cp "$pki/server/ca-cert.pem" "$pki/client/"
+cp "$pki/server/ca-cert.pem" "$pki/home/.pki/libnbd/"
 
 bench_datastore "$work"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -65,7 +67,7 @@ run_jobs() {
         local name=${job%%|*}
         settle
         # shellcheck disable=SC2086
-        result[$server,$name]=$(fio --name=job --ioengine=nbd --uri="$uri" --size=2G --time_based \
+        result[$server,$name]=$(HOME=$pki/home fio --name=job --ioengine=nbd --uri="$uri" --size=2G --time_based \
             --runtime="$runtime" --ramp_time=1 --output-format=terse --terse-version=3 ${job#*|} |
             awk -F';' 'NF > 50 { v = ($7 + $48) / 1024 } END { printf "%.1f", v }')
     done
@@ -83,7 +85,6 @@ wait_port() {
 
 plain_uri=nbd://127.0.0.1:$port
 tls_uri=nbds://127.0.0.1:$port
-client_creds="tls-certificates=$pki/client"
 
 for tls in off require; do
     args=(--nbd "tcp:127.0.0.1:$port" --nbd-tls "$tls")
@@ -94,7 +95,7 @@ for tls in off require; do
     if [[ $tls == off ]]; then
         run_jobs cvol "$plain_uri/bench/bench"
     else
-        run_jobs cvol-tls "$tls_uri/bench/bench?$client_creds"
+        run_jobs cvol-tls "$tls_uri/bench/bench"
     fi
     "$cvol" umount "$mnt"
     wait "$server_pid" 2>/dev/null || true
@@ -103,7 +104,7 @@ done
 
 for tls in off on; do
     creds=()
-    [[ $tls == on ]] && creds=(--object "tls-creds-x509,id=tls0,dir=$pki/server,endpoint=server" --tls-creds tls0)
+    [[ $tls == on ]] && creds=(--object "tls-creds-x509,id=tls0,dir=$pki/server,endpoint=server,verify-peer=off" --tls-creds tls0)
     qemu-nbd --persistent --shared=8 --format=raw --cache=writeback --aio=threads --bind=127.0.0.1 \
         --port="$port" --export-name=bench "${creds[@]}" "$pool_file" &
     server_pid=$!
@@ -111,7 +112,7 @@ for tls in off on; do
     if [[ $tls == off ]]; then
         run_jobs qemu-nbd "$plain_uri/bench"
     else
-        run_jobs qemu-nbd-tls "$tls_uri/bench?$client_creds"
+        run_jobs qemu-nbd-tls "$tls_uri/bench"
     fi
     stop_server
 done
