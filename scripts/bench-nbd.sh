@@ -43,25 +43,15 @@ jobs=(
     "1M seq write|--rw=write --bs=1M --iodepth=4"
 )
 
-# Every server starts each job from the same state: the pool file written back and all
-# of it in the page cache (otherwise a server run after another rewrites pages still
-# dirty from the last, which costs less).
-settle() {
-    sync
-    cat "$pool_file" >/dev/null
-}
-
 # run_jobs SERVER URI: fills result[SERVER,job] with MiB/s (reads + writes)
 declare -A result
 run_jobs() {
     local server=$1 uri=$2
     for job in "${jobs[@]}"; do
         local name=${job%%|*}
-        settle
+        settle_pool_file
         # shellcheck disable=SC2086
-        result[$server,$name]=$(fio --name=job --ioengine=nbd --uri="$uri" --size=2G --time_based \
-            --runtime="$runtime" --ramp_time=1 --output-format=terse --terse-version=3 ${job#*|} |
-            awk -F';' 'NF > 50 { v = ($7 + $48) / 1024 } END { printf "%.1f", v }')
+        result[$server,$name]=$(fio_nbd mibps "$uri" "$runtime" ${job#*|})
     done
 }
 

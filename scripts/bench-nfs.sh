@@ -43,7 +43,6 @@ ports="nfsport=$nfs_port&mountport=$mount_port"
 src=$work/small.txt
 printf 'a small metadata file\n' >"$src"
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 create_files() { # DIR: one cp per file, as a tool run per file would
     local i
@@ -90,6 +89,6 @@ row() { # NAME CONTAINER NFS_TOOLS LOCAL
 }
 echo "| 1,000 entries, median of $rounds | container on ganesha s | nfs-ls / nfs-cp s | ratio | local dir s | ratio |"
 echo "|---|---:|---:|---:|---:|---:|"
-row "ls -l of the VM namespaces" "$(median "${ls_c[@]}")" "$(median "${ls_n[@]}")" "$(median "${ls_l[@]}")"
-row "create files (a cp / nfs-cp each)" "$(median "${mk_c[@]}")" "$(median "${mk_n[@]}")" "$(median "${mk_l[@]}")"
-row "remove files (an rm each)" "$(median "${rm_c[@]}")" "-" "$(median "${rm_l[@]}")"
+row "ls -l of the VM namespaces" "$(median "${ls_c[*]}")" "$(median "${ls_n[*]}")" "$(median "${ls_l[*]}")"
+row "create files (a cp / nfs-cp each)" "$(median "${mk_c[*]}")" "$(median "${mk_n[*]}")" "$(median "${mk_l[*]}")"
+row "remove files (an rm each)" "$(median "${rm_c[*]}")" "-" "$(median "${rm_l[*]}")"

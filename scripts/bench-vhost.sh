@@ -100,9 +100,6 @@ for _ in $(seq "$rounds"); do
     done
 done
 
-median() {
-    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
-}
 echo "| job | cvol IOPS | qsd O_DIRECT IOPS | qsd cached IOPS | cvol / qsd O_DIRECT | cvol / qsd cached | object pool IOPS | object / qsd cached |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for job in "${jobs[@]}"; do

@@ -251,3 +251,28 @@ INIT
     guest_kernel
     guest_initrd "$dir" "$dir/counter.sh"
 }
+
+# median "N N N...": prints the median of the numbers (the upper one of an even count).
+median() {
+    tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# settle_pool_file: writes $pool_file back and reads all of it into the page cache, so
+# every server starts a job from the same state (otherwise a server run after another
+# rewrites pages still dirty from the last, which costs less).
+settle_pool_file() {
+    sync
+    cat "$pool_file" >/dev/null
+}
+
+# fio_nbd mibps|iops URI RUNTIME FIO_ARGS...: runs one fio job (nbd engine, 2 GiB, after
+# a 1 s ramp) against the NBD export at URI and prints its MiB/s or IOPS, reads plus
+# writes.
+fio_nbd() {
+    local unit=$1 uri=$2 runtime=$3
+    shift 3
+    fio --name=job --ioengine=nbd --uri="$uri" --size=2G --time_based --runtime="$runtime" \
+        --ramp_time=1 --output-format=terse --terse-version=3 "$@" |
+        awk -F';' -v unit="$unit" 'NF > 50 { v = unit == "iops" ? $8 + $49 : ($7 + $48) / 1024 }
+            END { printf(unit == "iops" ? "%d" : "%.1f", v) }'
+}

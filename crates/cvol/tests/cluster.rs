@@ -510,6 +510,23 @@ impl Cluster {
             .arg(self.hosts[h].socket()))
     }
 
+    /// curl from the storage namespace, trusting the cluster CA; `as_host` presents that
+    /// host's client certificate.
+    fn curl(&self, as_host: Option<usize>, args: &[&str]) -> Output {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.storage_ns, "curl", "--cacert"])
+            .arg(&self.ca.cert);
+        if let Some(h) = as_host {
+            command
+                .arg("--cert")
+                .arg(&self.hosts[h].tls.cert)
+                .arg("--key")
+                .arg(&self.hosts[h].tls.key);
+        }
+        run(command.args(args))
+    }
+
     fn vm_status(&self, h: usize, vm: &str) -> serde_json::Value {
         let out = self.agent_call(h, &["vm", "status", vm]);
         assert!(
@@ -1315,74 +1332,52 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert!(!out.status.success(), "a path as a VM name");
 
     // The peer API: without the right token, 401 and nothing started.
-    let curl = |token: &str, method: &str, path: &str| {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &c.storage_ns,
-            "curl",
-            "--cacert",
-            c.ca.cert.to_str().unwrap(),
-            "--cert",
-            c.hosts[0].tls.cert.to_str().unwrap(),
-            "--key",
-            c.hosts[0].tls.key.to_str().unwrap(),
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            method,
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            "{}",
-            &format!("https://{}:{AGENT_PORT}{path}", c.hosts[1].ip),
-        ]));
+    let call = |token: &str, method: &str, path: &str| {
+        let out = c.curl(
+            Some(0),
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                "{}",
+                &format!("https://{}:{AGENT_PORT}{path}", c.hosts[1].ip),
+            ],
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    assert_eq!(curl("wrong", "POST", "/v1/vms/vm1/start"), "401");
+    assert_eq!(call("wrong", "POST", "/v1/vms/vm1/start"), "401");
     assert!(
         !c.work.join("share/.cvol/leases/vm1").exists(),
         "a refused call took a lease"
     );
     let token = std::fs::read_to_string(&c.token_file).unwrap();
-    let out = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &c.storage_ns,
-        "curl",
-        "--cacert",
-        c.ca.cert.to_str().unwrap(),
-        "--cert",
-        c.hosts[0].tls.cert.to_str().unwrap(),
-        "--key",
-        c.hosts[0].tls.key.to_str().unwrap(),
-        "-sf",
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &format!("https://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
-    ]));
+    let host_info = |as_host| {
+        c.curl(
+            as_host,
+            &[
+                "-sf",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                &format!("https://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
+            ],
+        )
+    };
+    let out = host_info(Some(0));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("\"host\":\"h2\""),
         "{out:?}"
     );
     // Without a certificate of the cluster CA, no call gets through at all.
-    let out = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &c.storage_ns,
-        "curl",
-        "--cacert",
-        c.ca.cert.to_str().unwrap(),
-        "-sf",
-        "-H",
-        &format!("Authorization: Bearer {token}"),
-        &format!("https://{}:{AGENT_PORT}/v1/host", c.hosts[1].ip),
-    ]));
+    let out = host_info(None);
     assert!(
         !out.status.success() && out.stdout.is_empty(),
         "a client without a certificate was answered: {out:?}"
@@ -1392,14 +1387,13 @@ fn bad_requests_are_refused_and_change_nothing() {
     c.start_vm(0, "vm1");
     // Its host's metrics show the lease renewed, and young.
     let metrics = || {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &c.storage_ns,
-            "curl",
-            "-sf",
-            &format!("http://{}:{METRICS_PORT}/metrics", c.hosts[0].ip),
-        ]));
+        let out = c.curl(
+            None,
+            &[
+                "-sf",
+                &format!("http://{}:{METRICS_PORT}/metrics", c.hosts[0].ip),
+            ],
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let sample = |text: &str, series: &str| {
