@@ -332,7 +332,7 @@ impl Container {
             });
         }
         let descriptor_path = cvol_datastore::layout::descriptor_file(&vm, &disk);
-        match self.ds.read_descriptor(&descriptor_path) {
+        match self.ds.read_descriptor_recent(&descriptor_path) {
             Ok((_, cvol)) if Some(cvol.extent_file.as_str()) == path.file_name() => {
                 let descriptor = self.ds.share().metadata(&descriptor_path).ok()?;
                 Some(Flat::Disk {
@@ -578,7 +578,7 @@ impl Container {
         let dir = self.path_of(ino)?;
         let mut entries = Vec::new();
         let mut names = std::collections::HashSet::new();
-        for e in self.ds.share().read_dir(&dir)? {
+        for e in self.ds.share().read_dir_recent(&dir)? {
             if dir.is_root() && e.name == CVOL_DIR {
                 continue;
             }
@@ -590,7 +590,7 @@ impl Container {
             }
             if let Some((_, disk)) = descriptor_names(&path) {
                 let flat = dir.join(&disk.extent_file())?;
-                if let Ok((_, cvol)) = self.ds.read_descriptor(&path) {
+                if let Ok((_, cvol)) = self.ds.read_descriptor_recent(&path) {
                     if cvol.extent_file == disk.extent_file()
                         && names.insert(cvol.extent_file.clone())
                     {

@@ -6,7 +6,7 @@ use cvol_share::{FileKind, SharePath};
 use serde::Serialize;
 
 use crate::intent::{Intent, IntentVolume, Recovery, VmxEdit};
-use crate::{layout, vmx_slots, Datastore, DatastoreError, StepError};
+use crate::{layout, vmx_slots, Datastore, DatastoreError, Freshness, StepError};
 
 /// A disk as the share and its provider describe it.
 #[derive(Debug, Clone, Serialize)]
@@ -73,16 +73,28 @@ impl Datastore {
     /// The disks of VM `vm`: every `*.vmdk` descriptor in its directory. A disk whose
     /// descriptor or volume is broken is listed with its problem.
     pub fn disks(&self, vm: &VmName) -> Result<Vec<DiskInfo>, DatastoreError> {
+        self.disks_as(vm, Freshness::Now)
+    }
+
+    /// The disks of VM `vm` as [`Datastore::disks`] lists them, as current as
+    /// `freshness` asks.
+    pub(crate) fn disks_as(
+        &self,
+        vm: &VmName,
+        freshness: Freshness,
+    ) -> Result<Vec<DiskInfo>, DatastoreError> {
         self.require_vm(vm)?;
         let mut names: Vec<DiskName> = self
-            .share()
-            .read_dir(&layout::vm_dir(vm))?
+            .list_dir(&layout::vm_dir(vm), freshness)?
             .into_iter()
             .filter(|e| e.kind == FileKind::File)
             .filter_map(|e| DiskName::from_descriptor_file(&e.name))
             .collect();
         names.sort();
-        Ok(names.iter().map(|disk| self.disk_info(vm, disk)).collect())
+        Ok(names
+            .iter()
+            .map(|disk| self.disk_info(vm, disk, freshness))
+            .collect())
     }
 
     /// Disk `vm/disk`, as [`Datastore::disks`] lists it (a broken one with its problem).
@@ -90,13 +102,15 @@ impl Datastore {
         self.require_vm(vm)?;
         match self.share().metadata(&layout::descriptor_file(vm, disk)) {
             Err(e) if e.is_not_found() => Err(DatastoreError::DiskNotFound(format!("{vm}/{disk}"))),
-            other => other.map(|_| self.disk_info(vm, disk)).map_err(Into::into),
+            other => other
+                .map(|_| self.disk_info(vm, disk, Freshness::Now))
+                .map_err(Into::into),
         }
     }
 
-    fn disk_info(&self, vm: &VmName, disk: &DiskName) -> DiskInfo {
+    fn disk_info(&self, vm: &VmName, disk: &DiskName, freshness: Freshness) -> DiskInfo {
         let path = layout::descriptor_file(vm, disk);
-        let cvol = match self.read_descriptor(&path) {
+        let cvol = match self.read_descriptor_as(&path, freshness) {
             Ok((_, cvol)) => cvol,
             Err(e) => return DiskInfo::broken(disk.as_str(), &path, e.to_string()),
         };
@@ -263,7 +277,7 @@ impl Datastore {
             }
             Ok(())
         })?;
-        Ok(self.disk_info(vm, disk))
+        Ok(self.disk_info(vm, disk, Freshness::Now))
     }
 
     /// Adds a new blank disk of `size` bytes to `vm`, named by VMware's convention
@@ -403,7 +417,7 @@ impl Datastore {
         cvol.apply_to(&mut descriptor);
         self.share()
             .write_atomic(&path, descriptor.to_string().as_bytes())?;
-        Ok(self.disk_info(vm, disk))
+        Ok(self.disk_info(vm, disk, Freshness::Now))
     }
 
     /// Takes snapshot `name` of `vm/disk`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cvol_format::{ProviderId, VmName, VolumeId};
 use serde::Serialize;
 
-use crate::{layout, Datastore, DatastoreError};
+use crate::{layout, Datastore, DatastoreError, Freshness};
 
 /// How fsck runs.
 #[derive(Debug, Clone)]
@@ -121,7 +121,10 @@ impl Datastore {
         let mut named: BTreeMap<VolumeKey, String> = BTreeMap::new();
         let walked = self
             .walk(&self.vm_names()?, |vm| {
-                Ok((self.vm_info(vm)?, self.vm_snapshots(vm)))
+                Ok((
+                    self.vm_info_as(vm, Freshness::Recent)?,
+                    self.vm_snapshots_as(vm, Freshness::Recent),
+                ))
             })
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;

@@ -52,6 +52,16 @@ pub struct Datastore {
     walk_parallel: usize,
 }
 
+/// How current what a read of the share gives must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// As the share is now: for an operation that acts on what it reads.
+    Now,
+    /// As recent as the share's attribute cache ([`Share::read_recent`]): for walks and
+    /// listings, which read many files that rarely change.
+    Recent,
+}
+
 /// VMs a walk (`vm list`, fsck) reads at once by default: each read is a few round
 /// trips to the share and the pools, so a walk is bound by their latency.
 pub const WALK_PARALLEL: usize = 8;
@@ -279,7 +289,49 @@ impl Datastore {
         &self,
         path: &SharePath,
     ) -> Result<(Descriptor, CvolDisk), DatastoreError> {
-        let bytes = self.share.read(path)?;
+        self.read_descriptor_as(path, Freshness::Now)
+    }
+
+    /// Reads and checks the descriptor at `path` as [`Datastore::read_descriptor`] does,
+    /// as recent as the share's attribute cache ([`Share::read_recent`]): for walks and
+    /// listings, not for a change that must start from the current descriptor.
+    pub fn read_descriptor_recent(
+        &self,
+        path: &SharePath,
+    ) -> Result<(Descriptor, CvolDisk), DatastoreError> {
+        self.read_descriptor_as(path, Freshness::Recent)
+    }
+
+    /// The content of file `path`, as current as `freshness` asks.
+    pub(crate) fn read_file(
+        &self,
+        path: &SharePath,
+        freshness: Freshness,
+    ) -> Result<Vec<u8>, cvol_share::ShareError> {
+        match freshness {
+            Freshness::Now => self.share.read(path),
+            Freshness::Recent => self.share.read_recent(path),
+        }
+    }
+
+    /// The entries of directory `path`, as current as `freshness` asks.
+    pub(crate) fn list_dir(
+        &self,
+        path: &SharePath,
+        freshness: Freshness,
+    ) -> Result<Vec<cvol_share::DirEntry>, cvol_share::ShareError> {
+        match freshness {
+            Freshness::Now => self.share.read_dir(path),
+            Freshness::Recent => self.share.read_dir_recent(path),
+        }
+    }
+
+    fn read_descriptor_as(
+        &self,
+        path: &SharePath,
+        freshness: Freshness,
+    ) -> Result<(Descriptor, CvolDisk), DatastoreError> {
+        let bytes = self.read_file(path, freshness)?;
         let text = String::from_utf8(bytes)
             .map_err(|_| FormatError::new(path.as_str(), None, "not UTF-8 text"))?;
         let descriptor = Descriptor::parse(&text, path.as_str())?;

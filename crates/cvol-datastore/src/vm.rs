@@ -8,7 +8,7 @@ use cvol_share::FileKind;
 use serde::Serialize;
 
 use crate::intent::{Intent, IntentVolume, Recovery};
-use crate::{layout, vmx_slots, Datastore, DatastoreError, DiskInfo, StepError};
+use crate::{layout, vmx_slots, Datastore, DatastoreError, DiskInfo, Freshness, StepError};
 
 /// What a new VM gets.
 #[derive(Debug, Clone)]
@@ -221,10 +221,21 @@ impl Datastore {
 
     /// What the share says about VM `name`.
     pub fn vm_info(&self, name: &VmName) -> Result<VmInfo, DatastoreError> {
-        self.require_vm(name)?;
+        self.vm_info_as(name, Freshness::Now)
+    }
+
+    /// What the share says about VM `name`, as current as `freshness` asks.
+    pub(crate) fn vm_info_as(
+        &self,
+        name: &VmName,
+        freshness: Freshness,
+    ) -> Result<VmInfo, DatastoreError> {
+        // The folder's listing first: it brings the handles and attributes of the .vmx
+        // and the descriptors, which are then read without looking them up.
+        let disks = self.disks_as(name, freshness)?;
         let mut problems = Vec::new();
         let vmx_path = layout::vmx_file(name);
-        let vmx = match self.share().read(&vmx_path) {
+        let vmx = match self.read_file(&vmx_path, freshness) {
             Ok(bytes) => match Vmx::parse(&String::from_utf8_lossy(&bytes), vmx_path.as_str()) {
                 Ok(vmx) => Some(vmx),
                 Err(e) => {
@@ -235,7 +246,6 @@ impl Datastore {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
-        let disks = self.disks(name)?;
         problems.extend(disks.iter().filter_map(|d| d.problem.clone()));
         Ok(VmInfo {
             name: name.to_string(),
@@ -301,9 +311,11 @@ impl Datastore {
 
     /// Every VM, read several at once.
     pub fn vm_list(&self) -> Result<Vec<VmInfo>, DatastoreError> {
-        self.walk(&self.vm_names()?, |name| self.vm_info(name))
-            .into_iter()
-            .collect()
+        self.walk(&self.vm_names()?, |name| {
+            self.vm_info_as(name, Freshness::Recent)
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Deletes VM `name`: its volumes and its whole namespace directory. Refused, before

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::has_snapshot;
 use crate::intent::{Intent, IntentRevert, IntentSnapshot, Recovery};
-use crate::{layout, Datastore, DatastoreError};
+use crate::{layout, Datastore, DatastoreError, Freshness};
 
 /// A VM snapshot's record on the share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,8 +129,18 @@ impl Datastore {
 
     /// The snapshots of `vm`, oldest first.
     pub fn vm_snapshots(&self, vm: &VmName) -> Result<Vec<VmSnapshot>, DatastoreError> {
+        self.vm_snapshots_as(vm, Freshness::Now)
+    }
+
+    /// The snapshots of VM `vm` as [`Datastore::vm_snapshots`] gives them, as current
+    /// as `freshness` asks.
+    pub(crate) fn vm_snapshots_as(
+        &self,
+        vm: &VmName,
+        freshness: Freshness,
+    ) -> Result<Vec<VmSnapshot>, DatastoreError> {
         self.require_vm(vm)?;
-        let entries = match self.share().read_dir(&layout::vm_snapshots_dir(vm)) {
+        let entries = match self.list_dir(&layout::vm_snapshots_dir(vm), freshness) {
             Ok(entries) => entries,
             Err(e) if e.is_not_found() => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),

@@ -39,7 +39,7 @@ struct Inner {
 type Result<T> = std::result::Result<T, nfsstat3>;
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+    f()
 }
 
 /// The path `name` names in directory `dir`, `.` and `..` included; the root's parent is

@@ -139,11 +139,28 @@ pub trait Share: Send + Sync {
     /// Attributes of `path`, not following a final symlink.
     fn metadata(&self, path: &SharePath) -> Result<Metadata, ShareError>;
 
-    /// The entries of directory `path`, without `.` and `..`, in no particular order.
+    /// The entries of directory `path`, without `.` and `..`, in no particular order, as
+    /// they are now.
     fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError>;
 
-    /// The whole content of file `path`.
+    /// The entries of directory `path` as [`Share::read_dir`] gives them, where another
+    /// host's change may be seen as late as a change of attributes is (the share's
+    /// attribute-cache lifetime): for walks and listings. Changes made through this share
+    /// are seen at once.
+    fn read_dir_recent(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
+        self.read_dir(path)
+    }
+
+    /// The whole content of file `path`, as it is now: another host's change is seen
+    /// at once (as on open with close-to-open consistency).
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError>;
+
+    /// The whole content of file `path`, where another host's change may be seen as late
+    /// as a change of attributes or a directory entry is (the share's attribute-cache
+    /// lifetime): for walks and listings, which read many files that rarely change.
+    fn read_recent(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
+        self.read(path)
+    }
 
     /// Replaces (or creates) file `path` with `data` so that a reader or a crash sees the
     /// old content or the new one, never a mix: write aside, sync, rename over.

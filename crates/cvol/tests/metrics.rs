@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{cvol, free_port, tool, Env, NfsServe, ProviderServe};
 
@@ -273,5 +273,103 @@ fn the_dashboard_queries_documented_metrics_that_exist() {
             sources.contains(&format!("\"{name}\"")),
             "{name} is recorded nowhere in the code"
         );
+    }
+}
+
+/// The RPCs `cvol nfs serve` has answered so far, by its own count.
+fn rpcs(port: u16) -> f64 {
+    value(&scrape(port), "cvol_nfs_server_rpc_seconds_count", &[])
+}
+
+/// Within the attribute-cache window a repeated listing of unchanged folders, and their
+/// attributes, cost the server no RPC at all; a change made through the server by
+/// another host (another client) is seen once the window has passed, without a remount.
+#[test]
+fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window() {
+    const WINDOW: Duration = Duration::from_secs(5);
+    let mut env = Env::empty();
+    let port = free_port();
+    let nfs = NfsServe::start_with(
+        &env.share,
+        "127.0.0.1:0".parse().unwrap(),
+        &["--metrics", &format!("127.0.0.1:{port}")],
+        Stdio::null(),
+    );
+    env.share_arg = nfs.url.clone();
+    env.server = Some(nfs);
+    env.create_datastore_with(&format!("pool=file:{}", env.pool.display()));
+    for vm in ["a", "b", "c"] {
+        env.ok(&["vm", "create", vm, "--disk", "8M"]);
+    }
+    let m = env.mount_with(&["--attr-cache-ms", &WINDOW.as_millis().to_string()]);
+    // Every VM folder's entries with their sizes, and the root's: what `ls -l */` shows.
+    let listing = || {
+        let names = |dir: std::path::PathBuf| {
+            let mut names: Vec<(String, u64)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().into_string().unwrap(),
+                        e.metadata().unwrap().len(),
+                    )
+                })
+                .collect();
+            names.sort();
+            names
+        };
+        let root = names(m.path(""));
+        let folders: Vec<_> = root.iter().map(|(vm, _)| names(m.path(vm))).collect();
+        (root, folders)
+    };
+
+    // The first listing asks the server; the same listing again within the window (the
+    // kernel asks the daemon again on every open of a folder) is answered from the
+    // daemon's cache.
+    let cold = listing();
+    assert!(
+        cold.1[0]
+            .iter()
+            .any(|(n, s)| n == "a-flat.vmdk" && *s == 8 << 20),
+        "{cold:?}"
+    );
+    let started = Instant::now();
+    let before = rpcs(port);
+    let warm = listing();
+    let after = rpcs(port);
+    assert!(
+        started.elapsed() < WINDOW,
+        "the machine is too slow for a {WINDOW:?} window"
+    );
+    assert_eq!(warm, cold);
+    assert_eq!(after, before, "a warm listing sent {} RPCs", after - before);
+
+    // Another host (its own client of the server) creates a VM; this daemon lists it
+    // once the window has passed (and the kernel's own 1 s), with no remount.
+    let created = Instant::now();
+    let other = common::cvol()
+        .args([
+            "--share",
+            &env.share_arg,
+            "vm",
+            "create",
+            "d",
+            "--disk",
+            "8M",
+        ])
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    loop {
+        let (root, _) = listing();
+        if root.iter().any(|(n, _)| n == "d") {
+            break;
+        }
+        assert!(
+            created.elapsed() < WINDOW + Duration::from_secs(10),
+            "another host's VM unseen after {:?}: {root:?}",
+            created.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

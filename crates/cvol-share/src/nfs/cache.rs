@@ -1,19 +1,54 @@
 //! What the share remembers of the server between calls: the handle of each path looked
-//! up and the attributes of each handle, trusted for the share's attribute-cache
-//! lifetime (like the kernel client's `actimeo`), after which the server is asked again.
+//! up, the attributes of each handle and the listing of each directory, trusted for the
+//! share's attribute-cache lifetime (like the kernel client's `actimeo`), after which the
+//! server is asked again; and the content of small files, trusted for as long as the
+//! server reports the same version of the file (as the kernel's page cache is).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nfs3_client::nfs3_types::nfs3::{fattr3, ftype3, nfs_fh3};
+use nfs3_client::nfs3_types::nfs3::{fattr3, ftype3, nfs_fh3, nfstime3};
 
-use crate::SharePath;
+use crate::{DirEntry, SharePath};
 
 /// Entries beyond which the cache starts over rather than grow without bound.
 const MAX_ENTRIES: usize = 100_000;
 
-/// Handles by path and attributes by handle, each with the time it was learnt.
+/// Bytes of file content kept, at most (the `.vmx` and descriptors of some 10,000 VMs).
+const MAX_CONTENT_BYTES: usize = 32 << 20;
+
+/// Files larger than this are not kept: cvol's own files are a few KiB.
+const MAX_CONTENT_FILE: usize = 256 << 10;
+
+/// What tells one version of a file from another: its identity, size and times. A file
+/// cvol rewrites is replaced by a new one (a new file id), and any write moves ctime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Version {
+    fileid: u64,
+    size: u64,
+    mtime: nfstime3,
+    ctime: nfstime3,
+}
+
+impl Version {
+    fn of(a: &fattr3) -> Self {
+        Self {
+            fileid: a.fileid,
+            size: a.size,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        }
+    }
+}
+
+/// Whether `a` and `b` describe the same version of a file.
+pub(super) fn same_version(a: &fattr3, b: &fattr3) -> bool {
+    Version::of(a) == Version::of(b)
+}
+
+/// Handles by path, attributes and listings by handle, each with the time it was learnt;
+/// contents by handle, with the version they are of.
 pub(super) struct Cache {
     lifetime: Duration,
     inner: Mutex<Inner>,
@@ -24,6 +59,10 @@ struct Inner {
     root: nfs_fh3,
     handles: HashMap<SharePath, (nfs_fh3, Instant)>,
     attributes: HashMap<Vec<u8>, (fattr3, Instant)>,
+    listings: HashMap<Vec<u8>, (Arc<[DirEntry]>, Instant)>,
+    contents: HashMap<Vec<u8>, (Version, Arc<[u8]>)>,
+    content_bytes: usize,
+    changes: u64,
 }
 
 impl Cache {
@@ -55,6 +94,7 @@ impl Cache {
         if inner.root != root {
             *inner = Inner {
                 root,
+                changes: inner.changes + 1,
                 ..Inner::default()
             };
         }
@@ -77,6 +117,7 @@ impl Cache {
         if inner.handles.len() + inner.attributes.len() > MAX_ENTRIES {
             inner.handles.clear();
             inner.attributes.clear();
+            inner.listings.clear();
         }
         inner.handles.insert(path.clone(), (fh.clone(), now));
         if let Some(a) = attributes {
@@ -103,9 +144,62 @@ impl Cache {
         }
     }
 
-    /// Forgets the attributes of `fh` (this share just changed it).
+    /// Forgets the attributes of `fh`, and its listing if it is a directory (this share
+    /// just changed it).
     pub(super) fn changed(&self, fh: &nfs_fh3) {
-        self.lock().attributes.remove(fh.data.as_ref());
+        let mut inner = self.lock();
+        inner.changes += 1;
+        inner.attributes.remove(fh.data.as_ref());
+        inner.listings.remove(fh.data.as_ref());
+    }
+
+    /// The entries of directory `fh`, if listed recently and not changed here since.
+    pub(super) fn listing(&self, fh: &nfs_fh3) -> Option<Arc<[DirEntry]>> {
+        let inner = self.lock();
+        let (entries, learnt) = inner.listings.get(fh.data.as_ref())?;
+        self.fresh(*learnt).then(|| entries.clone())
+    }
+
+    /// Counts the changes made through this share, for [`Cache::learn_listing`].
+    pub(super) fn changes(&self) -> u64 {
+        self.lock().changes
+    }
+
+    /// Records the entries of directory `fh`, listed from the server after
+    /// [`Cache::changes`] said `changes`. A change made here while the listing was under
+    /// way may be missing from it: then the listing is not kept.
+    pub(super) fn learn_listing(&self, fh: &nfs_fh3, entries: Arc<[DirEntry]>, changes: u64) {
+        let mut inner = self.lock();
+        if !self.lifetime.is_zero() && inner.changes == changes {
+            inner
+                .listings
+                .insert(fh.data.to_vec(), (entries, Instant::now()));
+        }
+    }
+
+    /// The content of file `fh` if it is known for the version `attributes` describe.
+    pub(super) fn content(&self, fh: &nfs_fh3, attributes: &fattr3) -> Option<Arc<[u8]>> {
+        let inner = self.lock();
+        let (version, data) = inner.contents.get(fh.data.as_ref())?;
+        (*version == Version::of(attributes)).then(|| data.clone())
+    }
+
+    /// Records `data` as the whole content of file `fh` in the version `attributes`
+    /// describe.
+    pub(super) fn learn_content(&self, fh: &nfs_fh3, attributes: &fattr3, data: Arc<[u8]>) {
+        if data.len() > MAX_CONTENT_FILE {
+            return;
+        }
+        let mut inner = self.lock();
+        if inner.content_bytes + data.len() > MAX_CONTENT_BYTES {
+            inner.contents.clear();
+            inner.content_bytes = 0;
+        }
+        inner.content_bytes += data.len();
+        let entry = (Version::of(attributes), data);
+        if let Some((_, old)) = inner.contents.insert(fh.data.to_vec(), entry) {
+            inner.content_bytes -= old.len();
+        }
     }
 
     /// Forgets the handles of `path` and everything below it.
@@ -113,11 +207,13 @@ impl Cache {
         self.lock().handles.retain(|p, _| !p.is_within(path));
     }
 
-    /// Forgets everything but the root (a handle turned out stale).
+    /// Forgets everything but the root and what is validated by version (a handle
+    /// turned out stale).
     pub(super) fn clear(&self) {
         let mut inner = self.lock();
         inner.handles.clear();
         inner.attributes.clear();
+        inner.listings.clear();
     }
 }
 

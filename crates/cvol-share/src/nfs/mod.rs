@@ -403,6 +403,29 @@ impl NfsShare {
             return Ok(fh);
         }
         let dir = self.resolve(&parent)?;
+        self.look_up(&dir, path, leaf)
+    }
+
+    /// The handle of `path` as [`NfsShare::resolve`] finds it, where a name missing from
+    /// its directory's cached listing is taken as absent without asking (a negative
+    /// entry, as the kernel client keeps): for the `*_recent` calls only, so that a name
+    /// another host just made is found at once by any other call.
+    fn resolve_recent(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
+        if let Some((parent, leaf)) = path.split_last() {
+            if self.cache.handle(path).is_none()
+                && self
+                    .cache
+                    .listing(&self.resolve(&parent)?)
+                    .is_some_and(|entries| !entries.iter().any(|e| e.name == leaf))
+            {
+                return Err(CallError::Status(nfsstat3::NFS3ERR_NOENT));
+            }
+        }
+        self.resolve(path)
+    }
+
+    /// The handle of `path` as the server says now: a LOOKUP of its last name in `dir`.
+    fn look_up(&self, dir: &nfs_fh3, path: &SharePath, leaf: &str) -> Result<nfs_fh3, CallError> {
         let found = rpc!(self, |c| c.lookup(&LOOKUP3args {
             what: diropargs3 {
                 dir: dir.clone(),
@@ -412,6 +435,70 @@ impl NfsShare {
         let attributes = attributes_in(&found.obj_attributes);
         self.cache.learn(path, &found.object, attributes);
         Ok(found.object)
+    }
+
+    /// Looks `path` up afresh (close-to-open consistency: what another host renamed into
+    /// place or created is seen even within the cache lifetime), learning its handle.
+    fn look_up_afresh(&self, path: &SharePath) -> Result<(), CallError> {
+        self.cache.forget(path);
+        if let Some((parent, leaf)) = path.split_last() {
+            let dir = self.resolve(&parent)?;
+            self.look_up(&dir, path, leaf)?;
+        }
+        Ok(())
+    }
+
+    /// The entries of directory `path` by READDIRPLUS, which brings each entry's handle
+    /// and attributes too (an `ls -l` after it asks the server nothing more).
+    fn list(&self, path: &SharePath) -> Result<Vec<DirEntry>, CallError> {
+        let dir = self.file(path)?;
+        let changes = self.cache.changes();
+        let mut entries = Vec::new();
+        let (mut cookie, mut verf) = (0, cookieverf3::default());
+        loop {
+            let ok = rpc!(self, |c| c.readdirplus(&READDIRPLUS3args {
+                dir: dir.clone(),
+                cookie,
+                cookieverf: verf,
+                dircount: 64 << 10,
+                maxcount: 256 << 10,
+            }))?;
+            verf = ok.cookieverf;
+            for e in &ok.reply.entries.0 {
+                cookie = e.cookie;
+                let entry_name = String::from_utf8_lossy(e.name.as_ref()).into_owned();
+                if entry_name == "." || entry_name == ".." {
+                    continue;
+                }
+                let attributes = attributes_in(&e.name_attributes);
+                // The listing carries each entry's handle and attributes: an `ls -l`
+                // after it asks the server nothing more.
+                if let (Nfs3Option::Some(fh), Ok(child)) = (&e.name_handle, path.join(&entry_name))
+                {
+                    self.cache.learn(&child, fh, attributes);
+                }
+                let kind = match attributes {
+                    Some(a) => metadata_of(a).kind,
+                    None => {
+                        let child = path
+                            .join(&entry_name)
+                            .map_err(|_| CallError::Status(nfsstat3::NFS3ERR_INVAL))?;
+                        let fh = self.look_up(&dir, &child, &entry_name)?;
+                        metadata_of(&self.getattr(&fh)?).kind
+                    }
+                };
+                entries.push(DirEntry {
+                    name: entry_name,
+                    kind,
+                });
+            }
+            if ok.reply.eof || ok.reply.entries.0.is_empty() {
+                break;
+            }
+        }
+        self.cache
+            .learn_listing(&dir, entries.as_slice().into(), changes);
+        Ok(entries)
     }
 
     /// The parent's handle and the last name of `path`.
@@ -433,7 +520,16 @@ impl NfsShare {
 
     /// The handle of `path`, which must not be a symlink (they are not followed).
     fn file(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
-        let fh = self.resolve(path)?;
+        self.not_symlink(self.resolve(path)?)
+    }
+
+    /// The handle of `path` as [`NfsShare::file`] finds it, from
+    /// [`NfsShare::resolve_recent`].
+    fn file_recent(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
+        self.not_symlink(self.resolve_recent(path)?)
+    }
+
+    fn not_symlink(&self, fh: nfs_fh3) -> Result<nfs_fh3, CallError> {
         if self.getattr(&fh)?.type_ == ftype3::NF3LNK {
             return Err(CallError::Status(nfsstat3::NFS3ERR_INVAL));
         }
@@ -441,7 +537,20 @@ impl NfsShare {
     }
 
     fn read_range(&self, fh: &nfs_fh3, offset: u64, len: usize) -> Result<Vec<u8>, CallError> {
+        self.read_range_attributes(fh, offset, len)
+            .map(|(data, _)| data)
+    }
+
+    /// Reads as [`NfsShare::read_range`] does; with the file's attributes after the last
+    /// READ, when the server sent them.
+    fn read_range_attributes(
+        &self,
+        fh: &nfs_fh3,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Vec<u8>, Option<fattr3>), CallError> {
         let mut out = Vec::new();
+        let mut attributes = None;
         while out.len() < len {
             let count = (len - out.len()).min(IO_SIZE as usize) as u32;
             let at = offset + out.len() as u64;
@@ -450,12 +559,35 @@ impl NfsShare {
                 offset: at,
                 count
             }))?;
+            attributes = attributes_in(&ok.file_attributes).cloned();
             out.extend_from_slice(ok.data.as_ref());
             if ok.eof || ok.count == 0 {
                 break;
             }
         }
-        Ok(out)
+        if let Some(a) = &attributes {
+            self.cache.learn_attributes(fh, a);
+        }
+        Ok((out, attributes))
+    }
+
+    /// The whole content of file `fh`, from the content cache when the attributes this
+    /// share holds for it (fresh from a LOOKUP, or learnt within the attribute-cache
+    /// lifetime) name a version it has read before.
+    fn read_whole(&self, fh: &nfs_fh3) -> Result<Vec<u8>, CallError> {
+        let before = self.getattr(fh)?;
+        if let Some(data) = self.cache.content(fh, &before) {
+            return Ok(data.to_vec());
+        }
+        let (data, after) = self.read_range_attributes(fh, 0, usize::MAX)?;
+        // Kept only if the file did not change while it was read.
+        if after.is_some_and(|a| cache::same_version(&a, &before))
+            && data.len() as u64 == before.size
+        {
+            self.cache
+                .learn_content(fh, &before, data.as_slice().into());
+        }
+        Ok(data)
     }
 
     fn write_range(&self, fh: &nfs_fh3, offset: u64, data: &[u8]) -> Result<(), CallError> {
@@ -636,65 +768,30 @@ impl Share for NfsShare {
     }
 
     fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
+        self.with(path, "list directory", || self.list(path))
+    }
+
+    fn read_dir_recent(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
         self.with(path, "list directory", || {
-            let dir = self.file(path)?;
-            let mut entries = Vec::new();
-            let (mut cookie, mut verf) = (0, cookieverf3::default());
-            loop {
-                let ok = rpc!(self, |c| c.readdirplus(&READDIRPLUS3args {
-                    dir: dir.clone(),
-                    cookie,
-                    cookieverf: verf,
-                    dircount: 64 << 10,
-                    maxcount: 256 << 10,
-                }))?;
-                verf = ok.cookieverf;
-                for e in &ok.reply.entries.0 {
-                    cookie = e.cookie;
-                    let entry_name = String::from_utf8_lossy(e.name.as_ref()).into_owned();
-                    if entry_name == "." || entry_name == ".." {
-                        continue;
-                    }
-                    let attributes = attributes_in(&e.name_attributes);
-                    // The listing carries each entry's handle and attributes: an `ls -l`
-                    // after it asks the server nothing more.
-                    if let (Nfs3Option::Some(fh), Ok(child)) =
-                        (&e.name_handle, path.join(&entry_name))
-                    {
-                        self.cache.learn(&child, fh, attributes);
-                    }
-                    let kind = match attributes {
-                        Some(a) => metadata_of(a).kind,
-                        None => {
-                            let child = path
-                                .join(&entry_name)
-                                .map_err(|_| CallError::Status(nfsstat3::NFS3ERR_INVAL))?;
-                            metadata_of(&self.getattr(&self.resolve(&child)?)?).kind
-                        }
-                    };
-                    entries.push(DirEntry {
-                        name: entry_name,
-                        kind,
-                    });
-                }
-                if ok.reply.eof || ok.reply.entries.0.is_empty() {
-                    break;
-                }
+            match self.cache.listing(&self.file_recent(path)?) {
+                Some(entries) => Ok(entries.to_vec()),
+                None => self.list(path),
             }
-            Ok(entries)
         })
     }
 
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
         // Whole-file reads (descriptors, .vmx, datastore.toml) look the name up afresh,
-        // as the kernel client does on open (close-to-open consistency): what another host
-        // renamed into place is read even within the cache lifetime. And up to the
-        // server's end-of-file, not to a size learnt before.
+        // as the kernel client does on open, and read up to the server's end-of-file, not
+        // to a size learnt before; an unchanged file costs only that LOOKUP.
         self.with(path, "read", || {
-            self.cache.forget(path);
-            let fh = self.file(path)?;
-            self.read_range(&fh, 0, usize::MAX)
+            self.look_up_afresh(path)?;
+            self.read_whole(&self.file(path)?)
         })
+    }
+
+    fn read_recent(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
+        self.with(path, "read", || self.read_whole(&self.file_recent(path)?))
     }
 
     fn write_atomic(&self, path: &SharePath, data: &[u8]) -> Result<(), ShareError> {
@@ -920,7 +1017,7 @@ impl Share for NfsShare {
 
     fn open_file(&self, path: &SharePath) -> Result<OpenFile, ShareError> {
         self.with(path, "open", || {
-            self.cache.forget(path);
+            self.look_up_afresh(path)?;
             let handle = self.file(path)?;
             let fileid = self.getattr(&handle)?.fileid;
             Ok(OpenFile {
