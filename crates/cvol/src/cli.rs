@@ -28,9 +28,11 @@ pub struct Cli {
     )]
     pub nfs_timeout: u64,
 
-    /// How long NFS file handles and attributes are trusted without asking the server,
-    /// like the kernel client's actimeo (0: always ask). Changes made by this process
-    /// are seen at once; changes by other hosts after at most this long.
+    /// How long NFS file handles, attributes and directory listings are trusted without
+    /// asking the server, like the kernel client's actimeo (0: always ask). Changes made
+    /// by this process are seen at once; changes by other hosts in listings and walks
+    /// after at most this long (a file opened or read by name is always looked up
+    /// afresh; its content is read again only if its size or times changed).
     #[arg(
         long,
         global = true,

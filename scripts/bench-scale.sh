@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Metadata at scale: N VMs (one 64 MiB thin disk each, file pool) listed, checked and
+# browsed, with the share served by `cvol nfs serve` and by nfs-ganesha over the same
+# directory, and the same commands on the directory itself. `ls -l` of every VM folder
+# runs through a fresh container (cold), then again at once (warm, within the attribute
+# cache); `nfs-ls -R` (libnfs) of the same tree on each server is the anchor for it.
+# RPCs per operation are counted by `cvol nfs serve` itself (its --metrics endpoint).
+#
+#   ./scripts/bench-scale.sh [VMS] [ROUNDS]     (defaults 1000 and 3; medians)
+#
+# Prints a Markdown table for BENCHMARKS.md. Needs nfs-ganesha, libnfs-utils.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+vms=${1:-1000}
+rounds=${2:-3}
+cargo build --release --quiet --bin cvol
+cvol=$PWD/target/release/cvol
+work=$(mktemp -d /var/tmp/cvol-bench-scale.XXXXXX)
+export_dir=$work/export
+share=$export_dir/share
+mnt=$work/mnt
+serve_pid= ganesha_pid= mount_pid=
+cleanup() {
+    "$cvol" umount "$mnt" 2>/dev/null || true
+    for pid in $mount_pid $serve_pid $ganesha_pid; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$share" "$work/pool" "$mnt"
+# Made before the servers start: ganesha caches directories and does not see what
+# changes behind its back.
+"$cvol" --share "$share" datastore create --name scale --provider "pool=file:$work/pool" >/dev/null
+for i in $(seq "$vms"); do
+    "$cvol" --share "$share" vm create "vm$i" --disk 64M --memory 256 >/dev/null
+done
+
+metrics=$(free_port)
+"$cvol" nfs serve --metrics "127.0.0.1:$metrics" "$share" >"$work/url" 2>"$work/serve.log" &
+serve_pid=$!
+for _ in $(seq 100); do
+    [[ -s $work/url ]] && break
+    sleep 0.1
+done
+start_ganesha "$work" "$export_dir"
+declare -A url=(
+    [cvol]=$(cat "$work/url")
+    [ganesha]="nfs://127.0.0.1:$nfs_port$share?mountport=$mount_port"
+    [local]=$share
+)
+declare -A libnfs=(
+    [cvol]="${url[cvol]%/}/"
+    [ganesha]="nfs://127.0.0.1$share?nfsport=$nfs_port&mountport=$mount_port"
+)
+
+# rpcs: what `cvol nfs serve` has answered so far.
+rpcs() {
+    curl -sf "http://127.0.0.1:$metrics/metrics" |
+        awk '/^cvol_nfs_server_rpc_seconds_count/ { n += $2 } END { print n + 0 }'
+}
+
+declare -A time calls
+# record SERVER OPERATION CMD...: runs CMD, adds its seconds (and, on cvol's server, the
+# RPCs it cost) to the operation's samples.
+record() {
+    local server=$1 op=$2 before
+    shift 2
+    before=$(rpcs)
+    time[$server,$op]+="$(seconds "$@") "
+    [[ $server != cvol ]] || calls[$op]=$(($(rpcs) - before))
+}
+ls_folders() { ls -l "$mnt"/*/ >/dev/null; }
+find_descriptors() { find "$mnt" -name '*.vmdk' ! -name '*-flat.vmdk' >/dev/null; }
+
+declare -A rss
+for _ in $(seq "$rounds"); do
+    for server in cvol ganesha local; do
+        record "$server" "vm list" "$cvol" --share "${url[$server]}" vm list
+        record "$server" "vm list --json" "$cvol" --share "${url[$server]}" --json vm list
+        record "$server" "datastore fsck" "$cvol" --share "${url[$server]}" datastore fsck
+        # A fresh container each round: nothing cached.
+        "$cvol" --share "${url[$server]}" mount "$mnt" &
+        mount_pid=$!
+        wait_mounted "$mnt"
+        record "$server" "ls -l of every VM folder, cold" ls_folders
+        record "$server" "ls -l of every VM folder, warm" ls_folders
+        record "$server" "find every descriptor, warm" find_descriptors
+        rss[$server]=$(($(ps -o rss= -p "$mount_pid") / 1024))
+        "$cvol" umount "$mnt"
+        wait "$mount_pid"
+        mount_pid=
+        [[ $server == local ]] || record "$server" "nfs-ls -R (libnfs)" nfs-ls -R "${libnfs[$server]}"
+    done
+done
+
+echo "| $vms VMs, median of $rounds | cvol nfs serve s | RPCs | nfs-ganesha s | local dir s |"
+echo "|---|---:|---:|---:|---:|"
+for op in "vm list" "vm list --json" "datastore fsck" "ls -l of every VM folder, cold" \
+    "ls -l of every VM folder, warm" "find every descriptor, warm" "nfs-ls -R (libnfs)"; do
+    printf '| %s | %s | %s | %s | %s |\n' "$op" "$(median "${time[cvol,$op]:-}")" "${calls[$op]:-}" \
+        "$(median "${time[ganesha,$op]:-}")" "$(median "${time[local,$op]:-}")"
+done
+printf '| mount daemon RSS, MiB | %s | | %s | %s |\n' "${rss[cvol]}" "${rss[ganesha]}" "${rss[local]}"
+echo "cvol nfs serve RSS: $(($(ps -o rss= -p "$serve_pid") / 1024)) MiB"
