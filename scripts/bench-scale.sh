@@ -3,13 +3,15 @@
 # browsed, with the share served by `cvol nfs serve` and by nfs-ganesha over the same
 # directory, and the same commands on the directory itself. `ls -l` of every VM folder
 # runs through a fresh container (cold), then again at once (warm, within the attribute
-# cache); `nfs-ls -R` (libnfs) of the same tree on each server is the anchor for it.
+# cache); `nfs-ls -R` (libnfs) of the same tree on each server, and `ls -l` of the plain
+# directory, are the anchors for it.
 # RPCs per operation are counted by `cvol nfs serve` itself (its --metrics endpoint).
 #
 #   ./scripts/bench-scale.sh [VMS] [ROUNDS]     (defaults 1000 and 3; medians)
 #
 # Prints a Markdown table for BENCHMARKS.md. Needs nfs-ganesha, libnfs-utils.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
@@ -50,8 +52,10 @@ declare -A url=(
     [ganesha]="nfs://127.0.0.1:$nfs_port$share?mountport=$mount_port"
     [local]=$share
 )
+cvol_port=${url[cvol]##*:}
+cvol_port=${cvol_port%/}
 declare -A libnfs=(
-    [cvol]="${url[cvol]%/}/"
+    [cvol]="nfs://127.0.0.1/?nfsport=$cvol_port&mountport=$cvol_port"
     [ganesha]="nfs://127.0.0.1$share?nfsport=$nfs_port&mountport=$mount_port"
 )
 
@@ -91,14 +95,19 @@ for _ in $(seq "$rounds"); do
         "$cvol" umount "$mnt"
         wait "$mount_pid"
         mount_pid=
-        [[ $server == local ]] || record "$server" "nfs-ls -R (libnfs)" nfs-ls -R "${libnfs[$server]}"
+        if [[ $server == local ]]; then
+            record local "ls -l of every VM folder, plain directory" ls -l "$share"/*/
+        else
+            record "$server" "nfs-ls -R (libnfs)" nfs-ls -R "${libnfs[$server]}"
+        fi
     done
 done
 
 echo "| $vms VMs, median of $rounds | cvol nfs serve s | RPCs | nfs-ganesha s | local dir s |"
 echo "|---|---:|---:|---:|---:|"
 for op in "vm list" "vm list --json" "datastore fsck" "ls -l of every VM folder, cold" \
-    "ls -l of every VM folder, warm" "find every descriptor, warm" "nfs-ls -R (libnfs)"; do
+    "ls -l of every VM folder, warm" "find every descriptor, warm" "nfs-ls -R (libnfs)" \
+    "ls -l of every VM folder, plain directory"; do
     printf '| %s | %s | %s | %s | %s |\n' "$op" "$(median "${time[cvol,$op]:-}")" "${calls[$op]:-}" \
         "$(median "${time[ganesha,$op]:-}")" "$(median "${time[local,$op]:-}")"
 done

@@ -9,7 +9,9 @@
 use ipnet::IpNet;
 use std::sync::Arc;
 
-use cvol_share::{FileKind, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath};
+use cvol_share::{
+    FileKind, LocalDir, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath,
+};
 use nfs3_server::nfs3_types::nfs3::{
     createverf3, devicedata3, fattr3, filename3, mknoddata3, nfspath3, nfsstat3, nfstime3,
     post_op_attr, sattr3, stable_how, FSINFO3resok as fsinfo3, FSSTAT3resok, FSF3_CANSETTIME,
@@ -126,8 +128,13 @@ impl Inner {
     /// Looks `path` up and hands out its handle.
     fn found(&self, path: SharePath) -> Result<(FileHandleU64, fattr3)> {
         let m = self.share.metadata(&path).map_err(|e| status_of(&e))?;
-        let handle = self.handles.handle(&path, m.inode);
-        Ok((FileHandleU64::new(handle), fattr_of(&m, self.fsid)))
+        Ok(self.handed_out(&path, &m))
+    }
+
+    /// The handle of what `m` describes at `path`, and its attributes.
+    fn handed_out(&self, path: &SharePath, m: &Metadata) -> (FileHandleU64, fattr3) {
+        let handle = self.handles.handle(path, m.inode);
+        (FileHandleU64::new(handle), fattr_of(m, self.fsid))
     }
 
     fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
@@ -260,9 +267,15 @@ impl NfsReadFileSystem for LocalExport {
             names.sort_unstable();
             let mut all = vec![".".to_string(), "..".to_string()];
             all.extend(names);
+            let opened = self
+                .inner
+                .share
+                .open_dir(&path)
+                .map_err(|e| status_of(&e))?;
             Ok(DirIterator {
                 export: self.clone(),
                 dir: path,
+                opened,
                 names: all,
                 next: usize::try_from(cookie).unwrap_or(usize::MAX),
             })
@@ -454,10 +467,12 @@ impl NfsFileSystem for LocalExport {
     }
 }
 
-/// A directory listing from a cookie on; each entry is looked up when the reply takes it.
+/// A directory listing from a cookie on; each entry is looked up when the reply takes it,
+/// in the directory opened once.
 struct DirIterator {
     export: LocalExport,
     dir: SharePath,
+    opened: LocalDir,
     names: Vec<String>,
     next: usize,
 }
@@ -474,7 +489,15 @@ impl DirIterator {
             // A name the share refuses (not UTF-8, say) or one removed since the listing
             // is left out rather than failing the whole listing.
             let Ok(path) = path else { continue };
-            let (handle, attrs) = match inner.found(path) {
+            let found = match name.as_str() {
+                "." | ".." => inner.found(path),
+                _ => self
+                    .opened
+                    .metadata(name)
+                    .map(|m| inner.handed_out(&path, &m))
+                    .map_err(|e| status_of(&e)),
+            };
+            let (handle, attrs) = match found {
                 Ok(found) => found,
                 Err(nfsstat3::NFS3ERR_NOENT) => continue,
                 Err(e) => return NextResult::Err(e),

@@ -15,7 +15,7 @@ mod path;
 use std::time::SystemTime;
 
 pub use error::ShareError;
-pub use local::LocalShare;
+pub use local::{LocalDir, LocalShare};
 #[cfg(feature = "fuzzing")]
 pub use nfs::fuzzing;
 pub use nfs::{NfsOptions, NfsShare};

@@ -25,6 +25,23 @@ pub struct LocalShare {
     root: OwnedFd,
 }
 
+/// A directory of a [`LocalShare`], opened.
+#[derive(Debug)]
+pub struct LocalDir {
+    fd: OwnedFd,
+    path: SharePath,
+}
+
+impl LocalDir {
+    /// Attributes of entry `name` (a name, not a path), not following a symlink.
+    pub fn metadata(&self, name: &str) -> Result<Metadata, ShareError> {
+        let path = self.path.join(name)?;
+        rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|stat| metadata_of(&stat))
+            .map_err(|e| ShareError::from_io(&path, "stat", e.into()))
+    }
+}
+
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 /// The longest relative path handed to the kernel in one call: under PATH_MAX (4096).
@@ -56,6 +73,15 @@ impl LocalShare {
     /// The directory the share is rooted at.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Opens directory `path` to look its entries up one by one, without resolving
+    /// `path` again for each (a server answering READDIRPLUS).
+    pub fn open_dir(&self, path: &SharePath) -> Result<LocalDir, ShareError> {
+        Ok(LocalDir {
+            fd: self.open_beneath(path, OFlags::PATH | OFlags::DIRECTORY, "open directory")?,
+            path: path.clone(),
+        })
     }
 
     /// Opens `path` beneath the root, following symlinks only while they stay inside.
