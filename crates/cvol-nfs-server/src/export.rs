@@ -7,7 +7,9 @@
 //! runtime keeps serving other connections meanwhile.
 
 use ipnet::IpNet;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use cvol_share::{
     FileKind, LocalDir, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath,
@@ -36,13 +38,21 @@ struct Inner {
     share: LocalShare,
     handles: HandleTable,
     fsid: u64,
+    /// The names of the directories listed last, by handle, with the directory's
+    /// modification and change times when listed.
+    listings: Mutex<HashMap<u64, Listing>>,
 }
+
+/// A directory's names in cookie order (`.` and `..` first, then sorted).
+struct Listing {
+    times: (SystemTime, SystemTime),
+    names: Arc<Vec<String>>,
+}
+
+/// Directories whose listings are kept for the READDIRPLUS calls that continue them.
+const LISTINGS_KEPT: usize = 16;
 
 type Result<T> = std::result::Result<T, nfsstat3>;
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    f()
-}
 
 /// The path `name` names in directory `dir`, `.` and `..` included; the root's parent is
 /// the root, so nothing above the export is reachable.
@@ -76,6 +86,7 @@ impl LocalExport {
                 share,
                 handles: HandleTable::new(root),
                 fsid,
+                listings: Mutex::default(),
             }),
             allow: Arc::new(Vec::new()),
         })
@@ -102,6 +113,50 @@ impl Inner {
             }
             Err(e) => Err(status_of(&e)),
         }
+    }
+
+    /// The names in directory `path` (handle `handle`, attributes `m`) in cookie order. A listing that
+    /// continues from `cookie` reuses the names the previous call read if the directory
+    /// has not changed since (same modification and change times), so a directory of
+    /// 10,000 entries is not read and sorted again for each of the calls that list it; a
+    /// listing from the start always reads the directory.
+    fn names(
+        &self,
+        handle: u64,
+        path: &SharePath,
+        m: &Metadata,
+        cookie: u64,
+    ) -> Result<Arc<Vec<String>>> {
+        let times = (m.modified, m.changed);
+        let mut listings = self.listings.lock().expect("listings lock");
+        if cookie != 0 {
+            if let Some(listing) = listings.get(&handle).filter(|l| l.times == times) {
+                return Ok(listing.names.clone());
+            }
+        }
+        let mut names: Vec<String> = self
+            .share
+            .read_dir(path)
+            .map_err(|e| status_of(&e))?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        // Cookies are positions in name order, so a listing resumes where it stopped.
+        names.sort_unstable();
+        let mut all = vec![".".to_string(), "..".to_string()];
+        all.extend(names);
+        let names = Arc::new(all);
+        if listings.len() >= LISTINGS_KEPT {
+            listings.clear();
+        }
+        listings.insert(
+            handle,
+            Listing {
+                times,
+                names: names.clone(),
+            },
+        );
+        Ok(names)
     }
 
     fn dir(&self, handle: &FileHandleU64) -> Result<SharePath> {
@@ -186,30 +241,28 @@ impl NfsReadFileSystem for LocalExport {
     }
 
     async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
-        blocking(|| self.inner.lookup(dir, name))
+        self.inner.lookup(dir, name)
     }
 
     async fn fsstat(&self, root: &FileHandleU64) -> Result<FSSTAT3resok> {
-        blocking(|| {
-            let (_, m) = self.inner.resolve(root)?;
-            let s = self.inner.share.stats().map_err(|e| status_of(&e))?;
-            let bytes = |blocks: u64| blocks.saturating_mul(u64::from(s.block_size));
-            Ok(FSSTAT3resok {
-                obj_attributes: post_op_attr::Some(fattr_of(&m, self.inner.fsid)),
-                tbytes: bytes(s.blocks),
-                fbytes: bytes(s.blocks_free),
-                abytes: bytes(s.blocks_available),
-                tfiles: s.files,
-                ffiles: s.files_free,
-                afiles: s.files_free,
-                invarsec: 0,
-            })
+        let (_, m) = self.inner.resolve(root)?;
+        let s = self.inner.share.stats().map_err(|e| status_of(&e))?;
+        let bytes = |blocks: u64| blocks.saturating_mul(u64::from(s.block_size));
+        Ok(FSSTAT3resok {
+            obj_attributes: post_op_attr::Some(fattr_of(&m, self.inner.fsid)),
+            tbytes: bytes(s.blocks),
+            fbytes: bytes(s.blocks_free),
+            abytes: bytes(s.blocks_available),
+            tfiles: s.files,
+            ffiles: s.files_free,
+            afiles: s.files_free,
+            invarsec: 0,
         })
     }
 
     /// The crate's defaults, saying also that this export takes hard links.
     async fn fsinfo(&self, root: &FileHandleU64) -> Result<fsinfo3> {
-        let (_, m) = blocking(|| self.inner.resolve(root))?;
+        let (_, m) = self.inner.resolve(root)?;
         Ok(fsinfo3 {
             obj_attributes: post_op_attr::Some(fattr_of(&m, self.inner.fsid)),
             rtmax: 1 << 20,
@@ -229,23 +282,19 @@ impl NfsReadFileSystem for LocalExport {
     }
 
     async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3> {
-        blocking(|| {
-            let (_, m) = self.inner.resolve(id)?;
-            Ok(fattr_of(&m, self.inner.fsid))
-        })
+        let (_, m) = self.inner.resolve(id)?;
+        Ok(fattr_of(&m, self.inner.fsid))
     }
 
     async fn read(&self, id: &FileHandleU64, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
-        blocking(|| {
-            let (path, m) = self.inner.file(id)?;
-            let data = self
-                .inner
-                .share
-                .read_at(&path, offset, count as usize)
-                .map_err(|e| status_of(&e))?;
-            let eof = offset.saturating_add(data.len() as u64) >= m.size;
-            Ok((data, eof))
-        })
+        let (path, m) = self.inner.file(id)?;
+        let data = self
+            .inner
+            .share
+            .read_at(&path, offset, count as usize)
+            .map_err(|e| status_of(&e))?;
+        let eof = offset.saturating_add(data.len() as u64) >= m.size;
+        Ok((data, eof))
     }
 
     async fn readdirplus(
@@ -253,57 +302,43 @@ impl NfsReadFileSystem for LocalExport {
         dir: &FileHandleU64,
         cookie: u64,
     ) -> Result<impl ReadDirPlusIterator<FileHandleU64>> {
-        blocking(|| {
-            let path = self.inner.dir(dir)?;
-            let mut names: Vec<String> = self
-                .inner
-                .share
-                .read_dir(&path)
-                .map_err(|e| status_of(&e))?
-                .into_iter()
-                .map(|e| e.name)
-                .collect();
-            // Cookies are positions in name order, so a listing resumes where it stopped.
-            names.sort_unstable();
-            let mut all = vec![".".to_string(), "..".to_string()];
-            all.extend(names);
-            let opened = self
-                .inner
-                .share
-                .open_dir(&path)
-                .map_err(|e| status_of(&e))?;
-            Ok(DirIterator {
-                export: self.clone(),
-                dir: path,
-                opened,
-                names: all,
-                next: usize::try_from(cookie).unwrap_or(usize::MAX),
-            })
+        let (path, m) = self.inner.resolve(dir)?;
+        if m.kind != FileKind::Dir {
+            return Err(nfsstat3::NFS3ERR_NOTDIR);
+        }
+        let names = self.inner.names(dir.as_u64(), &path, &m, cookie)?;
+        let opened = self
+            .inner
+            .share
+            .open_dir(&path)
+            .map_err(|e| status_of(&e))?;
+        Ok(DirIterator {
+            export: self.clone(),
+            dir: path,
+            opened,
+            names,
+            next: usize::try_from(cookie).unwrap_or(usize::MAX),
         })
     }
 
     async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>> {
-        blocking(|| {
-            let (path, m) = self.inner.resolve(id)?;
-            if m.kind != FileKind::Symlink {
-                return Err(nfsstat3::NFS3ERR_INVAL);
-            }
-            let target = self
-                .inner
-                .share
-                .read_link(&path)
-                .map_err(|e| status_of(&e))?;
-            Ok(nfspath3::from(target.into_bytes()))
-        })
+        let (path, m) = self.inner.resolve(id)?;
+        if m.kind != FileKind::Symlink {
+            return Err(nfsstat3::NFS3ERR_INVAL);
+        }
+        let target = self
+            .inner
+            .share
+            .read_link(&path)
+            .map_err(|e| status_of(&e))?;
+        Ok(nfspath3::from(target.into_bytes()))
     }
 }
 
 impl NfsFileSystem for LocalExport {
     async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3> {
-        blocking(|| {
-            let (path, _) = self.inner.resolve(id)?;
-            self.inner.set_attributes(&path, &changes_of(&setattr))
-        })
+        let (path, _) = self.inner.resolve(id)?;
+        self.inner.set_attributes(&path, &changes_of(&setattr))
     }
 
     async fn write(
@@ -313,17 +348,15 @@ impl NfsFileSystem for LocalExport {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how)> {
-        blocking(|| {
-            let (path, _) = self.inner.file(id)?;
-            let share = &self.inner.share;
-            share
-                .write_at(&path, offset, data)
-                .map_err(|e| status_of(&e))?;
-            if !matches!(stable, stable_how::UNSTABLE) {
-                share.sync(&path).map_err(|e| status_of(&e))?;
-            }
-            Ok((self.inner.found(path)?.1, stable))
-        })
+        let (path, _) = self.inner.file(id)?;
+        let share = &self.inner.share;
+        share
+            .write_at(&path, offset, data)
+            .map_err(|e| status_of(&e))?;
+        if !matches!(stable, stable_how::UNSTABLE) {
+            share.sync(&path).map_err(|e| status_of(&e))?;
+        }
+        Ok((self.inner.found(path)?.1, stable))
     }
 
     /// Creates exclusively, whatever the client's mode: `nfs3_server` answers GUARDED by
@@ -336,10 +369,8 @@ impl NfsFileSystem for LocalExport {
         name: &filename3<'_>,
         attr: sattr3,
     ) -> Result<(FileHandleU64, fattr3)> {
-        blocking(|| {
-            self.inner.make(dir, name, &attr, |path, mode| {
-                self.inner.share.create_file(path, mode)
-            })
+        self.inner.make(dir, name, &attr, |path, mode| {
+            self.inner.share.create_file(path, mode)
         })
     }
 
@@ -359,31 +390,27 @@ impl NfsFileSystem for LocalExport {
         dir: &FileHandleU64,
         name: &filename3<'_>,
     ) -> Result<(FileHandleU64, fattr3)> {
-        blocking(|| {
-            let path = self.inner.child(dir, name)?;
-            self.inner
-                .share
-                .create_dir(&path)
-                .map_err(|e| status_of(&e))?;
-            self.inner.found(path)
-        })
+        let path = self.inner.child(dir, name)?;
+        self.inner
+            .share
+            .create_dir(&path)
+            .map_err(|e| status_of(&e))?;
+        self.inner.found(path)
     }
 
     async fn remove(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<()> {
-        blocking(|| {
-            let inner = &self.inner;
-            let path = inner.child(dir, name)?;
-            let share = &inner.share;
-            let kind = share.metadata(&path).map_err(|e| status_of(&e))?.kind;
-            let removed = if kind == FileKind::Dir {
-                share.remove_dir(&path)
-            } else {
-                share.remove_file(&path)
-            };
-            removed.map_err(|e| status_of(&e))?;
-            inner.handles.removed(&path);
-            Ok(())
-        })
+        let inner = &self.inner;
+        let path = inner.child(dir, name)?;
+        let share = &inner.share;
+        let kind = share.metadata(&path).map_err(|e| status_of(&e))?.kind;
+        let removed = if kind == FileKind::Dir {
+            share.remove_dir(&path)
+        } else {
+            share.remove_file(&path)
+        };
+        removed.map_err(|e| status_of(&e))?;
+        inner.handles.removed(&path);
+        Ok(())
     }
 
     async fn rename<'a>(
@@ -393,14 +420,12 @@ impl NfsFileSystem for LocalExport {
         to_dir: &FileHandleU64,
         to_name: &filename3<'a>,
     ) -> Result<()> {
-        blocking(|| {
-            let inner = &self.inner;
-            let from = inner.child(from_dir, from_name)?;
-            let to = inner.child(to_dir, to_name)?;
-            inner.share.rename(&from, &to).map_err(|e| status_of(&e))?;
-            inner.handles.renamed(&from, &to);
-            Ok(())
-        })
+        let inner = &self.inner;
+        let from = inner.child(from_dir, from_name)?;
+        let to = inner.child(to_dir, to_name)?;
+        inner.share.rename(&from, &to).map_err(|e| status_of(&e))?;
+        inner.handles.renamed(&from, &to);
+        Ok(())
     }
 
     async fn symlink<'a>(
@@ -410,16 +435,13 @@ impl NfsFileSystem for LocalExport {
         target: &nfspath3<'a>,
         _attr: &sattr3,
     ) -> Result<(FileHandleU64, fattr3)> {
-        blocking(|| {
-            let path = self.inner.child(dir, name)?;
-            let target =
-                std::str::from_utf8(target.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)?;
-            self.inner
-                .share
-                .symlink(&path, target)
-                .map_err(|e| status_of(&e))?;
-            self.inner.found(path)
-        })
+        let path = self.inner.child(dir, name)?;
+        let target = std::str::from_utf8(target.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)?;
+        self.inner
+            .share
+            .symlink(&path, target)
+            .map_err(|e| status_of(&e))?;
+        self.inner.found(path)
     }
 
     async fn mknod(
@@ -435,10 +457,8 @@ impl NfsFileSystem for LocalExport {
             mknoddata3::NF3BLK(d) => (FileKind::BlockDevice, &d.dev_attributes, device_of(d)),
             mknoddata3::default => return Err(nfsstat3::NFS3ERR_BADTYPE),
         };
-        blocking(|| {
-            self.inner.make(dir, name, attr, |path, mode| {
-                self.inner.share.make_node(path, kind, mode, rdev)
-            })
+        self.inner.make(dir, name, attr, |path, mode| {
+            self.inner.share.make_node(path, kind, mode, rdev)
         })
     }
 
@@ -448,22 +468,18 @@ impl NfsFileSystem for LocalExport {
         dir: &FileHandleU64,
         name: &filename3<'_>,
     ) -> Result<()> {
-        blocking(|| {
-            let inner = &self.inner;
-            let (existing, _) = inner.resolve(id)?;
-            let new = inner.child(dir, name)?;
-            inner
-                .share
-                .hard_link(&existing, &new)
-                .map_err(|e| status_of(&e))
-        })
+        let inner = &self.inner;
+        let (existing, _) = inner.resolve(id)?;
+        let new = inner.child(dir, name)?;
+        inner
+            .share
+            .hard_link(&existing, &new)
+            .map_err(|e| status_of(&e))
     }
 
     async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<()> {
-        blocking(|| {
-            let (path, _) = self.inner.file(id)?;
-            self.inner.share.sync(&path).map_err(|e| status_of(&e))
-        })
+        let (path, _) = self.inner.file(id)?;
+        self.inner.share.sync(&path).map_err(|e| status_of(&e))
     }
 }
 
@@ -473,7 +489,7 @@ struct DirIterator {
     export: LocalExport,
     dir: SharePath,
     opened: LocalDir,
-    names: Vec<String>,
+    names: Arc<Vec<String>>,
     next: usize,
 }
 
@@ -515,6 +531,6 @@ impl DirIterator {
 
 impl ReadDirPlusIterator<FileHandleU64> for DirIterator {
     async fn next(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
-        blocking(|| self.entry())
+        self.entry()
     }
 }
