@@ -471,8 +471,6 @@ impl NfsShare {
                     continue;
                 }
                 let attributes = attributes_in(&e.name_attributes);
-                // The listing carries each entry's handle and attributes: an `ls -l`
-                // after it asks the server nothing more.
                 if let (Nfs3Option::Some(fh), Ok(child)) = (&e.name_handle, path.join(&entry_name))
                 {
                     self.cache.learn(&child, fh, attributes);
