@@ -311,7 +311,9 @@ fn nix_call(path: &Path, f: impl FnOnce(*const libc::c_char) -> libc::c_int) -> 
 /// umask (identities are per process; the test's other threads must keep theirs).
 fn apply_as(caller: Caller, root: &Path, op: &Op) -> Outcome {
     let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // Close-on-exec: a server another test thread spawns meanwhile must not inherit the
+    // write end, or this read never sees its end.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (read_fd, write_fd) = (fds[0], fds[1]);
     // SAFETY: the child only switches identity, runs the operation (plain system calls
     // and allocation, which glibc keeps usable after fork) and exits without unwinding.
