@@ -416,12 +416,16 @@ fn up_serves_the_demo_until_unmounted() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let mut child = common::cvol()
-        .arg("up")
-        .arg(&dir)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = common::Up::new(
+        common::cvol()
+            .arg("up")
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        &dir,
+    );
+    let child = &mut up.child;
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut printed = String::new();
     let url = loop {
@@ -477,13 +481,17 @@ fn up_stops_cleanly_whatever_clients_did() {
         .enumerate()
     {
         let log = tmp.path().join(format!("up-{round}.log"));
-        let mut child = common::cvol()
-            .arg("up")
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut up = common::Up::new(
+            common::cvol()
+                .arg("up")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+            &dir,
+        );
+        let child = &mut up.child;
         let vmdk = dir.join("mnt/demo/demo.vmdk");
         let start = std::time::Instant::now();
         while !(vmdk.exists() && sock.exists()) {

@@ -457,6 +457,33 @@ impl Mounted {
     }
 }
 
+/// A `cvol up` daemon a test started, stopped when the test ends however it ends: a
+/// failed assertion must not leave the daemon running and its container mounted.
+pub struct Up {
+    pub child: Child,
+    mnt: PathBuf,
+}
+
+impl Up {
+    /// Watches `child`, a `cvol up DIR` whose container is at `DIR/mnt`.
+    pub fn new(child: Child, dir: &Path) -> Self {
+        Self {
+            child,
+            mnt: dir.join("mnt"),
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = cvol().arg("umount").arg(&self.mnt).output();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         if std::thread::panicking() {
