@@ -44,6 +44,8 @@ openssl x509 -req -in "$pki/server.csr" -CA "$pki/server/ca-cert.pem" -CAkey "$p
     -days 2 -extfile <(echo "subjectAltName=IP:127.0.0.1") -out "$pki/server/server-cert.pem" 2>/dev/null
 chmod 600 "$pki/server/server-key.pem"
 cp "$pki/server/ca-cert.pem" "$pki/home/.pki/libnbd/"
+# fio (libnbd) finds the CA there; nothing else this script runs reads $HOME.
+export HOME=$pki/home
 
 bench_datastore "$work"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -54,15 +56,6 @@ jobs=(
 )
 
 declare -A result
-run_jobs() {
-    local server=$1 uri=$2
-    for job in "${jobs[@]}"; do
-        local name=${job%%|*}
-        settle_pool_file
-        # shellcheck disable=SC2086
-        result[$server,$name]=$(HOME=$pki/home fio_nbd mibps "$uri" "$runtime" ${job#*|})
-    done
-}
 
 wait_port() {
     local _
@@ -84,9 +77,9 @@ for tls in off require; do
     server_pid=$!
     wait_port
     if [[ $tls == off ]]; then
-        run_jobs cvol "$plain_uri/bench/bench"
+        fio_nbd_jobs cvol "$plain_uri/bench/bench"
     else
-        run_jobs cvol-tls "$tls_uri/bench/bench"
+        fio_nbd_jobs cvol-tls "$tls_uri/bench/bench"
     fi
     "$cvol" umount "$mnt"
     wait "$server_pid" 2>/dev/null || true
@@ -101,9 +94,9 @@ for tls in off on; do
     server_pid=$!
     wait_port
     if [[ $tls == off ]]; then
-        run_jobs qemu-nbd "$plain_uri/bench"
+        fio_nbd_jobs qemu-nbd "$plain_uri/bench"
     else
-        run_jobs qemu-nbd-tls "$tls_uri/bench"
+        fio_nbd_jobs qemu-nbd-tls "$tls_uri/bench"
     fi
     stop_server
 done

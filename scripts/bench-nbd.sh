@@ -43,34 +43,24 @@ jobs=(
     "1M seq write|--rw=write --bs=1M --iodepth=4"
 )
 
-# run_jobs SERVER URI: fills result[SERVER,job] with MiB/s (reads + writes)
 declare -A result
-run_jobs() {
-    local server=$1 uri=$2
-    for job in "${jobs[@]}"; do
-        local name=${job%%|*}
-        settle_pool_file
-        # shellcheck disable=SC2086
-        result[$server,$name]=$(fio_nbd mibps "$uri" "$runtime" ${job#*|})
-    done
-}
 
 "$cvol" mount "$mnt" --nbd "unix:$sock" &
 server_pid=$!
 wait_socket "$sock"
-run_jobs cvol "nbd+unix:///bench/bench?socket=$sock"
+fio_nbd_jobs cvol "nbd+unix:///bench/bench?socket=$sock"
 stop_server
 
 qemu-nbd --persistent --shared=8 --format=raw --cache=writeback --aio=threads --socket="$sock" --export-name=bench "$pool_file" &
 server_pid=$!
 wait_socket "$sock"
-run_jobs qemu-nbd "nbd+unix:///bench?socket=$sock"
+fio_nbd_jobs qemu-nbd "nbd+unix:///bench?socket=$sock"
 stop_server
 
 nbdkit --foreground --unix "$sock" --exportname=bench file "$pool_file" &
 server_pid=$!
 wait_socket "$sock"
-run_jobs nbdkit "nbd+unix:///bench?socket=$sock"
+fio_nbd_jobs nbdkit "nbd+unix:///bench?socket=$sock"
 stop_server
 
 echo "| job | cvol MiB/s | qemu-nbd MiB/s | nbdkit file MiB/s | cvol / qemu-nbd | cvol / nbdkit |"

@@ -276,3 +276,15 @@ fio_nbd() {
         awk -F';' -v unit="$unit" 'NF > 50 { v = unit == "iops" ? $8 + $49 : ($7 + $48) / 1024 }
             END { printf(unit == "iops" ? "%d" : "%.1f", v) }'
 }
+
+# fio_nbd_jobs SERVER URI: runs every job of the array `jobs` ("NAME|FIO_ARGS") for
+# $runtime seconds against the NBD export at URI, each after settle_pool_file, and fills
+# the associative array `result[SERVER,NAME]` with MiB/s (reads plus writes).
+fio_nbd_jobs() {
+    local server=$1 uri=$2 job
+    for job in "${jobs[@]}"; do
+        settle_pool_file
+        # shellcheck disable=SC2086
+        result[$server,${job%%|*}]=$(fio_nbd mibps "$uri" "$runtime" ${job#*|})
+    done
+}
