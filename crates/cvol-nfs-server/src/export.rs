@@ -288,10 +288,13 @@ impl NfsReadFileSystem for LocalExport {
 
     async fn read(&self, id: &FileHandleU64, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
         let (path, m) = self.inner.file(id)?;
+        // No buffer larger than what the file holds: a client may ask a whole-file READ
+        // for a megabyte of a file of a few hundred bytes.
+        let count = u64::from(count).min(m.size.saturating_sub(offset)) as usize;
         let data = self
             .inner
             .share
-            .read_at(&path, offset, count as usize)
+            .read_at(&path, offset, count)
             .map_err(|e| status_of(&e))?;
         let eof = offset.saturating_add(data.len() as u64) >= m.size;
         Ok((data, eof))

@@ -344,13 +344,6 @@ impl Share for LocalShare {
     fn read_at(&self, path: &SharePath, offset: u64, len: usize) -> Result<Vec<u8>, ShareError> {
         use std::os::unix::fs::FileExt;
         let file = File::from(self.open_beneath(path, OFlags::RDONLY, "open")?);
-        // No buffer larger than what the file holds: an NFS client asks a whole-file
-        // READ for a megabyte of a file of a few hundred bytes.
-        let size = file
-            .metadata()
-            .map_err(|e| ShareError::from_io(path, "stat", e))?
-            .len();
-        let len = len.min(usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX));
         let mut buf = vec![0; len];
         let mut done = 0;
         while done < len {
