@@ -40,7 +40,7 @@ for i in $(seq "$vms"); do
 done
 
 metrics=$(free_port)
-"$cvol" nfs serve --metrics "127.0.0.1:$metrics" "$share" >"$work/url" 2>"$work/serve.log" &
+"$cvol" nfs serve --no-root-squash --metrics "127.0.0.1:$metrics" "$share" >"$work/url" 2>"$work/serve.log" &
 serve_pid=$!
 for _ in $(seq 100); do
     [[ -s $work/url ]] && break

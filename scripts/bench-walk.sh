@@ -27,7 +27,7 @@ local_share=$work/share
 for i in $(seq "$vms"); do
     "$cvol" --share "$local_share" vm create "vm$i" --disk 64M --memory 256 >/dev/null
 done
-"$cvol" nfs serve "$local_share" >"$work/url" 2>"$work/server.log" &
+"$cvol" nfs serve --no-root-squash "$local_share" >"$work/url" 2>"$work/server.log" &
 server=$!
 for _ in $(seq 100); do
     [[ -s $work/url ]] && break

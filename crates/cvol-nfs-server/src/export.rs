@@ -6,11 +6,11 @@
 //! directory block for microseconds to an fsync; they run in `block_in_place` so the
 //! runtime keeps serving other connections meanwhile.
 
-use ipnet::IpNet;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use crate::ExportPolicy;
 use cvol_share::{
     FileKind, LocalDir, LocalShare, Metadata, SetAttributes, Share, ShareError, SharePath,
 };
@@ -24,14 +24,15 @@ use nfs3_server::vfs::{
 };
 
 use crate::attrs::{changes_of, fattr_of, status_of};
+use crate::caller::{ActingAs, Admission};
 use crate::handles::{HandleTable, ROOT};
 
 /// A local directory served over NFSv3.
 #[derive(Clone)]
 pub struct LocalExport {
     inner: Arc<Inner>,
-    /// Client networks served; empty serves every client.
-    allow: Arc<Vec<IpNet>>,
+    /// Who is served, as whom.
+    admission: Arc<Admission>,
 }
 
 struct Inner {
@@ -75,8 +76,9 @@ fn name_of<'a>(name: &'a filename3<'_>) -> Result<&'a str> {
 }
 
 impl LocalExport {
-    /// Exports `share`'s directory.
-    pub fn new(share: LocalShare) -> std::result::Result<Self, ShareError> {
+    /// Exports `share`'s directory under `policy`'s client networks and root squash
+    /// (read-only is the server's to apply).
+    pub fn new(share: LocalShare, policy: &ExportPolicy) -> std::result::Result<Self, ShareError> {
         let root = share.metadata(&SharePath::root())?.inode;
         let fsid = rustix::fs::stat(share.dir())
             .map(|s| s.st_dev)
@@ -88,14 +90,13 @@ impl LocalExport {
                 fsid,
                 listings: Mutex::default(),
             }),
-            allow: Arc::new(Vec::new()),
+            admission: Arc::new(Admission::new(policy.allow.clone(), policy.root_squash)),
         })
     }
 
-    /// Serves only clients in `allow` (every client when it is empty).
-    pub fn allowing(mut self, allow: Vec<IpNet>) -> Self {
-        self.allow = Arc::new(allow);
-        self
+    /// Admits the call being served and acts as its caller (see [`Admission::enter`]).
+    fn enter(&self) -> Result<ActingAs> {
+        self.admission.enter()
     }
 }
 
@@ -231,20 +232,24 @@ impl NfsReadFileSystem for LocalExport {
         FileHandleU64::new(ROOT)
     }
 
-    fn admit(&self, client: &std::net::SocketAddr) -> bool {
-        let ip = client.ip().to_canonical();
-        let admitted = self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip));
-        if !admitted {
-            tracing::warn!("refusing a connection from {client}: not in the allowed networks");
+    /// Every MOUNT comes here, the export's root included, so a refused client's MOUNT
+    /// is answered MNT3ERR_ACCES.
+    async fn lookup_by_path(&self, path: &str) -> Result<FileHandleU64> {
+        let _caller = self.enter()?;
+        let mut handle = self.root_dir();
+        for name in path.split('/').filter(|n| !n.is_empty()) {
+            handle = self.inner.lookup(&handle, &name.as_bytes().into())?;
         }
-        admitted
+        Ok(handle)
     }
 
     async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
+        let _caller = self.enter()?;
         self.inner.lookup(dir, name)
     }
 
     async fn fsstat(&self, root: &FileHandleU64) -> Result<FSSTAT3resok> {
+        let _caller = self.enter()?;
         let (_, m) = self.inner.resolve(root)?;
         let s = self.inner.share.stats().map_err(|e| status_of(&e))?;
         let bytes = |blocks: u64| blocks.saturating_mul(u64::from(s.block_size));
@@ -262,6 +267,7 @@ impl NfsReadFileSystem for LocalExport {
 
     /// The crate's defaults, saying also that this export takes hard links.
     async fn fsinfo(&self, root: &FileHandleU64) -> Result<fsinfo3> {
+        let _caller = self.enter()?;
         let (_, m) = self.inner.resolve(root)?;
         Ok(fsinfo3 {
             obj_attributes: post_op_attr::Some(fattr_of(&m, self.inner.fsid)),
@@ -281,12 +287,20 @@ impl NfsReadFileSystem for LocalExport {
         })
     }
 
+    async fn access(&self, id: &FileHandleU64, requested: u32) -> Result<(fattr3, u32)> {
+        let caller = self.enter()?;
+        let (_, m) = self.inner.resolve(id)?;
+        Ok((fattr_of(&m, self.inner.fsid), caller.granted(&m, requested)))
+    }
+
     async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3> {
+        let _caller = self.enter()?;
         let (_, m) = self.inner.resolve(id)?;
         Ok(fattr_of(&m, self.inner.fsid))
     }
 
     async fn read(&self, id: &FileHandleU64, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
+        let _caller = self.enter()?;
         let (path, m) = self.inner.file(id)?;
         // No buffer larger than what the file holds: a client may ask a whole-file READ
         // for a megabyte of a file of a few hundred bytes.
@@ -305,6 +319,7 @@ impl NfsReadFileSystem for LocalExport {
         dir: &FileHandleU64,
         cookie: u64,
     ) -> Result<impl ReadDirPlusIterator<FileHandleU64>> {
+        let _caller = self.enter()?;
         let (path, m) = self.inner.resolve(dir)?;
         if m.kind != FileKind::Dir {
             return Err(nfsstat3::NFS3ERR_NOTDIR);
@@ -325,6 +340,7 @@ impl NfsReadFileSystem for LocalExport {
     }
 
     async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>> {
+        let _caller = self.enter()?;
         let (path, m) = self.inner.resolve(id)?;
         if m.kind != FileKind::Symlink {
             return Err(nfsstat3::NFS3ERR_INVAL);
@@ -340,6 +356,7 @@ impl NfsReadFileSystem for LocalExport {
 
 impl NfsFileSystem for LocalExport {
     async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3> {
+        let _caller = self.enter()?;
         let (path, _) = self.inner.resolve(id)?;
         self.inner.set_attributes(&path, &changes_of(&setattr))
     }
@@ -351,6 +368,7 @@ impl NfsFileSystem for LocalExport {
         data: &[u8],
         stable: stable_how,
     ) -> Result<(fattr3, stable_how)> {
+        let _caller = self.enter()?;
         let (path, _) = self.inner.file(id)?;
         let share = &self.inner.share;
         share
@@ -372,6 +390,7 @@ impl NfsFileSystem for LocalExport {
         name: &filename3<'_>,
         attr: sattr3,
     ) -> Result<(FileHandleU64, fattr3)> {
+        let _caller = self.enter()?;
         self.inner.make(dir, name, &attr, |path, mode| {
             self.inner.share.create_file(path, mode)
         })
@@ -385,6 +404,7 @@ impl NfsFileSystem for LocalExport {
         _name: &filename3<'_>,
         _verf: createverf3,
     ) -> Result<FileHandleU64> {
+        let _caller = self.enter()?;
         Err(nfsstat3::NFS3ERR_NOTSUPP)
     }
 
@@ -393,6 +413,7 @@ impl NfsFileSystem for LocalExport {
         dir: &FileHandleU64,
         name: &filename3<'_>,
     ) -> Result<(FileHandleU64, fattr3)> {
+        let _caller = self.enter()?;
         let path = self.inner.child(dir, name)?;
         self.inner
             .share
@@ -402,6 +423,7 @@ impl NfsFileSystem for LocalExport {
     }
 
     async fn remove(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<()> {
+        let _caller = self.enter()?;
         let inner = &self.inner;
         let path = inner.child(dir, name)?;
         let share = &inner.share;
@@ -423,6 +445,7 @@ impl NfsFileSystem for LocalExport {
         to_dir: &FileHandleU64,
         to_name: &filename3<'a>,
     ) -> Result<()> {
+        let _caller = self.enter()?;
         let inner = &self.inner;
         let from = inner.child(from_dir, from_name)?;
         let to = inner.child(to_dir, to_name)?;
@@ -438,6 +461,7 @@ impl NfsFileSystem for LocalExport {
         target: &nfspath3<'a>,
         _attr: &sattr3,
     ) -> Result<(FileHandleU64, fattr3)> {
+        let _caller = self.enter()?;
         let path = self.inner.child(dir, name)?;
         let target = std::str::from_utf8(target.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)?;
         self.inner
@@ -453,6 +477,7 @@ impl NfsFileSystem for LocalExport {
         name: &filename3<'_>,
         what: &mknoddata3,
     ) -> Result<(FileHandleU64, fattr3)> {
+        let _caller = self.enter()?;
         let (kind, attr, rdev) = match what {
             mknoddata3::NF3FIFO(attr) => (FileKind::Fifo, attr, 0),
             mknoddata3::NF3SOCK(attr) => (FileKind::Socket, attr, 0),
@@ -471,6 +496,7 @@ impl NfsFileSystem for LocalExport {
         dir: &FileHandleU64,
         name: &filename3<'_>,
     ) -> Result<()> {
+        let _caller = self.enter()?;
         let inner = &self.inner;
         let (existing, _) = inner.resolve(id)?;
         let new = inner.child(dir, name)?;
@@ -481,6 +507,7 @@ impl NfsFileSystem for LocalExport {
     }
 
     async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<()> {
+        let _caller = self.enter()?;
         let (path, _) = self.inner.file(id)?;
         self.inner.share.sync(&path).map_err(|e| status_of(&e))
     }

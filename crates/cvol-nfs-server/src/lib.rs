@@ -3,12 +3,14 @@
 //!
 //! The protocol (RPC, MOUNT, the portmapper's GETPORT and NFSv3 itself, all on one TCP
 //! port) is the `nfs3_server` crate's; [`LocalExport`] is the file system it serves.
-//! AUTH_SYS credentials are accepted as sent and every operation runs as the server's
-//! own user, as with a user-space server exporting one user's directory: root squash has
-//! nothing to map. An [`ExportPolicy`] limits who is served (client networks, checked on
-//! every connection before any call, MOUNT or not) and whether anything may change.
+//! An [`ExportPolicy`] limits who is served (client networks, checked on every call,
+//! MOUNT or not: others are answered MNT3ERR_ACCES / NFS3ERR_ACCES), whether anything may
+//! change, and whether root is squashed. A server running as root acts as each call's
+//! AUTH_SYS identity, so permissions and new files' owners are the caller's (see
+//! `caller`); one running as another user acts as that user for everybody.
 
 mod attrs;
+mod caller;
 mod export;
 mod handles;
 
@@ -18,16 +20,31 @@ use std::path::Path;
 use cvol_share::{LocalShare, NfsUrl, ShareError};
 use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
 
+pub use caller::ANONYMOUS;
 pub use export::LocalExport;
 pub use ipnet::IpNet;
 
-/// Who the export serves, and whether it may be changed.
-#[derive(Debug, Clone, Default)]
+/// Who the export serves, as whom, and whether it may be changed.
+#[derive(Debug, Clone)]
 pub struct ExportPolicy {
     /// Client networks served; empty serves every client.
     pub allow: Vec<IpNet>,
     /// Every change is refused (NFS3ERR_ROFS).
     pub read_only: bool,
+    /// Calls claiming uid or gid 0 act as [`ANONYMOUS`] (the default, as on every NFS
+    /// server: AUTH_SYS is the client's word).
+    pub root_squash: bool,
+}
+
+impl Default for ExportPolicy {
+    /// Every client, writable, root squashed.
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            read_only: false,
+            root_squash: true,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -75,9 +92,8 @@ impl NfsServer {
             source,
         };
         let export = LocalShare::open(dir)
-            .and_then(LocalExport::new)
-            .map_err(export_error)?
-            .allowing(policy.allow.clone());
+            .and_then(|share| LocalExport::new(share, policy))
+            .map_err(export_error)?;
         let listen_error = |source| ServerError::Listen {
             addr: listen,
             source,

@@ -342,7 +342,10 @@ pub struct MetricsArg {
 pub enum NfsCommand {
     /// Export DIR over NFSv3 (MOUNT and the portmapper on the same TCP port) until SIGINT
     /// or SIGTERM, printing the share URL to pass as --share, e.g. nfs://127.0.0.1:2049/.
-    /// Any NFSv3 client can mount it; every operation runs as this process's user.
+    /// Any NFSv3 client can mount it. Run as root, each call acts as the client's
+    /// AUTH_SYS uid and gids (root squashed to 65534 unless --no-root-squash), so
+    /// permissions and owners work as on any NFS server; run as another user, every call
+    /// acts as that user.
     Serve {
         /// The directory to export.
         dir: PathBuf,
@@ -350,13 +353,18 @@ pub enum NfsCommand {
         #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
         listen: std::net::SocketAddr,
         /// Serve only clients in this network (e.g. 10.1.0.0/16, or one address);
-        /// repeatable. Other clients' connections are closed before any call, and
-        /// logged. Default: every client that can reach the address.
+        /// repeatable. Other clients' calls are answered MNT3ERR_ACCES / NFS3ERR_ACCES,
+        /// and logged. Default: every client that can reach the address.
         #[arg(long = "allow", value_name = "CIDR", value_parser = parse_network)]
         allow: Vec<cvol_nfs_server::IpNet>,
         /// Refuse every change (NFS3ERR_ROFS): the share can be read, never written.
         #[arg(long)]
         read_only: bool,
+        /// Let clients' root act as root. cvol hosts work on the share as root (they
+        /// chown files for the hypervisor), so a datastore's share is served to its
+        /// hosts with this, and --allow limited to them, as ESXi needs no_root_squash.
+        #[arg(long)]
+        no_root_squash: bool,
         #[command(flatten)]
         metrics: MetricsArg,
     },

@@ -257,6 +257,7 @@ impl Cluster {
             "serve".as_ref(),
             "--listen".as_ref(),
             format!("{STORAGE_IP}:2049").as_ref(),
+            "--no-root-squash".as_ref(),
             share.as_os_str(),
         ]);
         cluster.share_url = nfs;

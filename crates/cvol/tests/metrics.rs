@@ -162,7 +162,11 @@ fn the_nfs_server_and_the_provider_service_count_their_calls() {
     let nfs = NfsServe::start_with(
         &env.share,
         "127.0.0.1:0".parse().unwrap(),
-        &["--metrics", &format!("127.0.0.1:{nfs_port}")],
+        &[
+            "--no-root-squash",
+            "--metrics",
+            &format!("127.0.0.1:{nfs_port}"),
+        ],
         Stdio::null(),
     );
     let idle = scrape(nfs_port);
@@ -292,7 +296,11 @@ fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window(
     let nfs = NfsServe::start_with(
         &env.share,
         "127.0.0.1:0".parse().unwrap(),
-        &["--metrics", &format!("127.0.0.1:{port}")],
+        &[
+            "--no-root-squash",
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
         Stdio::null(),
     );
     env.share_arg = nfs.url.clone();

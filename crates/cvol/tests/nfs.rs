@@ -201,9 +201,82 @@ fn files_changed_behind_the_clients_back_are_never_served_stale() {
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
 }
 
-#[test]
-fn an_export_policy_turns_away_other_networks_and_a_read_only_export_refuses_changes() {
+/// An ONC RPC client of just enough calls to ask as a given client address and uid.
+mod rpc {
     use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    pub const MOUNT: u32 = 100_005;
+    pub const NFS: u32 = 100_003;
+
+    /// A TCP connection to `server` from `from` (port chosen by the system).
+    pub fn connect(from: &str, server: SocketAddr) -> TcpStream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let from: SocketAddr = format!("{from}:0").parse().unwrap();
+        socket.bind(&from.into()).unwrap();
+        socket.connect(&server.into()).unwrap();
+        let stream = TcpStream::from(socket);
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream
+    }
+
+    /// XDR variable-length opaque: length, bytes, padding.
+    pub fn opaque(bytes: &[u8]) -> Vec<u8> {
+        let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(bytes);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    /// Calls `prog` version 3 procedure `proc` with AUTH_SYS `uid`; the accepted reply's
+    /// results (after accept_stat SUCCESS).
+    pub fn call(stream: &mut TcpStream, prog: u32, proc: u32, uid: u32, args: &[u8]) -> Vec<u8> {
+        let mut cred = 0u32.to_be_bytes().to_vec(); // stamp
+        cred.extend(opaque(b"test"));
+        for w in [uid, uid, 0] {
+            cred.extend(w.to_be_bytes()); // uid, gid, no gids
+        }
+        let mut msg = Vec::new();
+        // A new xid each call: the server takes a repeated one for a retransmission.
+        static XID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let xid = XID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for w in [xid, 0, 2, prog, 3, proc, 1] {
+            msg.extend(w.to_be_bytes()); // xid, CALL, RPC 2, prog, vers, proc, AUTH_SYS
+        }
+        msg.extend(opaque(&cred));
+        msg.extend([0u8; 8]); // AUTH_NULL verifier
+        msg.extend_from_slice(args);
+        let mark = 0x8000_0000u32 | msg.len() as u32;
+        stream.write_all(&mark.to_be_bytes()).unwrap();
+        stream.write_all(&msg).unwrap();
+        let mut head = [0u8; 4];
+        stream.read_exact(&mut head).unwrap();
+        let mut reply = vec![0u8; (u32::from_be_bytes(head) & 0x7fff_ffff) as usize];
+        stream.read_exact(&mut reply).unwrap();
+        let word = |i: usize| u32::from_be_bytes(reply[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!(
+            (word(1), word(2)),
+            (1, 0),
+            "not an accepted reply: {reply:?}"
+        );
+        let verifier_len = word(4) as usize;
+        let at = 20 + verifier_len.next_multiple_of(4);
+        assert_eq!(word(at / 4), 0, "accept_stat: {reply:?}");
+        reply[at + 4..].to_vec()
+    }
+
+    /// The first word of a reply's results: the status.
+    pub fn status(results: &[u8]) -> u32 {
+        u32::from_be_bytes(results[..4].try_into().unwrap())
+    }
+}
+
+#[test]
+fn an_export_policy_answers_other_networks_acces_squashes_root_and_a_read_only_export_refuses_changes(
+) {
     let tmp = tempfile::tempdir().unwrap();
     let export = tmp.path().join("export");
     std::fs::create_dir_all(export.join("vm1")).unwrap();
@@ -212,39 +285,104 @@ fn an_export_policy_turns_away_other_networks_and_a_read_only_export_refuses_cha
     let local = tmp.path().join("in.bin");
     std::fs::write(&local, b"new").unwrap();
 
-    // Loopback is not in 10.9.9.0/24: closed before any call, MOUNT or NFS.
+    // Only 127.0.0.1 is allowed; a client on 127.0.0.2 is told no, call by call.
     let log = tmp.path().join("refusing.log");
     let refusing = NfsServe::start_with(
         &export,
         loopback,
-        &["--allow", "10.9.9.0/24", "--allow", "192.168.7.7"],
+        &["--allow", "127.0.0.1/32", "--allow", "10.9.9.0/24"],
         std::fs::File::create(&log).unwrap(),
     );
-    let out = tool_output("nfs-ls", &[&libnfs_url(&refusing, "vm1")]);
-    assert!(
-        !out.status.success(),
-        "a client outside the policy listed the export"
-    );
-    // A NULL call to the NFS program straight away, no MOUNT: no answer, only a close.
-    let mut raw = std::net::TcpStream::connect(refusing.addr).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let call: Vec<u8> = [0x8000_0028u32, 1, 0, 2, 100_003, 3, 0, 0, 0, 0, 0]
-        .iter()
-        .flat_map(|w| w.to_be_bytes())
-        .collect();
-    let _ = raw.write_all(&call);
-    let mut reply = Vec::new();
-    let _ = raw.read_to_end(&mut reply);
-    assert!(
-        reply.is_empty(),
-        "a refused connection was answered: {reply:?}"
-    );
+    let listing = tool("nfs-ls", &[&libnfs_url(&refusing, "vm1")]);
+    assert!(listing.contains("vm1.vmx"), "{listing}");
+    let mnt_root = rpc::opaque(b"/");
+    let mut allowed = rpc::connect("127.0.0.1", refusing.addr);
+    let mounted = rpc::call(&mut allowed, rpc::MOUNT, 1, 0, &mnt_root);
+    assert_eq!(rpc::status(&mounted), 0, "MOUNT from an allowed client");
+    let fh_len = u32::from_be_bytes(mounted[4..8].try_into().unwrap()) as usize;
+    let root_fh = rpc::opaque(&mounted[8..8 + fh_len]);
+
+    let mut other = rpc::connect("127.0.0.2", refusing.addr);
+    let denied = rpc::call(&mut other, rpc::MOUNT, 1, 0, &mnt_root);
+    assert_eq!(rpc::status(&denied), 13, "MOUNT answers MNT3ERR_ACCES");
+    // With the root's handle learnt elsewhere: GETATTR, ACCESS, READDIRPLUS, CREATE,
+    // PATHCONF all answer NFS3ERR_ACCES, and nothing is created.
+    let mut create = root_fh.clone();
+    create.extend(rpc::opaque(b"planted"));
+    create.extend([0u8; 4]); // UNCHECKED
+    create.extend([0u8; 24]); // sattr3: nothing set
+    let mut access = root_fh.clone();
+    access.extend(0x3fu32.to_be_bytes());
+    let mut readdirplus = root_fh.clone();
+    readdirplus.extend([0u8; 16]); // cookie, cookieverf
+    readdirplus.extend(4096u32.to_be_bytes());
+    readdirplus.extend(65536u32.to_be_bytes());
+    for (proc, args) in [
+        (1, &root_fh),
+        (4, &access),
+        (17, &readdirplus),
+        (8, &create),
+        (20, &root_fh),
+    ] {
+        let results = rpc::call(&mut other, rpc::NFS, proc, 0, args);
+        assert_eq!(
+            rpc::status(&results),
+            13,
+            "NFS procedure {proc}: NFS3ERR_ACCES"
+        );
+    }
+    assert!(!export.join("planted").exists());
+    // The allowed client, meanwhile, is served on the same handle.
+    let results = rpc::call(&mut allowed, rpc::NFS, 1, 0, &root_fh);
+    assert_eq!(rpc::status(&results), 0);
     drop(refusing);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logged.contains("refusing a connection from 127.0.0.1"),
+        logged.contains("refusing a call from 127.0.0.2"),
         "{logged}"
     );
+
+    // Root squash (the default): a root client acts as nobody, so it cannot read a
+    // root-only file, and what it creates belongs to 65534; --no-root-squash trusts it.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // (libnfs mounts a URL's directory, so the files are in one below the export's root.)
+    let open = tmp.path().join("open/d");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(open.join("secret"), b"root only").unwrap();
+    std::fs::set_permissions(open.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let squashing = NfsServe::start_with(
+        open.parent().unwrap(),
+        loopback,
+        &[],
+        std::process::Stdio::null(),
+    );
+    let out = tool_output("nfs-cat", &[&libnfs_url(&squashing, "d/secret")]);
+    assert!(
+        !out.status.success(),
+        "a squashed root read a root-only file"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ACCESS denied"), "{err}");
+    tool("nfs-cp", &[s(&local), &libnfs_url(&squashing, "d/by-root")]);
+    let owner = std::fs::metadata(open.join("by-root")).unwrap();
+    assert_eq!(
+        (owner.uid(), owner.gid()),
+        (cvol_nfs_server::ANONYMOUS, cvol_nfs_server::ANONYMOUS)
+    );
+    drop(squashing);
+    let trusting = NfsServe::start(open.parent().unwrap());
+    assert_eq!(
+        tool("nfs-cat", &[&libnfs_url(&trusting, "d/secret")]).as_bytes(),
+        b"root only"
+    );
+    tool(
+        "nfs-cp",
+        &[s(&local), &libnfs_url(&trusting, "d/by-trusted-root")],
+    );
+    let owner = std::fs::metadata(open.join("by-trusted-root")).unwrap();
+    assert_eq!((owner.uid(), owner.gid()), (0, 0));
+    drop(trusting);
 
     // Loopback allowed, read-only: reads work, changes are refused and change nothing.
     let ro = NfsServe::start_with(

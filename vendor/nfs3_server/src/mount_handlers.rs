@@ -98,6 +98,11 @@ where
             }
             mountres3::Ok(response)
         }
+        // cvol: added. A refusal is told as one (upstream answers NOENT to every error).
+        Err(nfs3_types::nfs3::nfsstat3::NFS3ERR_ACCES) => {
+            debug!("{xid} --> MNT3ERR_ACCES");
+            mountres3::Err(mountstat3::MNT3ERR_ACCES)
+        }
         Err(e) => {
             debug!("{xid} --> MNT3ERR_NOENT({e:?})");
             mountres3::Err(mountstat3::MNT3ERR_NOENT)

@@ -202,7 +202,15 @@ where
     let handle = args.object;
     let mut access = args.access;
     let id = fh_to_id!(context, &handle);
-    let obj_attributes = nfs_option_from_result(context.vfs.getattr(&id).await);
+    // cvol: added. The file system answers which of the asked rights the caller has
+    // (upstream granted every one asked), and a failure is told as one.
+    let obj_attributes = match context.vfs.access(&id, access).await {
+        Ok((attributes, granted)) => {
+            access = granted;
+            post_op_attr::Some(attributes)
+        }
+        Err(stat) => return Nfs3Result::Err((stat, ACCESS3resfail::default())),
+    };
 
     if !matches!(context.vfs.capabilities(), VFSCapabilities::ReadWrite) {
         access &= ACCESS3_READ | ACCESS3_LOOKUP | ACCESS3_EXECUTE;
@@ -222,10 +230,14 @@ where
     let handle = args.object;
     debug!("nfsproc3_pathconf({xid}, {handle:?})");
     let id = fh_to_id!(context, &handle);
-    let obj_attr = nfs_option_from_result(context.vfs.getattr(&id).await);
+    // cvol: added. A failure is told as one (upstream answered it with defaults).
+    let obj_attr = match context.vfs.getattr(&id).await {
+        Ok(attributes) => attributes,
+        Err(stat) => return Nfs3Result::Err((stat, PATHCONF3resfail::default())),
+    };
 
     let res = PATHCONF3resok {
-        obj_attributes: obj_attr,
+        obj_attributes: post_op_attr::Some(obj_attr),
         linkmax: 0,
         name_max: 32768,
         no_trunc: true,

@@ -12,6 +12,7 @@ use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tracing::{error, info, trace, warn};
 
+use crate::caller::{self, Caller};
 use crate::context::RPCContext;
 use crate::transaction_tracker::{self, TransactionError, TransactionLock};
 use crate::units::KIBIBYTE;
@@ -73,19 +74,27 @@ where
         }
     }
 
-    match prog {
-        portmap::PROGRAM => portmap_handlers::handle_portmap(context, message).await,
-        nfs3_types::mount::PROGRAM => mount_handlers::handle_mount(context, message).await,
-        nfs::PROGRAM => nfs_handlers::handle_nfs(context, message).await,
-        NFS_ACL_PROGRAM | NFS_ID_MAP_PROGRAM | NFS_METADATA_PROGRAM => {
-            trace!("ignoring NFS_ACL packet");
-            message.into_error_reply(accept_stat_data::PROG_UNAVAIL)
+    // cvol: added. The file system may ask who the call is from (see `caller`).
+    let caller = Caller {
+        addr: context.client_addr.parse()?,
+        auth: unix.then(|| context.auth.clone()),
+    };
+    caller::serve_as(caller, async move {
+        match prog {
+            portmap::PROGRAM => portmap_handlers::handle_portmap(context, message).await,
+            nfs3_types::mount::PROGRAM => mount_handlers::handle_mount(context, message).await,
+            nfs::PROGRAM => nfs_handlers::handle_nfs(context, message).await,
+            NFS_ACL_PROGRAM | NFS_ID_MAP_PROGRAM | NFS_METADATA_PROGRAM => {
+                trace!("ignoring NFS_ACL packet");
+                message.into_error_reply(accept_stat_data::PROG_UNAVAIL)
+            }
+            _ => {
+                warn!("Unknown RPC Program number {prog} != {}", nfs::PROGRAM);
+                message.into_error_reply(accept_stat_data::PROG_UNAVAIL)
+            }
         }
-        _ => {
-            warn!("Unknown RPC Program number {prog} != {}", nfs::PROGRAM);
-            message.into_error_reply(accept_stat_data::PROG_UNAVAIL)
-        }
-    }
+    })
+    .await
 }
 
 /// Handles the RPC message and returns a result. The handler is an async function

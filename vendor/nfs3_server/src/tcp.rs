@@ -293,11 +293,7 @@ impl<T: NfsFileSystem + 'static> NFSTcp for NFSTcpListener<T> {
         tokio::spawn(cleaner_future);
 
         loop {
-            let (socket, peer) = self.listener.accept().await?;
-            // cvol: added. The export policy, before any call; the file system logs.
-            if !self.arcfs.admit(&peer) {
-                continue;
-            }
+            let (socket, _) = self.listener.accept().await?;
             let context = RPCContext {
                 local_port: self.port,
                 client_addr: socket

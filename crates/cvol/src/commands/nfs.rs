@@ -14,6 +14,7 @@ pub fn run(ctx: &Context, cmd: NfsCommand) -> anyhow::Result<()> {
         listen,
         allow,
         read_only,
+        no_root_squash,
         metrics: _,
     } = cmd;
     if !listen.ip().is_loopback() && allow.is_empty() {
@@ -24,7 +25,11 @@ pub fn run(ctx: &Context, cmd: NfsCommand) -> anyhow::Result<()> {
         );
     }
     let signals = block_termination_signals();
-    let policy = ExportPolicy { allow, read_only };
+    let policy = ExportPolicy {
+        allow,
+        read_only,
+        root_squash: !no_root_squash,
+    };
     let server = NfsServer::start_with(&dir, listen, &policy)?;
     let url = server.url();
     if ctx.json {

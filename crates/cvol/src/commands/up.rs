@@ -28,7 +28,14 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
         // reaches the clean shutdown instead of killing the process with the mount up.
         super::signals::block_termination_signals();
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        Some(cvol_nfs_server::NfsServer::start(&share_dir, loopback)?)
+        // Only this process mounts it, acting as its own user, root included.
+        let policy = cvol_nfs_server::ExportPolicy {
+            root_squash: false,
+            ..Default::default()
+        };
+        Some(cvol_nfs_server::NfsServer::start_with(
+            &share_dir, loopback, &policy,
+        )?)
     };
     let share = match &server {
         Some(server) => ctx.open_nfs(&server.url())?,

@@ -532,9 +532,9 @@ impl NfsServe {
         Self::start_on(dir, "127.0.0.1:0".parse().unwrap())
     }
 
-    /// Serves `dir` on `addr`.
+    /// Serves `dir` on `addr` to cvol hosts, whose root acts as root.
     pub fn start_on(dir: &Path, addr: std::net::SocketAddr) -> Self {
-        Self::start_with(dir, addr, &[], Stdio::inherit())
+        Self::start_with(dir, addr, &["--no-root-squash"], Stdio::inherit())
     }
 
     /// Serves `dir` on `addr` with more `cvol nfs serve` arguments, its log to `stderr`.

@@ -65,14 +65,6 @@ pub trait NfsReadFileSystem: Send + Sync {
         true
     }
 
-    /// cvol: added. Returns whether to serve a connection from `client`. A refused one
-    /// is closed before any call is read, so no call of it (MOUNT, or NFS with a file
-    /// handle learnt elsewhere) reaches the file system.
-    fn admit(&self, client: &std::net::SocketAddr) -> bool {
-        let _ = client;
-        true
-    }
-
     /// Look up the id of a path in a directory
     ///
     /// i.e. given a directory dir/ containing a file `a.txt`
@@ -108,6 +100,16 @@ pub trait NfsReadFileSystem: Send + Sync {
     /// Returns the attributes of an id.
     /// This method should be fast as it is used very frequently.
     fn getattr(&self, id: &Self::Handle) -> impl Future<Output = Result<fattr3, nfsstat3>> + Send;
+
+    /// cvol: added. The attributes of `id` and which of the `requested` ACCESS3 rights
+    /// the caller has. The default grants every right asked, as upstream did.
+    fn access(
+        &self,
+        id: &Self::Handle,
+        requested: u32,
+    ) -> impl Future<Output = Result<(fattr3, u32), nfsstat3>> + Send {
+        async move { Ok((self.getattr(id).await?, requested)) }
+    }
 
     /// Reads the contents of a file returning (bytes, EOF)
     /// Note that offset/count may go past the end of the file and that

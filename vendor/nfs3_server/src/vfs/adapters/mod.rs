@@ -38,12 +38,12 @@ where
         self.0.authorize(auth)
     }
 
-    fn admit(&self, client: &std::net::SocketAddr) -> bool {
-        self.0.admit(client)
-    }
-
     fn root_dir(&self) -> Self::Handle {
         self.0.root_dir()
+    }
+
+    async fn access(&self, id: &Self::Handle, requested: u32) -> Result<(fattr3, u32), nfsstat3> {
+        self.0.access(id, requested).await
     }
 
     async fn fsstat(&self, root: &Self::Handle) -> Result<nfs3_types::nfs3::FSSTAT3resok, nfsstat3> {
