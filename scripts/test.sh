@@ -13,9 +13,12 @@ source scripts/lib.sh
 # reference vhost-user-blk server the vhost tests compare with), libvirt (the boot test
 # boots a VM under it from `cvol vm domxml`), and for the cluster tests
 # (hosts in network namespaces) iproute2 and curl, and tcpdump (the TLS test looks for
-# the token in a capture of its traffic). The S3 server (Garage) comes from crates.io.
+# the token in a capture of its traffic), and OpenSSL's headers (libssl-dev, pkg-config)
+# for NBD's TLS-PSK, which the tests build with `--features cvol/tls-psk`. The S3 server
+# (Garage) comes from crates.io.
 packages=(qemu-utils qemu-system-x86 qemu-system-common fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
-    busybox-static e2fsprogs iproute2 curl tcpdump libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+    busybox-static e2fsprogs iproute2 curl tcpdump libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+    libssl-dev pkg-config)
 
 ensure_packages "${packages[@]}"
 ensure_garage
@@ -25,7 +28,8 @@ done
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace
+cargo clippy --workspace --all-targets --quiet --features cvol/tls-psk -- -D warnings
+cargo test --workspace --features cvol/tls-psk
 ./scripts/fuzz.sh 20000
 ./scripts/schemathesis.sh 100
 ./scripts/e2e-boot.sh

@@ -9,8 +9,10 @@ mod exports;
 mod handshake;
 pub mod memory;
 pub mod proto;
+#[cfg(feature = "tls-psk")]
+pub mod psk;
 mod server;
 mod transmission;
 
 pub use exports::{DatastoreExports, DeviceExport, ExportError, Exports, OpenExport};
-pub use server::{Listen, NbdServer, Settings, TlsPolicy};
+pub use server::{Listen, NbdServer, Settings, TlsCredentials, TlsPolicy};

@@ -28,15 +28,25 @@ pub struct Settings {
     pub tls: Option<TlsPolicy>,
 }
 
-/// How a server offers TLS (x509 certificates; "TLS support" in the NBD spec).
+/// How a server offers TLS ("TLS support" in the NBD spec).
 #[derive(Debug, Clone)]
 pub struct TlsPolicy {
-    /// The server's certificate and key, and the CA client certificates must chain to
-    /// when it asks for them.
-    pub config: Arc<rustls::ServerConfig>,
+    /// What the server and its clients prove themselves with.
+    pub credentials: TlsCredentials,
     /// Refuse every option before NBD_OPT_STARTTLS (NBD_REP_ERR_TLS_REQD), so that no
     /// export is reached without TLS; otherwise TLS is the client's choice.
     pub require: bool,
+}
+
+/// What a TLS server proves itself with, and asks of its clients.
+#[derive(Debug, Clone)]
+pub enum TlsCredentials {
+    /// x509: the server's certificate and key, and the CA client certificates must chain
+    /// to when it asks for them.
+    X509(Arc<rustls::ServerConfig>),
+    /// Pre-shared keys by identity (TLS-PSK).
+    #[cfg(feature = "tls-psk")]
+    Psk(Arc<crate::psk::PskKeys>),
 }
 
 impl Default for Settings {
@@ -216,21 +226,31 @@ impl NbdServer {
             );
             return;
         }
-        let config = self
-            .settings
-            .tls
-            .as_ref()
-            .expect("TLS offered")
-            .config
-            .clone();
+        let credentials = &self.settings.tls.as_ref().expect("TLS offered").credentials;
         let stream = r.into_inner().unsplit(w);
-        let stream = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(peer, "NBD TLS handshake failed: {e}");
-                return;
+        match credentials {
+            TlsCredentials::X509(config) => {
+                match tokio_rustls::TlsAcceptor::from(config.clone())
+                    .accept(stream)
+                    .await
+                {
+                    Ok(stream) => self.serve_over_tls(stream, peer).await,
+                    Err(e) => tracing::warn!(peer, "NBD TLS handshake failed: {e}"),
+                }
             }
-        };
+            #[cfg(feature = "tls-psk")]
+            TlsCredentials::Psk(keys) => match keys.accept(stream).await {
+                Ok(stream) => self.serve_over_tls(stream, peer).await,
+                Err(e) => tracing::warn!(peer, "NBD TLS-PSK handshake failed: {e}"),
+            },
+        }
+    }
+
+    /// The options again, over TLS, then transmission.
+    async fn serve_over_tls<S>(&self, stream: S, peer: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
         // Newer options come over TLS; the flags of the greeting still hold.

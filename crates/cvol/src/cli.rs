@@ -393,9 +393,9 @@ pub struct ServeArgs {
     /// NBD connections served at once; more are closed at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub nbd_max_connections: usize,
-    /// TLS on NBD (NBD_OPT_STARTTLS, x509): `off`; `on`, the client chooses; `require`,
-    /// no export without TLS (every other option before it gets NBD_REP_ERR_TLS_REQD).
-    /// `on` and `require` need --nbd-tls-cert and --nbd-tls-key.
+    /// TLS on NBD (NBD_OPT_STARTTLS): `off`; `on`, the client chooses; `require`, no
+    /// export without TLS (every other option before it gets NBD_REP_ERR_TLS_REQD).
+    /// `on` and `require` need --nbd-tls-cert and --nbd-tls-key (x509), or --nbd-tls-psk.
     #[arg(long, value_enum, default_value_t = NbdTls::Off)]
     pub nbd_tls: NbdTls,
     /// The NBD server's PEM certificate chain.
@@ -408,6 +408,12 @@ pub struct ServeArgs {
     /// without one (QEMU's verify-peer).
     #[arg(long, value_name = "FILE")]
     pub nbd_tls_client_ca: Option<PathBuf>,
+    /// TLS with pre-shared keys instead of certificates: a keys file of `identity:hexkey`
+    /// lines (psktool's format, as QEMU's tls-creds-psk and libnbd's tls-psk-file read);
+    /// a client proves itself with an identity's key. Not world-readable. Needs a cvol
+    /// built with `--features tls-psk`.
+    #[arg(long, value_name = "FILE")]
+    pub nbd_tls_psk: Option<PathBuf>,
     /// Also serve every disk over vhost-user-blk, on DIR/VM/DISK.sock: QEMU's
     /// vhost-user-blk-pci reaches it from shared memory with no kernel crossing (see
     /// `cvol vm start --vhost-user`). One driver per disk at a time.

@@ -40,6 +40,28 @@ fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("key file {}: no PEM private key in it", path.display()))
 }
 
+/// The NBD server's pre-shared keys, from a keys file that must not be world-readable.
+#[cfg(feature = "tls-psk")]
+pub fn nbd_psk(path: &Path) -> anyhow::Result<cvol_nbd::TlsCredentials> {
+    let text = cvol_provider::read_secret(path)
+        .with_context(|| format!("NBD keys file {}", path.display()))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| anyhow::anyhow!("NBD keys file {}: not text", path.display()))?;
+    let keys = cvol_nbd::psk::PskKeys::from_file_text(&text)
+        .with_context(|| format!("NBD keys file {}", path.display()))?;
+    Ok(cvol_nbd::TlsCredentials::Psk(Arc::new(keys)))
+}
+
+/// Without the `tls-psk` feature: what to build instead.
+#[cfg(not(feature = "tls-psk"))]
+pub fn nbd_psk(_: &Path) -> anyhow::Result<cvol_nbd::TlsCredentials> {
+    bail!(
+        "this cvol was built without TLS-PSK (rustls has none; it links OpenSSL): build it \
+         with `cargo build --release --features tls-psk` (Debian: apt-get install libssl-dev \
+         pkg-config), or use --nbd-tls-cert and --nbd-tls-key"
+    )
+}
+
 fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(path)? {

@@ -649,3 +649,120 @@ fn tls_on_lets_plain_clients_choose() {
     let creds = t.credentials("client", None);
     assert!(tool("nbdinfo", &["--size", &t.nbds_uri(&creds)]).contains(&(64u64 << 20).to_string()));
 }
+
+/// A keys file in psktool's format, mode 0600, in its own directory as QEMU's
+/// tls-creds-psk wants it (`DIR/keys.psk`).
+#[cfg(feature = "tls-psk")]
+fn psk_file(dir: &Path, lines: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join("keys.psk");
+    std::fs::write(&file, lines).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    file
+}
+
+#[cfg(feature = "tls-psk")]
+#[test]
+fn real_clients_over_tls_psk_and_wrong_keys_get_nothing() {
+    const ALICE: &str = "5b0b8c1ad1a2c0f9e8d7c6b5a4938271605f4e3d2c1b0a99887766554433221f";
+    let env = Env::datastore();
+    let server_keys = psk_file(
+        &env.tmp.path().join("server"),
+        &format!("alice:{ALICE}\nbob:00112233445566778899aabbccddeeff\n"),
+    );
+    let port = free_port();
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let nbd = Nbd::start_on(
+        env,
+        &[
+            "--nbd",
+            &tcp,
+            "--nbd-tls",
+            "require",
+            "--nbd-tls-psk",
+            s(&server_keys),
+        ],
+    );
+    let tmp = nbd.env.tmp.path();
+    let alice = psk_file(&tmp.join("alice"), &format!("alice:{ALICE}\n"));
+    let qemu = [
+        "--object".to_string(),
+        format!(
+            "tls-creds-psk,id=tls0,dir={},username=alice,endpoint=client",
+            alice.parent().unwrap().display()
+        ),
+        "--image-opts".to_string(),
+        format!(
+            "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=demo/demo,tls-creds=tls0"
+        ),
+    ];
+    let qemu: Vec<&str> = qemu.iter().map(String::as_str).collect();
+    let mut write = qemu.clone();
+    write.extend(["-c", "write -P 0x3c 0 1M", "-c", "flush"]);
+    tool("qemu-io", &write);
+    let mut info = vec!["info"];
+    info.extend(&qemu);
+    assert!(tool("qemu-img", &info).contains("64 MiB"));
+
+    let uri = |user: &str, keys: &Path| {
+        format!(
+            "nbds://{user}@127.0.0.1:{port}/demo/demo?tls-psk-file={}",
+            keys.display()
+        )
+    };
+    assert_eq!(
+        tool("nbdinfo", &["--size", &uri("alice", &alice)]).trim(),
+        (64u64 << 20).to_string()
+    );
+    let copy = tmp.join("copy.raw");
+    tool("nbdcopy", &[&uri("alice", &alice), s(&copy)]);
+    let bytes = std::fs::read(&copy).unwrap();
+    assert!(bytes[..1 << 20].iter().all(|&b| b == 0x3c));
+    assert!(bytes[1 << 20..].iter().all(|&b| b == 0));
+
+    // A wrong key for a known identity, and an identity the server does not know.
+    let wrong = psk_file(
+        &tmp.join("wrong"),
+        "alice:00112233445566778899aabbccddeeff\n",
+    );
+    let out = tool_output("nbdinfo", &["--size", &uri("alice", &wrong)]);
+    assert!(!out.status.success(), "a wrong key got in");
+    let mallory = psk_file(&tmp.join("mallory"), &format!("mallory:{ALICE}\n"));
+    let out = tool_output("nbdinfo", &["--size", &uri("mallory", &mallory)]);
+    assert!(!out.status.success(), "an unknown identity got in");
+    let out = tool_output("nbdinfo", &[&format!("nbd://127.0.0.1:{port}/demo/demo")]);
+    assert!(!out.status.success(), "a plain client reached the export");
+    let log = nbd.m.log();
+    assert!(
+        log.contains("unknown identity") && log.contains("mallory"),
+        "{log}"
+    );
+    assert!(!log.contains(ALICE), "the key is in the log");
+}
+
+#[cfg(feature = "tls-psk")]
+#[test]
+fn a_keys_file_every_user_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::datastore();
+    let keys = psk_file(&env.tmp.path().join("keys"), "alice:00ff\n");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mnt = env.tmp.path().join("mnt-psk");
+    std::fs::create_dir(&mnt).unwrap();
+    let tcp = format!("tcp:127.0.0.1:{}", free_port());
+    let err = env.fails(&[
+        "mount",
+        s(&mnt),
+        "--nbd",
+        &tcp,
+        "--nbd-tls",
+        "require",
+        "--nbd-tls-psk",
+        s(&keys),
+    ]);
+    assert!(
+        err.contains("mode 0644") && err.contains("keys.psk"),
+        "{err}"
+    );
+}

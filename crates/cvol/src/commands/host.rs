@@ -50,6 +50,7 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         nbd_tls_cert: None,
         nbd_tls_key: None,
         nbd_tls_client_ca: None,
+        nbd_tls_psk: None,
         vhost_user: None,
         vhost_user_queues: cvol_vhost::DEFAULT_QUEUES,
         vhost_user_io_threads: cvol_vhost::DEFAULT_IO_THREADS,

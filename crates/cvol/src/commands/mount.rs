@@ -120,21 +120,41 @@ fn start_nbd(
 
 /// The NBD server's TLS, as the flags say.
 fn nbd_tls(args: &ServeArgs) -> anyhow::Result<Option<cvol_nbd::TlsPolicy>> {
+    let credentials_given =
+        args.nbd_tls_cert.is_some() || args.nbd_tls_key.is_some() || args.nbd_tls_psk.is_some();
     let require = match args.nbd_tls {
         NbdTls::Off => {
-            if args.nbd_tls_cert.is_some() || args.nbd_tls_key.is_some() {
-                bail!("--nbd-tls-cert and --nbd-tls-key need --nbd-tls on or require");
+            if credentials_given {
+                bail!(
+                    "--nbd-tls-cert, --nbd-tls-key and --nbd-tls-psk need --nbd-tls on or require"
+                );
             }
             return Ok(None);
         }
         NbdTls::On => false,
         NbdTls::Require => true,
     };
-    let (Some(cert), Some(key)) = (&args.nbd_tls_cert, &args.nbd_tls_key) else {
-        bail!("--nbd-tls on|require needs --nbd-tls-cert and --nbd-tls-key");
+    let credentials = match (&args.nbd_tls_psk, &args.nbd_tls_cert, &args.nbd_tls_key) {
+        (Some(keys), None, None) => {
+            if args.nbd_tls_client_ca.is_some() {
+                bail!("--nbd-tls-client-ca is for certificates; with --nbd-tls-psk every client proves itself with its key");
+            }
+            crate::tls::nbd_psk(keys)?
+        }
+        (None, Some(cert), Some(key)) => cvol_nbd::TlsCredentials::X509(crate::tls::server_config(
+            cert,
+            key,
+            args.nbd_tls_client_ca.as_deref(),
+        )?),
+        (Some(_), _, _) => {
+            bail!("--nbd-tls-psk and --nbd-tls-cert/--nbd-tls-key are two kinds of credentials: give one")
+        }
+        _ => bail!("--nbd-tls on|require needs --nbd-tls-cert and --nbd-tls-key, or --nbd-tls-psk"),
     };
-    let config = crate::tls::server_config(cert, key, args.nbd_tls_client_ca.as_deref())?;
-    Ok(Some(cvol_nbd::TlsPolicy { config, require }))
+    Ok(Some(cvol_nbd::TlsPolicy {
+        credentials,
+        require,
+    }))
 }
 
 /// Starts serving every disk over vhost-user-blk, if asked.
