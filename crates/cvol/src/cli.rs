@@ -134,13 +134,13 @@ impl Command {
 
     /// Where the command serves metrics, when asked to. The host agent is not here: it
     /// also takes the address from its settings file, and starts the endpoint itself.
-    pub fn metrics(&self) -> Option<std::net::SocketAddr> {
+    pub fn metrics(&self) -> Option<&MetricsArg> {
         match self {
             Self::Mount(MountArgs { serve, .. }) | Self::Up(UpArgs { serve, .. }) => {
-                serve.metrics.addr
+                Some(&serve.metrics)
             }
             Self::Nfs(NfsCommand::Serve { metrics, .. })
-            | Self::Provider(ProviderCommand::Serve { metrics, .. }) => metrics.addr,
+            | Self::Provider(ProviderCommand::Serve { metrics, .. }) => Some(metrics),
             _ => None,
         }
     }
@@ -327,14 +327,28 @@ pub struct TlsServerArgs {
     pub insecure: bool,
 }
 
-/// Where a daemon serves its Prometheus metrics.
-#[derive(Debug, Clone, Args)]
+/// Where a daemon serves its Prometheus metrics, and to whom.
+#[derive(Debug, Clone, Default, Args)]
 pub struct MetricsArg {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (port 0 picks a free port,
     /// logged at -v): per-volume I/O bytes and latency, flushes, fenced errors, NFS calls
     /// by procedure, the object pool's cache and store, leases. Off by default.
     #[arg(long = "metrics", env = "CVOL_METRICS", value_name = "ADDR:PORT")]
     pub addr: Option<std::net::SocketAddr>,
+    /// Serve the metrics over HTTPS with this PEM certificate chain (Prometheus'
+    /// tls_config), with --metrics-tls-key.
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_key")]
+    pub metrics_tls_cert: Option<PathBuf>,
+    /// The metrics certificate's PEM private key; a file every user may read is refused.
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_cert")]
+    pub metrics_tls_key: Option<PathBuf>,
+    /// Ask scrapers for a certificate that chains to this PEM CA; refuse those without.
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_cert")]
+    pub metrics_tls_client_ca: Option<PathBuf>,
+    /// A file holding the bearer token scrapers must send (Prometheus'
+    /// authorization.credentials_file); others get 401.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 /// `cvol nfs …`

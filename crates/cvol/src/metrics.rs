@@ -5,10 +5,13 @@
 //! endpoint no recorder is installed and recording costs next to nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::cli::MetricsArg;
 
 /// Histogram buckets, in seconds: every histogram is a latency, from a page-cache hit
 /// (tens of microseconds) to an object-store upload or a stalled NFS server (seconds).
@@ -21,9 +24,29 @@ const LATENCY_BUCKETS: &[f64] = &[
 const UPKEEP: Duration = Duration::from_secs(5);
 
 /// Installs the process's recorder and serves it on `addr` (port 0 picks a free port)
-/// from a thread of its own, for as long as the process lives. Returns the address
-/// bound.
-pub fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+/// from a thread of its own, for as long as the process lives, over TLS and behind a
+/// bearer token when `access` names them. Returns the address bound.
+pub fn serve(addr: SocketAddr, access: &MetricsArg) -> anyhow::Result<SocketAddr> {
+    let tls = match (&access.metrics_tls_cert, &access.metrics_tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(
+            cert,
+            key,
+            access.metrics_tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
+    let token = match &access.metrics_token_file {
+        Some(path) => Some(
+            cvol_provider::read_token(&path.to_string_lossy())
+                .with_context(|| format!("metrics token file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "metrics on {addr} over plain HTTP: anyone on the path reads them (--metrics-tls-cert/--metrics-tls-key serve HTTPS)"
+        );
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .context("metrics buckets")?
@@ -36,14 +59,20 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || runtime.block_on(run(listener, handle)))?;
-    tracing::info!("metrics at http://{bound}/metrics");
+        .spawn(move || runtime.block_on(run(listener, handle, tls, token)))?;
+    tracing::info!("metrics at {scheme}://{bound}/metrics");
     Ok(bound)
 }
 
-async fn run(listener: std::net::TcpListener, handle: PrometheusHandle) {
+async fn run(
+    listener: std::net::TcpListener,
+    handle: PrometheusHandle,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    token: Option<String>,
+) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(UPKEEP);
@@ -56,11 +85,8 @@ async fn run(listener: std::net::TcpListener, handle: PrometheusHandle) {
         "/metrics",
         axum::routing::get(move || std::future::ready(handle.render())),
     );
-    let served = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => axum::serve(listener, app).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = served {
+    let app = cvol_provider_service::with_bearer_token(app, token);
+    if let Err(e) = crate::tls::serve(listener, tls, app, std::future::pending()).await {
         tracing::error!("the metrics endpoint stopped: {e}");
     }
 }

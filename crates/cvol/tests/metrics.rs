@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{cvol, free_port, tool, Env, NfsServe, ProviderServe};
+use common::{cvol, free_port, tool, tool_output, Env, NfsServe, ProviderServe};
 
 /// The endpoint's text.
 fn scrape(port: u16) -> String {
@@ -380,4 +380,80 @@ fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Metrics off loopback carry a host's volumes and traffic: served over HTTPS and behind
+/// a bearer token when asked, and then to nobody without them.
+#[test]
+fn metrics_over_https_need_the_ca_and_the_token() {
+    let env = Env::empty();
+    let ca = common::pki::Ca::new(env.tmp.path(), "metrics");
+    let server = ca.sign("nfs1", &["127.0.0.1"]);
+    let token_file = env.tmp.path().join("metrics.token");
+    common::write_secret(&token_file, "scrape-7f3a\n");
+    let port = free_port();
+    let nfs = NfsServe::start_with(
+        &env.share,
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-tls-cert",
+            server.cert.to_str().unwrap(),
+            "--metrics-tls-key",
+            server.key.to_str().unwrap(),
+            "--metrics-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        Stdio::null(),
+    );
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    let ca_file = ca.cert.to_str().unwrap();
+    let status = |args: &[&str]| {
+        let mut all = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        tool_output("curl", &all)
+    };
+    let nfs_port = nfs.addr.port();
+    tool(
+        "nfs-ls",
+        &[&format!(
+            "nfs://127.0.0.1/?nfsport={nfs_port}&mountport={nfs_port}"
+        )],
+    );
+    let ok = status(&[
+        "--cacert",
+        ca_file,
+        "-H",
+        "Authorization: Bearer scrape-7f3a",
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200");
+    let body = tool(
+        "curl",
+        &[
+            "-s",
+            "--cacert",
+            ca_file,
+            "-H",
+            "Authorization: Bearer scrape-7f3a",
+            &url,
+        ],
+    );
+    assert!(body.contains("cvol_nfs_server_rpc_seconds_count"), "{body}");
+    let no_token = status(&["--cacert", ca_file, &url]);
+    assert_eq!(String::from_utf8_lossy(&no_token.stdout), "401");
+    let wrong = status(&[
+        "--cacert",
+        ca_file,
+        "-H",
+        "Authorization: Bearer guess",
+        &url,
+    ]);
+    assert_eq!(String::from_utf8_lossy(&wrong.stdout), "401");
+    // An untrusted certificate, and plain HTTP on the TLS port: no answer at all.
+    let untrusted = status(&["-H", "Authorization: Bearer scrape-7f3a", &url]);
+    assert!(!untrusted.status.success());
+    let plain = status(&[&format!("http://127.0.0.1:{port}/metrics")]);
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 }

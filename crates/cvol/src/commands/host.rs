@@ -55,7 +55,7 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         vhost_user_queues: cvol_vhost::DEFAULT_QUEUES,
         vhost_user_io_threads: cvol_vhost::DEFAULT_IO_THREADS,
         vhost_user_rescan_ms: cvol_vhost::DEFAULT_RESCAN_MS,
-        metrics: MetricsArg { addr: None },
+        metrics: MetricsArg::default(),
     };
     let mut api_runtime = None;
     let ready = |volumes: &Arc<_>| {
@@ -64,7 +64,7 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         api_runtime = Some(serve_api(&agent)?);
         // Only an agent that runs takes the metrics port (not one refused as a twin).
         if let Some(addr) = settings.metrics {
-            crate::metrics::serve(addr)?;
+            crate::metrics::serve(addr, &args.metrics)?;
         }
         tracing::info!(host = %settings.host, socket = %socket.display(), "host agent ready");
         eprintln!(

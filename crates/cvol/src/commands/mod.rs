@@ -113,8 +113,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         json: cli.json,
         walk_parallel: usize::from(cli.walk_parallel),
     };
-    if let Some(addr) = cli.command.metrics() {
-        crate::metrics::serve(addr)?;
+    if let Some(metrics) = cli.command.metrics() {
+        if let Some(addr) = metrics.addr {
+            crate::metrics::serve(addr, metrics)?;
+        }
     }
     match cli.command {
         Command::Datastore(cmd) => datastore::run(&ctx, cmd),
