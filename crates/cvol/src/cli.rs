@@ -147,6 +147,8 @@ impl Command {
 }
 
 /// `cvol provider …`
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ProviderCommand {
     /// Serve the pool POOL over HTTP/JSON (API: crates/cvol-provider-service/openapi.yaml,
