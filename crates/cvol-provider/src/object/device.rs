@@ -1,11 +1,16 @@
 //! The data plane of an object-pool volume: chunks cached in memory, written back on
 //! flush.
 //!
-//! Writes change cached chunks ("dirty"); `flush` uploads every dirty chunk to a new key,
-//! then commits a manifest naming them. Nothing is overwritten in place, so a crash at
-//! any moment leaves the last committed manifest, whole. The cache holds at most
-//! `cache_bytes`: clean chunks are evicted least recently used first, and when dirty
-//! chunks alone exceed it they are uploaded early (committed by the next flush).
+//! Writes change cached chunks and note which bytes they changed ("dirty"); `flush`
+//! uploads what changed, then commits a manifest naming it. A chunk changed only a little
+//! is not uploaded again: the changed bytes of all such chunks go into one log object,
+//! named in the manifest as patches over their chunks, so a 4 KiB write and a flush upload
+//! a few KiB, not the chunk. A chunk whose patches would pass [`MAX_PATCHES`] or a quarter
+//! of a chunk, or that is all zeros, is uploaded whole (or dropped) instead, its patches
+//! with it. Nothing is overwritten in place, so a crash at any moment leaves the last
+//! committed manifest, whole. The cache holds at most `cache_bytes`: clean chunks are
+//! evicted least recently used first, and when dirty chunks alone exceed it they are
+//! uploaded early (committed by the next flush).
 //!
 //! A flush commits only while this device's attachment generation is the volume's
 //! newest, checked before and after the commit: a takeover writes its first manifest
@@ -20,22 +25,48 @@ use cvol_format::VolumeId;
 use futures::StreamExt;
 use object_store::PutMode;
 
-use super::layout::{AttachmentRecord, Layout, Manifest};
+use super::dirty::Dirty;
+use super::layout::{AttachmentRecord, Layout, Manifest, Patch};
 use super::store::Store;
 use crate::{BlockDevice, BlockError, BlockExtent};
 
 /// Uploads in flight at once, and chunks read ahead of a sequential reader.
 const PARALLEL: usize = 8;
 
+/// Patches a chunk may have before a flush uploads it whole again: a cold read of the
+/// chunk costs one request for the chunk and one per patch.
+pub(crate) const MAX_PATCHES: usize = 16;
+
 struct Cached {
     data: Arc<Vec<u8>>,
-    dirty: bool,
+    /// Bytes written since the chunk was last uploaded (or taken by an upload).
+    dirty: Dirty,
+    /// An upload has this chunk's bytes in flight: it is not evicted meanwhile, since
+    /// what the store holds does not have them yet.
+    uploading: bool,
+    /// When this entry was made: an upload applies to the entry it took its bytes from,
+    /// not to one made after a discard dropped that.
+    born: u64,
     used: u64,
 }
 
+impl Cached {
+    fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+}
+
+/// Where a chunk's bytes are stored: its chunk object (zeros without), then its patches.
+#[derive(Clone, PartialEq, Eq)]
+struct Source {
+    base: Option<String>,
+    patches: Vec<Patch>,
+}
+
 struct State {
-    /// The chunk map as of the last upload: committed, or uploaded early.
+    /// The chunk map and patches as of the last upload: committed, or uploaded early.
     chunks: BTreeMap<u64, String>,
+    patches: BTreeMap<u64, Vec<Patch>>,
     cache: HashMap<u64, Cached>,
     clock: u64,
     seq: u64,
@@ -82,10 +113,29 @@ impl State {
             index,
             Cached {
                 data,
-                dirty: false,
+                dirty: Dirty::default(),
+                uploading: false,
+                born: used,
                 used,
             },
         );
+    }
+
+    /// Where chunk `index` is stored; `None` when it reads as zeros.
+    fn source(&self, index: u64) -> Option<Source> {
+        let base = self.chunks.get(&index).cloned();
+        let patches = self.patches.get(&index).cloned().unwrap_or_default();
+        (base.is_some() || !patches.is_empty()).then_some(Source { base, patches })
+    }
+
+    /// Whether chunk `index` holds no bytes anywhere.
+    fn is_hole(&self, index: u64) -> bool {
+        !self.chunks.contains_key(&index)
+            && !self.patches.contains_key(&index)
+            && self
+                .cache
+                .get(&index)
+                .is_none_or(|c| c.data.iter().all(|&b| b == 0))
     }
 
     fn touch(&mut self, index: u64) {
@@ -109,6 +159,9 @@ pub(crate) struct ObjectBlockDevice {
     state: Arc<Mutex<State>>,
     /// One flush at a time, so that manifests are committed in order.
     flushing: Mutex<()>,
+    /// One upload at a time, so that a flush's upload waits for an early one in flight
+    /// and commits what it uploaded.
+    uploading: Mutex<()>,
     /// Chunk loads served from the cache, and those that waited on the store.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
@@ -123,6 +176,16 @@ pub(crate) fn chunk_bytes<'a>(
     indexes
         .map(|&i| chunk_size.min(size.saturating_sub(i * chunk_size)))
         .sum()
+}
+
+/// What an upload does with one dirty chunk.
+enum Upload {
+    /// All zeros: no object, and no patches.
+    Zeros,
+    /// Uploaded whole, to this key; its patches are dropped.
+    Whole(String, Arc<Vec<u8>>),
+    /// Its changed bytes, as patches in this upload's log.
+    Patches(Vec<Patch>),
 }
 
 fn io(message: String) -> BlockError {
@@ -156,6 +219,7 @@ impl ObjectBlockDevice {
             cache_bytes,
             state: Arc::new(Mutex::new(State {
                 chunks: manifest.chunks,
+                patches: manifest.patches,
                 cache: HashMap::new(),
                 clock: 0,
                 seq,
@@ -164,6 +228,7 @@ impl ObjectBlockDevice {
                 pending: false,
             })),
             flushing: Mutex::new(()),
+            uploading: Mutex::new(()),
         }
     }
 
@@ -187,8 +252,8 @@ impl ObjectBlockDevice {
                 }
                 match state.fetching.get(&index).cloned() {
                     Some(fetch) => fetch,
-                    None => match state.chunks.get(&index).cloned() {
-                        Some(key) => self.start_fetch(&mut state, index, key),
+                    None => match state.source(index) {
+                        Some(source) => self.start_fetch(&mut state, index, source),
                         None => {
                             let zeros = Arc::new(vec![0u8; self.chunk_size as usize]);
                             state.insert_clean(index, zeros.clone());
@@ -206,45 +271,85 @@ impl ObjectBlockDevice {
         }
     }
 
-    /// Starts downloading chunk `index`, stored as `key`; whoever wants it waits on the
-    /// returned fetch. The chunk is cached when it arrives, unless a write or discard
-    /// changed it meanwhile.
-    fn start_fetch(&self, state: &mut State, index: u64, key: String) -> Arc<Fetch> {
+    /// Starts downloading chunk `index`, stored at `source`; whoever wants it waits on
+    /// the returned fetch. The chunk is cached when it arrives, unless a write, discard
+    /// or upload changed it meanwhile.
+    fn start_fetch(&self, state: &mut State, index: u64, source: Source) -> Arc<Fetch> {
         let fetch = Arc::new(Fetch::default());
         state.fetching.insert(index, fetch.clone());
-        let (store, path, chunk_size) =
-            (self.store.clone(), self.layout.chunk(&key), self.chunk_size);
-        let (shared, done) = (self.state.clone(), fetch.clone());
-        let inner = store.inner.clone();
-        let download = store.timed("get", {
-            let path = path.clone();
-            async move {
-                let bytes = inner.get(&path).await?.bytes().await?;
-                if bytes.len() as u64 != chunk_size {
-                    return Err(object_store::Error::Generic {
-                        store: "cvol",
-                        source: format!("chunk {path} has {} bytes, not {chunk_size}", bytes.len())
-                            .into(),
-                    });
-                }
-                Ok(bytes)
-            }
-        });
+        let download = self.download(source.clone());
+        let (shared, done, store) = (self.state.clone(), fetch.clone(), self.store.clone());
+        let volume = self.layout.volume_dir(&self.volume);
         self.store.runtime.spawn(async move {
             let outcome = download.await;
             let mut state = shared.lock().expect("device state lock");
             state.fetching.remove(&index);
             let outcome = outcome
                 .map(|data| {
-                    if state.chunks.get(&index) == Some(&key) && !state.cache.contains_key(&index) {
-                        state.insert_clean(index, Arc::new(data.to_vec()));
+                    if state.source(index).as_ref() == Some(&source)
+                        && !state.cache.contains_key(&index)
+                    {
+                        state.insert_clean(index, Arc::new(data));
                     }
                 })
-                .map_err(|e| store.error("read", &path, e.into()).to_string());
+                .map_err(|e| store.error("read", &volume, e.into()).to_string());
             drop(state);
             done.finish(outcome);
         });
         fetch
+    }
+
+    /// The bytes of a chunk stored at `source`: its chunk object (or zeros), then each
+    /// patch read from its log and laid over it, in order; the patches' reads in
+    /// parallel. A chunk or patch of the wrong length is an error, never served.
+    fn download(
+        &self,
+        source: Source,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, object_store::Error>> + Send + 'static
+    {
+        let (inner, layout, chunk_size) = (
+            self.store.inner.clone(),
+            self.layout.clone(),
+            self.chunk_size,
+        );
+        let wrong = |what: String| object_store::Error::Generic {
+            store: "cvol",
+            source: what.into(),
+        };
+        self.store.timed("get", async move {
+            let mut data = match &source.base {
+                Some(key) => {
+                    let path = layout.chunk(key);
+                    let bytes = inner.get(&path).await?.bytes().await?;
+                    if bytes.len() as u64 != chunk_size {
+                        return Err(wrong(format!(
+                            "chunk {path} has {} bytes, not {chunk_size}",
+                            bytes.len()
+                        )));
+                    }
+                    bytes.to_vec()
+                }
+                None => vec![0u8; chunk_size as usize],
+            };
+            let reads = source.patches.iter().map(|p| {
+                let (inner, path) = (inner.clone(), layout.chunk(&p.log));
+                let range = p.from..p.from + u64::from(p.len);
+                async move { inner.get_range(&path, range).await.map(|b| (path, b)) }
+            });
+            let pieces = futures::future::try_join_all(reads).await?;
+            for (p, (path, bytes)) in source.patches.iter().zip(pieces) {
+                let (at, len) = (p.at as usize, p.len as usize);
+                if bytes.len() != len || at + len > data.len() {
+                    return Err(wrong(format!(
+                        "log {path}: {} bytes at {}, not the {len} the manifest names",
+                        bytes.len(),
+                        p.from
+                    )));
+                }
+                data[at..at + len].copy_from_slice(&bytes);
+            }
+            Ok(data)
+        })
     }
 
     /// Starts downloading the `PARALLEL` chunks after `index` that are stored, not cached
@@ -256,25 +361,34 @@ impl ObjectBlockDevice {
             if state.cache.contains_key(&next) || state.fetching.contains_key(&next) {
                 continue;
             }
-            if let Some(key) = state.chunks.get(&next).cloned() {
-                self.start_fetch(&mut state, next, key);
+            if let Some(source) = state.source(next) {
+                self.start_fetch(&mut state, next, source);
             }
         }
     }
 
-    /// Applies `change` to chunk `index`, marking it dirty.
-    fn modify(&self, index: u64, change: impl FnOnce(&mut [u8])) -> Result<(), BlockError> {
+    /// Applies `change` to bytes `at..at + n` of chunk `index`, marking them dirty.
+    fn modify(
+        &self,
+        index: u64,
+        at: usize,
+        n: usize,
+        change: impl FnOnce(&mut [u8]),
+    ) -> Result<(), BlockError> {
         let full = self.load(index)?;
         let mut state = self.lock();
         state.clock += 1;
         let clock = state.clock;
         let entry = state.cache.entry(index).or_insert(Cached {
             data: full,
-            dirty: false,
+            dirty: Dirty::default(),
+            uploading: false,
+            born: clock,
             used: clock,
         });
-        change(Arc::make_mut(&mut entry.data).as_mut_slice());
-        entry.dirty = true;
+        change(&mut Arc::make_mut(&mut entry.data)[at..at + n]);
+        // Chunks are at most 64 MiB (checked when the pool is made): offsets fit in u32.
+        entry.dirty.add(at as u32, (at + n) as u32);
         entry.used = clock;
         state.pending = true;
         Ok(())
@@ -294,7 +408,7 @@ impl ObjectBlockDevice {
             let mut clean: Vec<(u64, u64)> = state
                 .cache
                 .iter()
-                .filter(|(_, c)| !c.dirty)
+                .filter(|(_, c)| !c.is_dirty() && !c.uploading)
                 .map(|(&i, c)| (c.used, i))
                 .collect();
             clean.sort_unstable();
@@ -313,43 +427,97 @@ impl ObjectBlockDevice {
         Ok(())
     }
 
-    /// Uploads every dirty chunk to a new key and records the key in the map (not yet
-    /// committed). Returns the map to commit.
-    fn upload_dirty(&self) -> Result<BTreeMap<u64, String>, BlockError> {
-        let (dirty, mut map) = {
-            let state = self.lock();
-            let dirty: Vec<(u64, Arc<Vec<u8>>)> = state
-                .cache
-                .iter()
-                .filter(|(_, c)| c.dirty)
-                .map(|(&i, c)| (i, c.data.clone()))
-                .collect();
-            (dirty, state.chunks.clone())
-        };
-        let mut uploads = Vec::new();
-        for (index, data) in &dirty {
-            if data.iter().all(|&b| b == 0) {
-                // A chunk of zeros needs no object: no key reads as zeros.
-                map.remove(index);
-                uploads.push((*index, None));
-            } else {
-                let key = self.layout.new_chunk(&self.volume, self.generation);
-                map.insert(*index, key.clone());
-                uploads.push((*index, Some((key, data.clone()))));
+    /// Uploads what every dirty chunk changed: whole chunks to new keys, small changes as
+    /// patches in one new log object; records them in the chunk map and patches (not yet
+    /// committed). Writes made meanwhile stay dirty for the next upload.
+    fn upload_dirty(&self) -> Result<(), BlockError> {
+        let _one = self.uploading.lock().expect("upload lock");
+        let log_key = self.layout.new_log(&self.volume, self.generation);
+        let mut log = Vec::new();
+        // Taken from the cache: each dirty chunk's bytes and ranges, and what to do.
+        let mut taken: Vec<(u64, u64, Dirty, Upload)> = Vec::new();
+        {
+            let mut state = self.lock();
+            let State { cache, patches, .. } = &mut *state;
+            for (&index, c) in cache.iter_mut().filter(|(_, c)| c.is_dirty()) {
+                let dirty = std::mem::take(&mut c.dirty);
+                c.uploading = true;
+                let old = patches.get(&index).map_or(&[][..], Vec::as_slice);
+                let old_bytes: u64 = old.iter().map(|p| u64::from(p.len)).sum();
+                let upload = if c.data.iter().all(|&b| b == 0) {
+                    Upload::Zeros
+                } else if old.len() + dirty.len() > MAX_PATCHES
+                    || old_bytes + dirty.bytes() > self.chunk_size / 4
+                {
+                    Upload::Whole(
+                        self.layout.new_chunk(&self.volume, self.generation),
+                        c.data.clone(),
+                    )
+                } else {
+                    let mut new = Vec::new();
+                    for (start, end) in dirty.ranges() {
+                        new.push(Patch {
+                            at: start,
+                            len: end - start,
+                            log: log_key.clone(),
+                            from: log.len() as u64,
+                        });
+                        log.extend_from_slice(&c.data[start as usize..end as usize]);
+                    }
+                    Upload::Patches(new)
+                };
+                taken.push((index, c.born, dirty, upload));
             }
         }
-        let store = self.store.inner.clone();
-        let layout = self.layout.clone();
-        let puts = uploads
+        let mut puts: Vec<(String, Bytes)> = taken
             .iter()
-            .filter_map(|(_, u)| u.clone())
+            .filter_map(|(_, _, _, u)| match u {
+                Upload::Whole(key, data) => Some((key.clone(), Bytes::from(data.to_vec()))),
+                _ => None,
+            })
+            .collect();
+        if !log.is_empty() {
+            puts.push((log_key, Bytes::from(log)));
+        }
+        let uploaded = self.put_all(puts);
+        let mut state = self.lock();
+        for (index, born, dirty, upload) in taken {
+            let Some(c) = state.cache.get_mut(&index).filter(|c| c.born == born) else {
+                // Discarded (or cut off by a resize) meanwhile: that change wins.
+                continue;
+            };
+            c.uploading = false;
+            if uploaded.is_err() {
+                c.dirty.merge(&dirty);
+                continue;
+            }
+            match upload {
+                Upload::Zeros => {
+                    state.chunks.remove(&index);
+                    state.patches.remove(&index);
+                }
+                Upload::Whole(key, _) => {
+                    state.chunks.insert(index, key);
+                    state.patches.remove(&index);
+                }
+                Upload::Patches(new) => state.patches.entry(index).or_default().extend(new),
+            }
+        }
+        uploaded
+    }
+
+    /// Puts new objects (chunks, a log), several at a time.
+    fn put_all(&self, puts: Vec<(String, Bytes)>) -> Result<(), BlockError> {
+        let store = self.store.inner.clone();
+        let puts = puts
+            .into_iter()
             .map(|(key, data)| {
-                let (store, path) = (store.clone(), layout.chunk(&key));
+                let (store, path) = (store.clone(), self.layout.chunk(&key));
                 self.store.timed("put", async move {
                     store
                         .put_opts(
                             &path,
-                            Bytes::from(data.as_ref().clone()).into(),
+                            data.into(),
                             object_store::PutOptions {
                                 mode: PutMode::Create,
                                 ..Default::default()
@@ -368,47 +536,33 @@ impl ObjectBlockDevice {
                     .await;
                 results.into_iter().collect::<Result<Vec<()>, _>>()
             })
+            .map(|_| ())
             .map_err(|e| {
                 io(self
                     .store
                     .error("upload chunks of", &self.layout.volume_dir(&self.volume), e)
                     .to_string())
-            })?;
-        let mut state = self.lock();
-        for ((index, data), (_, upload)) in dirty.iter().zip(&uploads) {
-            let unchanged = state
-                .cache
-                .get(index)
-                .is_some_and(|c| Arc::ptr_eq(&c.data, data));
-            if unchanged {
-                state.cache.get_mut(index).expect("cached").dirty = false;
-                match upload {
-                    Some((key, _)) => {
-                        state.chunks.insert(*index, key.clone());
-                    }
-                    None => {
-                        state.chunks.remove(index);
-                    }
-                }
-            }
-        }
-        Ok(map)
+            })
     }
 
     /// Bytes of the chunks the volume holds, written ones not yet uploaded included (the
     /// last chunk counts only up to the end).
     pub(crate) fn stored_bytes(&self) -> u64 {
         let state = self.lock();
-        let dirty = state
-            .cache
-            .iter()
-            .filter(|(index, c)| c.dirty && !state.chunks.contains_key(index))
-            .map(|(index, _)| index);
-        chunk_bytes(
-            state.chunks.keys().chain(dirty),
-            self.chunk_size,
-            self.size(),
-        )
+        let stored: std::collections::BTreeSet<u64> = state
+            .chunks
+            .keys()
+            .chain(state.patches.keys())
+            .chain(
+                state
+                    .cache
+                    .iter()
+                    .filter(|(_, c)| c.is_dirty())
+                    .map(|(index, _)| index),
+            )
+            .copied()
+            .collect();
+        chunk_bytes(stored.iter(), self.chunk_size, self.size())
     }
 
     /// Changes the size; the next flush commits it. What lies beyond a smaller size is
@@ -417,12 +571,13 @@ impl ObjectBlockDevice {
         let mut state = self.lock();
         let count = size.div_ceil(self.chunk_size);
         state.chunks.retain(|&index, _| index < count);
+        state.patches.retain(|&index, _| index < count);
         state.cache.retain(|&index, _| index < count);
         if let Some(tail) = state.cache.get_mut(&(count.saturating_sub(1))) {
             let keep = (size - (count - 1) * self.chunk_size) as usize;
             if tail.data[keep..].iter().any(|&b| b != 0) {
                 Arc::make_mut(&mut tail.data)[keep..].fill(0);
-                tail.dirty = true;
+                tail.dirty.add(keep as u32, self.chunk_size as u32);
             }
         }
         state.pending = true;
@@ -493,7 +648,7 @@ impl BlockDevice for ObjectBlockDevice {
         let mut done = 0;
         for (index, at, n) in self.chunks_of(offset, buf.len() as u64) {
             let part = &buf[done..done + n];
-            self.modify(index, |chunk| chunk[at..at + n].copy_from_slice(part))?;
+            self.modify(index, at, n, |bytes| bytes.copy_from_slice(part))?;
             done += n;
         }
         self.trim()
@@ -509,12 +664,18 @@ impl BlockDevice for ObjectBlockDevice {
             return self.check_fence();
         }
         let committed = self.check_fence().and_then(|()| {
+            self.upload_dirty()?;
+            let (chunks, patches) = {
+                let state = self.lock();
+                (state.chunks.clone(), state.patches.clone())
+            };
             let manifest = Manifest {
                 size: self.size(),
                 chunk_size: self.chunk_size,
                 generation: self.generation,
                 seq: seq + 1,
-                chunks: self.upload_dirty()?,
+                chunks,
+                patches,
             };
             let path = self.layout.manifest(&self.volume, self.generation, seq + 1);
             self.store
@@ -541,10 +702,11 @@ impl BlockDevice for ObjectBlockDevice {
                 // of a large range costs no memory.
                 let mut state = self.lock();
                 state.chunks.remove(&index);
+                state.patches.remove(&index);
                 state.cache.remove(&index);
                 state.pending = true;
             } else {
-                self.modify(index, |chunk| chunk[at..at + n].fill(0))?;
+                self.modify(index, at, n, |bytes| bytes.fill(0))?;
             }
         }
         self.trim()
@@ -559,11 +721,7 @@ impl BlockDevice for ObjectBlockDevice {
         let state = self.lock();
         let mut runs: Vec<BlockExtent> = Vec::new();
         for (index, _, n) in self.chunks_of(offset, len) {
-            let hole = !state.chunks.contains_key(&index)
-                && state
-                    .cache
-                    .get(&index)
-                    .is_none_or(|c| c.data.iter().all(|&b| b == 0));
+            let hole = state.is_hole(index);
             match runs.last_mut() {
                 Some(last) if last.hole == hole => last.length += n as u64,
                 _ => runs.push(BlockExtent {

@@ -50,7 +50,7 @@ pub(crate) fn collect(
     let mut report = GcReport::default();
     let mut doomed_manifests = Vec::new();
     let mut referenced = BTreeSet::new();
-    let mut reference = |manifest: &Manifest| referenced.extend(manifest.chunks.values().cloned());
+    let mut reference = |manifest: &Manifest| referenced.extend(manifest.objects().cloned());
     for name in store.list_dirs(&layout.volumes())? {
         let Ok(id) = VolumeId::new(&name) else {
             continue;

@@ -7,11 +7,18 @@
 //! volumes/<vol>/snapshots/<name>.json         a frozen manifest
 //! volumes/<vol>/attachment.json               holder and generation
 //! chunks/<vol>/<gen>-<uuid>                   one chunk's bytes, never overwritten
+//! chunks/<vol>/<gen>-<uuid>.log               one flush's small writes (patches), ditto
 //! ```
 //! Generations and sequence numbers are zero-padded, so that names sort as numbers: the
 //! newest manifest of a volume is the last one listed. Chunk keys name the volume and
 //! generation that wrote them but not their content or place: a clone's manifest names
 //! its origin's chunks until it writes its own.
+//!
+//! A flush that changed only a little of a chunk does not upload the chunk again: the
+//! changed bytes of every such chunk go into one log object, and the manifest lists them
+//! as the chunk's patches, applied over its chunk (or zeros) in order. A chunk whose
+//! patches grow past a bound is uploaded whole again by the flush that would exceed it,
+//! and its patches are dropped (compaction); logs nothing names any more are gc's.
 
 use std::collections::BTreeMap;
 
@@ -85,6 +92,14 @@ impl Layout {
         )
     }
 
+    /// A fresh key for a log object written by `volume` at `generation`.
+    pub(crate) fn new_log(&self, volume: &VolumeId, generation: u64) -> String {
+        format!(
+            "{volume}/{generation:020}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
     /// The object of chunk `key` (as a manifest names it).
     pub(crate) fn chunk(&self, key: &str) -> Path {
         key.split('/').fold(self.chunks(), |p, part| p.child(part))
@@ -131,9 +146,46 @@ pub(crate) struct Manifest {
     pub(crate) generation: u64,
     pub(crate) seq: u64,
     pub(crate) chunks: BTreeMap<u64, String>,
+    /// Writes over a chunk since it was last uploaded whole, oldest first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) patches: BTreeMap<u64, Vec<Patch>>,
+}
+
+/// `len` bytes at `at` in a chunk, kept in log object `log` from byte `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Patch {
+    pub(crate) at: u32,
+    pub(crate) len: u32,
+    pub(crate) log: String,
+    pub(crate) from: u64,
 }
 
 impl Manifest {
+    /// The chunks that hold bytes: with a stored chunk, patches, or both.
+    pub(crate) fn stored(&self) -> std::collections::BTreeSet<u64> {
+        self.chunks
+            .keys()
+            .chain(self.patches.keys())
+            .copied()
+            .collect()
+    }
+
+    /// Every object the manifest names: chunks and logs.
+    pub(crate) fn objects(&self) -> impl Iterator<Item = &String> {
+        self.chunks.values().chain(
+            self.patches
+                .values()
+                .flat_map(|patches| patches.iter().map(|p| &p.log)),
+        )
+    }
+
+    /// Drops what lies in chunks at or after `count`.
+    pub(crate) fn truncate_chunks(&mut self, count: u64) {
+        self.chunks.retain(|&index, _| index < count);
+        self.patches.retain(|&index, _| index < count);
+    }
+
     /// Checks what a parser cannot: chunk indexes within the size.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.chunk_size == 0 || !self.chunk_size.is_power_of_two() {
@@ -143,12 +195,22 @@ impl Manifest {
             ));
         }
         let count = self.size.div_ceil(self.chunk_size);
-        if let Some((&last, _)) = self.chunks.last_key_value() {
+        if let Some(&last) = self.stored().last() {
             if last >= count {
                 return Err(format!(
                     "chunk {last} lies beyond the end ({} bytes)",
                     self.size
                 ));
+            }
+        }
+        for (index, patches) in &self.patches {
+            for p in patches {
+                if p.len == 0 || u64::from(p.at) + u64::from(p.len) > self.chunk_size {
+                    return Err(format!(
+                        "a patch of chunk {index} ({} bytes at {}) does not fit in a chunk",
+                        p.len, p.at
+                    ));
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@
 //! cannot commit (device.rs).
 
 mod device;
+mod dirty;
 mod gc;
 mod layout;
 mod store;
@@ -473,19 +474,19 @@ impl Provider for ObjectProvider {
             });
         }
         // A copy names the chunks of its origin: no data moves.
-        let (size, chunks) = match source {
+        let (size, chunks, patches) = match source {
             VolumeSource::Blank { size } => {
                 self.check_size(*size)?;
-                (*size, Default::default())
+                (*size, Default::default(), Default::default())
             }
             VolumeSource::Volume(from) => {
                 self.record(from)?;
                 let m = self.latest(from)?;
-                (m.size, m.chunks)
+                (m.size, m.chunks, m.patches)
             }
             VolumeSource::Snapshot(from, name) => {
                 let m = self.snapshot_record(from, name)?.manifest;
-                (m.size, m.chunks)
+                (m.size, m.chunks, m.patches)
             }
         };
         let manifest = Manifest {
@@ -494,6 +495,7 @@ impl Provider for ObjectProvider {
             generation: 0,
             seq: 0,
             chunks,
+            patches,
         };
         let path = self.layout.manifest(id, 0, 0);
         self.store
@@ -578,7 +580,7 @@ impl Provider for ObjectProvider {
         self.refuse_attached(id)?;
         crate::check_shrink(self.id.as_str(), id, manifest.size, size, allow_shrink)?;
         let count = size.div_ceil(manifest.chunk_size);
-        manifest.chunks.retain(|&index, _| index < count);
+        manifest.truncate_chunks(count);
         manifest.size = size;
         manifest.seq += 1;
         let path = self.layout.manifest(id, manifest.generation, manifest.seq);
@@ -665,7 +667,7 @@ impl Provider for ObjectProvider {
         self.record(id)?;
         let m = self.latest(id)?;
         Ok(Some(device::chunk_bytes(
-            m.chunks.keys(),
+            m.stored().iter(),
             m.chunk_size,
             m.size,
         )))

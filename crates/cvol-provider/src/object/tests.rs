@@ -269,10 +269,11 @@ fn discarded_chunks_are_dropped_and_collected() {
     device.write_zeroes(100, 100).unwrap();
     device.flush().unwrap();
     let report = p.gc(Duration::ZERO, true).unwrap();
-    assert_eq!(report.referenced, 2, "{report:?}");
-    // The six dropped chunks, and chunk 0 as it was before write_zeroes changed it.
-    assert_eq!(report.garbage_chunks.len(), 7, "{report:?}");
-    assert_eq!(chunk_objects(&p), 2);
+    // Chunks 0 and 7, and the log holding write_zeroes' 100 bytes as a patch of chunk 0.
+    assert_eq!(report.referenced, 3, "{report:?}");
+    // The six dropped chunks.
+    assert_eq!(report.garbage_chunks.len(), 6, "{report:?}");
+    assert_eq!(chunk_objects(&p), 3);
     let data = content(&p, &id);
     assert!(data[100..200].iter().all(|&b| b == 0));
     assert!(data[CHUNK as usize..7 * CHUNK as usize]
@@ -323,7 +324,8 @@ proptest! {
             let pick = |v: usize| v % volumes.len().max(1);
             match op {
                 Op::Write { volume, chunk, byte } if !volumes.is_empty() => {
-                    volumes[pick(volume)].1.write_at(&[byte; 1000], chunk * CHUNK + 7).unwrap();
+                    let at = chunk * CHUNK + u64::from(byte) * 61;
+                    volumes[pick(volume)].1.write_at(&[byte; 1000], at).unwrap();
                 }
                 Op::Flush { volume } if !volumes.is_empty() => volumes[pick(volume)].1.flush().unwrap(),
                 Op::Snapshot { volume } if !volumes.is_empty() => {
@@ -493,4 +495,169 @@ fn allocated_counts_the_chunks_held_unflushed_ones_too_while_attached() {
     assert_eq!(other.allocated(&id).unwrap(), Some(2 * CHUNK + 4096));
     other.revert_volume(&id, &snap, &NoProgress).unwrap();
     assert_eq!(other.allocated(&id).unwrap(), Some(CHUNK + 4096));
+}
+
+/// The newest manifest of `id`, as committed.
+fn manifest(p: &ObjectProvider, id: &VolumeId) -> Manifest {
+    p.latest(id).unwrap()
+}
+
+/// Bytes of every object in the pool's chunks/ (chunks and logs), by key.
+fn stored_objects(dir: &std::path::Path) -> BTreeMap<String, u64> {
+    let mut found = BTreeMap::new();
+    let chunks = dir.join("chunks");
+    for volume in std::fs::read_dir(&chunks).into_iter().flatten() {
+        let volume = volume.unwrap().path();
+        for object in std::fs::read_dir(&volume).unwrap() {
+            let object = object.unwrap();
+            let key = object.path().strip_prefix(&chunks).unwrap().display().to_string();
+            found.insert(key, object.metadata().unwrap().len());
+        }
+    }
+    found
+}
+
+#[test]
+fn a_small_write_and_flush_upload_a_small_log_not_the_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 4 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    device.write_at(&vec![7; 4 * CHUNK as usize], 0).unwrap();
+    device.flush().unwrap();
+    let before = stored_objects(dir.path());
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    device.write_at(&[1; 4096], CHUNK + 8192).unwrap();
+    device.write_at(&[2; 512], 3 * CHUNK).unwrap();
+    device.flush().unwrap();
+    let after = stored_objects(dir.path());
+    let new: Vec<_> = after.iter().filter(|(k, _)| !before.contains_key(*k)).collect();
+    assert_eq!(new.len(), 1, "one new object: {new:?}");
+    let (log, bytes) = new[0];
+    assert!(log.ends_with(".log"), "{log}");
+    assert_eq!(*bytes, 4096 + 512, "the log holds the changed bytes only");
+    let m = manifest(&p, &id);
+    assert_eq!(m.patches.len(), 2, "{m:?}");
+    assert_eq!(m.patches[&1][0].at, 8192);
+
+    // Read back cold, from the store: chunk and patches.
+    let data = content(&p, &id);
+    assert!(data[..CHUNK as usize + 8192].iter().all(|&b| b == 7));
+    assert!(data[CHUNK as usize + 8192..CHUNK as usize + 12288].iter().all(|&b| b == 1));
+    assert!(data[3 * CHUNK as usize..3 * CHUNK as usize + 512].iter().all(|&b| b == 2));
+    assert!(data[3 * CHUNK as usize + 512..].iter().all(|&b| b == 7));
+}
+
+#[test]
+fn a_chunk_is_uploaded_whole_again_before_its_patches_pass_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    let mut model = vec![0u8; CHUNK as usize];
+    for n in 0..=device::MAX_PATCHES as u64 + 2 {
+        let at = (n * 1000) as usize;
+        model[at..at + 100].fill(n as u8 + 1);
+        device.write_at(&[n as u8 + 1; 100], at as u64).unwrap();
+        device.flush().unwrap();
+        let m = manifest(&p, &id);
+        let patches = m.patches.get(&0).map_or(0, Vec::len);
+        assert!(patches <= device::MAX_PATCHES, "{patches} patches");
+        assert_eq!(content(&p, &id), model, "after flush {n}");
+    }
+    // Compacted once on the way: a chunk object, and fewer patches than flushes.
+    let m = manifest(&p, &id);
+    assert!(m.chunks.contains_key(&0), "{m:?}");
+    assert!(m.patches.get(&0).map_or(0, Vec::len) < device::MAX_PATCHES);
+    // Logs the compaction left behind are garbage; what is read stays.
+    let report = p.gc(Duration::ZERO, true).unwrap();
+    assert!(!report.garbage_chunks.is_empty(), "{report:?}");
+    assert_eq!(content(&p, &id), model);
+}
+
+#[test]
+fn a_truncated_or_missing_log_is_an_error_naming_the_volume_never_wrong_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    device.write_at(&vec![5; CHUNK as usize], 0).unwrap();
+    device.flush().unwrap();
+    device.write_at(&[6; 300], 1000).unwrap();
+    device.flush().unwrap();
+    let m = manifest(&p, &id);
+    let log = dir.path().join("chunks").join(&m.patches[&0][0].log);
+    let bytes = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &bytes[..100]).unwrap();
+    let cold = p.device(&id, 0).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = cold.read_at(&mut buf, 0).unwrap_err().to_string();
+    assert!(err.contains(&id.to_string()), "{err}");
+    std::fs::remove_file(&log).unwrap();
+    let cold = p.device(&id, 0).unwrap();
+    let err = cold.read_at(&mut buf, 0).unwrap_err().to_string();
+    assert!(err.contains(&id.to_string()), "{err}");
+}
+
+#[derive(Debug, Clone)]
+enum DeviceOp {
+    Write { at: u64, len: u64, byte: u8 },
+    Discard { at: u64, len: u64 },
+    Flush,
+    /// Detach and attach again: only what was flushed is there.
+    Reattach,
+}
+
+fn device_op() -> impl Strategy<Value = DeviceOp> {
+    let span = 4 * CHUNK;
+    prop_oneof![
+        6 => (0..span, 1..20_000u64, 1..=255u8).prop_map(move |(at, len, byte)| DeviceOp::Write { at, len: len.min(span - at), byte }),
+        1 => (0..span, 1..(2 * CHUNK)).prop_map(move |(at, len)| DeviceOp::Discard { at, len: len.min(span - at) }),
+        3 => Just(DeviceOp::Flush),
+        1 => Just(DeviceOp::Reattach),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Small and large writes, discards, flushes (patches, compactions, early uploads
+    /// with a cache of two chunks) and re-attaches: the device reads what was written,
+    /// and a re-attached one reads exactly what was last flushed.
+    #[test]
+    fn patched_volumes_read_back_what_was_written_and_flushed(
+        ops in proptest::collection::vec(device_op(), 1..50)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path(), 2 * CHUNK as usize);
+        let id = blank(&p, 4 * CHUNK);
+        let mut device = p.attach(&id, "h", false).unwrap().device;
+        let mut model = vec![0u8; 4 * CHUNK as usize];
+        let mut flushed = model.clone();
+        for op in ops {
+            match op {
+                DeviceOp::Write { at, len, byte } => {
+                    device.write_at(&vec![byte; len as usize], at).unwrap();
+                    model[at as usize..(at + len) as usize].fill(byte);
+                }
+                DeviceOp::Discard { at, len } => {
+                    device.discard(at, len).unwrap();
+                    model[at as usize..(at + len) as usize].fill(0);
+                }
+                DeviceOp::Flush => {
+                    device.flush().unwrap();
+                    flushed = model.clone();
+                }
+                DeviceOp::Reattach => {
+                    drop(device);
+                    p.detach(&id, "h").unwrap();
+                    device = p.attach(&id, "h", false).unwrap().device;
+                    model = flushed.clone();
+                }
+            }
+            prop_assert!(read_all(&*device) == model, "the device reads what was written");
+        }
+        prop_assert!(content(&p, &id) == flushed, "the store holds what was flushed");
+    }
 }
