@@ -307,34 +307,64 @@ impl ObjectBlockDevice {
         source: Source,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, object_store::Error>> + Send + 'static
     {
-        let (inner, layout, chunk_size) = (
+        let (inner, layout, chunk_size, disk) = (
             self.store.inner.clone(),
             self.layout.clone(),
             self.chunk_size,
+            self.store.disk_cache.clone(),
         );
         let wrong = |what: String| object_store::Error::Generic {
             store: "cvol",
             source: what.into(),
         };
         self.store.timed("get", async move {
+            let cached = |name: &str| disk.as_ref().and_then(|d| d.get(name));
+            let keep = |name: &str, bytes: &[u8]| {
+                if let Some(d) = &disk {
+                    d.put(name, bytes);
+                }
+            };
             let mut data = match &source.base {
                 Some(key) => {
                     let path = layout.chunk(key);
-                    let bytes = inner.get(&path).await?.bytes().await?;
+                    let bytes = match cached(key) {
+                        Some(bytes) => bytes,
+                        None => {
+                            let bytes = inner.get(&path).await?.bytes().await?.to_vec();
+                            if bytes.len() as u64 == chunk_size {
+                                keep(key, &bytes);
+                            }
+                            bytes
+                        }
+                    };
                     if bytes.len() as u64 != chunk_size {
                         return Err(wrong(format!(
                             "chunk {path} has {} bytes, not {chunk_size}",
                             bytes.len()
                         )));
                     }
-                    bytes.to_vec()
+                    bytes
                 }
                 None => vec![0u8; chunk_size as usize],
             };
             let reads = source.patches.iter().map(|p| {
                 let (inner, path) = (inner.clone(), layout.chunk(&p.log));
                 let range = p.from..p.from + u64::from(p.len);
-                async move { inner.get_range(&path, range).await.map(|b| (path, b)) }
+                let (name, len) = (format!("{}@{}+{}", p.log, p.from, p.len), p.len as usize);
+                let hit = cached(&name);
+                async move {
+                    let bytes = match hit {
+                        Some(bytes) => bytes,
+                        None => {
+                            let bytes = inner.get_range(&path, range).await?.to_vec();
+                            if bytes.len() == len {
+                                keep(&name, &bytes);
+                            }
+                            bytes
+                        }
+                    };
+                    Ok::<_, object_store::Error>((path, bytes))
+                }
             });
             let pieces = futures::future::try_join_all(reads).await?;
             for (p, (path, bytes)) in source.patches.iter().zip(pieces) {

@@ -11,6 +11,7 @@
 
 mod device;
 mod dirty;
+mod disk_cache;
 mod gc;
 mod layout;
 mod store;
@@ -58,6 +59,8 @@ pub struct ObjectSettings {
     pub timeout: Duration,
     /// Whether a pool that is not there yet is made (else it is an error).
     pub create: bool,
+    /// A directory on local disk keeping chunks across restarts, and its size bound.
+    pub disk_cache: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Default for ObjectSettings {
@@ -67,13 +70,19 @@ impl Default for ObjectSettings {
             cache_bytes: DEFAULT_CACHE_BYTES,
             timeout: DEFAULT_TIMEOUT,
             create: true,
+            disk_cache: None,
         }
     }
 }
 
+/// The size bound of a disk cache unless the settings say otherwise.
+pub const DEFAULT_DISK_CACHE_MIB: u64 = 10 << 10;
+
 impl ObjectSettings {
     /// The settings of an `object` provider: optionally `chunk_size` (bytes, for a new
-    /// pool), `cache_mib` (per attached volume) and `timeout` (seconds per store call).
+    /// pool), `cache_mib` (memory per attached volume), `timeout` (seconds per store
+    /// call), and `disk_cache` (a local directory keeping chunks across restarts) with
+    /// `disk_cache_mib` (its bound, default 10 GiB).
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
         let settings = Settings::new(config);
         let default = Self::default();
@@ -87,6 +96,13 @@ impl ObjectSettings {
                 << 20,
             timeout: settings.seconds("timeout", default.timeout)?,
             create: true,
+            disk_cache: match settings.get("disk_cache") {
+                Some(dir) => Some((
+                    dir.into(),
+                    settings.positive("disk_cache_mib", "MiB", DEFAULT_DISK_CACHE_MIB)? << 20,
+                )),
+                None => None,
+            },
         })
     }
 }
@@ -198,12 +214,20 @@ impl ObjectProvider {
             .enable_all()
             .build()
             .map_err(|e| refuse(e.to_string()))?;
+        let disk_cache = match &settings.disk_cache {
+            Some((dir, limit)) => Some(Arc::new(
+                disk_cache::DiskCache::open(dir, *limit)
+                    .map_err(|e| refuse(format!("disk cache {}: {e}", dir.display())))?,
+            )),
+            None => None,
+        };
         let store = Store {
             provider: id.to_string(),
             location: format!("object:{url}"),
             inner,
             runtime: Arc::new(runtime),
             timeout: settings.timeout,
+            disk_cache,
         };
         let layout = Layout::new(root);
         let chunk_size = match store.get_json::<PoolRecord>(&layout.pool())? {

@@ -25,6 +25,8 @@ pub(crate) struct Store {
     pub(crate) runtime: Arc<tokio::runtime::Runtime>,
     /// How long one call may take, retries included, before it counts as failed.
     pub(crate) timeout: Duration,
+    /// Chunks and log pieces kept on local disk across restarts, if the pool has one.
+    pub(crate) disk_cache: Option<Arc<super::disk_cache::DiskCache>>,
 }
 
 /// What a failed store call means to a caller.

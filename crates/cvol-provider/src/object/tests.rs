@@ -510,7 +510,12 @@ fn stored_objects(dir: &std::path::Path) -> BTreeMap<String, u64> {
         let volume = volume.unwrap().path();
         for object in std::fs::read_dir(&volume).unwrap() {
             let object = object.unwrap();
-            let key = object.path().strip_prefix(&chunks).unwrap().display().to_string();
+            let key = object
+                .path()
+                .strip_prefix(&chunks)
+                .unwrap()
+                .display()
+                .to_string();
             found.insert(key, object.metadata().unwrap().len());
         }
     }
@@ -532,7 +537,10 @@ fn a_small_write_and_flush_upload_a_small_log_not_the_chunk() {
     device.write_at(&[2; 512], 3 * CHUNK).unwrap();
     device.flush().unwrap();
     let after = stored_objects(dir.path());
-    let new: Vec<_> = after.iter().filter(|(k, _)| !before.contains_key(*k)).collect();
+    let new: Vec<_> = after
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .collect();
     assert_eq!(new.len(), 1, "one new object: {new:?}");
     let (log, bytes) = new[0];
     assert!(log.ends_with(".log"), "{log}");
@@ -544,8 +552,12 @@ fn a_small_write_and_flush_upload_a_small_log_not_the_chunk() {
     // Read back cold, from the store: chunk and patches.
     let data = content(&p, &id);
     assert!(data[..CHUNK as usize + 8192].iter().all(|&b| b == 7));
-    assert!(data[CHUNK as usize + 8192..CHUNK as usize + 12288].iter().all(|&b| b == 1));
-    assert!(data[3 * CHUNK as usize..3 * CHUNK as usize + 512].iter().all(|&b| b == 2));
+    assert!(data[CHUNK as usize + 8192..CHUNK as usize + 12288]
+        .iter()
+        .all(|&b| b == 1));
+    assert!(data[3 * CHUNK as usize..3 * CHUNK as usize + 512]
+        .iter()
+        .all(|&b| b == 2));
     assert!(data[3 * CHUNK as usize + 512..].iter().all(|&b| b == 7));
 }
 
@@ -602,8 +614,15 @@ fn a_truncated_or_missing_log_is_an_error_naming_the_volume_never_wrong_data() {
 
 #[derive(Debug, Clone)]
 enum DeviceOp {
-    Write { at: u64, len: u64, byte: u8 },
-    Discard { at: u64, len: u64 },
+    Write {
+        at: u64,
+        len: u64,
+        byte: u8,
+    },
+    Discard {
+        at: u64,
+        len: u64,
+    },
     Flush,
     /// Detach and attach again: only what was flushed is there.
     Reattach,
@@ -660,4 +679,61 @@ proptest! {
         }
         prop_assert!(content(&p, &id) == flushed, "the store holds what was flushed");
     }
+}
+
+#[test]
+fn a_disk_cache_serves_a_reopened_pool_and_torn_entries_are_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&store).unwrap();
+    let open = || {
+        let settings = ObjectSettings {
+            chunk_size: CHUNK,
+            cache_bytes: 1 << 20,
+            disk_cache: Some((cache.clone(), 64 << 20)),
+            ..Default::default()
+        };
+        let url = format!("file://{}", store.display());
+        ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings).unwrap()
+    };
+    let p = open();
+    let id = blank(&p, 2 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    let mut model: Vec<u8> = (0..2 * CHUNK).map(|i| (i % 251) as u8).collect();
+    device.write_at(&model, 0).unwrap();
+    device.flush().unwrap();
+    device.write_at(&[9; 100], 500).unwrap();
+    model[500..600].fill(9);
+    device.flush().unwrap();
+    drop(device);
+    p.detach(&id, "h").unwrap();
+    // A cold read fills the cache.
+    assert_eq!(content(&p, &id), model);
+    drop(p);
+
+    // Reopened (a restarted host): the chunks and the patch come from local disk, even
+    // with the store's copies gone.
+    let p = open();
+    let objects = store.join("chunks");
+    let saved = dir.path().join("saved");
+    std::fs::rename(&objects, &saved).unwrap();
+    assert_eq!(content(&p, &id), model, "served from the disk cache");
+
+    // A torn entry is never served: it is dropped and fetched from the store again.
+    std::fs::rename(&saved, &objects).unwrap();
+    let m = manifest(&p, &id);
+    let entry = cache.join(&m.chunks[&0]);
+    let bytes = std::fs::read(&entry).unwrap();
+    std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(content(&p, &id), model);
+    assert_eq!(
+        std::fs::read(&entry).unwrap(),
+        bytes,
+        "fetched and kept again"
+    );
+
+    // A cache deleted while in use costs only speed.
+    std::fs::remove_dir_all(&cache).unwrap();
+    assert_eq!(content(&p, &id), model);
 }
