@@ -195,6 +195,15 @@ pub enum ProviderCommand {
         #[arg(long)]
         apply: bool,
     },
+    /// What an object pool's store holds: bytes of the chunks and of the logs (small
+    /// writes kept as patches until their chunk is uploaded whole again) that the newest
+    /// manifests and the snapshots name, and of every other object (what `cvol provider
+    /// gc` deletes once its grace has passed). Reads every manifest; changes nothing.
+    Stats {
+        /// The pool: object:URL.
+        #[arg(long, value_name = "object:URL", env = "CVOL_POOL")]
+        pool: String,
+    },
 }
 
 /// `cvol host …`

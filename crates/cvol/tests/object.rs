@@ -300,3 +300,45 @@ fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_s3() {
 fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_file_objects() {
     kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_object());
 }
+
+/// `cvol provider stats`: a small write lives in a log; once its chunk is written whole
+/// the log is named no more, and left to gc.
+#[test]
+fn stats_tell_chunks_logs_and_garbage_apart() {
+    use std::io::{Seek, SeekFrom, Write};
+    let env = Env::datastore_on_object();
+    let pool = format!("object:{}", env.object_url.as_deref().unwrap());
+    env.ok(&["vm", "create", "s", "--disk", "8M"]);
+    let stats = || -> serde_json::Value {
+        serde_json::from_str(&env.ok(&["--json", "provider", "stats", "--pool", &pool])).unwrap()
+    };
+    let m = env.mount(false);
+    let mut disk = std::fs::File::options()
+        .write(true)
+        .open(m.path("s/s-flat.vmdk"))
+        .unwrap();
+    disk.write_all(&[7; 4096]).unwrap();
+    disk.sync_all().unwrap();
+    let s = stats();
+    assert_eq!(
+        (s["live_chunks"].as_u64(), s["logs"].as_u64()),
+        (Some(0), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["log_bytes"], 4096, "{s}");
+
+    disk.seek(SeekFrom::Start(0)).unwrap();
+    disk.write_all(&vec![8; 2 << 20]).unwrap();
+    disk.sync_all().unwrap();
+    let s = stats();
+    assert_eq!(
+        (s["live_chunks"].as_u64(), s["logs"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["live_bytes"], 4 << 20, "{s}");
+    assert_eq!(s["unreferenced_objects"], 1, "the log: {s}");
+    assert_eq!(s["unreferenced_bytes"], 4096, "{s}");
+    drop(disk);
+    m.stop();
+}

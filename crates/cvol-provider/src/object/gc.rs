@@ -21,8 +21,14 @@ use crate::ProviderError;
 pub struct GcReport {
     /// Chunk objects in the pool.
     pub chunks: usize,
-    /// Chunks some kept manifest or snapshot names.
+    /// Chunk and log objects some kept manifest or snapshot names.
     pub referenced: usize,
+    /// Bytes of the referenced chunks.
+    pub live_bytes: u64,
+    /// Referenced log objects (small writes kept as patches), and their bytes.
+    pub logs: usize,
+    /// Their bytes.
+    pub log_bytes: u64,
     /// Unreferenced chunks old enough to delete.
     pub garbage_chunks: Vec<String>,
     /// Their bytes.
@@ -86,6 +92,12 @@ pub(crate) fn collect(
         };
         if referenced.contains(&key) {
             report.referenced += 1;
+            if key.ends_with(".log") {
+                report.logs += 1;
+                report.log_bytes += meta.size;
+            } else {
+                report.live_bytes += meta.size;
+            }
         } else if old_enough(&meta, grace) {
             report.garbage_bytes += meta.size;
             report.garbage_chunks.push(key);

@@ -1,4 +1,5 @@
-//! `cvol provider serve`: the provider service in the foreground.
+//! `cvol provider serve|gc|stats`: the provider service in the foreground, and an object
+//! pool's garbage and contents.
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ pub fn run(ctx: &Context, cmd: ProviderCommand) -> anyhow::Result<()> {
             metrics: _,
         } => serve(ctx, &pool, listen, token_file, &tls),
         ProviderCommand::Gc { pool, grace, apply } => gc(ctx, &pool, grace, apply),
+        ProviderCommand::Stats { pool } => stats(ctx, &pool),
     }
 }
 
@@ -36,17 +38,56 @@ fn open_pool(spec: &str) -> anyhow::Result<ProviderConfig> {
     Ok(config)
 }
 
-fn gc(ctx: &Context, spec: &str, grace: u64, apply: bool) -> anyhow::Result<()> {
+/// The object pool `spec` names, which must exist: collecting or counting in a pool
+/// that is not there is a mistyped URL, not a pool to make.
+fn existing_object_pool(spec: &str, what: &str) -> anyhow::Result<ObjectProvider> {
     let config = open_pool(spec)?;
     if config.kind != "object" {
-        bail!("--pool {spec:?}: only object pools collect garbage (a file pool frees space as it deletes)");
+        bail!("--pool {spec:?}: {what}");
     }
-    // Collecting in a pool that is not there is a mistyped URL, not a pool to make.
     let settings = ObjectSettings {
         create: false,
         ..ObjectSettings::from_config(&config)?
     };
-    let pool = ObjectProvider::open(&config.id, &config.settings["url"], &settings)?;
+    Ok(ObjectProvider::open(
+        &config.id,
+        &config.settings["url"],
+        &settings,
+    )?)
+}
+
+fn stats(ctx: &Context, spec: &str) -> anyhow::Result<()> {
+    let pool = existing_object_pool(spec, "only object pools have chunks and logs to count")?;
+    // A dry run with no grace: what the newest manifests and the snapshots name is
+    // live, everything else (uploads in flight included) is not.
+    let report = pool.gc(Duration::ZERO, false)?;
+    if ctx.json {
+        return crate::output::print_json(&serde_json::json!({
+            "live_chunks": report.referenced - report.logs,
+            "live_bytes": report.live_bytes,
+            "logs": report.logs,
+            "log_bytes": report.log_bytes,
+            "unreferenced_objects": report.garbage_chunks.len(),
+            "unreferenced_bytes": report.garbage_bytes,
+        }));
+    }
+    println!(
+        "live: {} chunks, {} bytes; in logs: {} objects, {} bytes; named by no current manifest or snapshot: {} objects, {} bytes",
+        report.referenced - report.logs,
+        report.live_bytes,
+        report.logs,
+        report.log_bytes,
+        report.garbage_chunks.len(),
+        report.garbage_bytes,
+    );
+    Ok(())
+}
+
+fn gc(ctx: &Context, spec: &str, grace: u64, apply: bool) -> anyhow::Result<()> {
+    let pool = existing_object_pool(
+        spec,
+        "only object pools collect garbage (a file pool frees space as it deletes)",
+    )?;
     let report = pool.gc(Duration::from_secs(grace), apply)?;
     if ctx.json {
         return crate::output::print_json(&serde_json::json!({
