@@ -307,11 +307,12 @@ impl ObjectBlockDevice {
         source: Source,
     ) -> impl std::future::Future<Output = Result<Vec<u8>, object_store::Error>> + Send + 'static
     {
-        let (inner, layout, chunk_size, disk) = (
+        let (inner, layout, chunk_size, disk, codec) = (
             self.store.inner.clone(),
             self.layout.clone(),
             self.chunk_size,
             self.store.disk_cache.clone(),
+            self.store.codec.clone(),
         );
         let wrong = |what: String| object_store::Error::Generic {
             store: "cvol",
@@ -327,16 +328,16 @@ impl ObjectBlockDevice {
             let mut data = match &source.base {
                 Some(key) => {
                     let path = layout.chunk(key);
-                    let bytes = match cached(key) {
+                    let stored = match cached(key) {
                         Some(bytes) => bytes,
-                        None => {
-                            let bytes = inner.get(&path).await?.bytes().await?.to_vec();
-                            if bytes.len() as u64 == chunk_size {
-                                keep(key, &bytes);
-                            }
-                            bytes
-                        }
+                        None => inner.get(&path).await?.bytes().await?.to_vec(),
                     };
+                    let bytes = codec
+                        .open(key, &stored, chunk_size as usize)
+                        .map_err(|e| wrong(format!("chunk {path}: {e}")))?;
+                    if bytes.len() as u64 == chunk_size {
+                        keep(key, &stored);
+                    }
                     if bytes.len() as u64 != chunk_size {
                         return Err(wrong(format!(
                             "chunk {path} has {} bytes, not {chunk_size}",
@@ -349,20 +350,23 @@ impl ObjectBlockDevice {
             };
             let reads = source.patches.iter().map(|p| {
                 let (inner, path) = (inner.clone(), layout.chunk(&p.log));
-                let range = p.from..p.from + u64::from(p.len);
-                let (name, len) = (format!("{}@{}+{}", p.log, p.from, p.len), p.len as usize);
+                let stored_len = p.stored.unwrap_or(p.len);
+                let range = p.from..p.from + u64::from(stored_len);
+                let name = format!("{}@{}+{stored_len}", p.log, p.from);
                 let hit = cached(&name);
+                let codec = codec.clone();
+                let record = format!("{}@{}", p.log, p.from);
                 async move {
-                    let bytes = match hit {
+                    let stored = match hit {
                         Some(bytes) => bytes,
-                        None => {
-                            let bytes = inner.get_range(&path, range).await?.to_vec();
-                            if bytes.len() == len {
-                                keep(&name, &bytes);
-                            }
-                            bytes
-                        }
+                        None => inner.get_range(&path, range).await?.to_vec(),
                     };
+                    let bytes = codec
+                        .open(&record, &stored, p.len as usize)
+                        .map_err(|e| wrong(format!("log {path} at {}: {e}", p.from)))?;
+                    if bytes.len() == p.len as usize {
+                        keep(&name, &stored);
+                    }
                     Ok::<_, object_store::Error>((path, bytes))
                 }
             });
@@ -484,15 +488,20 @@ impl ObjectBlockDevice {
                         c.data.clone(),
                     )
                 } else {
+                    let codec = &self.store.codec;
                     let mut new = Vec::new();
                     for (start, end) in dirty.ranges() {
+                        let from = log.len() as u64;
+                        let bytes = &c.data[start as usize..end as usize];
+                        let record = codec.seal(&format!("{log_key}@{from}"), bytes);
                         new.push(Patch {
                             at: start,
                             len: end - start,
                             log: log_key.clone(),
-                            from: log.len() as u64,
+                            from,
+                            stored: (!codec.is_raw()).then_some(record.len() as u32),
                         });
-                        log.extend_from_slice(&c.data[start as usize..end as usize]);
+                        log.extend_from_slice(&record);
                     }
                     Upload::Patches(new)
                 };
@@ -502,7 +511,9 @@ impl ObjectBlockDevice {
         let mut puts: Vec<(String, Bytes)> = taken
             .iter()
             .filter_map(|(_, _, _, u)| match u {
-                Upload::Whole(key, data) => Some((key.clone(), Bytes::from(data.to_vec()))),
+                Upload::Whole(key, data) => {
+                    Some((key.clone(), Bytes::from(self.store.codec.seal(key, data))))
+                }
                 _ => None,
             })
             .collect();

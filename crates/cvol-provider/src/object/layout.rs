@@ -126,6 +126,22 @@ pub(crate) fn manifest_version(name: &str) -> Option<(u64, u64)> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct PoolRecord {
     pub(crate) chunk_size: u64,
+    /// Objects are zstd-compressed where it pays ("zstd"), fixed when the pool is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) compression: Option<String>,
+    /// Objects are encrypted, fixed when the pool is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) encryption: Option<EncryptionRecord>,
+}
+
+/// How an encrypted pool's objects are encrypted; never the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EncryptionRecord {
+    /// "xchacha20poly1305".
+    pub(crate) cipher: String,
+    /// The check text sealed under the key (hex): a wrong key fails to open it.
+    pub(crate) check: String,
 }
 
 /// `volume.json`.
@@ -151,7 +167,8 @@ pub(crate) struct Manifest {
     pub(crate) patches: BTreeMap<u64, Vec<Patch>>,
 }
 
-/// `len` bytes at `at` in a chunk, kept in log object `log` from byte `from`.
+/// `len` bytes at `at` in a chunk, kept in log object `log` from byte `from` (as they
+/// are, or as one sealed record of `stored` bytes, named `LOG@FROM`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Patch {
@@ -159,6 +176,9 @@ pub(crate) struct Patch {
     pub(crate) len: u32,
     pub(crate) log: String,
     pub(crate) from: u64,
+    /// In a pool that seals its objects, the bytes of the sealed record at `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stored: Option<u32>,
 }
 
 impl Manifest {

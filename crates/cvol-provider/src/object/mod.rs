@@ -9,6 +9,8 @@
 //! the store itself guarantees is fencing: a holder whose generation is not the newest
 //! cannot commit (device.rs).
 
+mod codec;
+use codec::Codec;
 mod device;
 mod dirty;
 mod disk_cache;
@@ -27,7 +29,8 @@ use object_store::{PutMode, UpdateVersion};
 use device::ObjectBlockDevice;
 pub use gc::GcReport;
 use layout::{
-    manifest_version, AttachmentRecord, Layout, Manifest, PoolRecord, SnapshotRecord, VolumeRecord,
+    manifest_version, AttachmentRecord, EncryptionRecord, Layout, Manifest, PoolRecord,
+    SnapshotRecord, VolumeRecord,
 };
 use store::{Store, StoreError};
 
@@ -61,7 +64,26 @@ pub struct ObjectSettings {
     pub create: bool,
     /// A directory on local disk keeping chunks across restarts, and its size bound.
     pub disk_cache: Option<(std::path::PathBuf, u64)>,
+    /// A new pool compresses its objects (zstd, where it pays).
+    pub compression: bool,
+    /// The pool's encryption key: a new pool is made encrypted with it, an encrypted
+    /// one needs it.
+    pub key: Option<PoolKey>,
 }
+
+/// A pool's 256-bit encryption key; never printed.
+#[derive(Clone)]
+pub struct PoolKey(pub [u8; 32]);
+
+impl std::fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolKey(…)")
+    }
+}
+
+/// The environment variable holding a pool key (64 hex digits) when its settings name
+/// no key_file.
+pub const KEY_ENV: &str = "CVOL_POOL_KEY";
 
 impl Default for ObjectSettings {
     fn default() -> Self {
@@ -71,6 +93,8 @@ impl Default for ObjectSettings {
             timeout: DEFAULT_TIMEOUT,
             create: true,
             disk_cache: None,
+            compression: false,
+            key: None,
         }
     }
 }
@@ -81,8 +105,10 @@ pub const DEFAULT_DISK_CACHE_MIB: u64 = 10 << 10;
 impl ObjectSettings {
     /// The settings of an `object` provider: optionally `chunk_size` (bytes, for a new
     /// pool), `cache_mib` (memory per attached volume), `timeout` (seconds per store
-    /// call), and `disk_cache` (a local directory keeping chunks across restarts) with
-    /// `disk_cache_mib` (its bound, default 10 GiB).
+    /// call), `disk_cache` (a local directory keeping chunks across restarts) with
+    /// `disk_cache_mib` (its bound, default 10 GiB), and for a new pool `compression`
+    /// ("zstd" or "off"); `key_file` (64 hex digits, not world-readable; else
+    /// [`KEY_ENV`]) makes a new pool encrypted and opens an encrypted one.
     pub fn from_config(config: &ProviderConfig) -> Result<Self, ProviderError> {
         let settings = Settings::new(config);
         let default = Self::default();
@@ -103,7 +129,74 @@ impl ObjectSettings {
                 )),
                 None => None,
             },
+            compression: match settings.get("compression") {
+                None | Some("off") => false,
+                Some("zstd") => true,
+                Some(other) => {
+                    return Err(settings.error(format!(
+                        "setting 'compression' {other:?}: expected \"zstd\" or \"off\""
+                    )))
+                }
+            },
+            key: pool_key(&settings)?,
         })
+    }
+}
+
+/// The key the settings name (`key_file`), or [`KEY_ENV`]'s.
+fn pool_key(settings: &Settings<'_>) -> Result<Option<PoolKey>, ProviderError> {
+    let (text, source) = match settings.get("key_file") {
+        Some(path) => (
+            crate::read_secret(path.as_ref())
+                .map_err(|e| settings.error(format!("key_file {path}: {e}")))?,
+            format!("key_file {path}"),
+        ),
+        None => match std::env::var(KEY_ENV) {
+            Ok(hex) => (hex.into_bytes(), KEY_ENV.to_string()),
+            Err(_) => return Ok(None),
+        },
+    };
+    codec::parse_key(&text)
+        .map(|k| Some(PoolKey(k)))
+        .map_err(|e| settings.error(format!("{source}: {e}")))
+}
+
+/// How the pool `pool` stores its objects, opened with `key`: a wrong key, a missing
+/// one, or one given for a pool that is not encrypted is refused here, before any data
+/// is read.
+fn pool_codec(pool: &PoolRecord, key: Option<&[u8; 32]>, layout: &Layout) -> Result<Codec, String> {
+    let compress = match pool.compression.as_deref() {
+        None => false,
+        Some("zstd") => true,
+        Some(other) => return Err(format!("pool.json: unknown compression {other:?}")),
+    };
+    match (&pool.encryption, key) {
+        (None, Some(_)) => Err(
+            "the pool is not encrypted, but a key is given for it (key_file or CVOL_POOL_KEY)"
+                .into(),
+        ),
+        (Some(_), None) => Err(
+            "the pool is encrypted: give its key (the provider setting key_file, or CVOL_POOL_KEY)"
+                .into(),
+        ),
+        (Some(e), Some(key)) => {
+            if e.cipher != "xchacha20poly1305" {
+                return Err(format!("pool.json: unknown cipher {:?}", e.cipher));
+            }
+            let check = hex::decode(&e.check)
+                .map_err(|_| "pool.json: the key check is not hex".to_string())?;
+            let opened = Codec::sealed(false, Some(key)).open(
+                layout.pool().as_ref(),
+                &check,
+                codec::CHECK.len(),
+            );
+            match opened {
+                Ok(text) if text == codec::CHECK => Ok(Codec::sealed(compress, Some(key))),
+                _ => Err("wrong key: the pool's key check does not open with it".into()),
+            }
+        }
+        (None, None) if compress => Ok(Codec::sealed(true, None)),
+        (None, None) => Ok(Codec::default()),
     }
 }
 
@@ -221,17 +314,19 @@ impl ObjectProvider {
             )),
             None => None,
         };
-        let store = Store {
+        let mut store = Store {
             provider: id.to_string(),
             location: format!("object:{url}"),
             inner,
             runtime: Arc::new(runtime),
             timeout: settings.timeout,
             disk_cache,
+            codec: Arc::new(Codec::default()),
         };
         let layout = Layout::new(root);
-        let chunk_size = match store.get_json::<PoolRecord>(&layout.pool())? {
-            Some(pool) => pool.chunk_size,
+        let key = settings.key.as_ref().map(|k| &k.0);
+        let pool = match store.get_json::<PoolRecord>(&layout.pool())? {
+            Some(pool) => pool,
             None if !settings.create => {
                 return Err(refuse(format!(
                     "no pool here ({} is missing)",
@@ -239,7 +334,17 @@ impl ObjectProvider {
                 )))
             }
             None => {
-                let record = PoolRecord { chunk_size };
+                let encryption = key.map(|key| EncryptionRecord {
+                    cipher: "xchacha20poly1305".into(),
+                    check: hex::encode(
+                        Codec::sealed(false, Some(key)).seal(layout.pool().as_ref(), codec::CHECK),
+                    ),
+                });
+                let record = PoolRecord {
+                    chunk_size,
+                    compression: settings.compression.then(|| "zstd".into()),
+                    encryption,
+                };
                 match store.put_json(&layout.pool(), &record, PutMode::Create) {
                     Ok(()) | Err(StoreError::Exists) => {}
                     Err(e) => {
@@ -249,9 +354,10 @@ impl ObjectProvider {
                 store
                     .get_json::<PoolRecord>(&layout.pool())?
                     .ok_or_else(|| refuse("pool.json vanished after it was made".into()))?
-                    .chunk_size
             }
         };
+        store.codec = Arc::new(pool_codec(&pool, key, &layout).map_err(refuse)?);
+        let chunk_size = pool.chunk_size;
         Ok(Self {
             id: id.clone(),
             url: url.to_string(),
@@ -324,11 +430,7 @@ impl ObjectProvider {
     ) -> Result<(AttachmentRecord, Option<UpdateVersion>), ProviderError> {
         let path = self.layout.attachment(id);
         match self.store.get_versioned(&path) {
-            Ok((bytes, version)) => {
-                let record = serde_json::from_slice(&bytes)
-                    .map_err(|e| self.corrupt(&path, e.to_string()))?;
-                Ok((record, Some(version)))
-            }
+            Ok((bytes, version)) => Ok((self.store.decode_json(&path, &bytes)?, Some(version))),
             Err(StoreError::NotFound) => Ok((
                 AttachmentRecord {
                     holder: None,

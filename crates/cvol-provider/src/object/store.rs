@@ -11,6 +11,7 @@ use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload, Upd
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec::Codec;
 use crate::ProviderError;
 
 /// The `store` of the error `Store::timed` makes.
@@ -27,7 +28,13 @@ pub(crate) struct Store {
     pub(crate) timeout: Duration,
     /// Chunks and log pieces kept on local disk across restarts, if the pool has one.
     pub(crate) disk_cache: Option<Arc<super::disk_cache::DiskCache>>,
+    /// How objects are stored (as they are, or sealed); records (manifests, volume and
+    /// attachment records) too, `pool.json` excepted.
+    pub(crate) codec: Arc<Codec>,
 }
+
+/// The largest record a store holds: a manifest of a volume of many chunks.
+const RECORD_LIMIT: usize = 256 << 20;
 
 /// What a failed store call means to a caller.
 #[derive(Debug)]
@@ -150,18 +157,29 @@ impl Store {
         path: &Path,
     ) -> Result<Option<T>, ProviderError> {
         match self.get(path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| ProviderError::Corrupt {
-                        provider: self.provider.clone(),
-                        path: format!("{}/{path}", self.location).into(),
-                        message: e.to_string(),
-                    })
-            }
+            Ok(bytes) => self.decode_json(path, &bytes).map(Some),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(self.error("read", path, e)),
         }
+    }
+
+    /// A JSON record read from `path`: opened with the codec, then parsed; `Corrupt`
+    /// if either fails.
+    pub(crate) fn decode_json<T: DeserializeOwned>(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<T, ProviderError> {
+        let corrupt = |message: String| ProviderError::Corrupt {
+            provider: self.provider.clone(),
+            path: format!("{}/{path}", self.location).into(),
+            message,
+        };
+        let text = self
+            .codec
+            .open(path.as_ref(), bytes, RECORD_LIMIT)
+            .map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))
     }
 
     pub(crate) fn put(&self, path: &Path, bytes: Bytes, mode: PutMode) -> Result<(), StoreError> {
@@ -185,7 +203,7 @@ impl Store {
         mode: PutMode,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).expect("records serialize");
-        self.put(path, bytes.into(), mode)
+        self.put(path, self.codec.seal(path.as_ref(), &bytes).into(), mode)
     }
 
     /// Every object below `prefix`.
