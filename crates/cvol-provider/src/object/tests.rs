@@ -17,6 +17,19 @@ fn pool(dir: &std::path::Path, cache: usize) -> ObjectProvider {
     ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings).unwrap()
 }
 
+/// A pool that compresses and encrypts with `key`.
+fn sealed_pool(dir: &std::path::Path, cache: usize, key: [u8; 32]) -> ObjectProvider {
+    let url = format!("file://{}", dir.display());
+    let settings = ObjectSettings {
+        chunk_size: CHUNK,
+        cache_bytes: cache,
+        compression: true,
+        key: Some(PoolKey(key)),
+        ..Default::default()
+    };
+    ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings).unwrap()
+}
+
 fn blank(p: &ObjectProvider, size: u64) -> VolumeId {
     let id = VolumeId::generate();
     p.create_volume(&id, &VolumeSource::Blank { size }, "o", &NoProgress)
@@ -642,14 +655,20 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
     /// Small and large writes, discards, flushes (patches, compactions, early uploads
-    /// with a cache of two chunks) and re-attaches: the device reads what was written,
-    /// and a re-attached one reads exactly what was last flushed.
+    /// with a cache of two chunks) and re-attaches, on plain and on compressed and
+    /// encrypted pools: the device reads what was written, and a re-attached one reads
+    /// exactly what was last flushed.
     #[test]
     fn patched_volumes_read_back_what_was_written_and_flushed(
-        ops in proptest::collection::vec(device_op(), 1..50)
+        ops in proptest::collection::vec(device_op(), 1..50),
+        sealed in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let p = pool(dir.path(), 2 * CHUNK as usize);
+        let p = if sealed {
+            sealed_pool(dir.path(), 2 * CHUNK as usize, [3; 32])
+        } else {
+            pool(dir.path(), 2 * CHUNK as usize)
+        };
         let id = blank(&p, 4 * CHUNK);
         let mut device = p.attach(&id, "h", false).unwrap().device;
         let mut model = vec![0u8; 4 * CHUNK as usize];
@@ -736,4 +755,147 @@ fn a_disk_cache_serves_a_reopened_pool_and_torn_entries_are_fetched_again() {
     // A cache deleted while in use costs only speed.
     std::fs::remove_dir_all(&cache).unwrap();
     assert_eq!(content(&p, &id), model);
+}
+
+/// Every file under `dir`, read.
+fn every_file(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                found.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn an_encrypted_compressed_pool_reads_back_and_stores_nothing_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = sealed_pool(dir.path(), 1 << 20, [1; 32]);
+    let id = blank(&p, 4 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    let text = b"PLAINTEXT-MARKER guest data, very compressible. ".repeat(4 * CHUNK as usize / 48);
+    let mut model = vec![0u8; 4 * CHUNK as usize];
+    model[..text.len()].copy_from_slice(&text);
+    device.write_at(&text, 0).unwrap();
+    device.flush().unwrap();
+    device.write_at(b"PLAINTEXT-MARKER patch", 1000).unwrap();
+    model[1000..1022].copy_from_slice(b"PLAINTEXT-MARKER patch");
+    device.flush().unwrap();
+    assert_eq!(read_all(&*device), model);
+    assert_eq!(content(&p, &id), model, "read back cold");
+    assert_eq!(manifest(&p, &id).patches.len(), 1);
+    let files = every_file(dir.path());
+    for (path, bytes) in &files {
+        assert!(
+            !bytes.windows(9).any(|w| w == b"PLAINTEXT"),
+            "{} holds clear text",
+            path.display()
+        );
+    }
+    let stored: u64 = stored_objects(dir.path()).values().sum();
+    assert!(stored < 4 * CHUNK / 10, "compressed: {stored} bytes");
+    // The key is nowhere in the pool.
+    assert!(!files
+        .iter()
+        .any(|(_, b)| b.windows(32).any(|w| w == [1u8; 32])));
+}
+
+#[test]
+fn a_wrong_missing_or_unneeded_key_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(sealed_pool(dir.path(), 1 << 20, [1; 32]));
+    let url = format!("file://{}", dir.path().display());
+    let open = |key: Option<[u8; 32]>| {
+        let settings = ObjectSettings {
+            chunk_size: CHUNK,
+            key: key.map(PoolKey),
+            ..Default::default()
+        };
+        ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings)
+    };
+    let err = open(Some([2; 32])).err().unwrap().to_string();
+    assert!(err.contains("wrong key"), "{err}");
+    let err = open(None).err().unwrap().to_string();
+    assert!(err.contains("the pool is encrypted"), "{err}");
+    assert!(open(Some([1; 32])).is_ok());
+
+    let plain = tempfile::tempdir().unwrap();
+    drop(pool(plain.path(), 1 << 20));
+    let settings = ObjectSettings {
+        chunk_size: CHUNK,
+        key: Some(PoolKey([1; 32])),
+        ..Default::default()
+    };
+    let url = format!("file://{}", plain.path().display());
+    let err = ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not encrypted"), "{err}");
+}
+
+#[test]
+fn tampered_chunks_logs_and_manifests_fail_reads_naming_the_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = sealed_pool(dir.path(), 1 << 20, [1; 32]);
+    let id = blank(&p, 2 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    device.write_at(&vec![4; 2 * CHUNK as usize], 0).unwrap();
+    device.flush().unwrap();
+    device.write_at(&[5; 100], 10).unwrap();
+    device.flush().unwrap();
+    drop(device);
+    p.detach(&id, "h").unwrap();
+    let m = manifest(&p, &id);
+    let chunks = dir.path().join("chunks");
+    let (a, b) = (chunks.join(&m.chunks[&0]), chunks.join(&m.chunks[&1]));
+    let log = chunks.join(&m.patches[&0][0].log);
+    let fails = |what: &str| {
+        let mut buf = vec![0u8; 2 * CHUNK as usize];
+        let err = match p.device(&id, 0) {
+            Ok(d) => d.read_at(&mut buf, 0).err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+        .unwrap_or_else(|| panic!("{what}: the read succeeded"));
+        assert!(err.contains(&id.to_string()), "{what}: {err}");
+    };
+    let keep = |path: &std::path::Path| std::fs::read(path).unwrap();
+    let (a0, b0, log0) = (keep(&a), keep(&b), keep(&log));
+
+    let mut flipped = a0.clone();
+    flipped[a0.len() / 2] ^= 1;
+    std::fs::write(&a, &flipped).unwrap();
+    fails("a flipped byte");
+    std::fs::write(&a, &b0).unwrap();
+    std::fs::write(&b, &a0).unwrap();
+    fails("two chunks swapped");
+    std::fs::write(&a, &a0).unwrap();
+    std::fs::write(&b, &b0).unwrap();
+    std::fs::write(&log, &log0[..log0.len() - 1]).unwrap();
+    fails("a truncated log");
+    std::fs::write(&log, &log0).unwrap();
+    assert_eq!(content(&p, &id)[10], 5, "untampered, it reads");
+
+    // An old manifest restated as the newest.
+    let manifests = dir.path().join(format!("volumes/{id}/manifests"));
+    let mut names: Vec<_> = std::fs::read_dir(&manifests)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    let oldest = std::fs::read(manifests.join(&names[0])).unwrap();
+    std::fs::write(
+        manifests.join(format!("{:020}-{:020}.json", m.generation, m.seq + 1)),
+        oldest,
+    )
+    .unwrap();
+    let err = p.volume(&id).err().unwrap().to_string();
+    assert!(err.contains(&id.to_string()), "{err}");
 }
