@@ -57,6 +57,8 @@ sync_writes() {
     fio --name=job --ioengine=nbd --uri="nbd+unix:///bench/bench?socket=$sock" --size=256M \
         --time_based --runtime="$runtime" --rw=randwrite --bs=4k --iodepth="$1" --fsync=1 \
         --output-format=json |
+        # fio's nbd engine says "fio: connected to NBD server" before the JSON.
+        sed -n '/^{/,$p' |
         python3 -c 'import json, sys; w = json.load(sys.stdin)["jobs"][0]["write"]; print(int(w["iops"]), w["total_ios"])'
 }
 

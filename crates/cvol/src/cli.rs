@@ -483,6 +483,11 @@ pub enum DatastoreCommand {
         /// provider setting token_file). Repeatable; the first is the default.
         #[arg(long = "provider", value_name = "ID=KIND:LOCATION", required = true)]
         providers: Vec<String>,
+        /// A provider setting for datastore.toml, as ID.KEY=VALUE, given before the
+        /// provider is first opened: what a pool is made with, e.g. pool.chunk_size=1048576,
+        /// pool.compression=zstd, pool.key_file=/etc/cvol/pool.key. Repeatable.
+        #[arg(long = "setting", value_name = "ID.KEY=VALUE")]
+        settings: Vec<String>,
     },
     /// Show the datastore: uuid, providers, VMs.
     Info,

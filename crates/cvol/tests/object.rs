@@ -301,6 +301,11 @@ fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_file_objects() {
     kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_object());
 }
 
+#[test]
+fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_compressed_encrypted_s3() {
+    kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_sealed_s3());
+}
+
 /// `cvol provider stats`: a small write lives in a log; once its chunk is written whole
 /// the log is named no more, and left to gc.
 #[test]
@@ -326,6 +331,7 @@ fn stats_tell_chunks_logs_and_garbage_apart() {
         "{s}"
     );
     assert_eq!(s["log_bytes"], 4096, "{s}");
+    assert_eq!(s["logical_bytes"], 4096, "{s}");
 
     disk.seek(SeekFrom::Start(0)).unwrap();
     disk.write_all(&vec![8; 2 << 20]).unwrap();

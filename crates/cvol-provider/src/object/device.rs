@@ -34,8 +34,13 @@ use crate::{BlockDevice, BlockError, BlockExtent};
 const PARALLEL: usize = 8;
 
 /// Patches a chunk may have before a flush uploads it whole again: a cold read of the
-/// chunk costs one request for the chunk and one per patch.
-pub(crate) const MAX_PATCHES: usize = 16;
+/// chunk costs one request for the chunk and one per patch (in parallel), and random
+/// 4 KiB writes pay a 4 MiB chunk's upload once per this many.
+pub(crate) const MAX_PATCHES: usize = 64;
+
+/// Deltas committed between whole manifests: what a reader of the volume's newest state
+/// reads at most, beside the whole manifest.
+const MAX_DELTAS: u64 = 64;
 
 struct Cached {
     data: Arc<Vec<u8>>,
@@ -76,6 +81,11 @@ struct State {
     fetching: HashMap<u64, Arc<Fetch>>,
     /// Changed since the last commit.
     pending: bool,
+    /// What changed in the chunk map and patches since the last commit, as a delta.
+    changes: Manifest,
+    /// Deltas committed since the last whole manifest; `None` while this generation has
+    /// no manifest a delta could build on.
+    deltas: Option<u64>,
 }
 
 /// A download in flight; waiters wake when it is done.
@@ -202,11 +212,9 @@ impl ObjectBlockDevice {
         manifest: Manifest,
         cache_bytes: usize,
     ) -> Self {
-        let seq = if manifest.generation == generation {
-            manifest.seq
-        } else {
-            0
-        };
+        let ours = manifest.generation == generation;
+        let seq = if ours { manifest.seq } else { 0 };
+        let changes = Manifest::delta(manifest.size, manifest.chunk_size, generation);
         Self {
             cache_hits: metrics::counter!("cvol_object_cache_hits_total", "volume" => volume.to_string()),
             cache_misses: metrics::counter!("cvol_object_cache_misses_total", "volume" => volume.to_string()),
@@ -226,6 +234,8 @@ impl ObjectBlockDevice {
                 last_read: None,
                 fetching: HashMap::new(),
                 pending: false,
+                changes,
+                deltas: ours.then_some(0),
             })),
             flushing: Mutex::new(()),
             uploading: Mutex::new(()),
@@ -536,12 +546,17 @@ impl ObjectBlockDevice {
                 Upload::Zeros => {
                     state.chunks.remove(&index);
                     state.patches.remove(&index);
+                    state.changes.hole(index);
                 }
                 Upload::Whole(key, _) => {
-                    state.chunks.insert(index, key);
+                    state.chunks.insert(index, key.clone());
                     state.patches.remove(&index);
+                    state.changes.set_chunk(index, key);
                 }
-                Upload::Patches(new) => state.patches.entry(index).or_default().extend(new),
+                Upload::Patches(new) => {
+                    state.changes.append(index, new.iter().cloned());
+                    state.patches.entry(index).or_default().extend(new);
+                }
             }
         }
         uploaded
@@ -613,6 +628,7 @@ impl ObjectBlockDevice {
         let count = size.div_ceil(self.chunk_size);
         state.chunks.retain(|&index, _| index < count);
         state.patches.retain(|&index, _| index < count);
+        state.changes.truncate_chunks(count);
         state.cache.retain(|&index, _| index < count);
         if let Some(tail) = state.cache.get_mut(&(count.saturating_sub(1))) {
             let keep = (size - (count - 1) * self.chunk_size) as usize;
@@ -704,30 +720,56 @@ impl BlockDevice for ObjectBlockDevice {
         if !pending {
             return self.check_fence();
         }
+        let mut taken = None;
         let committed = self.check_fence().and_then(|()| {
             self.upload_dirty()?;
-            let (chunks, patches) = {
-                let state = self.lock();
-                (state.chunks.clone(), state.patches.clone())
-            };
-            let manifest = Manifest {
-                size: self.size(),
-                chunk_size: self.chunk_size,
-                generation: self.generation,
-                seq: seq + 1,
-                chunks,
-                patches,
+            // A delta of what changed since the last commit, unless a whole manifest is
+            // due: the first of this generation, or after MAX_DELTAS deltas.
+            let manifest = {
+                let mut state = self.lock();
+                let fresh = Manifest::delta(self.size(), self.chunk_size, self.generation);
+                let mut changes = std::mem::replace(&mut state.changes, fresh);
+                changes.size = self.size();
+                let manifest = match state.deltas {
+                    Some(n) if n < MAX_DELTAS => Manifest {
+                        seq: seq + 1,
+                        base: Some(seq),
+                        ..changes.clone()
+                    },
+                    _ => Manifest {
+                        seq: seq + 1,
+                        chunks: state.chunks.clone(),
+                        patches: state.patches.clone(),
+                        ..Manifest::delta(self.size(), self.chunk_size, self.generation)
+                    },
+                };
+                taken = Some(changes);
+                manifest
             };
             let path = self.layout.manifest(&self.volume, self.generation, seq + 1);
             self.store
                 .put_json(&path, &manifest, PutMode::Create)
                 .map_err(|e| io(self.store.error("commit", &path, e).to_string()))
+                .map(|()| manifest.base.is_some())
         });
         let mut state = self.lock();
         match committed {
-            Ok(()) => state.seq = seq + 1,
+            Ok(delta) => {
+                state.seq = seq + 1;
+                state.deltas = Some(if delta {
+                    state.deltas.unwrap_or_default() + 1
+                } else {
+                    0
+                });
+            }
             Err(e) => {
                 state.pending = true;
+                // What was taken for this commit comes first again, then what changed
+                // meanwhile.
+                if let Some(mut changes) = taken {
+                    changes.then(&state.changes);
+                    state.changes = changes;
+                }
                 return Err(e);
             }
         }
@@ -744,6 +786,7 @@ impl BlockDevice for ObjectBlockDevice {
                 let mut state = self.lock();
                 state.chunks.remove(&index);
                 state.patches.remove(&index);
+                state.changes.hole(index);
                 state.cache.remove(&index);
                 state.pending = true;
             } else {

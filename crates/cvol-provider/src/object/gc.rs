@@ -1,12 +1,13 @@
 //! Garbage collection of an object pool: `cvol provider gc`.
 //!
-//! A chunk is garbage when no manifest kept and no snapshot names it. Of each volume's
-//! manifests, the newest is kept, and so is every manifest younger than the grace
-//! period (a reader may be reading it; a takeover may restate it). Nothing younger than
-//! the grace period is ever deleted: a flush uploads its chunks before it commits the
-//! manifest naming them, and must not find them gone in between.
+//! A chunk or log object is garbage when no manifest kept and no snapshot names it. Of
+//! each volume's manifests, the newest is kept, and so is every manifest younger than the
+//! grace period (a reader may be reading it; a takeover may restate it), each with the
+//! deltas and the whole manifest it builds on. Nothing younger than the grace period is
+//! ever deleted: a flush uploads its chunks before it commits the manifest naming them,
+//! and must not find them gone in between.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use cvol_format::VolumeId;
@@ -29,6 +30,9 @@ pub struct GcReport {
     pub logs: usize,
     /// Their bytes.
     pub log_bytes: u64,
+    /// What the referenced chunks and log records hold before compression and
+    /// encryption: with `live_bytes + log_bytes`, the compression ratio.
+    pub logical_bytes: u64,
     /// Unreferenced chunks old enough to delete.
     pub garbage_chunks: Vec<String>,
     /// Their bytes.
@@ -56,7 +60,20 @@ pub(crate) fn collect(
     let mut report = GcReport::default();
     let mut doomed_manifests = Vec::new();
     let mut referenced = BTreeSet::new();
-    let mut reference = |manifest: &Manifest| referenced.extend(manifest.objects().cloned());
+    // Bytes each referenced object holds uncompressed: a chunk's size, a log's records.
+    let mut logical: HashMap<String, u64> = HashMap::new();
+    let mut records = BTreeSet::new();
+    let mut reference = |manifest: &Manifest| {
+        referenced.extend(manifest.objects().cloned());
+        for key in manifest.chunks.values() {
+            logical.insert(key.clone(), manifest.chunk_size);
+        }
+        for p in manifest.patches.values().flatten() {
+            if records.insert((p.log.clone(), p.from)) {
+                *logical.entry(p.log.clone()).or_default() += u64::from(p.len);
+            }
+        }
+    };
     for name in store.list_dirs(&layout.volumes())? {
         let Ok(id) = VolumeId::new(&name) else {
             continue;
@@ -67,16 +84,45 @@ pub(crate) fn collect(
             .filter_map(|m| Some((manifest_version(m.location.filename()?)?, m)))
             .collect();
         manifests.sort_by_key(|(version, _)| *version);
-        let newest = manifests.len().saturating_sub(1);
-        for (i, (_, meta)) in manifests.iter().enumerate() {
-            if i < newest && old_enough(meta, grace) {
-                report.superseded_manifests.push(meta.location.to_string());
-                doomed_manifests.push(meta.location.clone());
+        let Some(newest) = manifests.len().checked_sub(1) else {
+            continue;
+        };
+        // Kept: the newest and every young manifest, each with the deltas and the whole
+        // manifest it builds on — everything from the whole manifest at or before both.
+        let first_young = manifests
+            .iter()
+            .position(|(_, meta)| !old_enough(meta, grace))
+            .unwrap_or(newest);
+        let mut keep_from = newest.min(first_young);
+        let mut chain = Vec::new();
+        for i in (0..=newest).rev() {
+            let Some(manifest) = store.get_json::<Manifest>(&manifests[i].1.location)? else {
                 continue;
+            };
+            let whole = manifest.base.is_none();
+            chain.push((i, manifest));
+            if i <= keep_from && whole {
+                keep_from = i;
+                break;
             }
-            if let Some(manifest) = store.get_json::<Manifest>(&meta.location)? {
-                reference(&manifest);
+            keep_from = keep_from.min(i);
+        }
+        // What a reader may read: the state of the newest and of every young manifest
+        // (the whole one with the deltas up to it applied). The older deltas between
+        // are kept for the chain, but what only they named is garbage.
+        let mut state: Option<Manifest> = None;
+        while let Some((i, manifest)) = chain.pop() {
+            match &mut state {
+                Some(state) if manifest.base.is_some() => state.apply(&manifest),
+                _ => state = Some(manifest),
             }
+            if i == newest || i >= first_young {
+                reference(state.as_ref().expect("set above"));
+            }
+        }
+        for (_, meta) in &manifests[..keep_from] {
+            report.superseded_manifests.push(meta.location.to_string());
+            doomed_manifests.push(meta.location.clone());
         }
         for meta in store.list(&layout.snapshots(&id))? {
             if let Some(snapshot) = store.get_json::<SnapshotRecord>(&meta.location)? {
@@ -92,6 +138,7 @@ pub(crate) fn collect(
         };
         if referenced.contains(&key) {
             report.referenced += 1;
+            report.logical_bytes += logical.get(&key).copied().unwrap_or_default();
             if key.ends_with(".log") {
                 report.logs += 1;
                 report.log_bytes += meta.size;

@@ -20,7 +20,7 @@
 //! patches grow past a bound is uploaded whole again by the flush that would exceed it,
 //! and its patches are dropped (compaction); logs nothing names any more are gc's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cvol_format::{SnapshotName, VolumeId};
 use object_store::path::Path;
@@ -165,6 +165,14 @@ pub(crate) struct Manifest {
     /// Writes over a chunk since it was last uploaded whole, oldest first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) patches: BTreeMap<u64, Vec<Patch>>,
+    /// A delta: only what changed since manifest `base` (the previous sequence number of
+    /// the same generation) — chunks uploaded whole (their patches dropped), patches
+    /// appended, chunks emptied ([`Manifest::apply`]). `None` for a whole manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base: Option<u64>,
+    /// In a delta, the chunks that became zeros.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub(crate) holes: BTreeSet<u64>,
 }
 
 /// `len` bytes at `at` in a chunk, kept in log object `log` from byte `from` (as they
@@ -183,7 +191,7 @@ pub(crate) struct Patch {
 
 impl Manifest {
     /// The chunks that hold bytes: with a stored chunk, patches, or both.
-    pub(crate) fn stored(&self) -> std::collections::BTreeSet<u64> {
+    pub(crate) fn stored(&self) -> BTreeSet<u64> {
         self.chunks
             .keys()
             .chain(self.patches.keys())
@@ -204,6 +212,79 @@ impl Manifest {
     pub(crate) fn truncate_chunks(&mut self, count: u64) {
         self.chunks.retain(|&index, _| index < count);
         self.patches.retain(|&index, _| index < count);
+        self.holes.retain(|&index| index < count);
+    }
+
+    /// An empty delta over this manifest's state: what [`Manifest::hole`],
+    /// [`Manifest::set_chunk`] and [`Manifest::append`] then record.
+    pub(crate) fn delta(size: u64, chunk_size: u64, generation: u64) -> Self {
+        Self {
+            size,
+            chunk_size,
+            generation,
+            seq: 0,
+            chunks: BTreeMap::new(),
+            patches: BTreeMap::new(),
+            base: None,
+            holes: BTreeSet::new(),
+        }
+    }
+
+    /// Records (in a delta) that chunk `index` became zeros.
+    pub(crate) fn hole(&mut self, index: u64) {
+        self.chunks.remove(&index);
+        self.patches.remove(&index);
+        self.holes.insert(index);
+    }
+
+    /// Records (in a delta) that chunk `index` was uploaded whole as `key`.
+    pub(crate) fn set_chunk(&mut self, index: u64, key: String) {
+        self.holes.remove(&index);
+        self.patches.remove(&index);
+        self.chunks.insert(index, key);
+    }
+
+    /// Records (in a delta) patches over chunk `index`.
+    pub(crate) fn append(&mut self, index: u64, patches: impl IntoIterator<Item = Patch>) {
+        self.patches.entry(index).or_default().extend(patches);
+    }
+
+    /// Adds the delta `later`, recorded after this one, to it.
+    pub(crate) fn then(&mut self, later: &Manifest) {
+        for &index in &later.holes {
+            self.hole(index);
+        }
+        for (&index, key) in &later.chunks {
+            self.set_chunk(index, key.clone());
+        }
+        for (&index, patches) in &later.patches {
+            self.append(index, patches.iter().cloned());
+        }
+        self.size = later.size;
+    }
+
+    /// This whole manifest's state with the delta `delta` applied: emptied chunks first,
+    /// then chunks uploaded whole, then appended patches (the order a delta is recorded
+    /// in keeps), then the delta's size.
+    pub(crate) fn apply(&mut self, delta: &Manifest) {
+        for index in &delta.holes {
+            self.chunks.remove(index);
+            self.patches.remove(index);
+        }
+        for (&index, key) in &delta.chunks {
+            self.chunks.insert(index, key.clone());
+            self.patches.remove(&index);
+        }
+        for (&index, patches) in &delta.patches {
+            self.patches
+                .entry(index)
+                .or_default()
+                .extend(patches.iter().cloned());
+        }
+        self.size = delta.size;
+        self.generation = delta.generation;
+        self.seq = delta.seq;
+        self.truncate_chunks(self.size.div_ceil(self.chunk_size));
     }
 
     /// Checks what a parser cannot: chunk indexes within the size.

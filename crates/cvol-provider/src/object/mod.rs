@@ -399,23 +399,45 @@ impl ObjectProvider {
     }
 
     /// The newest manifest of volume `id`: the highest (generation, sequence).
+    /// The volume's newest state: its newest manifest, or when that is a delta, the
+    /// whole manifest it builds on with every delta since applied in order.
     fn latest(&self, id: &VolumeId) -> Result<Manifest, ProviderError> {
         let prefix = self.layout.manifests(id);
-        let newest = self
+        let mut versions: Vec<((u64, u64), object_store::path::Path)> = self
             .store
             .list(&prefix)?
             .into_iter()
             .filter_map(|m| Some((manifest_version(m.location.filename()?)?, m.location)))
-            .max_by_key(|(version, _)| *version);
-        let Some((_, path)) = newest else {
+            .collect();
+        versions.sort_by_key(|(version, _)| *version);
+        let mut chain = Vec::new();
+        while let Some((_, path)) = versions.pop() {
+            let manifest: Manifest = self
+                .store
+                .get_json(&path)?
+                .ok_or_else(|| self.corrupt(&path, "vanished while read".into()))?;
+            let whole = manifest.base.is_none();
+            chain.push((path, manifest));
+            if whole {
+                break;
+            }
+        }
+        let Some((path, mut state)) = chain.pop() else {
             return Err(self.corrupt(&prefix, "the volume has no manifest".into()));
         };
-        let manifest: Manifest = self
-            .store
-            .get_json(&path)?
-            .ok_or_else(|| self.corrupt(&path, "vanished while read".into()))?;
-        manifest.validate().map_err(|m| self.corrupt(&path, m))?;
-        Ok(manifest)
+        if state.base.is_some() {
+            return Err(self.corrupt(&path, "a delta with no whole manifest before it".into()));
+        }
+        let mut last = path;
+        while let Some((path, delta)) = chain.pop() {
+            if delta.generation != state.generation || delta.base != Some(state.seq) {
+                return Err(self.corrupt(&path, format!("a delta that does not follow {last}")));
+            }
+            state.apply(&delta);
+            last = path;
+        }
+        state.validate().map_err(|m| self.corrupt(&last, m))?;
+        Ok(state)
     }
 
     fn attachment(&self, id: &VolumeId) -> Result<AttachmentRecord, ProviderError> {
@@ -616,12 +638,9 @@ impl Provider for ObjectProvider {
             }
         };
         let manifest = Manifest {
-            size,
-            chunk_size: self.chunk_size,
-            generation: 0,
-            seq: 0,
             chunks,
             patches,
+            ..Manifest::delta(size, self.chunk_size, 0)
         };
         let path = self.layout.manifest(id, 0, 0);
         self.store

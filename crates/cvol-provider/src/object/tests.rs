@@ -561,6 +561,17 @@ fn a_small_write_and_flush_upload_a_small_log_not_the_chunk() {
     let m = manifest(&p, &id);
     assert_eq!(m.patches.len(), 2, "{m:?}");
     assert_eq!(m.patches[&1][0].at, 8192);
+    // The commit is a delta naming the two patches, not the whole chunk map restated.
+    let newest = dir.path().join(format!(
+        "volumes/{id}/manifests/{:020}-{:020}.json",
+        m.generation, m.seq
+    ));
+    let delta: Manifest = serde_json::from_slice(&std::fs::read(&newest).unwrap()).unwrap();
+    assert_eq!(delta.base, Some(m.seq - 1));
+    assert!(
+        delta.chunks.is_empty() && delta.patches.len() == 2,
+        "{delta:?}"
+    );
 
     // Read back cold, from the store: chunk and patches.
     let data = content(&p, &id);
@@ -582,7 +593,7 @@ fn a_chunk_is_uploaded_whole_again_before_its_patches_pass_the_bound() {
     let device = p.attach(&id, "h", false).unwrap().device;
     let mut model = vec![0u8; CHUNK as usize];
     for n in 0..=device::MAX_PATCHES as u64 + 2 {
-        let at = (n * 1000) as usize;
+        let at = (n * 1000 % (CHUNK - 100)) as usize;
         model[at..at + 100].fill(n as u8 + 1);
         device.write_at(&[n as u8 + 1; 100], at as u64).unwrap();
         device.flush().unwrap();
@@ -801,6 +812,9 @@ fn an_encrypted_compressed_pool_reads_back_and_stores_nothing_in_clear() {
     }
     let stored: u64 = stored_objects(dir.path()).values().sum();
     assert!(stored < 4 * CHUNK / 10, "compressed: {stored} bytes");
+    let report = p.gc(Duration::ZERO, false).unwrap();
+    assert_eq!(report.logical_bytes, 4 * CHUNK + 22, "{report:?}");
+    assert_eq!(report.live_bytes + report.log_bytes, stored, "{report:?}");
     // The key is nowhere in the pool.
     assert!(!files
         .iter()
@@ -898,4 +912,43 @@ fn tampered_chunks_logs_and_manifests_fail_reads_naming_the_volume() {
     .unwrap();
     let err = p.volume(&id).err().unwrap().to_string();
     assert!(err.contains(&id.to_string()), "{err}");
+}
+
+#[test]
+fn a_whole_manifest_is_committed_after_a_bounded_run_of_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pool(dir.path(), 1 << 20);
+    let id = blank(&p, 4 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    let mut model = vec![0u8; 4 * CHUNK as usize];
+    for n in 0..150u64 {
+        let at = (n * 4099) % (4 * CHUNK - 10);
+        device.write_at(&[n as u8; 10], at).unwrap();
+        model[at as usize..at as usize + 10].fill(n as u8);
+        device.flush().unwrap();
+    }
+    let dir_of = dir.path().join(format!("volumes/{id}/manifests"));
+    let mut wholes = 0;
+    let mut run = 0;
+    let mut longest = 0;
+    let mut names: Vec<_> = std::fs::read_dir(&dir_of)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for name in names {
+        let m: Manifest = serde_json::from_slice(&std::fs::read(name).unwrap()).unwrap();
+        if m.base.is_none() {
+            wholes += 1;
+            run = 0;
+        } else {
+            run += 1;
+            longest = longest.max(run);
+        }
+    }
+    assert!(wholes >= 3, "{wholes} whole manifests");
+    assert!(longest <= 64, "a run of {longest} deltas");
+    assert_eq!(content(&p, &id), model);
+    p.gc(Duration::ZERO, true).unwrap();
+    assert_eq!(content(&p, &id), model, "after gc");
 }

@@ -20,11 +20,18 @@ const FSCK_UNCORRECTED: u8 = 4;
 
 pub fn run(ctx: &Context, cmd: DatastoreCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DatastoreCommand::Create { name, providers } => {
-            let providers = providers
+        DatastoreCommand::Create {
+            name,
+            providers,
+            settings,
+        } => {
+            let mut providers = providers
                 .iter()
                 .map(|spec| parse_provider(spec))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            for setting in &settings {
+                add_setting(&mut providers, setting)?;
+            }
             let ds = Datastore::create(ctx.share()?, &name, providers, &ctx.host)?;
             print_info(ctx, &ds)?;
         }
@@ -77,6 +84,26 @@ pub fn run(ctx: &Context, cmd: DatastoreCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Adds `ID.KEY=VALUE` to provider ID's settings.
+fn add_setting(providers: &mut [ProviderConfig], setting: &str) -> anyhow::Result<()> {
+    let usage = || {
+        anyhow!("invalid setting {setting:?}: expected ID.KEY=VALUE, e.g. pool.compression=zstd")
+    };
+    let (name, value) = setting.split_once('=').ok_or_else(usage)?;
+    let (id, key) = name.split_once('.').ok_or_else(usage)?;
+    if key.is_empty() {
+        return Err(usage());
+    }
+    let provider = providers
+        .iter_mut()
+        .find(|p| p.id.as_str() == id)
+        .ok_or_else(|| {
+            anyhow!("setting {setting:?}: no provider {id:?} is given with --provider")
+        })?;
+    provider.settings.insert(key.to_string(), value.to_string());
+    Ok(())
 }
 
 /// Parses `ID=KIND:LOCATION`, e.g. `pool=file:/srv/pool` or

@@ -69,14 +69,22 @@ fn stats(ctx: &Context, spec: &str) -> anyhow::Result<()> {
             "log_bytes": report.log_bytes,
             "unreferenced_objects": report.garbage_chunks.len(),
             "unreferenced_bytes": report.garbage_bytes,
+            "logical_bytes": report.logical_bytes,
         }));
     }
+    let stored = report.live_bytes + report.log_bytes;
+    let ratio = if stored == 0 {
+        "no data".to_string()
+    } else {
+        format!("{:.2}", report.logical_bytes as f64 / stored as f64)
+    };
     println!(
-        "live: {} chunks, {} bytes; in logs: {} objects, {} bytes; named by no current manifest or snapshot: {} objects, {} bytes",
+        "live: {} chunks, {} bytes; in logs: {} objects, {} bytes; {} bytes of data stored in them (ratio {ratio}); named by no current manifest or snapshot: {} objects, {} bytes",
         report.referenced - report.logs,
         report.live_bytes,
         report.logs,
         report.log_bytes,
+        report.logical_bytes,
         report.garbage_chunks.len(),
         report.garbage_bytes,
     );

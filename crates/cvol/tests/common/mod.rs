@@ -118,6 +118,32 @@ impl Env {
         env
     }
 
+    /// A datastore with one `object` provider `pool` in the test S3 server (Garage),
+    /// compressed and encrypted with a key file (its objects are sealed: not for
+    /// [`Env::volume_bytes`]).
+    pub fn datastore_on_sealed_s3() -> Self {
+        let mut env = Self::empty();
+        let garage = garage::garage();
+        env.vars.extend(garage.vars());
+        let url = garage.new_pool_url();
+        let key = env.tmp.path().join("pool.key");
+        write_secret(&key, &"5a".repeat(32));
+        env.ok(&[
+            "datastore",
+            "create",
+            "--name",
+            "ds1",
+            "--provider",
+            &format!("pool=object:{url}"),
+            "--setting",
+            "pool.compression=zstd",
+            "--setting",
+            &format!("pool.key_file={}", key.display()),
+        ]);
+        env.object_url = Some(url);
+        env
+    }
+
     /// A datastore with one `object` provider `pool` in the test S3 server (Garage).
     pub fn datastore_on_s3() -> Self {
         let mut env = Self::empty();

@@ -96,24 +96,67 @@ impl PoolObjects {
             .count()
     }
 
-    /// The bytes of `volume` as its newest manifest says, assembled from its chunks.
+    /// The bytes of `volume` as its newest manifest says, assembled from its chunks and
+    /// the patches over them (a pool that stores objects as they are).
     pub fn volume_bytes(&self, volume: &str) -> Vec<u8> {
-        let newest = self
-            .list(&format!("volumes/{volume}/manifests"))
-            .into_iter()
-            .max()
-            .expect("the volume has a manifest");
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&self.get(&newest).unwrap()).unwrap();
-        let chunk_size = manifest["chunk_size"].as_u64().unwrap() as usize;
-        let size = manifest["size"].as_u64().unwrap() as usize;
-        let mut bytes = vec![0u8; size.div_ceil(chunk_size) * chunk_size];
-        for (index, key) in manifest["chunks"].as_object().unwrap() {
-            let at = index.parse::<usize>().unwrap() * chunk_size;
-            let chunk = self
-                .get(&format!("chunks/{}", key.as_str().unwrap()))
-                .expect("a chunk the manifest names");
-            bytes[at..at + chunk_size].copy_from_slice(&chunk);
+        // The newest manifest, and back to the whole one its deltas build on.
+        let mut names = self.list(&format!("volumes/{volume}/manifests"));
+        let mut chain = Vec::new();
+        while let Some(name) = names.pop() {
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&self.get(&name).unwrap()).unwrap();
+            let whole = manifest.get("base").is_none();
+            chain.push(manifest);
+            if whole {
+                break;
+            }
+        }
+        let newest = chain.first().expect("the volume has a manifest");
+        let chunk_size = newest["chunk_size"].as_u64().unwrap() as usize;
+        let size = newest["size"].as_u64().unwrap() as usize;
+        let end = size.div_ceil(chunk_size) * chunk_size;
+        let mut bytes = vec![0u8; end];
+        // Applied oldest first: emptied chunks, chunks written whole, patches.
+        while let Some(manifest) = chain.pop() {
+            let indexes = |field: &str| -> Vec<(usize, serde_json::Value)> {
+                manifest
+                    .get(field)
+                    .and_then(|m| m.as_object())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(i, v)| (i.parse::<usize>().unwrap() * chunk_size, v.clone()))
+                            .filter(|(at, _)| *at < end)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for hole in manifest
+                .get("holes")
+                .and_then(|h| h.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let at = hole.as_u64().unwrap() as usize * chunk_size;
+                if at < end {
+                    bytes[at..at + chunk_size].fill(0);
+                }
+            }
+            for (at, key) in indexes("chunks") {
+                let chunk = self
+                    .get(&format!("chunks/{}", key.as_str().unwrap()))
+                    .expect("a chunk the manifest names");
+                bytes[at..at + chunk_size].copy_from_slice(&chunk);
+            }
+            for (chunk_at, list) in indexes("patches") {
+                for p in list.as_array().unwrap() {
+                    let field = |name: &str| p[name].as_u64().unwrap() as usize;
+                    let log = self
+                        .get(&format!("chunks/{}", p["log"].as_str().unwrap()))
+                        .expect("a log the manifest names");
+                    let (at, len, from) = (chunk_at + field("at"), field("len"), field("from"));
+                    bytes[at..at + len].copy_from_slice(&log[from..from + len]);
+                }
+            }
         }
         bytes.truncate(size);
         bytes
