@@ -8,7 +8,13 @@
 # - 4k random read, cache warm, through NBD: the object pool vs a file pool (fio's nbd
 #   engine, the same job);
 # - snapshot and clone time of a 1 GiB and a 100 GiB volume (the object_pool bench's
-#   `snapshots`).
+#   `snapshots`);
+# - the same 1 GiB write and cold read on a compressed and encrypted pool (random bytes
+#   do not compress: what trying and encrypting cost);
+# - 4k random read QD16 right after a remount, on a pool whose disk cache the first
+#   mount filled, vs the file pool;
+# - the compression ratio of the boot test's root file system (ext4 with busybox,
+#   256 MiB) imported into a compressed pool (`cvol provider stats`).
 #
 #   ./scripts/bench-object.sh [RUNTIME_SECONDS]     (default 10 s per fio job)
 #
@@ -77,6 +83,57 @@ cmp "$work/disk.raw" "$work/back.raw"
 s3_randread=$(randread "$uri")
 stop_server
 
+# new_datastore NAME POOL_URL SETTING...: a datastore in $work/NAME-share on the object
+# pool POOL_URL (made with the provider settings given) with a 1 GiB disk, the memory
+# cache holding it all.
+new_datastore() {
+    local name=$1 url=$2 setting
+    shift 2
+    mkdir -p "$work/$name-share"
+    export CVOL_SHARE=$work/$name-share
+    local args=()
+    for setting in "$@"; do args+=(--setting "pool.$setting"); done
+    "$cvol" datastore create --name bench --provider "pool=object:$url" "${args[@]}" >/dev/null
+    printf 'cache_mib = "1200"\n' >>"$work/$name-share/.cvol/datastore.toml"
+    "$cvol" vm create bench --disk 1G >/dev/null
+}
+
+od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$work/pool.key"
+chmod 600 "$work/pool.key"
+new_datastore sealed s3://cvol/sealed compression=zstd "key_file=$work/pool.key"
+serve "$work/sealed-share"
+sealed_write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
+stop_server
+serve "$work/sealed-share"
+sealed_read_s=$(seconds nbdcopy "$uri" null:)
+nbdcopy "$uri" "$work/back.raw"
+cmp "$work/disk.raw" "$work/back.raw"
+stop_server
+
+# A disk cache: filled by the first mount's write and read, read right after a remount.
+new_datastore cached s3://cvol/cached "disk_cache=$work/disk-cache"
+printf 'cache_mib = "64"\n' >>"$work/cached-share/.cvol/datastore.toml"
+serve "$work/cached-share"
+nbdcopy --flush "$work/disk.raw" "$uri"
+nbdcopy "$uri" null:
+stop_server
+serve "$work/cached-share"
+cached_randread=$(randread "$uri")
+stop_server
+
+# The boot test's root file system, imported into a compressed pool.
+root=$work/root
+mkdir -p "$root"/{bin,dev,proc,sys}
+cp /bin/busybox "$root/bin/busybox"
+mkfs.ext4 -q -F -d "$root" "$work/boot.raw" 256M
+mkdir -p "$work/zstd-share"
+export CVOL_SHARE=$work/zstd-share
+"$cvol" datastore create --name bench --provider pool=object:s3://cvol/zstd --setting pool.compression=zstd >/dev/null
+"$cvol" vm create boot --disk 1M >/dev/null
+"$cvol" disk import boot "$work/boot.raw" >/dev/null
+ratio=$("$cvol" --json provider stats --pool object:s3://cvol/zstd |
+    python3 -c 'import json, sys; s = json.load(sys.stdin); print("%.1f %d %d" % (s["logical_bytes"] / (s["live_bytes"] + s["log_bytes"]), s["logical_bytes"], s["live_bytes"] + s["log_bytes"]))')
+
 # The file pool, the same disk, warm in the page cache.
 mkdir -p "$work/file-share" "$work/file-pool"
 export CVOL_SHARE=$work/file-share
@@ -100,5 +157,13 @@ echo "|---|---:|---:|---:|"
 awk -v c="$write" -v p="$peer_put" 'BEGIN { printf "| 1 GiB sequential write + flush | %s MiB/s | %s MiB/s (object_store put) | %.2fx |\n", c, p, c / p }'
 awk -v c="$read" -v p="$peer_get" 'BEGIN { printf "| 1 GiB sequential read, cold | %s MiB/s | %s MiB/s (object_store get) | %.2fx |\n", c, p, c / p }'
 awk -v c="$s3_randread" -v p="$file_randread" 'BEGIN { printf "| 4k random read QD16, warm | %s MiB/s | %s MiB/s (file pool, NBD) | %.2fx |\n", c, p, c / p }'
+awk -v c="$cached_randread" -v p="$file_randread" 'BEGIN { printf "| 4k random read QD16, right after a remount, disk cache | %s MiB/s | %s MiB/s (file pool, NBD) | %.2fx |\n", c, p, c / p }'
+sealed_write=$(mib_per_s "$sealed_write_s")
+sealed_read=$(mib_per_s "$sealed_read_s")
+awk -v c="$sealed_write" -v p="$write" 'BEGIN { printf "| 1 GiB sequential write + flush, compressed + encrypted | %s MiB/s | %s MiB/s (plain object pool) | %.2fx |\n", c, p, c / p }'
+awk -v c="$sealed_read" -v p="$read" 'BEGIN { printf "| 1 GiB sequential read, cold, compressed + encrypted | %s MiB/s | %s MiB/s (plain object pool) | %.2fx |\n", c, p, c / p }'
+read -r r logical stored <<<"$ratio"
+echo
+echo "Compression (zstd) of the boot test's 256 MiB ext4 root file system: $logical bytes of chunks stored in $stored ($r x)."
 echo
 echo "$snapshots"

@@ -360,9 +360,7 @@ impl ObjectBlockDevice {
             };
             let reads = source.patches.iter().map(|p| {
                 let (inner, path) = (inner.clone(), layout.chunk(&p.log));
-                let stored_len = p.stored.unwrap_or(p.len);
-                let range = p.from..p.from + u64::from(stored_len);
-                let name = format!("{}@{}+{stored_len}", p.log, p.from);
+                let (range, name) = (p.record(), p.cache_name());
                 let hit = cached(&name);
                 let codec = codec.clone();
                 let record = format!("{}@{}", p.log, p.from);
@@ -527,10 +525,28 @@ impl ObjectBlockDevice {
                 _ => None,
             })
             .collect();
+        let log = Bytes::from(log);
         if !log.is_empty() {
-            puts.push((log_key, Bytes::from(log)));
+            puts.push((log_key, log.clone()));
         }
-        let uploaded = self.put_all(puts);
+        let uploaded = self.put_all(puts.clone());
+        if let (Some(disk), Ok(())) = (&self.store.disk_cache, &uploaded) {
+            // Written through: a restarted host reads what it wrote from local disk.
+            for (key, bytes) in puts.iter().filter(|(key, _)| !key.ends_with(".log")) {
+                disk.put(key, bytes);
+            }
+            for (_, _, _, upload) in &taken {
+                if let Upload::Patches(patches) = upload {
+                    for p in patches {
+                        let record = p.record();
+                        disk.put(
+                            &p.cache_name(),
+                            &log[record.start as usize..record.end as usize],
+                        );
+                    }
+                }
+            }
+        }
         let mut state = self.lock();
         for (index, born, dirty, upload) in taken {
             let Some(c) = state.cache.get_mut(&index).filter(|c| c.born == born) else {
@@ -721,8 +737,15 @@ impl BlockDevice for ObjectBlockDevice {
             return self.check_fence();
         }
         let mut taken = None;
-        let committed = self.check_fence().and_then(|()| {
-            self.upload_dirty()?;
+        // The fence check before the commit overlaps the upload: a round trip less per
+        // flush; what a fenced device uploaded is garbage nobody names.
+        let checked_and_uploaded = std::thread::scope(|scope| {
+            let fence = scope.spawn(|| self.check_fence());
+            let uploaded = self.upload_dirty();
+            fence.join().expect("the fence check does not panic")?;
+            uploaded
+        });
+        let committed = checked_and_uploaded.and_then(|()| {
             // A delta of what changed since the last commit, unless a whole manifest is
             // due: the first of this generation, or after MAX_DELTAS deltas.
             let manifest = {

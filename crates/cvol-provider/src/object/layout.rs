@@ -189,6 +189,23 @@ pub(crate) struct Patch {
     pub(crate) stored: Option<u32>,
 }
 
+impl Patch {
+    /// The bytes of its record in the log.
+    pub(crate) fn stored_len(&self) -> u32 {
+        self.stored.unwrap_or(self.len)
+    }
+
+    /// Where its record lies in the log.
+    pub(crate) fn record(&self) -> std::ops::Range<u64> {
+        self.from..self.from + u64::from(self.stored_len())
+    }
+
+    /// The name its record is kept under in a disk cache.
+    pub(crate) fn cache_name(&self) -> String {
+        format!("{}@{}+{}", self.log, self.from, self.stored_len())
+    }
+}
+
 impl Manifest {
     /// The chunks that hold bytes: with a stored chunk, patches, or both.
     pub(crate) fn stored(&self) -> BTreeSet<u64> {

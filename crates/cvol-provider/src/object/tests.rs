@@ -738,8 +738,7 @@ fn a_disk_cache_serves_a_reopened_pool_and_torn_entries_are_fetched_again() {
     device.flush().unwrap();
     drop(device);
     p.detach(&id, "h").unwrap();
-    // A cold read fills the cache.
-    assert_eq!(content(&p, &id), model);
+    // What was written went through to the cache: no read is needed to fill it.
     drop(p);
 
     // Reopened (a restarted host): the chunks and the patch come from local disk, even
