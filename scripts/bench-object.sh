@@ -83,24 +83,24 @@ cmp "$work/disk.raw" "$work/back.raw"
 s3_randread=$(randread "$uri")
 stop_server
 
-# new_datastore NAME POOL_URL SETTING...: a datastore in $work/NAME-share on the object
-# pool POOL_URL (made with the provider settings given) with a 1 GiB disk, the memory
-# cache holding it all.
+# new_datastore NAME CACHE_MIB POOL_URL SETTING...: a datastore in $work/NAME-share on
+# the object pool POOL_URL (made with the provider settings given) with a 1 GiB disk and
+# CACHE_MIB of memory cache.
 new_datastore() {
-    local name=$1 url=$2 setting
-    shift 2
+    local name=$1 cache=$2 url=$3 setting
+    shift 3
     mkdir -p "$work/$name-share"
     export CVOL_SHARE=$work/$name-share
     local args=()
     for setting in "$@"; do args+=(--setting "pool.$setting"); done
     "$cvol" datastore create --name bench --provider "pool=object:$url" "${args[@]}" >/dev/null
-    printf 'cache_mib = "1200"\n' >>"$work/$name-share/.cvol/datastore.toml"
+    printf 'cache_mib = "%s"\n' "$cache" >>"$work/$name-share/.cvol/datastore.toml"
     "$cvol" vm create bench --disk 1G >/dev/null
 }
 
 od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$work/pool.key"
 chmod 600 "$work/pool.key"
-new_datastore sealed s3://cvol/sealed compression=zstd "key_file=$work/pool.key"
+new_datastore sealed 1200 s3://cvol/sealed compression=zstd "key_file=$work/pool.key"
 serve "$work/sealed-share"
 sealed_write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
 stop_server
@@ -111,8 +111,7 @@ cmp "$work/disk.raw" "$work/back.raw"
 stop_server
 
 # A disk cache: filled by the first mount's write and read, read right after a remount.
-new_datastore cached s3://cvol/cached "disk_cache=$work/disk-cache"
-printf 'cache_mib = "64"\n' >>"$work/cached-share/.cvol/datastore.toml"
+new_datastore cached 64 s3://cvol/cached "disk_cache=$work/disk-cache"
 serve "$work/cached-share"
 nbdcopy --flush "$work/disk.raw" "$uri"
 nbdcopy "$uri" null:
