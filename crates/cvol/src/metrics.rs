@@ -27,14 +27,11 @@ const UPKEEP: Duration = Duration::from_secs(5);
 /// from a thread of its own, for as long as the process lives, over TLS and behind a
 /// bearer token when `access` names them. Returns the address bound.
 pub fn serve(addr: SocketAddr, access: &MetricsArg) -> anyhow::Result<SocketAddr> {
-    let tls = match (&access.metrics_tls_cert, &access.metrics_tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(
-            cert,
-            key,
-            access.metrics_tls_client_ca.as_deref(),
-        )?),
-        _ => None,
-    };
+    let tls = crate::tls::optional_server_config(
+        access.metrics_tls_cert.as_deref(),
+        access.metrics_tls_key.as_deref(),
+        access.metrics_tls_client_ca.as_deref(),
+    )?;
     let token = match &access.metrics_token_file {
         Some(path) => Some(
             cvol_provider::read_token(&path.to_string_lossy())

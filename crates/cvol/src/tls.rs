@@ -103,6 +103,19 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A server's TLS settings when it is given a certificate and key (clap makes sure
+/// neither comes alone); `None` serves plain.
+pub fn optional_server_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(server_config(cert, key, client_ca)?)),
+        _ => Ok(None),
+    }
+}
+
 /// A client's TLS settings: the CA servers' certificates must chain to, and this
 /// client's own certificate and key for servers that ask for one.
 pub fn client_config(

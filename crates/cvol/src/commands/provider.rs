@@ -132,14 +132,11 @@ fn serve(
     token_file: Option<std::path::PathBuf>,
     tls: &TlsServerArgs,
 ) -> anyhow::Result<()> {
-    let tls_config = match (&tls.tls_cert, &tls.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(
-            cert,
-            key,
-            tls.tls_client_ca.as_deref(),
-        )?),
-        _ => None,
-    };
+    let tls_config = crate::tls::optional_server_config(
+        tls.tls_cert.as_deref(),
+        tls.tls_key.as_deref(),
+        tls.tls_client_ca.as_deref(),
+    )?;
     crate::tls::check_plain(
         listen,
         tls_config.is_some(),

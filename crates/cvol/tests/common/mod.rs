@@ -128,18 +128,13 @@ impl Env {
         let url = garage.new_pool_url();
         let key = env.tmp.path().join("pool.key");
         write_secret(&key, &"5a".repeat(32));
-        env.ok(&[
-            "datastore",
-            "create",
-            "--name",
-            "ds1",
-            "--provider",
+        env.create_datastore_with_settings(
             &format!("pool=object:{url}"),
-            "--setting",
-            "pool.compression=zstd",
-            "--setting",
-            &format!("pool.key_file={}", key.display()),
-        ]);
+            &[
+                "pool.compression=zstd",
+                &format!("pool.key_file={}", key.display()),
+            ],
+        );
         env.object_url = Some(url);
         env
     }
@@ -221,14 +216,23 @@ impl Env {
     }
 
     pub fn create_datastore_with(&self, provider: &str) {
-        self.ok(&[
+        self.create_datastore_with_settings(provider, &[]);
+    }
+
+    /// A datastore with `provider`, made with provider settings `ID.KEY=VALUE`.
+    pub fn create_datastore_with_settings(&self, provider: &str, settings: &[&str]) {
+        let mut args = vec![
             "datastore",
             "create",
             "--name",
             "ds1",
             "--provider",
             provider,
-        ]);
+        ];
+        for setting in settings {
+            args.extend(["--setting", setting]);
+        }
+        self.ok(&args);
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
