@@ -72,6 +72,11 @@ impl Codec {
         }
     }
 
+    /// The cipher of an encrypted pool, for what keeps its bytes elsewhere (the disk cache).
+    pub(crate) fn cipher(&self) -> Option<XChaCha20Poly1305> {
+        self.cipher.clone()
+    }
+
     /// Whether objects are stored as they are.
     pub(crate) fn is_raw(&self) -> bool {
         !self.sealed

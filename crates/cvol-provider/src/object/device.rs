@@ -175,6 +175,8 @@ pub(crate) struct ObjectBlockDevice {
     /// Chunk loads served from the cache, and those that waited on the store.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
+    /// Reads served from the disk cache without loading their chunk.
+    disk_cache_hits: metrics::Counter,
 }
 
 /// Bytes taken by the chunks at `indexes` of a volume of `size` bytes.
@@ -218,6 +220,7 @@ impl ObjectBlockDevice {
         Self {
             cache_hits: metrics::counter!("cvol_object_cache_hits_total", "volume" => volume.to_string()),
             cache_misses: metrics::counter!("cvol_object_cache_misses_total", "volume" => volume.to_string()),
+            disk_cache_hits: metrics::counter!("cvol_object_disk_cache_reads_total", "volume" => volume.to_string()),
             store,
             layout,
             volume,
@@ -336,26 +339,29 @@ impl ObjectBlockDevice {
                 }
             };
             let mut data = match &source.base {
-                Some(key) => {
-                    let path = layout.chunk(key);
-                    let stored = match cached(key) {
-                        Some(bytes) => bytes,
-                        None => inner.get(&path).await?.bytes().await?.to_vec(),
-                    };
-                    let bytes = codec
-                        .open(key, &stored, chunk_size as usize)
-                        .map_err(|e| wrong(format!("chunk {path}: {e}")))?;
-                    if bytes.len() as u64 == chunk_size {
-                        keep(key, &stored);
+                Some(key) => match disk
+                    .as_ref()
+                    .and_then(|d| d.get_chunk(key, chunk_size as usize))
+                {
+                    Some(plain) => plain,
+                    None => {
+                        let path = layout.chunk(key);
+                        let stored = inner.get(&path).await?.bytes().await?;
+                        let bytes = codec
+                            .open(key, &stored, chunk_size as usize)
+                            .map_err(|e| wrong(format!("chunk {path}: {e}")))?;
+                        if bytes.len() as u64 != chunk_size {
+                            return Err(wrong(format!(
+                                "chunk {path} has {} bytes, not {chunk_size}",
+                                bytes.len()
+                            )));
+                        }
+                        if let Some(d) = &disk {
+                            d.put_chunk(key, &bytes);
+                        }
+                        bytes
                     }
-                    if bytes.len() as u64 != chunk_size {
-                        return Err(wrong(format!(
-                            "chunk {path} has {} bytes, not {chunk_size}",
-                            bytes.len()
-                        )));
-                    }
-                    bytes
-                }
+                },
                 None => vec![0u8; chunk_size as usize],
             };
             let reads = source.patches.iter().map(|p| {
@@ -392,6 +398,55 @@ impl ObjectBlockDevice {
             }
             Ok(data)
         })
+    }
+
+    /// Reads bytes `at..at + out.len()` of chunk `index` from the disk cache alone, if
+    /// the chunk is not in memory and the cache has every piece those bytes need: a
+    /// random read after a restart then costs a few KiB of local disk, not a chunk's
+    /// download (or its read from the cache) into memory.
+    fn read_from_disk_cache(&self, index: u64, at: usize, out: &mut [u8]) -> bool {
+        let Some(disk) = &self.store.disk_cache else {
+            return false;
+        };
+        let source = {
+            let state = self.lock();
+            if state.cache.contains_key(&index) || state.fetching.contains_key(&index) {
+                return false;
+            }
+            state.source(index)
+        };
+        let Some(source) = source else {
+            return false;
+        };
+        let chunk_size = self.chunk_size as usize;
+        match &source.base {
+            Some(key) => {
+                if !disk.read_chunk(key, chunk_size, at, out) {
+                    return false;
+                }
+            }
+            None => out.fill(0),
+        }
+        for p in &source.patches {
+            let (start, end) = (p.at as usize, (p.at + p.len) as usize);
+            let (lo, hi) = (start.max(at), end.min(at + out.len()));
+            if lo >= hi {
+                continue;
+            }
+            // A piece that is missing or does not open: the whole load says why.
+            let Some(stored) = disk.get(&p.cache_name()) else {
+                return false;
+            };
+            let record = format!("{}@{}", p.log, p.from);
+            match self.store.codec.open(&record, &stored, p.len as usize) {
+                Ok(bytes) if bytes.len() == p.len as usize => {
+                    out[lo - at..hi - at].copy_from_slice(&bytes[lo - start..hi - start]);
+                }
+                _ => return false,
+            }
+        }
+        self.disk_cache_hits.increment(1);
+        true
     }
 
     /// Starts downloading the `PARALLEL` chunks after `index` that are stored, not cached
@@ -532,18 +587,19 @@ impl ObjectBlockDevice {
         let uploaded = self.put_all(puts.clone());
         if let (Some(disk), Ok(())) = (&self.store.disk_cache, &uploaded) {
             // Written through: a restarted host reads what it wrote from local disk.
-            for (key, bytes) in puts.iter().filter(|(key, _)| !key.ends_with(".log")) {
-                disk.put(key, bytes);
-            }
             for (_, _, _, upload) in &taken {
-                if let Upload::Patches(patches) = upload {
-                    for p in patches {
-                        let record = p.record();
-                        disk.put(
-                            &p.cache_name(),
-                            &log[record.start as usize..record.end as usize],
-                        );
+                match upload {
+                    Upload::Whole(key, data) => disk.put_chunk(key, data),
+                    Upload::Patches(patches) => {
+                        for p in patches {
+                            let record = p.record();
+                            disk.put(
+                                &p.cache_name(),
+                                &log[record.start as usize..record.end as usize],
+                            );
+                        }
                     }
+                    Upload::Zeros => {}
                 }
             }
         }
@@ -706,11 +762,15 @@ impl BlockDevice for ObjectBlockDevice {
                 state.last_read = Some(index);
                 sequential
             };
+            let out = &mut buf[done..done + n];
             if sequential {
                 self.read_ahead(index);
+            } else if self.read_from_disk_cache(index, at, out) {
+                done += n;
+                continue;
             }
             let data = self.load(index)?;
-            buf[done..done + n].copy_from_slice(&data[at..at + n]);
+            out.copy_from_slice(&data[at..at + n]);
             done += n;
         }
         self.trim()

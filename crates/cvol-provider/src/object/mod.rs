@@ -307,20 +307,13 @@ impl ObjectProvider {
             .enable_all()
             .build()
             .map_err(|e| refuse(e.to_string()))?;
-        let disk_cache = match &settings.disk_cache {
-            Some((dir, limit)) => Some(Arc::new(
-                disk_cache::DiskCache::open(dir, *limit)
-                    .map_err(|e| refuse(format!("disk cache {}: {e}", dir.display())))?,
-            )),
-            None => None,
-        };
         let mut store = Store {
             provider: id.to_string(),
             location: format!("object:{url}"),
             inner,
             runtime: Arc::new(runtime),
             timeout: settings.timeout,
-            disk_cache,
+            disk_cache: None,
             codec: Arc::new(Codec::default()),
         };
         let layout = Layout::new(root);
@@ -357,6 +350,12 @@ impl ObjectProvider {
             }
         };
         store.codec = Arc::new(pool_codec(&pool, key, &layout).map_err(refuse)?);
+        if let Some((dir, limit)) = &settings.disk_cache {
+            store.disk_cache = Some(Arc::new(
+                disk_cache::DiskCache::open(dir, *limit, store.codec.cipher())
+                    .map_err(|e| refuse(format!("disk cache {}: {e}", dir.display())))?,
+            ));
+        }
         let chunk_size = pool.chunk_size;
         Ok(Self {
             id: id.clone(),

@@ -787,7 +787,20 @@ fn every_file(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 #[test]
 fn an_encrypted_compressed_pool_reads_back_and_stores_nothing_in_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let p = sealed_pool(dir.path(), 1 << 20, [1; 32]);
+    let cache = tempfile::tempdir().unwrap();
+    let open = || {
+        let settings = ObjectSettings {
+            chunk_size: CHUNK,
+            cache_bytes: 1 << 20,
+            compression: true,
+            key: Some(PoolKey([1; 32])),
+            disk_cache: Some((cache.path().to_path_buf(), 64 << 20)),
+            ..Default::default()
+        };
+        let url = format!("file://{}", dir.path().display());
+        ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings).unwrap()
+    };
+    let p = open();
     let id = blank(&p, 4 * CHUNK);
     let device = p.attach(&id, "h", false).unwrap().device;
     let text = b"PLAINTEXT-MARKER guest data, very compressible. ".repeat(4 * CHUNK as usize / 48);
@@ -801,8 +814,14 @@ fn an_encrypted_compressed_pool_reads_back_and_stores_nothing_in_clear() {
     assert_eq!(read_all(&*device), model);
     assert_eq!(content(&p, &id), model, "read back cold");
     assert_eq!(manifest(&p, &id).patches.len(), 1);
+    // Reopened with the store's objects gone: served from the (sealed) disk cache.
+    let objects = dir.path().join("chunks");
+    let saved = dir.path().join("saved");
+    std::fs::rename(&objects, &saved).unwrap();
+    assert_eq!(content(&open(), &id), model, "from the disk cache");
+    std::fs::rename(&saved, &objects).unwrap();
     let files = every_file(dir.path());
-    for (path, bytes) in &files {
+    for (path, bytes) in files.iter().chain(&every_file(cache.path())) {
         assert!(
             !bytes.windows(9).any(|w| w == b"PLAINTEXT"),
             "{} holds clear text",
