@@ -90,10 +90,9 @@ impl Codec {
         let mut flags = 0;
         let compressed;
         let mut payload = plain;
-        if self.compress {
+        if self.compress && worth_compressing(plain) {
             compressed = zstd::bulk::compress(plain, LEVEL).expect("zstd compresses any bytes");
-            // Kept only where it saves at least an eighth.
-            if compressed.len() < plain.len() - plain.len() / 8 {
+            if saves_enough(compressed.len(), plain.len()) {
                 payload = &compressed;
                 flags |= ZSTD;
             }
@@ -143,14 +142,13 @@ impl Codec {
             return Err(CodecError::Envelope);
         }
         let body = &stored[5..];
-        let decrypted;
-        let payload = if flags & ENCRYPTED != 0 {
+        let payload: std::borrow::Cow<[u8]> = if flags & ENCRYPTED != 0 {
             let cipher = self.cipher.as_ref().ok_or(CodecError::NoKey)?;
             if body.len() < NONCE {
                 return Err(CodecError::Authentication);
             }
             let (nonce, sealed) = body.split_at(NONCE);
-            decrypted = cipher
+            let decrypted = cipher
                 .decrypt(
                     XNonce::from_slice(nonce),
                     Payload {
@@ -159,20 +157,52 @@ impl Codec {
                     },
                 )
                 .map_err(|_| CodecError::Authentication)?;
-            &decrypted[..]
+            decrypted.into()
         } else if self.cipher.is_some() {
             // An encrypted pool stores nothing in clear: this was put there by someone else.
             return Err(CodecError::Authentication);
         } else {
-            body
+            body.into()
         };
         if flags & ZSTD != 0 {
-            zstd::bulk::decompress(payload, limit)
+            zstd::bulk::decompress(&payload, limit)
                 .map_err(|e| CodecError::Decompress(e.to_string()))
         } else {
-            Ok(payload.to_vec())
+            Ok(payload.into_owned())
         }
     }
+}
+
+/// Compression is kept only where it saves at least an eighth.
+fn saves_enough(compressed: usize, plain: usize) -> bool {
+    compressed < plain - plain / 8
+}
+
+/// Samples compressed together, [`SAMPLE`] bytes each, before a large object is
+/// compressed whole.
+const SAMPLES: usize = 32;
+const SAMPLE: usize = 2048;
+
+/// Whether compressing `plain` may pay: for a large object, whether [`SAMPLES`] pieces
+/// of it compress enough together. Incompressible data (encrypted or already compressed
+/// guest files, media) then costs a 64 KiB trial, not the whole object's. One piece is
+/// taken from each of [`SAMPLES`] equal parts, at a place within it that varies from
+/// part to part, so that data laid out at power-of-two strides is not always sampled at
+/// the same spot of its pattern.
+fn worth_compressing(plain: &[u8]) -> bool {
+    if plain.len() < 4 * SAMPLES * SAMPLE {
+        return true;
+    }
+    let part = plain.len() / SAMPLES;
+    let sample: Vec<u8> = (0..SAMPLES)
+        .flat_map(|i| {
+            let within = (i * 0x9e37_79b9) % (part - SAMPLE);
+            &plain[i * part + within..i * part + within + SAMPLE]
+        })
+        .copied()
+        .collect();
+    let compressed = zstd::bulk::compress(&sample, LEVEL).expect("zstd compresses any bytes");
+    saves_enough(compressed.len(), sample.len())
 }
 
 /// Reads a pool key: 64 hex digits (white space around them ignored).
@@ -238,7 +268,7 @@ mod tests {
     fn incompressible_bytes_are_stored_as_they_are_and_raw_codecs_change_nothing() {
         let codec = Codec::sealed(true, None);
         let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..4096)
+        let noise: Vec<u8> = (0..1 << 20)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -250,6 +280,16 @@ mod tests {
         assert_eq!(stored[4] & ZSTD, 0);
         assert_eq!(stored.len(), noise.len() + 5);
         assert_eq!(codec.open("k", &stored, noise.len()).unwrap(), noise);
+        // A large object is tried on samples first: noise with runs of zeros between
+        // the samples' places still compresses.
+        let mut mixed = noise.clone();
+        for piece in mixed.chunks_mut(8192) {
+            piece[4096..].fill(0);
+        }
+        let stored = codec.seal("m", &mixed);
+        assert_eq!(stored[4] & ZSTD, ZSTD);
+        assert!(stored.len() < mixed.len() * 6 / 10, "{}", stored.len());
+        assert_eq!(codec.open("m", &stored, mixed.len()).unwrap(), mixed);
         let raw = Codec::default();
         assert!(raw.is_raw());
         assert_eq!(raw.seal("k", b"abc"), b"abc");

@@ -61,6 +61,15 @@ impl Cached {
     }
 }
 
+/// What an upload puts under one key.
+enum Put {
+    /// A whole chunk's bytes, sealed where its put runs: several chunks are sealed at
+    /// once (compressed, encrypted), and while others are on the wire.
+    Chunk(Arc<Vec<u8>>),
+    /// Bytes as they go to the store (a log, whose records are sealed one by one).
+    Ready(Bytes),
+}
+
 /// Where a chunk's bytes are stored: its chunk object (zeros without), then its patches.
 #[derive(Clone, PartialEq, Eq)]
 struct Source {
@@ -571,20 +580,18 @@ impl ObjectBlockDevice {
                 taken.push((index, c.born, dirty, upload));
             }
         }
-        let mut puts: Vec<(String, Bytes)> = taken
+        let mut puts: Vec<(String, Put)> = taken
             .iter()
             .filter_map(|(_, _, _, u)| match u {
-                Upload::Whole(key, data) => {
-                    Some((key.clone(), Bytes::from(self.store.codec.seal(key, data))))
-                }
+                Upload::Whole(key, data) => Some((key.clone(), Put::Chunk(data.clone()))),
                 _ => None,
             })
             .collect();
         let log = Bytes::from(log);
         if !log.is_empty() {
-            puts.push((log_key, log.clone()));
+            puts.push((log_key, Put::Ready(log.clone())));
         }
-        let uploaded = self.put_all(puts.clone());
+        let uploaded = self.put_all(puts);
         if let (Some(disk), Ok(())) = (&self.store.disk_cache, &uploaded) {
             // Written through: a restarted host reads what it wrote from local disk.
             for (_, _, _, upload) in &taken {
@@ -635,25 +642,35 @@ impl ObjectBlockDevice {
     }
 
     /// Puts new objects (chunks, a log), several at a time.
-    fn put_all(&self, puts: Vec<(String, Bytes)>) -> Result<(), BlockError> {
+    fn put_all(&self, puts: Vec<(String, Put)>) -> Result<(), BlockError> {
         let store = self.store.inner.clone();
         let puts = puts
             .into_iter()
-            .map(|(key, data)| {
+            .map(|(key, put)| {
                 let (store, path) = (store.clone(), self.layout.chunk(&key));
-                self.store.timed("put", async move {
-                    store
-                        .put_opts(
-                            &path,
-                            data.into(),
-                            object_store::PutOptions {
-                                mode: PutMode::Create,
-                                ..Default::default()
-                            },
-                        )
+                let (codec, timer) = (self.store.codec.clone(), self.store.clone());
+                async move {
+                    let data = match put {
+                        Put::Ready(bytes) => bytes,
+                        Put::Chunk(plain) => tokio::task::spawn_blocking(move || {
+                            Bytes::from(codec.seal(&key, &plain))
+                        })
                         .await
-                        .map(|_| ())
-                })
+                        .map_err(|e| object_store::Error::Generic {
+                            store: "cvol",
+                            source: e.into(),
+                        })?,
+                    };
+                    let put = store.put_opts(
+                        &path,
+                        data.into(),
+                        object_store::PutOptions {
+                            mode: PutMode::Create,
+                            ..Default::default()
+                        },
+                    );
+                    timer.timed("put", put).await.map(|_| ())
+                }
             })
             .collect::<Vec<_>>();
         self.store
