@@ -23,19 +23,7 @@ binaries=("$@")
 work=$(mktemp -d /var/tmp/cvol-bench-object-flush.XXXXXX)
 sock=$work/nbd.sock
 server_pid= garage_pid= cvol=
-stop_server() {
-    if [[ -n $server_pid ]]; then
-        "$cvol" umount "$work/mnt" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=
-    fi
-}
-cleanup() {
-    stop_server
-    [[ -z $garage_pid ]] || kill "$garage_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_object_bench EXIT
 start_garage "$work/garage"
 
 # serve POOL: a new datastore on POOL with one 256 MiB disk, mounted with NBD on $sock.
@@ -68,7 +56,7 @@ for cvol in "${binaries[@]}"; do
     for qd in 1 16; do
         serve "file:$(mktemp -d "$work/pool.XXXXXX")"
         read -r file_iops _ <<<"$(sync_writes "$qd")"
-        stop_server
+        stop_mounted
         for pool in s3 file; do
             if [[ $pool == s3 ]]; then
                 serve "object:s3://cvol/$(basename "$(mktemp -u)")"
@@ -82,7 +70,7 @@ for cvol in "${binaries[@]}"; do
                 after=$(du -sb "$store" | cut -f1)
                 per_flush=$(((after - before) / writes))
             fi
-            stop_server
+            stop_mounted
             awk -v c="$cvol" -v p="$pool" -v q="$qd" -v i="$iops" -v f="$file_iops" -v b="$per_flush" \
                 'BEGIN { printf "| %s | object, %s | %d | %d | %d | %.2fx | %s |\n", c, p, q, i, f, i / f, b }'
         done

@@ -31,19 +31,7 @@ cvol=$PWD/target/release/cvol
 work=$(mktemp -d /var/tmp/cvol-bench-object.XXXXXX)
 sock=$work/nbd.sock
 server_pid= garage_pid=
-stop_server() {
-    if [[ -n $server_pid ]]; then
-        "$cvol" umount "$work/mnt" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=
-    fi
-}
-cleanup() {
-    stop_server
-    [[ -z $garage_pid ]] || kill "$garage_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap cleanup_object_bench EXIT
 
 # serve SHARE: mounts the datastore of SHARE with an NBD server on $sock.
 serve() {
@@ -66,23 +54,6 @@ randread() {
 start_garage "$work/garage"
 head -c 1G /dev/urandom >"$work/disk.raw"
 
-# The object pool, with a cache that holds the whole disk for the warm random reads.
-mkdir -p "$work/s3-share"
-export CVOL_SHARE=$work/s3-share
-"$cvol" datastore create --name bench --provider pool=object:s3://cvol/bench >/dev/null
-printf 'cache_mib = "1200"\n' >>"$work/s3-share/.cvol/datastore.toml"
-"$cvol" vm create bench --disk 1G >/dev/null
-uri="nbd+unix:///bench/bench?socket=$sock"
-serve "$work/s3-share"
-write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
-stop_server
-serve "$work/s3-share"
-read_s=$(seconds nbdcopy "$uri" null:)
-nbdcopy "$uri" "$work/back.raw"
-cmp "$work/disk.raw" "$work/back.raw"
-s3_randread=$(randread "$uri")
-stop_server
-
 # new_datastore NAME CACHE_MIB POOL_URL SETTING...: a datastore in $work/NAME-share on
 # the object pool POOL_URL (made with the provider settings given) with a 1 GiB disk and
 # CACHE_MIB of memory cache.
@@ -98,27 +69,43 @@ new_datastore() {
     "$cvol" vm create bench --disk 1G >/dev/null
 }
 
+# write_then_read NAME: writes disk.raw into the disk of datastore NAME (flushed), then
+# reads it back from a freshly started daemon (every chunk downloaded) and compares;
+# sets write_s and read_s. NAME stays mounted.
+write_then_read() {
+    serve "$work/$1-share"
+    write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
+    stop_mounted
+    serve "$work/$1-share"
+    read_s=$(seconds nbdcopy "$uri" null:)
+    nbdcopy "$uri" "$work/back.raw"
+    cmp "$work/disk.raw" "$work/back.raw"
+}
+
+uri="nbd+unix:///bench/bench?socket=$sock"
+# The object pool, with a cache that holds the whole disk for the warm random reads.
+new_datastore s3 1200 s3://cvol/bench
+write_then_read s3
+s3_randread=$(randread "$uri")
+stop_mounted
+plain_write_s=$write_s plain_read_s=$read_s
+
 od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$work/pool.key"
 chmod 600 "$work/pool.key"
 new_datastore sealed 1200 s3://cvol/sealed compression=zstd "key_file=$work/pool.key"
-serve "$work/sealed-share"
-sealed_write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
-stop_server
-serve "$work/sealed-share"
-sealed_read_s=$(seconds nbdcopy "$uri" null:)
-nbdcopy "$uri" "$work/back.raw"
-cmp "$work/disk.raw" "$work/back.raw"
-stop_server
+write_then_read sealed
+stop_mounted
+sealed_write_s=$write_s sealed_read_s=$read_s
 
 # A disk cache: filled by the first mount's write and read, read right after a remount.
 new_datastore cached 64 s3://cvol/cached "disk_cache=$work/disk-cache"
 serve "$work/cached-share"
 nbdcopy --flush "$work/disk.raw" "$uri"
 nbdcopy "$uri" null:
-stop_server
+stop_mounted
 serve "$work/cached-share"
 cached_randread=$(randread "$uri")
-stop_server
+stop_mounted
 
 # The boot test's root file system, imported into a compressed pool.
 root=$work/root
@@ -142,15 +129,15 @@ serve "$work/file-share"
 nbdcopy --flush "$work/disk.raw" "$uri"
 nbdcopy "$uri" null:
 file_randread=$(randread "$uri")
-stop_server
+stop_mounted
 
 peer=$(cargo bench --quiet -p cvol-provider --bench object_pool -- peer s3://cvol/peer 1024)
 peer_put=$(awk '/^peer_put_mib_s/ { print $2 }' <<<"$peer")
 peer_get=$(awk '/^peer_get_mib_s/ { print $2 }' <<<"$peer")
 snapshots=$(cargo bench --quiet -p cvol-provider --bench object_pool -- snapshots s3://cvol/snapshots)
 
-write=$(mib_per_s "$write_s")
-read=$(mib_per_s "$read_s")
+write=$(mib_per_s "$plain_write_s")
+read=$(mib_per_s "$plain_read_s")
 echo "| job | cvol (object pool, NBD) | peer | cvol / peer |"
 echo "|---|---:|---:|---:|"
 awk -v c="$write" -v p="$peer_put" 'BEGIN { printf "| 1 GiB sequential write + flush | %s MiB/s | %s MiB/s (object_store put) | %.2fx |\n", c, p, c / p }'

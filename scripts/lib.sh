@@ -288,3 +288,21 @@ fio_nbd_jobs() {
         result[$server,${job%%|*}]=$(fio_nbd mibps "$uri" "$runtime" ${job#*|})
     done
 }
+
+# stop_mounted: unmounts $work/mnt, which "$cvol" mounted as process $server_pid (if
+# one is running), and waits for that process to end.
+stop_mounted() {
+    if [[ -n $server_pid ]]; then
+        "$cvol" umount "$work/mnt" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+}
+
+# cleanup_object_bench: on exit of an object-pool benchmark, stops its mount and its
+# Garage ($garage_pid) and deletes $work.
+cleanup_object_bench() {
+    stop_mounted
+    [[ -z $garage_pid ]] || kill "$garage_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
