@@ -33,6 +33,10 @@ use crate::{BlockDevice, BlockError, BlockExtent};
 /// Uploads in flight at once, and chunks read ahead of a sequential reader.
 const PARALLEL: usize = 8;
 
+/// Reads in a row, each in the chunk of the one before or the next, that make a reader
+/// sequential (and its next chunks read ahead).
+const SEQUENTIAL: u32 = 3;
+
 /// Patches a chunk may have before a flush uploads it whole again: a cold read of the
 /// chunk costs one request for the chunk and one per patch (in parallel), and random
 /// 4 KiB writes pay a 4 MiB chunk's upload once per this many.
@@ -84,7 +88,10 @@ struct State {
     cache: HashMap<u64, Cached>,
     clock: u64,
     seq: u64,
+    /// The chunk of the last read, and how many reads in a row were in the chunk of the
+    /// one before or the next.
     last_read: Option<u64>,
+    streak: u32,
     /// Chunks being downloaded, so that a chunk is fetched once however many readers
     /// (and the readahead) want it at the same time.
     fetching: HashMap<u64, Arc<Fetch>>,
@@ -244,6 +251,7 @@ impl ObjectBlockDevice {
                 clock: 0,
                 seq,
                 last_read: None,
+                streak: 0,
                 fetching: HashMap::new(),
                 pending: false,
                 changes,
@@ -769,15 +777,17 @@ impl BlockDevice for ObjectBlockDevice {
         self.check_range(offset, buf.len() as u64)?;
         let mut done = 0;
         for (index, at, n) in self.chunks_of(offset, buf.len() as u64) {
-            // Sequential: this chunk or the next after the last read (readers keep
-            // several requests of one chunk in flight).
+            // Sequential: this chunk or the next after the last read, SEQUENTIAL times in
+            // a row (readers keep several requests of one chunk in flight; random reads
+            // land there now and then, and must not load whole chunks ahead).
             let sequential = {
                 let mut state = self.lock();
-                let sequential = state
+                let near = state
                     .last_read
                     .is_some_and(|last| index == last || index == last + 1);
+                state.streak = if near { state.streak.saturating_add(1) } else { 0 };
                 state.last_read = Some(index);
-                sequential
+                state.streak >= SEQUENTIAL
             };
             let out = &mut buf[done..done + n];
             if sequential {
