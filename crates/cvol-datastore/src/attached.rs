@@ -56,6 +56,10 @@ impl BlockDevice for Promotable {
         self.current().read_at(buf, offset)
     }
 
+    fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
+        self.current().read_now(buf, offset)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.current().write_at(buf, offset)
     }

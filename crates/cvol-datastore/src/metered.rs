@@ -67,6 +67,23 @@ impl MeteredDevice {
     }
 }
 
+impl MeteredDevice {
+    /// Counts a read of `len` bytes started at `started`.
+    fn read_done(
+        &self,
+        started: Instant,
+        result: Result<(), BlockError>,
+        len: usize,
+    ) -> Result<(), BlockError> {
+        let result = self.metrics.outcome(result);
+        if result.is_ok() {
+            self.metrics.read_seconds.record(started.elapsed());
+            self.metrics.read_bytes.increment(len as u64);
+        }
+        result
+    }
+}
+
 impl BlockDevice for MeteredDevice {
     fn size(&self) -> u64 {
         self.inner.size()
@@ -74,12 +91,14 @@ impl BlockDevice for MeteredDevice {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
         let started = Instant::now();
-        let result = self.metrics.outcome(self.inner.read_at(buf, offset));
-        if result.is_ok() {
-            self.metrics.read_seconds.record(started.elapsed());
-            self.metrics.read_bytes.increment(buf.len() as u64);
-        }
-        result
+        let result = self.inner.read_at(buf, offset);
+        self.read_done(started, result, buf.len())
+    }
+
+    fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
+        let started = Instant::now();
+        let result = self.inner.read_now(buf, offset)?;
+        Some(self.read_done(started, result, buf.len()))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {

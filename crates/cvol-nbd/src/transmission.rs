@@ -99,16 +99,19 @@ where
         } else {
             Vec::new()
         };
-        if matches!(request.kind, CMD_READ | CMD_WRITE)
-            && request.flags & CMD_FLAG_FUA == 0
-            && request.length <= INLINE_MAX
-            && !ctx.device.may_block()
-        {
-            // Local storage answers a small read or write faster than a hand-off to
-            // another thread and back (BENCHMARKS.md): run it here, as nbdkit's threads
-            // do. Large ones and flushes (FUA included), which take long, still run
-            // concurrently.
-            let reply = execute(&ctx, &request, &payload, peer);
+        // Local storage (or a cache) answers a small read or write faster than a
+        // hand-off to another thread and back (BENCHMARKS.md): run it here, as nbdkit's
+        // threads do. Large ones, flushes (FUA included) and reads that wait on a
+        // network still run concurrently.
+        let small = request.flags & CMD_FLAG_FUA == 0 && request.length <= INLINE_MAX;
+        let inline = match request.kind {
+            CMD_READ if small && check(&ctx, &request).is_ok() => read(&ctx, &request, peer, true),
+            CMD_WRITE if small && !ctx.device.may_block() => {
+                Some(execute(&ctx, &request, &payload, peer))
+            }
+            _ => None,
+        };
+        if let Some(reply) = inline {
             if tx.send(reply).await.is_err() {
                 break;
             }
@@ -202,14 +205,34 @@ fn errno_of(e: &BlockError, ctx: &Context, peer: &str) -> u32 {
 }
 
 /// Runs one request and returns its reply.
-fn execute(ctx: &Context, req: &Request, payload: &[u8], peer: &str) -> Vec<u8> {
-    let fail = |errno: u32, message: &str| {
-        if ctx.structured && matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS) {
-            error_chunk(req.cookie, errno, message)
-        } else {
-            simple_reply(req.cookie, errno, &[])
-        }
+/// The reply to `req` that failed with `errno`.
+fn failure(ctx: &Context, req: &Request, errno: u32, message: &str) -> Vec<u8> {
+    if ctx.structured && matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS) {
+        error_chunk(req.cookie, errno, message)
+    } else {
+        simple_reply(req.cookie, errno, &[])
+    }
+}
+
+/// The reply to READ `req` (checked); with `now`, only if the device has the bytes at
+/// hand, `None` when it would wait.
+fn read(ctx: &Context, req: &Request, peer: &str, now: bool) -> Option<Vec<u8>> {
+    let (mut reply, start) = read_reply_header(ctx, req);
+    reply.resize(start + req.length as usize, 0);
+    let buf = &mut reply[start..];
+    let result = if now {
+        ctx.device.read_now(buf, req.offset)?
+    } else {
+        ctx.device.read_at(buf, req.offset)
     };
+    Some(match result {
+        Ok(()) => reply,
+        Err(e) => failure(ctx, req, errno_of(&e, ctx, peer), &e.to_string()),
+    })
+}
+
+fn execute(ctx: &Context, req: &Request, payload: &[u8], peer: &str) -> Vec<u8> {
+    let fail = |errno: u32, message: &str| failure(ctx, req, errno, message);
     if let Err(errno) = check(ctx, req) {
         tracing::info!(peer, ?req, errno, "NBD request refused");
         return fail(errno, "invalid request");
@@ -217,14 +240,7 @@ fn execute(ctx: &Context, req: &Request, payload: &[u8], peer: &str) -> Vec<u8> 
     let dev = &ctx.device;
     let (offset, len) = (req.offset, u64::from(req.length));
     let result = match req.kind {
-        CMD_READ => {
-            let (mut reply, start) = read_reply_header(ctx, req);
-            reply.resize(start + len as usize, 0);
-            return match dev.read_at(&mut reply[start..], offset) {
-                Ok(()) => reply,
-                Err(e) => fail(errno_of(&e, ctx, peer), &e.to_string()),
-            };
-        }
+        CMD_READ => return read(ctx, req, peer, false).expect("a read that may wait answers"),
         CMD_WRITE => dev.write_at(payload, offset).and_then(|()| fua(dev, req)),
         CMD_FLUSH => dev.flush(),
         CMD_TRIM => dev.discard(offset, len).and_then(|()| fua(dev, req)),

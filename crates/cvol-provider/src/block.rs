@@ -76,6 +76,14 @@ pub trait BlockDevice: Send + Sync {
         }])
     }
 
+    /// Reads `buf.len()` bytes at `offset` if that needs no wait on a network: the device
+    /// is local, or has those bytes at hand (cached). `None` when it would wait; the
+    /// caller then calls [`BlockDevice::read_at`] where waiting is fine. Servers answer
+    /// such reads where they arrive instead of handing them to another thread.
+    fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
+        (!self.may_block()).then(|| self.read_at(buf, offset))
+    }
+
     /// True when a call may wait on a network (an object store, a remote service), not
     /// only on local storage: servers then run calls on threads of their own, so that one
     /// slow call does not hold up the others; otherwise they may run them inline.

@@ -26,6 +26,10 @@ impl BlockDevice for StandbyDevice {
         self.inner.read_at(buf, offset)
     }
 
+    fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
+        self.inner.read_now(buf, offset)
+    }
+
     fn write_at(&self, _: &[u8], _: u64) -> Result<(), BlockError> {
         Err(BlockError::Standby)
     }

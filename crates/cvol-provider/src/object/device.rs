@@ -164,6 +164,26 @@ impl State {
                 .is_none_or(|c| c.data.iter().all(|&b| b == 0))
     }
 
+    /// The streak a read of chunk `index` makes: reads in a row, each in the chunk of the
+    /// one before or the next. [`SEQUENTIAL`] of them make a sequential reader (readers
+    /// keep several requests of one chunk in flight; random reads land there now and
+    /// then, and must not load whole chunks ahead).
+    fn streak_after(&self, index: u64) -> u32 {
+        let near = self
+            .last_read
+            .is_some_and(|last| index == last || index == last + 1);
+        if near {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        }
+    }
+
+    fn note_read(&mut self, index: u64, streak: u32) {
+        self.last_read = Some(index);
+        self.streak = streak;
+    }
+
     fn touch(&mut self, index: u64) {
         self.clock += 1;
         if let Some(c) = self.cache.get_mut(&index) {
@@ -415,6 +435,14 @@ impl ObjectBlockDevice {
             }
             Ok(data)
         })
+    }
+
+    /// Notes a read of chunk `index`; whether its reader is sequential.
+    fn note_read(&self, index: u64) -> bool {
+        let mut state = self.lock();
+        let streak = state.streak_after(index);
+        state.note_read(index, streak);
+        streak >= SEQUENTIAL
     }
 
     /// Reads bytes `at..at + out.len()` of chunk `index` from the disk cache alone, if
@@ -777,18 +805,7 @@ impl BlockDevice for ObjectBlockDevice {
         self.check_range(offset, buf.len() as u64)?;
         let mut done = 0;
         for (index, at, n) in self.chunks_of(offset, buf.len() as u64) {
-            // Sequential: this chunk or the next after the last read, SEQUENTIAL times in
-            // a row (readers keep several requests of one chunk in flight; random reads
-            // land there now and then, and must not load whole chunks ahead).
-            let sequential = {
-                let mut state = self.lock();
-                let near = state
-                    .last_read
-                    .is_some_and(|last| index == last || index == last + 1);
-                state.streak = if near { state.streak.saturating_add(1) } else { 0 };
-                state.last_read = Some(index);
-                state.streak >= SEQUENTIAL
-            };
+            let sequential = self.note_read(index);
             let out = &mut buf[done..done + n];
             if sequential {
                 self.read_ahead(index);
@@ -801,6 +818,45 @@ impl BlockDevice for ObjectBlockDevice {
             done += n;
         }
         self.trim()
+    }
+
+    fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
+        if let Err(e) = self.check_range(offset, buf.len() as u64) {
+            return Some(Err(e));
+        }
+        // Reads within one chunk: the small ones servers ask about.
+        let mut chunks = self.chunks_of(offset, buf.len() as u64);
+        let (index, at, n) = chunks.next()?;
+        if chunks.next().is_some() {
+            return None;
+        }
+        // Noted only when served here: otherwise `read_at` notes it.
+        let (cached, streak) = {
+            let mut state = self.lock();
+            let streak = state.streak_after(index);
+            let data = state.cache.get(&index).map(|c| c.data.clone());
+            if data.is_some() {
+                state.touch(index);
+                state.note_read(index, streak);
+            }
+            (data, streak)
+        };
+        let sequential = streak >= SEQUENTIAL;
+        match cached {
+            Some(data) => {
+                if sequential {
+                    self.read_ahead(index);
+                }
+                self.cache_hits.increment(1);
+                buf.copy_from_slice(&data[at..at + n]);
+                Some(Ok(()))
+            }
+            None if !sequential && self.read_from_disk_cache(index, at, buf) => {
+                self.lock().note_read(index, streak);
+                Some(Ok(()))
+            }
+            None => None,
+        }
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {

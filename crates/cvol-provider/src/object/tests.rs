@@ -747,6 +747,12 @@ fn a_disk_cache_serves_a_reopened_pool_and_torn_entries_are_fetched_again() {
     let objects = store.join("chunks");
     let saved = dir.path().join("saved");
     std::fs::rename(&objects, &saved).unwrap();
+    // A small read is at hand (a server answers it where it arrives), the patch laid
+    // over it.
+    let mut buf = vec![0u8; 4096];
+    let device = p.device(&id, 0).unwrap();
+    assert!(matches!(device.read_now(&mut buf, 0), Some(Ok(()))));
+    assert_eq!(buf, model[..4096]);
     assert_eq!(content(&p, &id), model, "served from the disk cache");
 
     // A torn entry is never served: it is dropped and fetched from the store again.
@@ -762,8 +768,14 @@ fn a_disk_cache_serves_a_reopened_pool_and_torn_entries_are_fetched_again() {
         "fetched and kept again"
     );
 
-    // A cache deleted while in use costs only speed.
+    // A cache deleted while in use costs only speed: a read then waits on the store,
+    // and is at hand once its chunk is in memory.
     std::fs::remove_dir_all(&cache).unwrap();
+    let device = p.device(&id, 0).unwrap();
+    assert!(device.read_now(&mut buf, 0).is_none());
+    device.read_at(&mut buf, 0).unwrap();
+    assert!(matches!(device.read_now(&mut buf, 8192), Some(Ok(()))));
+    assert_eq!(buf, model[8192..8192 + 4096]);
     assert_eq!(content(&p, &id), model);
 }
 
