@@ -16,11 +16,13 @@
 //!   associated data), so the cache keeps nothing in clear that the pool does not.
 //!
 //! The directory is bounded by size, least recently used entries evicted first. A cache
-//! that fails (deleted, full, read-only) only costs speed: reads go to the store.
+//! that fails (deleted, full, read-only) only costs speed: reads go to the store (or to
+//! an entry still open from before it was deleted, which is as good: entries never
+//! change).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -34,11 +36,16 @@ const CRC: usize = 4;
 const NONCE: usize = 24;
 const TAG: usize = 16;
 
+/// Chunk entries kept open for reads, so that a small read costs no path lookup.
+const OPEN_FILES: usize = 256;
+
 /// A size-bounded directory of immutable objects.
 pub(crate) struct DiskCache {
     dir: PathBuf,
     limit: u64,
     index: Mutex<Index>,
+    /// Open chunk entries, by name; an entry leaves when its file is replaced or deleted.
+    open: Mutex<HashMap<String, Arc<std::fs::File>>>,
     /// An encrypted pool's cipher: chunk blocks are sealed with it.
     cipher: Option<XChaCha20Poly1305>,
 }
@@ -91,6 +98,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             limit,
             index: Mutex::new(index),
+            open: Mutex::new(HashMap::new()),
             cipher,
         };
         cache.evict();
@@ -189,7 +197,8 @@ impl DiskCache {
         let (first, last) = (at / BLOCK, (at + buf.len() - 1) / BLOCK);
         let end = ((last + 1) * BLOCK).min(len);
         let mut stored = vec![0; end - first * BLOCK + (last + 1 - first) * overhead];
-        let read = std::fs::File::open(&path)
+        let read = self
+            .opened(name, &path)
             .and_then(|f| f.read_exact_at(&mut stored, (first * (BLOCK + overhead)) as u64));
         match read {
             Ok(()) => {}
@@ -248,6 +257,21 @@ impl DiskCache {
         self.read_chunk(name, len, 0, &mut plain).then_some(plain)
     }
 
+    /// The open file of chunk entry `name`.
+    fn opened(&self, name: &str, path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+        if let Some(file) = self.open.lock().expect("disk cache lock").get(name) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(std::fs::File::open(path)?);
+        let mut open = self.open.lock().expect("disk cache lock");
+        if open.len() >= OPEN_FILES {
+            let some = open.keys().next().cloned().expect("full");
+            open.remove(&some);
+        }
+        open.insert(name.to_string(), file.clone());
+        Ok(file)
+    }
+
     fn drop_torn(&self, name: &str, path: &Path) {
         tracing::warn!("disk cache: {} is torn or changed: dropped", path.display());
         let _ = std::fs::remove_file(path);
@@ -268,6 +292,7 @@ impl DiskCache {
         let Some(path) = self.path(name) else {
             return;
         };
+        self.open.lock().expect("disk cache lock").remove(name);
         if let Err(e) = self.write(&path, entry) {
             tracing::warn!("disk cache: cannot keep {}: {e}", path.display());
             return;
@@ -302,6 +327,7 @@ impl DiskCache {
     }
 
     fn forget(&self, name: &str) {
+        self.open.lock().expect("disk cache lock").remove(name);
         let mut index = self.index.lock().expect("disk cache lock");
         if let Some((size, _)) = index.entries.remove(name) {
             index.used -= size;
@@ -333,6 +359,8 @@ impl DiskCache {
             doomed
         };
         for name in doomed {
+            // Closed too, so that its space is freed.
+            self.open.lock().expect("disk cache lock").remove(&name);
             if let Some(path) = self.path(&name) {
                 let _ = std::fs::remove_file(path);
             }
