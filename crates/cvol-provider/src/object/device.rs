@@ -406,7 +406,7 @@ impl ObjectBlockDevice {
                 let (range, name) = (p.record(), p.cache_name());
                 let hit = cached(&name);
                 let codec = codec.clone();
-                let record = format!("{}@{}", p.log, p.from);
+                let record = Patch::sealed_name(&p.log, p.from);
                 async move {
                     let stored = match hit {
                         Some(bytes) => bytes,
@@ -482,7 +482,7 @@ impl ObjectBlockDevice {
             let Some(stored) = disk.get(&p.cache_name()) else {
                 return false;
             };
-            let record = format!("{}@{}", p.log, p.from);
+            let record = Patch::sealed_name(&p.log, p.from);
             match self.store.codec.open(&record, &stored, p.len as usize) {
                 Ok(bytes) if bytes.len() == p.len as usize => {
                     out[lo - at..hi - at].copy_from_slice(&bytes[lo - start..hi - start]);
@@ -601,7 +601,7 @@ impl ObjectBlockDevice {
                     for (start, end) in dirty.ranges() {
                         let from = log.len() as u64;
                         let bytes = &c.data[start as usize..end as usize];
-                        let record = codec.seal(&format!("{log_key}@{from}"), bytes);
+                        let record = codec.seal(&Patch::sealed_name(&log_key, from), bytes);
                         new.push(Patch {
                             at: start,
                             len: end - start,

@@ -200,6 +200,12 @@ impl Patch {
         self.from..self.from + u64::from(self.stored_len())
     }
 
+    /// The name a record of `log` at `from` is sealed under (its associated data), so
+    /// that a record moved within its log or to another fails to open.
+    pub(crate) fn sealed_name(log: &str, from: u64) -> String {
+        format!("{log}@{from}")
+    }
+
     /// The name its record is kept under in a disk cache.
     pub(crate) fn cache_name(&self) -> String {
         format!("{}@{}+{}", self.log, self.from, self.stored_len())
