@@ -12,13 +12,11 @@
 //! Envelope: `cvs1`, one flags byte (1: zstd, 2: encrypted), for an encrypted object a
 //! 24-byte nonce, then the payload (ciphertext and 16-byte tag when encrypted).
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use super::cipher::PoolCipher;
 
 const MAGIC: &[u8; 4] = b"cvs1";
 const ZSTD: u8 = 1;
 const ENCRYPTED: u8 = 2;
-const NONCE: usize = 24;
 /// zstd's level: fast, as a flush waits for it.
 const LEVEL: i32 = 1;
 
@@ -48,7 +46,7 @@ pub(crate) struct Codec {
     /// Objects are sealed (compressed where it pays, encrypted with a key).
     sealed: bool,
     compress: bool,
-    cipher: Option<XChaCha20Poly1305>,
+    cipher: Option<PoolCipher>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -68,12 +66,12 @@ impl Codec {
         Self {
             sealed: true,
             compress,
-            cipher: key.map(|k| XChaCha20Poly1305::new(k.into())),
+            cipher: key.map(PoolCipher::new),
         }
     }
 
     /// The cipher of an encrypted pool, for what keeps its bytes elsewhere (the disk cache).
-    pub(crate) fn cipher(&self) -> Option<XChaCha20Poly1305> {
+    pub(crate) fn cipher(&self) -> Option<PoolCipher> {
         self.cipher.clone()
     }
 
@@ -101,19 +99,8 @@ impl Codec {
         out.extend_from_slice(MAGIC);
         match &self.cipher {
             Some(cipher) => {
-                let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-                let sealed = cipher
-                    .encrypt(
-                        &nonce,
-                        Payload {
-                            msg: payload,
-                            aad: name.as_bytes(),
-                        },
-                    )
-                    .expect("XChaCha20-Poly1305 encrypts any length a pool stores");
                 out.push(flags | ENCRYPTED);
-                out.extend_from_slice(&nonce);
-                out.extend_from_slice(&sealed);
+                cipher.seal_into(name.as_bytes(), payload, &mut out);
             }
             None => {
                 out.push(flags);
@@ -144,18 +131,8 @@ impl Codec {
         let body = &stored[5..];
         let payload: std::borrow::Cow<[u8]> = if flags & ENCRYPTED != 0 {
             let cipher = self.cipher.as_ref().ok_or(CodecError::NoKey)?;
-            if body.len() < NONCE {
-                return Err(CodecError::Authentication);
-            }
-            let (nonce, sealed) = body.split_at(NONCE);
             let decrypted = cipher
-                .decrypt(
-                    XNonce::from_slice(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: name.as_bytes(),
-                    },
-                )
+                .open(name.as_bytes(), body)
                 .map_err(|_| CodecError::Authentication)?;
             decrypted.into()
         } else if self.cipher.is_some() {

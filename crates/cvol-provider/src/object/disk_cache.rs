@@ -24,8 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use super::cipher::{PoolCipher, NONCE, TAG};
 
 /// Ends every log piece: its bytes' CRC-32 (little endian), then this.
 const MAGIC: &[u8; 4] = b"cvc1";
@@ -33,8 +32,6 @@ const TRAILER: usize = 8;
 /// The bytes of a chunk checked (or sealed) together.
 const BLOCK: usize = 4096;
 const CRC: usize = 4;
-const NONCE: usize = 24;
-const TAG: usize = 16;
 
 /// Chunk entries kept open for reads, so that a small read costs no path lookup.
 const OPEN_FILES: usize = 256;
@@ -47,7 +44,7 @@ pub(crate) struct DiskCache {
     /// Open chunk entries, by name; an entry leaves when its file is replaced or deleted.
     open: Mutex<HashMap<String, Arc<std::fs::File>>>,
     /// An encrypted pool's cipher: chunk blocks are sealed with it.
-    cipher: Option<XChaCha20Poly1305>,
+    cipher: Option<PoolCipher>,
 }
 
 #[derive(Default)]
@@ -65,7 +62,7 @@ impl DiskCache {
     pub(crate) fn open(
         dir: &Path,
         limit: u64,
-        cipher: Option<XChaCha20Poly1305>,
+        cipher: Option<PoolCipher>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut found = Vec::new();
@@ -160,19 +157,7 @@ impl DiskCache {
         for (i, block) in plain.chunks(BLOCK).enumerate() {
             match &self.cipher {
                 Some(cipher) => {
-                    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-                    let aad = format!("{name}#{i}");
-                    let sealed = cipher
-                        .encrypt(
-                            &nonce,
-                            Payload {
-                                msg: block,
-                                aad: aad.as_bytes(),
-                            },
-                        )
-                        .expect("XChaCha20-Poly1305 encrypts a block");
-                    entry.extend_from_slice(&nonce);
-                    entry.extend_from_slice(&sealed);
+                    cipher.seal_into(format!("{name}#{i}").as_bytes(), block, &mut entry);
                 }
                 None => {
                     entry.extend_from_slice(block);
@@ -219,15 +204,7 @@ impl DiskCache {
             let opened;
             let plain = match &self.cipher {
                 Some(cipher) => {
-                    let (nonce, sealed) = record.split_at(NONCE);
-                    let aad = format!("{name}#{i}");
-                    let Ok(plain) = cipher.decrypt(
-                        XNonce::from_slice(nonce),
-                        Payload {
-                            msg: sealed,
-                            aad: aad.as_bytes(),
-                        },
-                    ) else {
+                    let Ok(plain) = cipher.open(format!("{name}#{i}").as_bytes(), record) else {
                         self.drop_torn(name, &path);
                         return false;
                     };
@@ -426,9 +403,8 @@ mod tests {
 
     #[test]
     fn chunks_are_read_in_part_and_a_changed_block_is_never_served() {
-        use chacha20poly1305::KeyInit;
         let chunk: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 253) as u8).collect();
-        for cipher in [None, Some(XChaCha20Poly1305::new(&[7; 32].into()))] {
+        for cipher in [None, Some(PoolCipher::new(&[7; 32]))] {
             let encrypted = cipher.is_some();
             let dir = tempfile::tempdir().unwrap();
             let cache = DiskCache::open(dir.path(), 1 << 20, cipher).unwrap();

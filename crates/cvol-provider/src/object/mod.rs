@@ -9,6 +9,7 @@
 //! the store itself guarantees is fencing: a holder whose generation is not the newest
 //! cannot commit (device.rs).
 
+mod cipher;
 mod codec;
 use codec::Codec;
 mod device;
