@@ -12,10 +12,13 @@
 //! evicted least recently used first, and when dirty chunks alone exceed it they are
 //! uploaded early (committed by the next flush).
 //!
-//! A flush commits only while this device's attachment generation is the volume's
-//! newest, checked before and after the commit: a takeover writes its first manifest
-//! after raising the generation, so a commit that a check after it still sees as current
-//! was made before the takeover read the volume, and is part of what the new holder has.
+//! A flush's small writes and its manifest are one object, so such a flush costs one put
+//! and the fence check after it. A flush succeeds only while this device's attachment
+//! generation is the volume's newest, checked after the commit: a takeover raises the
+//! generation before it reads the volume and restates it under the new generation, so a
+//! commit that the check after it still sees as current was made before the takeover
+//! read the volume, and is part of what the new holder has. A commit a fenced device
+//! makes anyway sorts below that restatement, and its flush fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -236,6 +239,38 @@ enum Upload {
     Patches(Vec<Patch>),
 }
 
+impl Upload {
+    /// Records what it does to chunk `index` in the delta `changes`.
+    fn record(&self, index: u64, changes: &mut Manifest) {
+        match self {
+            Upload::Zeros => changes.hole(index),
+            Upload::Whole(key, _) => changes.set_chunk(index, key.clone()),
+            Upload::Patches(new) => changes.append(index, new.iter().cloned()),
+        }
+    }
+}
+
+/// What an upload took from the cache: each dirty chunk's index, entry (its `born`),
+/// dirty bytes and what becomes of it; and the log of those kept as patches.
+struct Taken {
+    chunks: Vec<(u64, u64, Dirty, Upload)>,
+    log_key: String,
+    log: Bytes,
+}
+
+impl Taken {
+    /// The puts of the chunks uploaded whole.
+    fn chunk_puts(&self) -> Vec<(String, Put)> {
+        self.chunks
+            .iter()
+            .filter_map(|(_, _, _, u)| match u {
+                Upload::Whole(key, data) => Some((key.clone(), Put::Chunk(data.clone()))),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 fn io(message: String) -> BlockError {
     BlockError::Io(std::io::Error::other(message))
 }
@@ -382,7 +417,7 @@ impl ObjectBlockDevice {
                 {
                     Some(plain) => plain,
                     None => {
-                        let path = layout.chunk(key);
+                        let path = layout.object(key);
                         let stored = inner.get(&path).await?.bytes().await?;
                         let bytes = codec
                             .open(key, &stored, chunk_size as usize)
@@ -402,7 +437,7 @@ impl ObjectBlockDevice {
                 None => vec![0u8; chunk_size as usize],
             };
             let reads = source.patches.iter().map(|p| {
-                let (inner, path) = (inner.clone(), layout.chunk(&p.log));
+                let (inner, path) = (inner.clone(), layout.object(&p.log));
                 let (range, name) = (p.record(), p.cache_name());
                 let hit = cached(&name);
                 let codec = codec.clone();
@@ -574,63 +609,74 @@ impl ObjectBlockDevice {
     /// committed). Writes made meanwhile stay dirty for the next upload.
     fn upload_dirty(&self) -> Result<(), BlockError> {
         let _one = self.uploading.lock().expect("upload lock");
-        let log_key = self.layout.new_log(&self.volume, self.generation);
-        let mut log = Vec::new();
-        // Taken from the cache: each dirty chunk's bytes and ranges, and what to do.
-        let mut taken: Vec<(u64, u64, Dirty, Upload)> = Vec::new();
-        {
-            let mut state = self.lock();
-            let State { cache, patches, .. } = &mut *state;
-            for (&index, c) in cache.iter_mut().filter(|(_, c)| c.is_dirty()) {
-                let dirty = std::mem::take(&mut c.dirty);
-                c.uploading = true;
-                let old = patches.get(&index).map_or(&[][..], Vec::as_slice);
-                let old_bytes: u64 = old.iter().map(|p| u64::from(p.len)).sum();
-                let upload = if c.data.iter().all(|&b| b == 0) {
-                    Upload::Zeros
-                } else if old.len() + dirty.len() > MAX_PATCHES
-                    || old_bytes + dirty.bytes() > self.chunk_size / 4
-                {
-                    Upload::Whole(
-                        self.layout.new_chunk(&self.volume, self.generation),
-                        c.data.clone(),
-                    )
-                } else {
-                    let codec = &self.store.codec;
-                    let mut new = Vec::new();
-                    for (start, end) in dirty.ranges() {
-                        let from = log.len() as u64;
-                        let bytes = &c.data[start as usize..end as usize];
-                        let record = codec.seal(&Patch::sealed_name(&log_key, from), bytes);
-                        new.push(Patch {
-                            at: start,
-                            len: end - start,
-                            log: log_key.clone(),
-                            from,
-                            stored: (!codec.is_raw()).then_some(record.len() as u32),
-                        });
-                        log.extend_from_slice(&record);
-                    }
-                    Upload::Patches(new)
-                };
-                taken.push((index, c.born, dirty, upload));
-            }
-        }
-        let mut puts: Vec<(String, Put)> = taken
-            .iter()
-            .filter_map(|(_, _, _, u)| match u {
-                Upload::Whole(key, data) => Some((key.clone(), Put::Chunk(data.clone()))),
-                _ => None,
-            })
-            .collect();
-        let log = Bytes::from(log);
-        if !log.is_empty() {
-            puts.push((log_key, Put::Ready(log.clone())));
+        let taken = self.take_dirty(self.layout.new_log(&self.volume, self.generation));
+        let mut puts = taken.chunk_puts();
+        if !taken.log.is_empty() {
+            puts.push((taken.log_key.clone(), Put::Ready(taken.log.clone())));
         }
         let uploaded = self.put_all(puts);
-        if let (Some(disk), Ok(())) = (&self.store.disk_cache, &uploaded) {
+        self.settle(taken, uploaded.is_ok(), true);
+        uploaded
+    }
+
+    /// Takes what every dirty chunk changed from the cache, and decides what becomes of
+    /// it: whole chunks get new keys, small changes become patches whose records go into
+    /// a log to be stored as `log_key`. The chunks stay cached (not evicted) until
+    /// [`ObjectBlockDevice::settle`].
+    fn take_dirty(&self, log_key: String) -> Taken {
+        let mut log = Vec::new();
+        let mut chunks = Vec::new();
+        let mut state = self.lock();
+        let State { cache, patches, .. } = &mut *state;
+        for (&index, c) in cache.iter_mut().filter(|(_, c)| c.is_dirty()) {
+            let dirty = std::mem::take(&mut c.dirty);
+            c.uploading = true;
+            let old = patches.get(&index).map_or(&[][..], Vec::as_slice);
+            let old_bytes: u64 = old.iter().map(|p| u64::from(p.len)).sum();
+            let upload = if c.data.iter().all(|&b| b == 0) {
+                Upload::Zeros
+            } else if old.len() + dirty.len() > MAX_PATCHES
+                || old_bytes + dirty.bytes() > self.chunk_size / 4
+            {
+                Upload::Whole(
+                    self.layout.new_chunk(&self.volume, self.generation),
+                    c.data.clone(),
+                )
+            } else {
+                let codec = &self.store.codec;
+                let mut new = Vec::new();
+                for (start, end) in dirty.ranges() {
+                    let from = log.len() as u64;
+                    let bytes = &c.data[start as usize..end as usize];
+                    let record = codec.seal(&Patch::sealed_name(&log_key, from), bytes);
+                    new.push(Patch {
+                        at: start,
+                        len: end - start,
+                        log: log_key.clone(),
+                        from,
+                        stored: (!codec.is_raw()).then_some(record.len() as u32),
+                    });
+                    log.extend_from_slice(&record);
+                }
+                Upload::Patches(new)
+            };
+            chunks.push((index, c.born, dirty, upload));
+        }
+        Taken {
+            chunks,
+            log_key,
+            log: log.into(),
+        }
+    }
+
+    /// Ends an upload: once `stored`, writes what it stored through to the disk cache and
+    /// records it in the chunk map and patches (and, if `record`, in the changes the next
+    /// commit names); otherwise the chunks are dirty again. A chunk discarded (or cut off
+    /// by a resize) meanwhile is left alone: that change wins.
+    fn settle(&self, taken: Taken, stored: bool, record: bool) {
+        if let (Some(disk), true) = (&self.store.disk_cache, stored) {
             // Written through: a restarted host reads what it wrote from local disk.
-            for (_, _, _, upload) in &taken {
+            for (_, _, _, upload) in &taken.chunks {
                 match upload {
                     Upload::Whole(key, data) => disk.put_chunk(key, data),
                     Upload::Patches(patches) => {
@@ -638,7 +684,7 @@ impl ObjectBlockDevice {
                             let record = p.record();
                             disk.put(
                                 &p.cache_name(),
-                                &log[record.start as usize..record.end as usize],
+                                &taken.log[record.start as usize..record.end as usize],
                             );
                         }
                     }
@@ -647,34 +693,30 @@ impl ObjectBlockDevice {
             }
         }
         let mut state = self.lock();
-        for (index, born, dirty, upload) in taken {
+        for (index, born, dirty, upload) in taken.chunks {
             let Some(c) = state.cache.get_mut(&index).filter(|c| c.born == born) else {
-                // Discarded (or cut off by a resize) meanwhile: that change wins.
                 continue;
             };
             c.uploading = false;
-            if uploaded.is_err() {
+            if !stored {
                 c.dirty.merge(&dirty);
                 continue;
+            }
+            if record {
+                upload.record(index, &mut state.changes);
             }
             match upload {
                 Upload::Zeros => {
                     state.chunks.remove(&index);
                     state.patches.remove(&index);
-                    state.changes.hole(index);
                 }
                 Upload::Whole(key, _) => {
-                    state.chunks.insert(index, key.clone());
+                    state.chunks.insert(index, key);
                     state.patches.remove(&index);
-                    state.changes.set_chunk(index, key);
                 }
-                Upload::Patches(new) => {
-                    state.changes.append(index, new.iter().cloned());
-                    state.patches.entry(index).or_default().extend(new);
-                }
+                Upload::Patches(new) => state.patches.entry(index).or_default().extend(new),
             }
         }
-        uploaded
     }
 
     /// Puts new objects (chunks, a log), several at a time.
@@ -683,7 +725,7 @@ impl ObjectBlockDevice {
         let puts = puts
             .into_iter()
             .map(|(key, put)| {
-                let (store, path) = (store.clone(), self.layout.chunk(&key));
+                let (store, path) = (store.clone(), self.layout.object(&key));
                 let (codec, timer) = (self.store.codec.clone(), self.store.clone());
                 async move {
                     let data = match put {
@@ -879,49 +921,76 @@ impl BlockDevice for ObjectBlockDevice {
         if !pending {
             return self.check_fence();
         }
-        let mut taken = None;
-        // The fence check before the commit overlaps the upload: a round trip less per
-        // flush; what a fenced device uploaded is garbage nobody names.
-        let checked_and_uploaded = std::thread::scope(|scope| {
-            let fence = scope.spawn(|| self.check_fence());
-            let uploaded = self.upload_dirty();
-            fence.join().expect("the fence check does not panic")?;
-            uploaded
-        });
-        let committed = checked_and_uploaded.and_then(|()| {
-            // A delta of what changed since the last commit, unless a whole manifest is
-            // due: the first of this generation, or after MAX_DELTAS deltas.
+        // Held to the end of the commit: an early upload (`trim`) meanwhile would record
+        // its chunks in changes this commit has already taken.
+        let _uploading = self.uploading.lock().expect("upload lock");
+        let next = seq + 1;
+        let taken = self.take_dirty(self.layout.wal(&self.volume, self.generation, next));
+        let mut changes_taken = None;
+        let committed = self.put_all(taken.chunk_puts()).and_then(|()| {
             let manifest = {
                 let mut state = self.lock();
-                let fresh = Manifest::delta(self.size(), self.chunk_size, self.generation);
+                let size = self.size();
+                let fresh = Manifest::delta(size, self.chunk_size, self.generation);
                 let mut changes = std::mem::replace(&mut state.changes, fresh);
-                changes.size = self.size();
-                let manifest = match state.deltas {
-                    Some(n) if n < MAX_DELTAS => Manifest {
-                        seq: seq + 1,
-                        base: Some(seq),
-                        ..changes.clone()
-                    },
-                    _ => Manifest {
-                        seq: seq + 1,
-                        chunks: state.chunks.clone(),
-                        patches: state.patches.clone(),
-                        ..Manifest::delta(self.size(), self.chunk_size, self.generation)
-                    },
-                };
-                taken = Some(changes);
-                manifest
+                changes.size = size;
+                changes_taken = Some(changes.clone());
+                // This upload's effects, but not on chunks discarded since it took them:
+                // their discard, recorded later, comes after.
+                let mut effects = Manifest::delta(size, self.chunk_size, self.generation);
+                for (index, born, _, upload) in &taken.chunks {
+                    if state.cache.get(index).is_some_and(|c| c.born == *born) {
+                        upload.record(*index, &mut effects);
+                    }
+                }
+                // A delta of what changed since the last commit, unless a whole manifest
+                // is due: the first of this generation, or after MAX_DELTAS deltas.
+                match state.deltas {
+                    Some(n) if n < MAX_DELTAS => {
+                        changes.then(&effects);
+                        Manifest {
+                            seq: next,
+                            base: Some(seq),
+                            ..changes
+                        }
+                    }
+                    _ => {
+                        let mut whole = Manifest {
+                            chunks: state.chunks.clone(),
+                            patches: state.patches.clone(),
+                            ..Manifest::delta(size, self.chunk_size, self.generation)
+                        };
+                        whole.apply(&effects);
+                        Manifest {
+                            seq: next,
+                            base: None,
+                            holes: Default::default(),
+                            ..whole
+                        }
+                    }
+                }
             };
-            let path = self.layout.manifest(&self.volume, self.generation, seq + 1);
+            // Small writes commit with their manifest, in one put.
+            let (path, bytes) = if taken.log.is_empty() {
+                let path = self.layout.manifest(&self.volume, self.generation, next);
+                let json = serde_json::to_vec(&manifest).expect("records serialize");
+                let sealed = self.store.codec.seal(path.as_ref(), &json).into();
+                (path, sealed)
+            } else {
+                let path = self.layout.object(&taken.log_key);
+                let bytes = self.store.wal_bytes(&path, &taken.log, &manifest);
+                (path, bytes)
+            };
             self.store
-                .put_json(&path, &manifest, PutMode::Create)
+                .put(&path, bytes, PutMode::Create)
                 .map_err(|e| io(self.store.error("commit", &path, e).to_string()))
                 .map(|()| manifest.base.is_some())
         });
+        self.settle(taken, committed.is_ok(), false);
         let mut state = self.lock();
         match committed {
             Ok(delta) => {
-                state.seq = seq + 1;
+                state.seq = next;
                 state.deltas = Some(if delta {
                     state.deltas.unwrap_or_default() + 1
                 } else {
@@ -932,7 +1001,7 @@ impl BlockDevice for ObjectBlockDevice {
                 state.pending = true;
                 // What was taken for this commit comes first again, then what changed
                 // meanwhile.
-                if let Some(mut changes) = taken {
+                if let Some(mut changes) = changes_taken {
                     changes.then(&state.changes);
                     state.changes = changes;
                 }
@@ -940,6 +1009,8 @@ impl BlockDevice for ObjectBlockDevice {
             }
         }
         drop(state);
+        // A takeover raises the generation before it reads the volume: a commit that
+        // this check still finds current was there to be read.
         self.check_fence()
     }
 

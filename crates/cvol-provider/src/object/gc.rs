@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use cvol_format::VolumeId;
 use object_store::ObjectMeta;
 
-use super::layout::{manifest_version, Layout, Manifest, SnapshotRecord};
+use super::layout::{is_wal, Layout, Manifest, SnapshotRecord};
 use super::store::Store;
 use crate::ProviderError;
 
@@ -63,6 +63,7 @@ pub(crate) fn collect(
     // Bytes each referenced object holds uncompressed: a chunk's size, a log's records.
     let mut logical: HashMap<String, u64> = HashMap::new();
     let mut records = BTreeSet::new();
+    let mut kept_wals = Vec::new();
     let mut reference = |manifest: &Manifest| {
         referenced.extend(manifest.objects().cloned());
         for key in manifest.chunks.values() {
@@ -78,12 +79,7 @@ pub(crate) fn collect(
         let Ok(id) = VolumeId::new(&name) else {
             continue;
         };
-        let mut manifests: Vec<((u64, u64), ObjectMeta)> = store
-            .list(&layout.manifests(&id))?
-            .into_iter()
-            .filter_map(|m| Some((manifest_version(m.location.filename()?)?, m)))
-            .collect();
-        manifests.sort_by_key(|(version, _)| *version);
+        let manifests = super::versions(store, layout, &id)?;
         let Some(newest) = manifests.len().checked_sub(1) else {
             continue;
         };
@@ -96,7 +92,7 @@ pub(crate) fn collect(
         let mut keep_from = newest.min(first_young);
         let mut chain = Vec::new();
         for i in (0..=newest).rev() {
-            let Some(manifest) = store.get_json::<Manifest>(&manifests[i].1.location)? else {
+            let Some(manifest) = store.get_manifest(&manifests[i].1.location)? else {
                 continue;
             };
             let whole = manifest.base.is_none();
@@ -120,7 +116,14 @@ pub(crate) fn collect(
                 reference(state.as_ref().expect("set above"));
             }
         }
-        for (_, meta) in &manifests[..keep_from] {
+        // A `.wal` is a log as well: kept while a kept version is it or names its
+        // records, swept with the chunks once neither holds.
+        let (superseded, kept) = manifests.split_at(keep_from);
+        kept_wals.extend(
+            kept.iter()
+                .filter_map(|(_, meta)| layout.object_key(&meta.location)),
+        );
+        for (_, meta) in superseded.iter().filter(|(_, m)| !is_wal(&m.location)) {
             report.superseded_manifests.push(meta.location.to_string());
             doomed_manifests.push(meta.location.clone());
         }
@@ -130,16 +133,18 @@ pub(crate) fn collect(
             }
         }
     }
+    referenced.extend(kept_wals);
     // Listed after the manifests: a chunk committed meanwhile is younger than the grace.
-    for meta in store.list(&layout.chunks())? {
+    let objects = store.list(&layout.chunks())?;
+    for meta in objects.into_iter().chain(store.list(&layout.logs())?) {
         report.chunks += 1;
-        let Some(key) = layout.chunk_key(&meta.location) else {
+        let Some(key) = layout.object_key(&meta.location) else {
             continue;
         };
         if referenced.contains(&key) {
             report.referenced += 1;
             report.logical_bytes += logical.get(&key).copied().unwrap_or_default();
-            if key.ends_with(".log") {
+            if key.ends_with(".log") || is_wal(&meta.location) {
                 report.logs += 1;
                 report.log_bytes += meta.size;
             } else {
@@ -154,7 +159,7 @@ pub(crate) fn collect(
     }
     if apply {
         for key in &report.garbage_chunks {
-            store.delete(&layout.chunk(key))?;
+            store.delete(&layout.object(key))?;
         }
         for manifest in &doomed_manifests {
             store.delete(manifest)?;

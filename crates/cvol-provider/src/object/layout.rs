@@ -7,7 +7,9 @@
 //! volumes/<vol>/snapshots/<name>.json         a frozen manifest
 //! volumes/<vol>/attachment.json               holder and generation
 //! chunks/<vol>/<gen>-<uuid>                   one chunk's bytes, never overwritten
-//! chunks/<vol>/<gen>-<uuid>.log               one flush's small writes (patches), ditto
+//! chunks/<vol>/<gen>-<uuid>.log               small writes uploaded early (patches), ditto
+//! logs/<vol>/<gen>-<seq>.wal                  one flush's small writes and the manifest
+//!                                             <gen>-<seq> that names them, ditto
 //! ```
 //! Generations and sequence numbers are zero-padded, so that names sort as numbers: the
 //! newest manifest of a volume is the last one listed. Chunk keys name the volume and
@@ -19,6 +21,12 @@
 //! as the chunk's patches, applied over its chunk (or zeros) in order. A chunk whose
 //! patches grow past a bound is uploaded whole again by the flush that would exceed it,
 //! and its patches are dropped (compaction); logs nothing names any more are gc's.
+//!
+//! A flush's log and its manifest are one object, `logs/<vol>/<gen>-<seq>.wal` (the log's
+//! records, then the manifest, then [`WAL_TRAILER`]), so a small flush commits with one
+//! put: the volume's versions are its `manifests/` and its `logs/`, merged. It lies with
+//! the chunks, not under the volume, because clones and snapshots name its records as
+//! long as they need them, after the volume and the manifest are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -100,25 +108,63 @@ impl Layout {
         )
     }
 
-    /// The object of chunk `key` (as a manifest names it).
-    pub(crate) fn chunk(&self, key: &str) -> Path {
-        key.split('/').fold(self.chunks(), |p, part| p.child(part))
+    pub(crate) fn logs(&self) -> Path {
+        self.child(&["logs"])
     }
 
-    /// The chunk key of a chunk object, the inverse of [`Layout::chunk`].
-    pub(crate) fn chunk_key(&self, object: &Path) -> Option<String> {
+    /// Where volume `id`'s flushes with small writes commit.
+    pub(crate) fn volume_logs(&self, id: &VolumeId) -> Path {
+        self.logs().child(id.as_str())
+    }
+
+    /// The key of the object that commits manifest `seq` of `generation` of `volume`
+    /// together with its log.
+    pub(crate) fn wal(&self, volume: &VolumeId, generation: u64, seq: u64) -> String {
+        format!("{volume}/{generation:020}-{seq:020}{WAL}")
+    }
+
+    /// The object of key `key` (as a manifest names it): a chunk or log in `chunks/`, or
+    /// a flush's log in `logs/`.
+    pub(crate) fn object(&self, key: &str) -> Path {
+        let top = if key.ends_with(WAL) {
+            self.logs()
+        } else {
+            self.chunks()
+        };
+        key.split('/').fold(top, |p, part| p.child(part))
+    }
+
+    /// The key of an object in `chunks/` or `logs/`, the inverse of [`Layout::object`].
+    pub(crate) fn object_key(&self, object: &Path) -> Option<String> {
         let parts: Vec<_> = object
-            .prefix_match(&self.chunks())?
+            .prefix_match(&self.chunks())
+            .or_else(|| object.prefix_match(&self.logs()))?
             .map(|p| p.as_ref().to_string())
             .collect();
         (parts.len() == 2).then(|| parts.join("/"))
     }
 }
 
-/// Parses a manifest's object name `<gen>-<seq>.json`.
+/// The suffix of a flush's log with its manifest.
+const WAL: &str = ".wal";
+
+/// Ends a `.wal` object: the length of the manifest before it (u32, little endian), then
+/// this.
+pub(crate) const WAL_TRAILER: &[u8; 4] = b"cvw1";
+
+/// Parses a version's object name: a manifest's `<gen>-<seq>.json`, or a flush's
+/// `<gen>-<seq>.wal`.
 pub(crate) fn manifest_version(name: &str) -> Option<(u64, u64)> {
-    let (generation, seq) = name.strip_suffix(".json")?.split_once('-')?;
+    let (generation, seq) = name
+        .strip_suffix(".json")
+        .or_else(|| name.strip_suffix(WAL))?
+        .split_once('-')?;
     Some((generation.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Whether a version's object (see [`manifest_version`]) is a `.wal`.
+pub(crate) fn is_wal(path: &Path) -> bool {
+    path.as_ref().ends_with(WAL)
 }
 
 /// `pool.json`.

@@ -227,6 +227,25 @@ impl std::fmt::Debug for ObjectProvider {
     }
 }
 
+/// A version of a volume: its (generation, sequence) and its object.
+pub(crate) type Version = ((u64, u64), object_store::ObjectMeta);
+
+/// Every version of volume `id` (its manifests, and its flushes' `.wal`s), oldest first.
+pub(crate) fn versions(
+    store: &Store,
+    layout: &Layout,
+    id: &VolumeId,
+) -> Result<Vec<Version>, ProviderError> {
+    let mut versions: Vec<_> = store
+        .list(&layout.manifests(id))?
+        .into_iter()
+        .chain(store.list(&layout.volume_logs(id))?)
+        .filter_map(|m| Some((manifest_version(m.location.filename()?)?, m)))
+        .collect();
+    versions.sort_by_key(|(version, _)| *version);
+    Ok(versions)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -398,23 +417,19 @@ impl ObjectProvider {
             .ok_or_else(|| self.not_found(id))
     }
 
-    /// The newest manifest of volume `id`: the highest (generation, sequence).
     /// The volume's newest state: its newest manifest, or when that is a delta, the
     /// whole manifest it builds on with every delta since applied in order.
     fn latest(&self, id: &VolumeId) -> Result<Manifest, ProviderError> {
         let prefix = self.layout.manifests(id);
-        let mut versions: Vec<((u64, u64), object_store::path::Path)> = self
-            .store
-            .list(&prefix)?
+        let mut versions: Vec<_> = versions(&self.store, &self.layout, id)?
             .into_iter()
-            .filter_map(|m| Some((manifest_version(m.location.filename()?)?, m.location)))
+            .map(|(version, meta)| (version, meta.location))
             .collect();
-        versions.sort_by_key(|(version, _)| *version);
         let mut chain = Vec::new();
         while let Some((_, path)) = versions.pop() {
-            let manifest: Manifest = self
+            let manifest = self
                 .store
-                .get_json(&path)?
+                .get_manifest(&path)?
                 .ok_or_else(|| self.corrupt(&path, "vanished while read".into()))?;
             let whole = manifest.base.is_none();
             chain.push((path, manifest));
@@ -516,6 +531,21 @@ impl ObjectProvider {
             },
             device,
         }
+    }
+
+    /// Restates volume `id`'s newest state as the first manifest of `generation`, which
+    /// the attachment record was just raised to: whatever an older generation commits
+    /// after this sorts below it, and a flush that committed before it is in it (a
+    /// holder's flush succeeds only if its generation is still current after the commit).
+    fn restate(&self, id: &VolumeId, generation: u64) -> Result<Manifest, ProviderError> {
+        let mut manifest = self.latest(id)?;
+        manifest.generation = generation;
+        manifest.seq = 0;
+        let path = self.layout.manifest(id, generation, 0);
+        self.store
+            .put_json(&path, &manifest, PutMode::Overwrite)
+            .map_err(|e| self.store.error("write", &path, e))?;
+        Ok(manifest)
     }
 
     fn refuse_attached(&self, id: &VolumeId) -> Result<(), ProviderError> {
@@ -871,14 +901,7 @@ impl Provider for ObjectProvider {
                     },
                     read,
                 )?;
-                let mut manifest = self.latest(id)?;
-                manifest.generation = generation;
-                manifest.seq = 0;
-                let path = self.layout.manifest(id, generation, 0);
-                self.store
-                    .put_json(&path, &manifest, PutMode::Overwrite)
-                    .map_err(|e| self.store.error("write", &path, e))?;
-                (generation, manifest)
+                (generation, self.restate(id, generation)?)
             }
         };
         let device = Arc::new(self.device_from(id, generation, manifest));
@@ -909,14 +932,24 @@ impl Provider for ObjectProvider {
             return Ok(());
         }
         // A new generation fences what the detached device might still try to commit.
+        let generation = held.generation + 1;
         self.put_attachment(
             id,
             &AttachmentRecord {
                 holder: None,
-                generation: held.generation + 1,
+                generation,
             },
             read,
-        )
+        )?;
+        match self.restate(id, generation) {
+            Ok(_) => Ok(()),
+            // Nothing to restate, and nothing a stray commit could be read after either.
+            Err(e @ ProviderError::Corrupt { .. }) => {
+                tracing::warn!(provider = %self.id, volume = %id, "detached a volume that does not read: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn reclaim_interrupted(&self, apply: bool) -> Result<Vec<String>, ProviderError> {

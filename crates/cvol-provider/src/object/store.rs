@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::codec::Codec;
+use super::layout::{is_wal, Manifest, WAL_TRAILER};
 use crate::ProviderError;
 
 /// The `store` of the error `Store::timed` makes.
@@ -35,6 +36,10 @@ pub(crate) struct Store {
 
 /// The largest record a store holds: a manifest of a volume of many chunks.
 const RECORD_LIMIT: usize = 256 << 20;
+
+/// Bytes read from the end of a `.wal` for its manifest, which a small flush's fits in:
+/// more are read only when the manifest says it is longer.
+const WAL_TAIL: u64 = 64 << 10;
 
 /// What a failed store call means to a caller.
 #[derive(Debug)]
@@ -204,6 +209,70 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).expect("records serialize");
         self.put(path, self.codec.seal(path.as_ref(), &bytes).into(), mode)
+    }
+
+    /// The last `n` bytes of the object at `path` (all of it if it is shorter).
+    fn get_tail(&self, path: &Path, n: u64) -> Result<Bytes, StoreError> {
+        let store = &self.inner;
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Suffix(n)),
+            ..Default::default()
+        };
+        self.block(self.timed("get", async move {
+            store.get_opts(path, options).await?.bytes().await
+        }))
+    }
+
+    /// The manifest of a version object: `manifests/<gen>-<seq>.json`, or a flush's
+    /// `logs/<vol>/<gen>-<seq>.wal` (whose manifest is read from its end); `None` if it
+    /// is not there, `Corrupt` if it does not open or parse.
+    pub(crate) fn get_manifest(&self, path: &Path) -> Result<Option<Manifest>, ProviderError> {
+        if !is_wal(path) {
+            return self.get_json(path);
+        }
+        let corrupt = |message: String| ProviderError::Corrupt {
+            provider: self.provider.clone(),
+            path: format!("{}/{path}", self.location).into(),
+            message,
+        };
+        let mut want = WAL_TAIL;
+        loop {
+            let tail = match self.get_tail(path, want) {
+                Ok(tail) => tail,
+                Err(StoreError::NotFound) => return Ok(None),
+                Err(e) => return Err(self.error("read", path, e)),
+            };
+            let Some(body) = tail.len().checked_sub(8) else {
+                return Err(corrupt("shorter than its trailer".into()));
+            };
+            if &tail[body + 4..] != WAL_TRAILER {
+                return Err(corrupt("no log trailer at its end".into()));
+            }
+            let len = u32::from_le_bytes(tail[body..body + 4].try_into().expect("4 bytes"));
+            let len = len as usize;
+            if len <= body {
+                return self.decode_json(path, &tail[body - len..body]).map(Some);
+            }
+            if (tail.len() as u64) < want || len > RECORD_LIMIT {
+                return Err(corrupt(format!(
+                    "names a manifest of {len} bytes, not there"
+                )));
+            }
+            want = len as u64 + 8;
+        }
+    }
+
+    /// A `.wal` object at `path`: the log's records `log`, then `manifest`, sealed as a
+    /// record, then the trailer.
+    pub(crate) fn wal_bytes(&self, path: &Path, log: &[u8], manifest: &Manifest) -> Bytes {
+        let json = serde_json::to_vec(manifest).expect("records serialize");
+        let sealed = self.codec.seal(path.as_ref(), &json);
+        let mut bytes = Vec::with_capacity(log.len() + sealed.len() + 8);
+        bytes.extend_from_slice(log);
+        bytes.extend_from_slice(&sealed);
+        bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(WAL_TRAILER);
+        bytes.into()
     }
 
     /// Every object below `prefix`.

@@ -47,8 +47,31 @@ fn content(p: &ObjectProvider, id: &VolumeId) -> Vec<u8> {
     read_all(&*p.device(id, 0).unwrap())
 }
 
+/// Objects in the pool's `chunks/` and `logs/`: chunks, logs, flushes' `.wal`s.
 fn chunk_objects(p: &ObjectProvider) -> usize {
-    p.store.list(&p.layout.chunks()).unwrap().len()
+    p.store.list(&p.layout.chunks()).unwrap().len() + p.store.list(&p.layout.logs()).unwrap().len()
+}
+
+/// The file of object `key` in the `file:///` pool in `dir`.
+fn object_file(dir: &std::path::Path, key: &str) -> std::path::PathBuf {
+    let top = if key.ends_with(".wal") {
+        "logs"
+    } else {
+        "chunks"
+    };
+    dir.join(top).join(key)
+}
+
+/// Every version of volume `id`, oldest first: its object and its manifest.
+fn versions_of(p: &ObjectProvider, id: &VolumeId) -> Vec<(String, Manifest)> {
+    super::versions(&p.store, &p.layout, id)
+        .unwrap()
+        .into_iter()
+        .map(|(_, meta)| {
+            let manifest = p.store.get_manifest(&meta.location).unwrap().unwrap();
+            (meta.location.to_string(), manifest)
+        })
+        .collect()
 }
 
 #[test]
@@ -515,21 +538,23 @@ fn manifest(p: &ObjectProvider, id: &VolumeId) -> Manifest {
     p.latest(id).unwrap()
 }
 
-/// Bytes of every object in the pool's chunks/ (chunks and logs), by key.
+/// Bytes of every object in the pool's chunks/ and logs/ (chunks, logs, `.wal`s), by key.
 fn stored_objects(dir: &std::path::Path) -> BTreeMap<String, u64> {
     let mut found = BTreeMap::new();
-    let chunks = dir.join("chunks");
-    for volume in std::fs::read_dir(&chunks).into_iter().flatten() {
-        let volume = volume.unwrap().path();
-        for object in std::fs::read_dir(&volume).unwrap() {
-            let object = object.unwrap();
-            let key = object
-                .path()
-                .strip_prefix(&chunks)
-                .unwrap()
-                .display()
-                .to_string();
-            found.insert(key, object.metadata().unwrap().len());
+    for top in ["chunks", "logs"] {
+        let chunks = dir.join(top);
+        for volume in std::fs::read_dir(&chunks).into_iter().flatten() {
+            let volume = volume.unwrap().path();
+            for object in std::fs::read_dir(&volume).unwrap() {
+                let object = object.unwrap();
+                let key = object
+                    .path()
+                    .strip_prefix(&chunks)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                found.insert(key, object.metadata().unwrap().len());
+            }
         }
     }
     found
@@ -555,18 +580,20 @@ fn a_small_write_and_flush_upload_a_small_log_not_the_chunk() {
         .filter(|(k, _)| !before.contains_key(*k))
         .collect();
     assert_eq!(new.len(), 1, "one new object: {new:?}");
-    let (log, bytes) = new[0];
-    assert!(log.ends_with(".log"), "{log}");
-    assert_eq!(*bytes, 4096 + 512, "the log holds the changed bytes only");
+    let (wal, bytes) = new[0];
+    assert!(wal.ends_with(".wal"), "{wal}");
+    assert!(
+        (4096 + 512..4096 + 512 + 2048).contains(bytes),
+        "the changed bytes and the manifest: {bytes}"
+    );
     let m = manifest(&p, &id);
     assert_eq!(m.patches.len(), 2, "{m:?}");
     assert_eq!(m.patches[&1][0].at, 8192);
-    // The commit is a delta naming the two patches, not the whole chunk map restated.
-    let newest = dir.path().join(format!(
-        "volumes/{id}/manifests/{:020}-{:020}.json",
-        m.generation, m.seq
-    ));
-    let delta: Manifest = serde_json::from_slice(&std::fs::read(&newest).unwrap()).unwrap();
+    assert_eq!(&m.patches[&1][0].log, wal);
+    // The commit is that object: a delta naming the two patches, not the whole chunk
+    // map restated.
+    let (newest, delta) = versions_of(&p, &id).pop().unwrap();
+    assert!(newest.ends_with(wal.as_str()), "{newest}");
     assert_eq!(delta.base, Some(m.seq - 1));
     assert!(
         delta.chunks.is_empty() && delta.patches.len() == 2,
@@ -622,18 +649,25 @@ fn a_truncated_or_missing_log_is_an_error_naming_the_volume_never_wrong_data() {
     device.flush().unwrap();
     device.write_at(&[6; 300], 1000).unwrap();
     device.flush().unwrap();
+    // A later flush names the first one's log too.
+    device.write_at(&[7; 300], 5000).unwrap();
+    device.flush().unwrap();
     let m = manifest(&p, &id);
-    let log = dir.path().join("chunks").join(&m.patches[&0][0].log);
+    let log = object_file(dir.path(), &m.patches[&0][0].log);
+    let fails = |what: &str| {
+        let mut buf = vec![0u8; 4096];
+        let err = match p.device(&id, 0) {
+            Ok(d) => d.read_at(&mut buf, 0).err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+        .unwrap_or_else(|| panic!("{what}: the read succeeded"));
+        assert!(err.contains(&id.to_string()), "{what}: {err}");
+    };
     let bytes = std::fs::read(&log).unwrap();
     std::fs::write(&log, &bytes[..100]).unwrap();
-    let cold = p.device(&id, 0).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let err = cold.read_at(&mut buf, 0).unwrap_err().to_string();
-    assert!(err.contains(&id.to_string()), "{err}");
+    fails("a truncated log");
     std::fs::remove_file(&log).unwrap();
-    let cold = p.device(&id, 0).unwrap();
-    let err = cold.read_at(&mut buf, 0).unwrap_err().to_string();
-    assert!(err.contains(&id.to_string()), "{err}");
+    fails("a missing log");
 }
 
 #[derive(Debug, Clone)]
@@ -901,9 +935,11 @@ fn tampered_chunks_logs_and_manifests_fail_reads_naming_the_volume() {
     drop(device);
     p.detach(&id, "h").unwrap();
     let m = manifest(&p, &id);
-    let chunks = dir.path().join("chunks");
-    let (a, b) = (chunks.join(&m.chunks[&0]), chunks.join(&m.chunks[&1]));
-    let log = chunks.join(&m.patches[&0][0].log);
+    let (a, b) = (
+        object_file(dir.path(), &m.chunks[&0]),
+        object_file(dir.path(), &m.chunks[&1]),
+    );
+    let log = object_file(dir.path(), &m.patches[&0][0].log);
     let fails = |what: &str| {
         let mut buf = vec![0u8; 2 * CHUNK as usize];
         let err = match p.device(&id, 0) {
@@ -925,7 +961,9 @@ fn tampered_chunks_logs_and_manifests_fail_reads_naming_the_volume() {
     fails("two chunks swapped");
     std::fs::write(&a, &a0).unwrap();
     std::fs::write(&b, &b0).unwrap();
-    std::fs::write(&log, &log0[..log0.len() - 1]).unwrap();
+    // Cut into the patch's record.
+    let cut = m.patches[&0][0].record().end as usize - 1;
+    std::fs::write(&log, &log0[..cut]).unwrap();
     fails("a truncated log");
     std::fs::write(&log, &log0).unwrap();
     assert_eq!(content(&p, &id)[10], 5, "untampered, it reads");
@@ -960,17 +998,10 @@ fn a_whole_manifest_is_committed_after_a_bounded_run_of_deltas() {
         model[at as usize..at as usize + 10].fill(n as u8);
         device.flush().unwrap();
     }
-    let dir_of = dir.path().join(format!("volumes/{id}/manifests"));
     let mut wholes = 0;
     let mut run = 0;
     let mut longest = 0;
-    let mut names: Vec<_> = std::fs::read_dir(&dir_of)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    for name in names {
-        let m: Manifest = serde_json::from_slice(&std::fs::read(name).unwrap()).unwrap();
+    for (_, m) in versions_of(&p, &id) {
         if m.base.is_none() {
             wholes += 1;
             run = 0;
