@@ -562,3 +562,28 @@ fn disks_grow_snapshot_clone_and_go_on_an_object_pool() {
 fn disks_grow_snapshot_clone_and_go_on_s3() {
     disks_grow_snapshot_clone_and_go(Env::datastore_on_s3());
 }
+
+#[test]
+fn create_list_delete_a_vm_on_a_sealed_object_pool() {
+    create_list_delete_a_vm(Env::datastore_on_sealed_object());
+}
+
+#[test]
+fn create_list_delete_a_vm_on_sealed_s3() {
+    create_list_delete_a_vm(Env::datastore_on_sealed_s3());
+}
+
+#[test]
+fn a_real_crash_is_repaired_by_fsck_on_sealed_s3() {
+    a_real_crash_is_repaired_by_fsck(Env::datastore_on_sealed_s3());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_a_sealed_object_pool() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_sealed_object());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_sealed_s3() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_sealed_s3());
+}

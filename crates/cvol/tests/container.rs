@@ -695,3 +695,28 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_s3() {
 fn cp_r_of_a_vm_clones_its_disks_on_s3() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore_on_s3());
 }
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_on_a_sealed_object_pool() {
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_sealed_object, &[false]);
+}
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_on_sealed_s3() {
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_sealed_s3, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_a_sealed_object_pool() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_sealed_object, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_sealed_s3() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_sealed_s3, &[false]);
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_sealed_s3() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_sealed_s3());
+}

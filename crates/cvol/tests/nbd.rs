@@ -57,6 +57,16 @@ fn real_clients_read_write_map_and_copy_on_s3() {
     real_clients_read_write_map_and_copy_on(Env::datastore_on_s3());
 }
 
+#[test]
+fn real_clients_read_write_map_and_copy_on_a_sealed_object_pool() {
+    real_clients_read_write_map_and_copy_on(Env::datastore_on_sealed_object());
+}
+
+#[test]
+fn real_clients_read_write_map_and_copy_on_sealed_s3() {
+    real_clients_read_write_map_and_copy_on(Env::datastore_on_sealed_s3());
+}
+
 fn real_clients_read_write_map_and_copy_on(env: Env) {
     let port = free_port();
     let tcp = format!("tcp:127.0.0.1:{port}");

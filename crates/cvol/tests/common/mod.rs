@@ -32,6 +32,8 @@ pub struct Env {
     pub vars: Vec<(String, String)>,
     /// The object pool's URL, if the pool is an object pool.
     pub object_url: Option<String>,
+    /// The key of an object pool whose objects are sealed (compressed and encrypted).
+    pub pool_key: Option<[u8; 32]>,
 }
 
 impl Env {
@@ -57,6 +59,7 @@ impl Env {
             service: None,
             vars: Vec::new(),
             object_url: None,
+            pool_key: None,
         }
     }
 
@@ -119,24 +122,39 @@ impl Env {
     }
 
     /// A datastore with one `object` provider `pool` in the test S3 server (Garage),
-    /// compressed and encrypted with a key file (its objects are sealed: not for
-    /// [`Env::volume_bytes`]).
+    /// compressed and encrypted with a key file.
     pub fn datastore_on_sealed_s3() -> Self {
         let mut env = Self::empty();
         let garage = garage::garage();
         env.vars.extend(garage.vars());
-        let url = garage.new_pool_url();
-        let key = env.tmp.path().join("pool.key");
-        write_secret(&key, &"5a".repeat(32));
-        env.create_datastore_with_settings(
+        env.seal_pool(garage.new_pool_url());
+        env
+    }
+
+    /// A datastore with one `object` provider `pool` on a `file:///` object store,
+    /// compressed and encrypted with a key file.
+    pub fn datastore_on_sealed_object() -> Self {
+        let mut env = Self::empty();
+        let url = format!("file://{}", env.pool.display());
+        env.seal_pool(url);
+        env
+    }
+
+    /// Makes the datastore with an object pool at `url`, compressed and encrypted with a
+    /// key file.
+    fn seal_pool(&mut self, url: String) {
+        let key = [0x5a; 32];
+        let key_file = self.tmp.path().join("pool.key");
+        write_secret(&key_file, &hex(&key));
+        self.create_datastore_with_settings(
             &format!("pool=object:{url}"),
             &[
                 "pool.compression=zstd",
-                &format!("pool.key_file={}", key.display()),
+                &format!("pool.key_file={}", key_file.display()),
             ],
         );
-        env.object_url = Some(url);
-        env
+        self.object_url = Some(url);
+        self.pool_key = Some(key);
     }
 
     /// A datastore with one `object` provider `pool` in the test S3 server (Garage).
@@ -333,7 +351,39 @@ impl Env {
         if self.is_file_pool() {
             return std::fs::read(self.volume_file(vm_disk)).unwrap();
         }
-        self.pool_objects().volume_bytes(&self.volume_of(vm_disk))
+        let volume = self.volume_of(vm_disk);
+        match self.pool_key {
+            None => self.pool_objects().volume_bytes(&volume),
+            Some(_) => self.sealed_volume_bytes(&volume),
+        }
+    }
+
+    /// The bytes of `volume` in a sealed pool, which a test cannot read object by
+    /// object: read as of its last flush by cvol's object pool, opened afresh (no cache
+    /// shared with the daemon) in a child process of this test binary that has the
+    /// pool's environment ([`read_sealed_volume`]).
+    fn sealed_volume_bytes(&self, volume: &str) -> Vec<u8> {
+        let out = self.tmp.path().join("volume.bin");
+        let spec = format!(
+            "{}\n{}\n{volume}\n{}",
+            self.object_url.as_deref().unwrap(),
+            hex(&self.pool_key.unwrap()),
+            out.display()
+        );
+        let run = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "common::read_sealed_volume"])
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .env(READ_SEALED, spec)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "reading {volume}: {}",
+            String::from_utf8_lossy(&run.stdout)
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        bytes
     }
 
     /// Every file and directory below the share, with contents.
@@ -859,4 +909,40 @@ pub fn write_secret(path: &Path, text: &str) {
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// Tells [`read_sealed_volume`] what to read: pool URL, key (hex), volume, output file.
+const READ_SEALED: &str = "CVOL_TEST_READ_SEALED";
+
+#[test]
+#[ignore = "run by Env::volume_bytes in a child process, with the pool's environment"]
+fn read_sealed_volume() {
+    use cvol_provider::object::{ObjectSettings, PoolKey};
+    use cvol_provider::Provider;
+    let spec = std::env::var(READ_SEALED).expect("run by Env::volume_bytes");
+    let [url, key, volume, out]: [&str; 4] =
+        spec.split('\n').collect::<Vec<_>>().try_into().unwrap();
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&key[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let settings = ObjectSettings {
+        key: Some(PoolKey(bytes)),
+        ..Default::default()
+    };
+    let id = cvol_format::ProviderId::new("pool").unwrap();
+    let provider = cvol_provider::ObjectProvider::open(&id, url, &settings).unwrap();
+    let volume = cvol_format::VolumeId::new(volume).unwrap();
+    let device = provider
+        .attach_standby(&volume, "test-reader")
+        .unwrap()
+        .device;
+    let mut data = vec![0u8; device.size() as usize];
+    device.read_at(&mut data, 0).unwrap();
+    std::fs::write(out, data).unwrap();
+}
+
+/// `bytes` in lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

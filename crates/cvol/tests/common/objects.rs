@@ -96,15 +96,44 @@ impl PoolObjects {
             .count()
     }
 
+    /// The object of key `key` as a manifest names it: a flush's `.wal` in `logs/`, a
+    /// chunk or log in `chunks/`.
+    fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let top = if key.ends_with(".wal") {
+            "logs"
+        } else {
+            "chunks"
+        };
+        self.get(&format!("{top}/{key}"))
+    }
+
+    /// The manifest in version object `key`: a JSON manifest, or the one at the end of a
+    /// `.wal` (its length and `cvw1` last).
+    fn manifest(&self, key: &str) -> serde_json::Value {
+        let bytes = self.get(key).unwrap();
+        let json = if key.ends_with(".wal") {
+            let end = bytes.len() - 8;
+            assert_eq!(&bytes[end + 4..], b"cvw1", "{key}");
+            let len = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+            &bytes[end - len..end]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(json).unwrap()
+    }
+
     /// The bytes of `volume` as its newest manifest says, assembled from its chunks and
     /// the patches over them (a pool that stores objects as they are).
     pub fn volume_bytes(&self, volume: &str) -> Vec<u8> {
-        // The newest manifest, and back to the whole one its deltas build on.
+        // The newest version (a manifest, or a flush's `.wal`), and back to the whole
+        // one its deltas build on. Both are named `<gen>-<seq>`, zero-padded.
         let mut names = self.list(&format!("volumes/{volume}/manifests"));
+        names.extend(self.list(&format!("logs/{volume}")));
+        let file = |key: &String| key.rsplit('/').next().unwrap().to_string();
+        names.sort_by_key(file);
         let mut chain = Vec::new();
         while let Some(name) = names.pop() {
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&self.get(&name).unwrap()).unwrap();
+            let manifest = self.manifest(&name);
             let whole = manifest.get("base").is_none();
             chain.push(manifest);
             if whole {
@@ -143,7 +172,7 @@ impl PoolObjects {
             }
             for (at, key) in indexes("chunks") {
                 let chunk = self
-                    .get(&format!("chunks/{}", key.as_str().unwrap()))
+                    .object(key.as_str().unwrap())
                     .expect("a chunk the manifest names");
                 bytes[at..at + chunk_size].copy_from_slice(&chunk);
             }
@@ -151,7 +180,7 @@ impl PoolObjects {
                 for p in list.as_array().unwrap() {
                     let field = |name: &str| p[name].as_u64().unwrap() as usize;
                     let log = self
-                        .get(&format!("chunks/{}", p["log"].as_str().unwrap()))
+                        .object(p["log"].as_str().unwrap())
                         .expect("a log the manifest names");
                     let (at, len, from) = (chunk_at + field("at"), field("len"), field("from"));
                     bytes[at..at + len].copy_from_slice(&log[from..from + len]);
