@@ -100,6 +100,10 @@ struct State {
     fetching: HashMap<u64, Arc<Fetch>>,
     /// Changed since the last commit.
     pending: bool,
+    /// Changes made so far (writes, discards, resizes), counted.
+    changed: u64,
+    /// Changes up to this count are in a commit whose fence check passed.
+    durable: u64,
     /// What changed in the chunk map and patches since the last commit, as a delta.
     changes: Manifest,
     /// Deltas committed since the last whole manifest; `None` while this generation has
@@ -309,6 +313,8 @@ impl ObjectBlockDevice {
                 streak: 0,
                 fetching: HashMap::new(),
                 pending: false,
+                changed: 0,
+                durable: 0,
                 changes,
                 deltas: ours.then_some(0),
             })),
@@ -568,6 +574,7 @@ impl ObjectBlockDevice {
         entry.dirty.add(at as u32, (at + n) as u32);
         entry.used = clock;
         state.pending = true;
+        state.changed += 1;
         Ok(())
     }
 
@@ -805,6 +812,7 @@ impl ObjectBlockDevice {
             }
         }
         state.pending = true;
+        state.changed += 1;
         self.size.store(size, std::sync::atomic::Ordering::Release);
     }
 
@@ -913,10 +921,20 @@ impl BlockDevice for ObjectBlockDevice {
     }
 
     fn flush(&self) -> Result<(), BlockError> {
+        let (target, seen) = {
+            let state = self.lock();
+            (state.changed, state.durable)
+        };
         let _one = self.flushing.lock().expect("flush lock");
-        let (pending, seq) = {
+        let (pending, seq, covering) = {
             let mut state = self.lock();
-            (std::mem::take(&mut state.pending), state.seq)
+            if state.durable >= target && state.durable > seen {
+                // Group commit: a commit that ended while this flush waited for the one
+                // before holds every change made before it, fence checked after it.
+                return Ok(());
+            }
+            let pending = std::mem::take(&mut state.pending);
+            (pending, state.seq, state.changed)
         };
         if !pending {
             return self.check_fence();
@@ -1011,7 +1029,10 @@ impl BlockDevice for ObjectBlockDevice {
         drop(state);
         // A takeover raises the generation before it reads the volume: a commit that
         // this check still finds current was there to be read.
-        self.check_fence()
+        self.check_fence()?;
+        let mut state = self.lock();
+        state.durable = state.durable.max(covering);
+        Ok(())
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
@@ -1026,6 +1047,7 @@ impl BlockDevice for ObjectBlockDevice {
                 state.changes.hole(index);
                 state.cache.remove(&index);
                 state.pending = true;
+                state.changed += 1;
             } else {
                 self.modify(index, at, n, |bytes| bytes.fill(0))?;
             }
