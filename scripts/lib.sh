@@ -146,7 +146,8 @@ CONF
 
 # start_garage DIR: runs a single-node Garage in DIR on loopback, with bucket "cvol" and
 # a key allowed on it; exports the AWS_* variables that point clients at it and sets
-# garage_pid. The same setup as the Rust tests' (crates/cvol/tests/common/garage.rs).
+# garage_pid. The same setup as the Rust tests' (crates/cvol/tests/common/garage.rs);
+# $GARAGE_BLOCK_SIZE, if set, is its block_size.
 start_garage() {
     local dir=$1 rpc s3 admin node _
     rpc=$(free_port) s3=$(free_port) admin=$(free_port)
@@ -155,6 +156,7 @@ start_garage() {
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "sqlite"
+${GARAGE_BLOCK_SIZE:+block_size = \"$GARAGE_BLOCK_SIZE\"}
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
