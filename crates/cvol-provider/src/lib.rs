@@ -9,6 +9,7 @@ mod block;
 mod error;
 mod file;
 pub mod object;
+pub mod rbd;
 pub mod remote;
 mod settings;
 mod standby;
@@ -25,6 +26,7 @@ pub use block::{BlockDevice, BlockError, BlockExtent};
 pub use error::ProviderError;
 pub use file::FileProvider;
 pub use object::ObjectProvider;
+pub use rbd::RbdProvider;
 pub use remote::RemoteProvider;
 use settings::Settings;
 
@@ -158,6 +160,13 @@ pub enum DataAccess {
         /// The pool, `file:///dir` or `s3://bucket/prefix`.
         url: String,
     },
+    /// A volume of an `rbd` pool: an image a host opens with its own Ceph client.
+    Rbd {
+        /// The RBD pool.
+        pool: String,
+        /// The image.
+        image: String,
+    },
 }
 
 /// A volume attached to this host: its data plane.
@@ -284,7 +293,7 @@ pub trait Provider: Send + Sync {
 }
 
 /// The provider kinds this build knows.
-pub const PROVIDER_KINDS: &[&str] = &["file", "object", "remote"];
+pub const PROVIDER_KINDS: &[&str] = &["file", "object", "rbd", "remote"];
 
 /// The environment variable naming the file that holds a `remote` provider's bearer
 /// token, when its settings name none.
@@ -344,6 +353,7 @@ pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, Provi
             Ok(Arc::new(FileProvider::open(&config.id, path.as_ref())?))
         }
         "object" => Ok(Arc::new(ObjectProvider::from_config(config)?)),
+        "rbd" => Ok(Arc::new(RbdProvider::from_config(config)?)),
         "remote" => {
             let url = settings.required("url", "the provider service")?;
             let timeout = settings.seconds("timeout", remote::DEFAULT_TIMEOUT)?;

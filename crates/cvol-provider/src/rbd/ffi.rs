@@ -32,6 +32,9 @@ pub(crate) struct Timespec {
     pub(crate) nsec: i64,
 }
 
+/// `RBD_SNAP_NAMESPACE_TYPE_USER`: a snapshot someone took (not one in the trash).
+pub(crate) const SNAP_NAMESPACE_USER: c_int = 0;
+
 /// `RBD_LOCK_MODE_EXCLUSIVE`.
 pub(crate) const LOCK_EXCLUSIVE: c_int = 0;
 
@@ -85,6 +88,7 @@ library! {
     rbd_create2: fn(IoCtx, *const c_char, u64, u64, *mut c_int) -> c_int;
     rbd_clone2: fn(IoCtx, *const c_char, *const c_char, IoCtx, *const c_char, u64, *mut c_int, u64, c_int) -> c_int;
     rbd_remove: fn(IoCtx, *const c_char) -> c_int;
+    rbd_trash_move: fn(IoCtx, *const c_char, u64) -> c_int;
     rbd_list: fn(IoCtx, *mut c_char, *mut usize) -> c_int;
     rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
@@ -102,6 +106,8 @@ library! {
     rbd_snap_list: fn(Image, *mut SnapInfo, *mut c_int) -> c_int;
     rbd_snap_list_end: fn(*mut SnapInfo) -> ();
     rbd_snap_get_timestamp: fn(Image, u64, *mut Timespec) -> c_int;
+    rbd_snap_get_namespace_type: fn(Image, u64, *mut c_int) -> c_int;
+    rbd_get_create_timestamp: fn(Image, *mut Timespec) -> c_int;
     rbd_metadata_get: fn(Image, *const c_char, *mut c_char, *mut usize) -> c_int;
     rbd_metadata_set: fn(Image, *const c_char, *const c_char) -> c_int;
     rbd_lock_acquire: fn(Image, c_int) -> c_int;
@@ -109,7 +115,6 @@ library! {
     rbd_lock_get_owners: fn(Image, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
     rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize) -> ();
     rbd_lock_break: fn(Image, c_int, *const c_char) -> c_int;
-    rbd_is_exclusive_lock_owner: fn(Image, *mut c_int) -> c_int;
 }
 
 /// The libraries, loaded once.

@@ -211,6 +211,13 @@ impl RemoteProvider {
                 };
                 Ok(pool.device(volume, generation)?)
             }
+            DataAccess::Rbd { pool, .. } => Err(ProviderError::Setting {
+                provider: self.id.to_string(),
+                message: format!(
+                    "the service's pool is rbd:{pool}; a host reaches rbd pools only directly \
+                     (provider kind rbd), not through a provider service"
+                ),
+            }),
         }
     }
 

@@ -131,6 +131,12 @@ pub fn parse_provider(spec: &str) -> anyhow::Result<ProviderConfig> {
             }
             BTreeMap::from([("url".to_string(), location.to_string())])
         }
+        "rbd" => {
+            if location.is_empty() || location.contains(['/', ' ']) {
+                bail!("provider {id}: expected rbd:POOL (an RBD pool's name), got rbd:{location}");
+            }
+            BTreeMap::from([("pool".to_string(), location.to_string())])
+        }
         "remote" => {
             if !(location.starts_with("http://") || location.starts_with("https://")) {
                 bail!("provider {id}: expected remote:http://HOST:PORT, got remote:{location}");

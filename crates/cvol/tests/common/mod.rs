@@ -1,6 +1,7 @@
 //! What the binary's tests share: a datastore in a temporary folder, and a mounted container.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod ceph;
 pub mod garage;
 pub mod objects;
 pub mod pki;
@@ -34,6 +35,8 @@ pub struct Env {
     pub object_url: Option<String>,
     /// The key of an object pool whose objects are sealed (compressed and encrypted).
     pub pool_key: Option<[u8; 32]>,
+    /// The RBD pool, if the pool is an `rbd` pool in the test cluster.
+    pub rbd_pool: Option<String>,
 }
 
 impl Env {
@@ -60,6 +63,7 @@ impl Env {
             vars: Vec::new(),
             object_url: None,
             pool_key: None,
+            rbd_pool: None,
         }
     }
 
@@ -109,6 +113,20 @@ impl Env {
     pub fn datastore() -> Self {
         let env = Self::empty();
         env.create_datastore();
+        env
+    }
+
+    /// A datastore with one `rbd` provider `pool` on a pool of its own in the test Ceph
+    /// cluster.
+    pub fn datastore_on_rbd() -> Self {
+        let mut env = Self::empty();
+        let ceph = ceph::ceph();
+        let pool = ceph.new_pool();
+        env.create_datastore_with_settings(
+            &format!("pool=rbd:{pool}"),
+            &[&format!("pool.conf={}", ceph.conf().display())],
+        );
+        env.rbd_pool = Some(pool);
         env
     }
 
@@ -327,7 +345,7 @@ impl Env {
 
     /// True when the pool is a file pool (volumes are files).
     pub fn is_file_pool(&self) -> bool {
-        self.object_url.is_none()
+        self.object_url.is_none() && self.rbd_pool.is_none()
     }
 
     /// The volume id of disk `vm_disk`.
@@ -352,6 +370,9 @@ impl Env {
             return std::fs::read(self.volume_file(vm_disk)).unwrap();
         }
         let volume = self.volume_of(vm_disk);
+        if let Some(pool) = &self.rbd_pool {
+            return ceph::ceph().image_bytes(pool, &volume);
+        }
         match self.pool_key {
             None => self.pool_objects().volume_bytes(&volume),
             Some(_) => self.sealed_volume_bytes(&volume),
