@@ -587,3 +587,18 @@ fn disks_grow_snapshot_clone_and_go_on_a_sealed_object_pool() {
 fn disks_grow_snapshot_clone_and_go_on_sealed_s3() {
     disks_grow_snapshot_clone_and_go(Env::datastore_on_sealed_s3());
 }
+
+#[test]
+fn create_list_delete_a_vm_on_rbd() {
+    create_list_delete_a_vm(Env::datastore_on_rbd());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing_on_rbd() {
+    bad_input_gets_one_clear_line_and_changes_nothing(Env::datastore_on_rbd());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_rbd() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_rbd());
+}

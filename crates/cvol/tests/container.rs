@@ -720,3 +720,23 @@ fn fio_verifies_data_through_the_container_on_sealed_s3() {
 fn cp_r_of_a_vm_clones_its_disks_on_sealed_s3() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore_on_sealed_s3());
 }
+
+#[test]
+fn qemu_reads_and_writes_disks_through_the_container_on_rbd() {
+    qemu_reads_and_writes_disks_through_the_container_on(Env::datastore_on_rbd, &[false]);
+}
+
+#[test]
+fn fio_verifies_data_through_the_container_on_rbd() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_rbd, &[false]);
+}
+
+#[test]
+fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_rbd() {
+    qemu_img_create_makes_a_disk_and_rm_deletes_it(Env::datastore_on_rbd());
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_rbd() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_rbd());
+}

@@ -67,6 +67,11 @@ fn real_clients_read_write_map_and_copy_on_sealed_s3() {
     real_clients_read_write_map_and_copy_on(Env::datastore_on_sealed_s3());
 }
 
+#[test]
+fn real_clients_read_write_map_and_copy_on_rbd() {
+    real_clients_read_write_map_and_copy_on(Env::datastore_on_rbd());
+}
+
 fn real_clients_read_write_map_and_copy_on(env: Env) {
     let port = free_port();
     let tcp = format!("tcp:127.0.0.1:{port}");

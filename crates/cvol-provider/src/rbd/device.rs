@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cluster::{CephError, Image};
-use crate::{BlockDevice, BlockError};
+use crate::{BlockDevice, BlockError, BlockExtent};
 
 /// errno of a client the cluster blocklisted (`EBLOCKLISTED` is `ESHUTDOWN`).
 const ESHUTDOWN: i32 = 108;
@@ -136,6 +136,58 @@ impl BlockDevice for RbdDevice {
             (self.lib().rbd_discard)(self.image.raw, offset, len) as isize
         })
         .map(drop)
+    }
+
+    /// From librbd's object map: what was never written or was discarded is a hole
+    /// (a clone's parent counts as data).
+    fn extents(&self, offset: u64, len: u64) -> Result<Vec<BlockExtent>, BlockError> {
+        self.check_range(offset, len)?;
+        unsafe extern "C" fn note(
+            at: u64,
+            len: usize,
+            exists: std::ffi::c_int,
+            arg: *mut std::ffi::c_void,
+        ) -> std::ffi::c_int {
+            // SAFETY: `arg` is the Vec `extents` passes, alive for the call.
+            let found = unsafe { &mut *arg.cast::<Vec<(u64, u64, bool)>>() };
+            found.push((at, len as u64, exists != 0));
+            0
+        }
+        let mut found: Vec<(u64, u64, bool)> = Vec::new();
+        // SAFETY: open image; the callback only appends to `found`, which outlives the
+        // call; NULL compares with nothing (the whole image's allocation).
+        self.run("map", || unsafe {
+            (self.lib().rbd_diff_iterate2)(
+                self.image.raw,
+                std::ptr::null(),
+                offset,
+                len,
+                1,
+                0,
+                note,
+                (&mut found as *mut Vec<(u64, u64, bool)>).cast(),
+            ) as isize
+        })?;
+        found.sort_unstable();
+        let mut runs: Vec<BlockExtent> = Vec::new();
+        let mut push = |length: u64, hole: bool| match runs.last_mut() {
+            Some(last) if last.hole == hole => last.length += length,
+            _ if length > 0 => runs.push(BlockExtent { length, hole }),
+            _ => {}
+        };
+        let mut at = offset;
+        for (start, length, exists) in found {
+            let start = start.max(at);
+            let end = (start + length).min(offset + len);
+            if end <= start {
+                continue;
+            }
+            push(start - at, true);
+            push(end - start, !exists);
+            at = end;
+        }
+        push(offset + len - at, true);
+        Ok(runs)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {

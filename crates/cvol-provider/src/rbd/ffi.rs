@@ -32,6 +32,10 @@ pub(crate) struct Timespec {
     pub(crate) nsec: i64,
 }
 
+/// What `rbd_diff_iterate2` calls for each extent: offset, length, whether it holds
+/// data, and the argument given.
+pub(crate) type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+
 /// `RBD_SNAP_NAMESPACE_TYPE_USER`: a snapshot someone took (not one in the trash).
 pub(crate) const SNAP_NAMESPACE_USER: c_int = 0;
 
@@ -100,6 +104,7 @@ library! {
     rbd_flush: fn(Image) -> c_int;
     rbd_discard: fn(Image, u64, u64) -> c_int;
     rbd_write_zeroes: fn(Image, u64, usize, c_int, c_int) -> c_int;
+    rbd_diff_iterate2: fn(Image, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
     rbd_snap_create: fn(Image, *const c_char) -> c_int;
     rbd_snap_remove: fn(Image, *const c_char) -> c_int;
     rbd_snap_rollback: fn(Image, *const c_char) -> c_int;

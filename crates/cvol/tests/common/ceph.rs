@@ -219,6 +219,14 @@ impl Ceph {
         pool
     }
 
+    /// The images of `pool`, as the `rbd` tool lists them.
+    pub fn images(&self, pool: &str) -> Vec<String> {
+        self.rbd(&["ls", pool])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The bytes of image `pool/image`, read by the `rbd` tool.
     pub fn image_bytes(&self, pool: &str, image: &str) -> Vec<u8> {
         let out = self.dir.join(format!("export-{}", random_hex(8)));

@@ -331,6 +331,9 @@ impl Env {
 
     /// Volumes in the pool.
     pub fn volumes(&self) -> usize {
+        if let Some(pool) = &self.rbd_pool {
+            return ceph::ceph().images(pool).len();
+        }
         if !self.is_file_pool() {
             return self.pool_objects().volumes();
         }
