@@ -194,6 +194,20 @@ fn a_store_that_goes_away_mid_flush_fails_it_and_a_retry_succeeds_untorn() {
 /// flushed state to lose however slow the store is on the day.
 /// CVOL_CRASH_CYCLES cycles (5 by default; scripts/crash-object.sh runs 100).
 fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
+    kill_9_during_writes(env, Flushes::Atomic);
+}
+
+/// What a pool promises of the writes a kill -9 cuts off.
+#[derive(Clone, Copy, PartialEq)]
+enum Flushes {
+    /// An object pool: the volume is as of one flush, whole.
+    Atomic,
+    /// A block device (rbd): every flushed block is intact; a block written after the
+    /// last flush holds its flushed bytes or bytes written to it since.
+    Durable,
+}
+
+fn kill_9_during_writes(env: &Env, flushes: Flushes) {
     let cycles: usize = std::env::var("CVOL_CRASH_CYCLES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -225,6 +239,8 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
             let mut image = start;
             let mut synced = image.clone();
             let mut flushes = 0;
+            // What each block was written with since the last completed flush.
+            let mut since: std::collections::HashMap<usize, Vec<u8>> = Default::default();
             let disk = std::fs::File::options()
                 .read(true)
                 .write(true)
@@ -239,24 +255,26 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
                     let block = (r >> 33) as usize % (SIZE / BLOCK);
                     let fill = (r >> 20) as u8;
                     let data = vec![fill; BLOCK];
+                    since.entry(block).or_default().push(fill);
                     if disk.write_all_at(&data, (block * BLOCK) as u64).is_err() {
-                        return (synced, None, flushes);
+                        return (synced, None, flushes, since);
                     }
                     image[block * BLOCK..(block + 1) * BLOCK].copy_from_slice(&data);
                 }
                 match disk.sync_all() {
                     Ok(()) => {
                         synced = image.clone();
+                        since.clear();
                         flushes += 1;
                         let _ = flushed_tx.send(());
                     }
                     Err(e) => {
                         assert_ne!(e.kind(), ErrorKind::InvalidInput);
-                        return (synced, Some(image), flushes);
+                        return (synced, Some(image), flushes, since);
                     }
                 }
                 if done_rx.try_recv().is_ok() {
-                    return (synced, None, flushes);
+                    return (synced, None, flushes, since);
                 }
             }
         });
@@ -266,11 +284,23 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
         std::thread::sleep(kill_after);
         m.kill_9();
         let _ = done_tx.send(());
-        let (synced, in_flight, flushes) = writer.join().unwrap();
-        total_flushes += flushes;
+        let (synced, in_flight, done, since) = writer.join().unwrap();
+        total_flushes += done;
 
         let m = env.mount(false);
         let back = std::fs::read(m.path("crash/crash-flat.vmdk")).unwrap();
+        if flushes == Flushes::Durable {
+            for (i, (got, flushed)) in back.chunks(BLOCK).zip(synced.chunks(BLOCK)).enumerate() {
+                let later = since.get(&i).map_or(&[][..], Vec::as_slice);
+                assert!(
+                    got == flushed || later.iter().any(|&f| got.iter().all(|&b| b == f)),
+                    "cycle {cycle}: block {i} after kill -9 is neither its flushed bytes nor bytes written to it since"
+                );
+            }
+            previous = back;
+            m.stop();
+            continue;
+        }
         let matches_synced = back == synced;
         let matches_in_flight = in_flight.as_ref().is_some_and(|i| back == *i);
         assert!(
@@ -285,10 +315,18 @@ fn kill_9_during_writes_keeps_every_flushed_block(env: &Env) {
         previous = back;
         m.stop();
     }
-    let store = env.object_url.as_deref().and_then(|u| u.split(':').next());
+    let store = match &env.rbd_pool {
+        Some(_) => Some("rbd"),
+        None => env.object_url.as_deref().and_then(|u| u.split(':').next()),
+    };
     eprintln!(
         "{store:?}: {cycles} kill -9 cycles, {total_flushes} completed flushes, every one intact"
     );
+}
+
+#[test]
+fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_rbd() {
+    kill_9_during_writes(&Env::datastore_on_rbd(), Flushes::Durable);
 }
 
 #[test]

@@ -349,14 +349,23 @@ impl RbdProvider {
             ENOENT => self.not_found(id),
             _ => self.store_error(e),
         })?;
+        // Broken before asking: asking a dead owner to hand the lock over waits for its
+        // watch to time out (30 s).
+        let break_owners = || -> Result<(), ProviderError> {
+            for owner in image.lock_owners().map_err(|e| self.store_error(e))? {
+                image.break_lock(&owner).map_err(|e| self.store_error(e))?;
+            }
+            Ok(())
+        };
+        if take_over {
+            break_owners()?;
+        }
         match image.lock() {
             Ok(()) => return Ok(image),
             Err(e) if take_over && (e.errno == EROFS || e.errno == EBUSY) => {}
             Err(e) => return Err(self.store_error(e)),
         }
-        for owner in image.lock_owners().map_err(|e| self.store_error(e))? {
-            image.break_lock(&owner).map_err(|e| self.store_error(e))?;
-        }
+        break_owners()?;
         image.lock().map_err(|e| self.store_error(e))?;
         Ok(image)
     }
