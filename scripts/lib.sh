@@ -308,3 +308,72 @@ cleanup_object_bench() {
     [[ -z $garage_pid ]] || kill "$garage_pid" 2>/dev/null || true
     rm -rf "$work"
 }
+
+# start_ceph DIR: runs a single-node Ceph cluster (one monitor, one memstore OSD, no
+# manager, no authentication) in DIR on loopback, with an RBD pool "rbd"; exports
+# CEPH_CONF (read by librados, the ceph and rbd tools and fio's rbd engine) and sets
+# ceph_pids. The same setup as the Rust tests' (crates/cvol/tests/common/ceph.rs).
+start_ceph() {
+    local dir=$1 port fsid id uuid attempt _
+    port=$(free_port)
+    fsid=$(cat /proc/sys/kernel/random/uuid)
+    mkdir -p "$dir"/{mon,osd,run}
+    cat >"$dir/ceph.conf" <<CONF
+[global]
+fsid = $fsid
+mon host = v1:127.0.0.1:$port
+ms bind msgr2 = false
+ms bind ipv6 = false
+public network = 127.0.0.0/8
+cluster network = 127.0.0.0/8
+auth cluster required = none
+auth service required = none
+auth client required = none
+osd pool default size = 1
+osd pool default min size = 1
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon allow pool delete = true
+mon warn on pool no redundancy = false
+mon data avail warn = 1
+osd objectstore = memstore
+memstore device bytes = 12884901888
+run dir = $dir/run
+log file = $dir/\$name.log
+[mon.a]
+mon data = $dir/mon
+public addr = 127.0.0.1:$port
+[osd.0]
+osd data = $dir/osd
+public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+CONF
+    export CEPH_CONF=$dir/ceph.conf
+    monmaptool --create --addv a "[v1:127.0.0.1:$port]" --fsid "$fsid" "$dir/monmap" >/dev/null
+    ceph-mon --mkfs -i a --monmap "$dir/monmap" >/dev/null
+    ceph-mon -i a -f 2>"$dir/mon.out" &
+    ceph_pids=$!
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    for _ in $(seq 300); do
+        id=$(ceph --connect-timeout 30 osd new "$uuid" 2>/dev/null) && break
+        sleep 0.2
+    done
+    ceph-osd -i "$id" --mkfs --osd-uuid "$uuid" >/dev/null 2>&1
+    ceph --connect-timeout 30 osd set-require-min-compat-client mimic >/dev/null 2>&1
+    # An OSD started right after its monitor is sometimes refused at boot: again.
+    for attempt in 1 2 3; do
+        ceph-osd -i "$id" -f 2>"$dir/osd.out" &
+        for _ in $(seq 100); do
+            if ceph --connect-timeout 30 osd stat 2>/dev/null | grep -q "1 up"; then
+                ceph_pids+=" $!"
+                timeout 60 ceph osd pool create rbd 8 >/dev/null 2>&1
+                timeout 60 rbd pool init rbd
+                return 0
+            fi
+            sleep 0.2
+        done
+        kill -9 $! 2>/dev/null || true
+    done
+    echo "the OSD did not come up (attempt $attempt): $dir/osd.0.log" >&2
+    return 1
+}

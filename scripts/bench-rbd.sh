@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# An rbd pool's data path: the same fio jobs on the same RBD image, through cvol (the
+# container's NBD export, fio's nbd engine) and straight through librbd (fio's rbd
+# engine: the path QEMU's own rbd driver takes, no cvol process in between); and the time
+# `cvol disk snapshot` and `cvol disk clone` take on a 1 GiB and a 100 GiB disk (median of
+# 5). One single-node Ceph cluster (memstore OSD) started here on loopback.
+#
+#   ./scripts/bench-rbd.sh [RUNTIME_SECONDS]     (default 10 s per fio job)
+#
+# Prints Markdown for BENCHMARKS.md. Needs Ceph and fio (./scripts/test.sh installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+runtime=${1:-10}
+cargo build --release --quiet
+cvol=$PWD/target/release/cvol
+work=$(mktemp -d /var/tmp/cvol-bench-rbd.XXXXXX)
+sock=$work/nbd.sock
+server_pid= ceph_pids=
+cleanup() {
+    stop_mounted
+    # shellcheck disable=SC2086
+    [[ -z $ceph_pids ]] || kill -9 $ceph_pids 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+start_ceph "$work/ceph"
+
+export CVOL_SHARE=$work/share
+mkdir -p "$CVOL_SHARE"
+"$cvol" datastore create --name bench --provider pool=rbd:rbd --setting "pool.conf=$CEPH_CONF" >/dev/null
+"$cvol" vm create bench --disk 1G >/dev/null
+image=$("$cvol" --json disk list bench | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["volume"])')
+
+# fio_job ENGINE_ARGS... : MiB/s of one job (reads plus writes), after a 1 s ramp.
+fio_job() {
+    fio --name=job --size=1G --time_based --runtime="$runtime" --ramp_time=1 \
+        --output-format=terse --terse-version=3 "$@" |
+        awk -F';' 'NF > 50 { v = ($7 + $48) / 1024 } END { printf "%.1f", v }'
+}
+jobs=("4k random write QD16|--rw=randwrite --bs=4k --iodepth=16"
+    "4k random read QD16|--rw=randread --bs=4k --iodepth=16"
+    "1M sequential read QD4|--rw=read --bs=1M --iodepth=4"
+    "1M sequential write QD4|--rw=write --bs=1M --iodepth=4")
+# Every byte written once, so reads read data.
+fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" --size=1G \
+    --rw=write --bs=4M --iodepth=4 >/dev/null
+declare -A direct nbd
+for job in "${jobs[@]}"; do
+    # shellcheck disable=SC2086
+    direct[${job%%|*}]=$(fio_job --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" ${job#*|})
+done
+mkdir -p "$work/mnt"
+"$cvol" mount "$work/mnt" --nbd "unix:$sock" 2>"$work/daemon.log" &
+server_pid=$!
+wait_socket "$sock" || { cat "$work/daemon.log" >&2; exit 1; }
+for job in "${jobs[@]}"; do
+    # shellcheck disable=SC2086
+    nbd[${job%%|*}]=$(fio_job --ioengine=nbd --uri="nbd+unix:///bench/bench?socket=$sock" ${job#*|})
+done
+stop_mounted
+
+echo "| job | cvol (NBD) | librbd (fio rbd engine) | cvol / librbd |"
+echo "|---|---:|---:|---:|"
+for job in "${jobs[@]}"; do
+    name=${job%%|*}
+    awk -v n="$name" -v c="${nbd[$name]}" -v d="${direct[$name]}" \
+        'BEGIN { printf "| %s | %s MiB/s | %s MiB/s | %.2fx |\n", n, c, d, c / d }'
+done
+
+# snapshot_and_clone SIZE: median ms of `cvol disk snapshot` and of `cvol disk clone`.
+echo
+echo "| disk | snapshot (median of 5) | clone (median of 5) |"
+echo "|---|---:|---:|"
+for size in 1G 100G; do
+    vm=s$size
+    "$cvol" vm create "$vm" --disk "$size" >/dev/null
+    "$cvol" vm create "c$size" >/dev/null
+    snaps= clones=
+    for i in 1 2 3 4 5; do
+        snaps+=" $(seconds "$cvol" disk snapshot "$vm/$vm" "t$i")"
+        clones+=" $(seconds "$cvol" disk clone "$vm/$vm@t$i" "c$size/d$i")"
+    done
+    awk -v s="$size" -v a="$(median "$snaps")" -v b="$(median "$clones")" \
+        'BEGIN { printf "| %s | %.1f ms | %.1f ms |\n", s, a * 1000, b * 1000 }'
+done
