@@ -139,6 +139,19 @@ impl RbdProvider {
             })
     }
 
+    /// Calls `f` with volume `id`'s image opened for changes: through the handle of the
+    /// device attached through this provider (which holds the lock) if there is one.
+    fn with_writable<T>(
+        &self,
+        id: &VolumeId,
+        f: impl FnOnce(&Image) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        match self.attached(id) {
+            Some(device) => f(device.image()),
+            None => f(&self.image(id, false)?),
+        }
+    }
+
     /// The device attached through this provider for volume `id`, if it is open.
     fn attached(&self, id: &VolumeId) -> Option<Arc<RbdDevice>> {
         self.devices
@@ -242,31 +255,23 @@ impl RbdProvider {
                 clone(parent, snapshot.as_str())
             }
             VolumeSource::Volume(parent) => {
-                // Through the holder's handle if this provider holds it (its lock).
-                let held = self.attached(parent);
-                let own;
-                let image = match &held {
-                    Some(device) => device.image(),
-                    None => {
-                        own = self.image(parent, false)?;
-                        &own
-                    }
-                };
                 let snap = format!("{CLONE_SNAPSHOT}-{id}");
-                image
-                    .snap_call("snapshot", &snap, |lib, raw, n| unsafe {
+                self.with_writable(parent, |image| {
+                    image
+                        .snap_call("snapshot", &snap, |lib, raw, n| unsafe {
+                            // SAFETY: open image; C string valid for the call.
+                            (lib.rbd_snap_create)(raw, n)
+                        })
+                        .map_err(|e| self.store_error(e))?;
+                    let cloned = clone(parent, &snap);
+                    // With clone format 2 the snapshot moves to the trash while the clone
+                    // needs it.
+                    let _ = image.snap_call("remove snapshot", &snap, |lib, raw, n| unsafe {
                         // SAFETY: open image; C string valid for the call.
-                        (lib.rbd_snap_create)(raw, n)
-                    })
-                    .map_err(|e| self.store_error(e))?;
-                let cloned = clone(parent, &snap);
-                // With clone format 2 the snapshot moves to the trash while the clone
-                // needs it.
-                let _ = image.snap_call("remove snapshot", &snap, |lib, raw, n| unsafe {
-                    // SAFETY: open image; C string valid for the call.
-                    (lib.rbd_snap_remove)(raw, n)
-                });
-                cloned
+                        (lib.rbd_snap_remove)(raw, n)
+                    });
+                    Ok(cloned)
+                })?
             }
         };
         made.map(drop).map_err(|e| match e.errno {
@@ -429,19 +434,12 @@ impl Provider for RbdProvider {
         allow_shrink: bool,
     ) -> Result<Volume, ProviderError> {
         check_sector_size(self.id.as_str(), size)?;
-        let held = self.attached(id);
-        let own;
-        let image = match &held {
-            Some(device) => device.image(),
-            None => {
-                own = self.image(id, false)?;
-                &own
-            }
-        };
-        let from = image.size().map_err(|e| self.store_error(e))?;
-        check_shrink(self.id.as_str(), id, from, size, allow_shrink)?;
-        image.resize(size).map_err(|e| self.store_error(e))?;
-        self.volume_of(id, image)
+        self.with_writable(id, |image| {
+            let from = image.size().map_err(|e| self.store_error(e))?;
+            check_shrink(self.id.as_str(), id, from, size, allow_shrink)?;
+            image.resize(size).map_err(|e| self.store_error(e))?;
+            self.volume_of(id, image)
+        })
     }
 
     fn delete_volume(&self, id: &VolumeId) -> Result<(), ProviderError> {
@@ -458,29 +456,22 @@ impl Provider for RbdProvider {
         name: &SnapshotName,
         _progress: &dyn CopyProgress,
     ) -> Result<Snapshot, ProviderError> {
-        let held = self.attached(id);
-        let own;
-        let image = match &held {
-            Some(device) => device.image(),
-            None => {
-                own = self.image(id, false)?;
-                &own
-            }
-        };
-        image
-            .snap_call("snapshot", name.as_str(), |lib, raw, n| unsafe {
-                // SAFETY: open image; C string valid for the call.
-                (lib.rbd_snap_create)(raw, n)
-            })
-            .map_err(|e| match e.errno {
-                EEXIST => ProviderError::SnapshotExists {
-                    provider: self.id.to_string(),
-                    volume: id.to_string(),
-                    snapshot: name.to_string(),
-                },
-                _ => self.store_error(e),
-            })?;
-        self.snapshot_of(image, name)
+        self.with_writable(id, |image| {
+            image
+                .snap_call("snapshot", name.as_str(), |lib, raw, n| unsafe {
+                    // SAFETY: open image; C string valid for the call.
+                    (lib.rbd_snap_create)(raw, n)
+                })
+                .map_err(|e| match e.errno {
+                    EEXIST => ProviderError::SnapshotExists {
+                        provider: self.id.to_string(),
+                        volume: id.to_string(),
+                        snapshot: name.to_string(),
+                    },
+                    _ => self.store_error(e),
+                })?;
+            self.snapshot_of(image, name)
+        })
     }
 
     fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError> {
