@@ -346,8 +346,9 @@ impl RbdProvider {
         })
     }
 
-    /// Takes image `id`'s exclusive lock on a connection of its own for `host`,
-    /// breaking (and so fencing) another client's lock if `take_over`.
+    /// Takes image `id`'s exclusive lock on a cluster connection of its own. Another
+    /// client's lock makes it `AttachedElsewhere`, or, if `take_over`, is broken (which
+    /// fences that client).
     fn lock_for(&self, id: &VolumeId, take_over: bool) -> Result<Image, ProviderError> {
         let own = Arc::new(Cluster::connect(&self.target).map_err(|e| self.store_error(e))?);
         let image = own.open(id.as_str(), false).map_err(|e| match e.errno {
@@ -367,7 +368,15 @@ impl RbdProvider {
         }
         match image.lock() {
             Ok(()) => return Ok(image),
-            Err(e) if take_over && (e.errno == EROFS || e.errno == EBUSY) => {}
+            Err(e) if e.errno == EROFS || e.errno == EBUSY => {
+                if !take_over {
+                    return Err(ProviderError::AttachedElsewhere {
+                        provider: self.id.to_string(),
+                        volume: id.to_string(),
+                        holder: "another Ceph client (it holds the image's lock)".into(),
+                    });
+                }
+            }
             Err(e) => return Err(self.store_error(e)),
         }
         break_owners()?;
@@ -553,14 +562,7 @@ impl Provider for RbdProvider {
             tracing::warn!(provider = %self.id, volume = %id, "host {host:?} takes the volume over from host {holder:?}");
         }
         // A lock this host's earlier daemon left, or (forced) another holder's, is broken.
-        let image = self.lock_for(id, ours || force).map_err(|e| match e {
-            ProviderError::Store { .. } if holder.is_none() => ProviderError::AttachedElsewhere {
-                provider: self.id.to_string(),
-                volume: id.to_string(),
-                holder: "another Ceph client (it holds the image's lock)".into(),
-            },
-            e => e,
-        })?;
+        let image = self.lock_for(id, ours || force)?;
         // Read again under the lock: a host that attached and went away since the first
         // read (closing its image without a detach) still holds the volume.
         let (holder, generation) = (self.holder(&image)?, self.generation(&image)?);
