@@ -114,23 +114,20 @@ impl Ceph {
         };
         let mut daemons = vec![ceph.daemon("ceph-mon", &["-i", "a"])];
         let osd_uuid = uuid();
-        let id = ceph
-            .cli_when_up(&["osd", "new", &osd_uuid])
-            .trim()
-            .to_string();
+        let id = ceph.cli(&["osd", "new", &osd_uuid]).trim().to_string();
         let mut command = Command::new("ceph-osd");
         command
             .args(["-i", &id, "--mkfs", "--osd-uuid", &osd_uuid, "-c"])
             .arg(&ceph.conf);
         run(command);
-        ceph.cli_when_up(&["osd", "set-require-min-compat-client", "mimic"]);
+        ceph.cli(&["osd", "set-require-min-compat-client", "mimic"]);
         // An OSD started right after its monitor is sometimes refused at boot (EPERM on
         // its first commands) and never comes up: it is started again.
         for attempt in 1.. {
             let mut osd = ceph.daemon("ceph-osd", &["-i", &id]);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(20) {
-                if ceph.cli_when_up(&["osd", "stat"]).contains("1 up") {
+                if ceph.cli(&["osd", "stat"]).contains("1 up") {
                     daemons.push(osd);
                     ceph._daemons = daemons;
                     return ceph;
@@ -174,11 +171,6 @@ impl Ceph {
         text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     }
 
-    /// Runs `ceph ARGS` against the cluster, bounded; its stdout.
-    pub fn cli(&self, args: &[&str]) -> String {
-        run(self.ceph(args))
-    }
-
     fn ceph(&self, args: &[&str]) -> Command {
         let mut command = Command::new("ceph");
         command
@@ -189,12 +181,19 @@ impl Ceph {
         command
     }
 
-    /// [`Ceph::cli`], tried again for up to 60 s while the monitor comes up (it answers
-    /// EPERM until it has formed its quorum).
-    fn cli_when_up(&self, args: &[&str]) -> String {
+    /// Runs `ceph ARGS` against the cluster, bounded; its stdout. Tried again for up to
+    /// 60 s: the monitor answers EPERM ("problem getting command descriptions") until it
+    /// has formed its quorum, and now and then later, on a busy machine. Every command
+    /// the tests give is one that may be repeated.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.retried(|| self.ceph(args))
+    }
+
+    /// Runs `command` until it succeeds, for up to 60 s; its stdout.
+    fn retried(&self, command: impl Fn() -> Command) -> String {
         let start = Instant::now();
         loop {
-            match try_run(&mut self.ceph(args)) {
+            match try_run(&mut command()) {
                 Ok(out) => return out,
                 Err(e) if start.elapsed() > Duration::from_secs(60) => {
                     panic!("{e}\n{}", self.log("mon.a"))
@@ -204,18 +203,23 @@ impl Ceph {
         }
     }
 
-    /// Runs `rbd ARGS` against the cluster; its stdout.
-    pub fn rbd(&self, args: &[&str]) -> String {
+    fn rbd_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("timeout");
         command.args(["60", "rbd", "-c"]).arg(&self.conf).args(args);
-        run(command)
+        command
+    }
+
+    /// Runs `rbd ARGS` against the cluster; its stdout.
+    pub fn rbd(&self, args: &[&str]) -> String {
+        run(self.rbd_command(args))
     }
 
     /// A new RBD pool of its own for a test.
     pub fn new_pool(&self) -> String {
         let pool = format!("cvol-{}", random_hex(4));
         self.cli(&["osd", "pool", "create", &pool, "8"]);
-        self.rbd(&["pool", "init", &pool]);
+        // Repeatable, like the pool's creation.
+        self.retried(|| self.rbd_command(&["pool", "init", &pool]));
         pool
     }
 
