@@ -34,14 +34,6 @@ head -c 1G /dev/urandom >"$work/disk.raw"
 od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$work/pool.key"
 chmod 600 "$work/pool.key"
 
-serve() {
-    mkdir -p "$work/mnt"
-    rm -f "$sock"
-    CVOL_SHARE=$1 "$cvol" mount "$work/mnt" --nbd "unix:$sock" 2>"$work/daemon.log" &
-    server_pid=$!
-    wait_socket "$sock" || { cat "$work/daemon.log" >&2; exit 1; }
-}
-
 # run NAME SETTING...: writes and reads back the disk of a new datastore NAME on its own
 # pool made with SETTINGs; prints "WRITE_MIB_S READ_MIB_S".
 run() {
@@ -54,10 +46,10 @@ run() {
     "$cvol" datastore create --name bench --provider "pool=object:s3://cvol/$name" "${args[@]}" >/dev/null
     printf 'cache_mib = "1200"\n' >>"$share/.cvol/datastore.toml"
     "$cvol" vm create bench --disk 1G >/dev/null
-    serve "$share"
+    mount_nbd "$share"
     write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
     stop_mounted
-    serve "$share"
+    mount_nbd "$share"
     read_s=$(seconds nbdcopy "$uri" null:)
     stop_mounted
     awk -v w="$write_s" -v r="$read_s" 'BEGIN { printf "%.1f %.1f", 1024 / w, 1024 / r }'

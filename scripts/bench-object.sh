@@ -33,15 +33,6 @@ sock=$work/nbd.sock
 server_pid= garage_pid=
 trap cleanup_object_bench EXIT
 
-# serve SHARE: mounts the datastore of SHARE with an NBD server on $sock.
-serve() {
-    mkdir -p "$work/mnt"
-    rm -f "$sock"
-    CVOL_SHARE=$1 "$cvol" mount "$work/mnt" --nbd "unix:$sock" 2>"$work/daemon.log" &
-    server_pid=$!
-    wait_socket "$sock" || { cat "$work/daemon.log" >&2; exit 1; }
-}
-
 # mib_per_s SECONDS: 1 GiB in SECONDS, in MiB/s.
 mib_per_s() { awk -v s="$1" 'BEGIN { printf "%.1f", 1024 / s }'; }
 
@@ -73,10 +64,10 @@ new_datastore() {
 # reads it back from a freshly started daemon (every chunk downloaded) and compares;
 # sets write_s and read_s. NAME stays mounted.
 write_then_read() {
-    serve "$work/$1-share"
+    mount_nbd "$work/$1-share"
     write_s=$(seconds nbdcopy --flush "$work/disk.raw" "$uri")
     stop_mounted
-    serve "$work/$1-share"
+    mount_nbd "$work/$1-share"
     read_s=$(seconds nbdcopy "$uri" null:)
     nbdcopy "$uri" "$work/back.raw"
     cmp "$work/disk.raw" "$work/back.raw"
@@ -111,11 +102,11 @@ file_sealed_write_s=$write_s file_sealed_read_s=$read_s
 
 # A disk cache: filled by the first mount's write and read, read right after a remount.
 new_datastore cached 64 s3://cvol/cached "disk_cache=$work/disk-cache"
-serve "$work/cached-share"
+mount_nbd "$work/cached-share"
 nbdcopy --flush "$work/disk.raw" "$uri"
 nbdcopy "$uri" null:
 stop_mounted
-serve "$work/cached-share"
+mount_nbd "$work/cached-share"
 cached_randread=$(randread "$uri")
 stop_mounted
 
@@ -137,7 +128,7 @@ mkdir -p "$work/file-share" "$work/file-pool"
 export CVOL_SHARE=$work/file-share
 "$cvol" datastore create --name bench --provider "pool=file:$work/file-pool" >/dev/null
 "$cvol" vm create bench --disk 1G >/dev/null
-serve "$work/file-share"
+mount_nbd "$work/file-share"
 nbdcopy --flush "$work/disk.raw" "$uri"
 nbdcopy "$uri" null:
 file_randread=$(randread "$uri")

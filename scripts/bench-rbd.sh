@@ -51,10 +51,7 @@ for job in "${jobs[@]}"; do
     # shellcheck disable=SC2086
     direct[${job%%|*}]=$(fio_job --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" ${job#*|})
 done
-mkdir -p "$work/mnt"
-"$cvol" mount "$work/mnt" --nbd "unix:$sock" 2>"$work/daemon.log" &
-server_pid=$!
-wait_socket "$sock" || { cat "$work/daemon.log" >&2; exit 1; }
+mount_nbd "$CVOL_SHARE"
 for job in "${jobs[@]}"; do
     # shellcheck disable=SC2086
     nbd[${job%%|*}]=$(fio_job --ioengine=nbd --uri="nbd+unix:///bench/bench?socket=$sock" ${job#*|})

@@ -291,6 +291,16 @@ fio_nbd_jobs() {
     done
 }
 
+# mount_nbd SHARE: mounts the datastore of SHARE on $work/mnt with "$cvol", serving NBD
+# on $sock; sets server_pid (stop_mounted undoes it).
+mount_nbd() {
+    mkdir -p "$work/mnt"
+    rm -f "$sock"
+    CVOL_SHARE=$1 "$cvol" mount "$work/mnt" --nbd "unix:$sock" 2>"$work/daemon.log" &
+    server_pid=$!
+    wait_socket "$sock" || { cat "$work/daemon.log" >&2; exit 1; }
+}
+
 # stop_mounted: unmounts $work/mnt, which "$cvol" mounted as process $server_pid (if
 # one is running), and waits for that process to end.
 stop_mounted() {
