@@ -373,9 +373,15 @@ pub fn open_provider(config: &ProviderConfig) -> Result<Arc<dyn Provider>, Provi
                     .map(std::path::PathBuf::from)
             });
             let tls = remote::TlsFiles { ca, cert, key };
-            Ok(Arc::new(RemoteProvider::new(
-                &config.id, url, token, timeout, &tls,
-            )?))
+            let ceph = rbd::CephClient {
+                conf: settings.get("ceph_conf").map(std::path::PathBuf::from),
+                client: settings.get("ceph_client").unwrap_or("admin").to_string(),
+                keyring: settings.get("ceph_keyring").map(std::path::PathBuf::from),
+                timeout,
+            };
+            Ok(Arc::new(
+                RemoteProvider::new(&config.id, url, token, timeout, &tls)?.with_ceph(ceph),
+            ))
         }
         other => Err(ProviderError::Setting {
             provider: config.id.to_string(),

@@ -156,11 +156,16 @@ pub enum ProviderCommand {
     /// as a provider ID=remote:URL; it alone decides which host holds a volume, and fences
     /// a holder whose volume is taken over.
     Serve {
-        /// The pool: file:DIR (an existing directory of volumes) or object:URL (chunks in
+        /// The pool: file:DIR (an existing directory of volumes), object:URL (chunks in
         /// an object store: object:file:///DIR, or object:s3://BUCKET/PREFIX with the
-        /// endpoint, region and credentials from the AWS_* environment).
-        #[arg(long, value_name = "file:DIR|object:URL", env = "CVOL_POOL")]
+        /// endpoint, region and credentials from the AWS_* environment) or rbd:POOL (a
+        /// Ceph RBD pool; hosts open its images with Ceph clients of their own).
+        #[arg(long, value_name = "file:DIR|object:URL|rbd:POOL", env = "CVOL_POOL")]
         pool: String,
+        /// A setting of the pool, as a provider of its kind takes in datastore.toml, e.g.
+        /// conf=/etc/ceph/ceph.conf for rbd:POOL. Repeatable.
+        #[arg(long = "setting", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
         /// Address to listen on; port 0 picks a free port. Loopback unless you say
         /// otherwise.
         #[arg(

@@ -602,3 +602,13 @@ fn bad_input_gets_one_clear_line_and_changes_nothing_on_rbd() {
 fn disks_grow_snapshot_clone_and_go_on_rbd() {
     disks_grow_snapshot_clone_and_go(Env::datastore_on_rbd());
 }
+
+#[test]
+fn create_list_delete_a_vm_on_rbd_behind_a_provider_service() {
+    create_list_delete_a_vm(Env::datastore_on_remote_rbd());
+}
+
+#[test]
+fn disks_grow_snapshot_clone_and_go_on_rbd_behind_a_provider_service() {
+    disks_grow_snapshot_clone_and_go(Env::datastore_on_remote_rbd());
+}

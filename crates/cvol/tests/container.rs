@@ -740,3 +740,13 @@ fn qemu_img_create_makes_a_disk_and_rm_deletes_it_on_rbd() {
 fn cp_r_of_a_vm_clones_its_disks_on_rbd() {
     cp_r_of_a_vm_clones_its_disks(Env::datastore_on_rbd());
 }
+
+#[test]
+fn fio_verifies_data_through_the_container_on_rbd_behind_a_provider_service() {
+    fio_verifies_data_through_the_container_on(Env::datastore_on_remote_rbd, &[false]);
+}
+
+#[test]
+fn cp_r_of_a_vm_clones_its_disks_on_rbd_behind_a_provider_service() {
+    cp_r_of_a_vm_clones_its_disks(Env::datastore_on_remote_rbd());
+}

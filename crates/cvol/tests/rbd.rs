@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::ceph::ceph;
+use common::ProviderServe;
 use cvol_format::{ProviderConfig, ProviderId, SnapshotName, VolumeId};
-use cvol_provider::{BlockError, NoProgress, Provider, ProviderError, RbdProvider, VolumeSource};
+use cvol_provider::{
+    open_provider, BlockError, NoProgress, Provider, ProviderError, RbdProvider, VolumeSource,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -143,11 +146,91 @@ fn volumes_snapshots_clones_and_reverts_are_rbd_images() {
 #[test]
 fn a_forced_takeover_blocklists_the_old_holder_and_keeps_its_flushed_writes() {
     let pool = ceph().new_pool();
-    let (p1, p2) = (provider(&pool), provider(&pool));
-    let id = blank(&p1, 4 * MIB);
+    forced_takeover(&pool, &provider(&pool), &provider(&pool));
+}
+
+#[test]
+fn through_a_provider_service_hosts_open_images_themselves_and_are_fenced_alike() {
+    let pool = ceph().new_pool();
+    let mut command = common::cvol();
+    command.env("CEPH_CONF", ceph().conf());
+    let service = ProviderServe::start_spec(&format!("rbd:{pool}"), None, "127.0.0.1:0", command);
+    // Each host its own client, with the conf named in its settings.
+    let conf = ceph().conf().display().to_string();
+    let host = || {
+        open_provider(&ProviderConfig {
+            id: ProviderId::new("pool").unwrap(),
+            kind: "remote".into(),
+            settings: BTreeMap::from([
+                ("url".to_string(), service.url.clone()),
+                ("ceph_conf".to_string(), conf.clone()),
+            ]),
+        })
+        .unwrap()
+    };
+    let (h1, h2) = (host(), host());
+    forced_takeover(&pool, h1.as_ref(), h2.as_ref());
+
+    // A host whose own client cannot reach the cluster gets one clear error, and the
+    // volume stays with nobody's data path on it.
+    let id = VolumeId::generate();
+    h1.create_volume(&id, &VolumeSource::Blank { size: MIB }, "t", &NoProgress)
+        .unwrap();
+    let lost = open_provider(&ProviderConfig {
+        id: ProviderId::new("pool").unwrap(),
+        kind: "remote".into(),
+        settings: BTreeMap::from([
+            ("url".to_string(), service.url.clone()),
+            (
+                "ceph_conf".to_string(),
+                "/nonexistent/ceph.conf".to_string(),
+            ),
+        ]),
+    })
+    .unwrap();
+    let err = lost.attach(&id, "h3", false).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/ceph.conf"), "{err}");
+    assert_eq!(h1.volume(&id).unwrap().attached_to, None);
+    // An image deleted behind cvol's back.
+    ceph().rbd(&["rm", "--no-progress", &format!("{pool}/{id}")]);
+    assert!(matches!(
+        h2.attach(&id, "h2", true),
+        Err(ProviderError::VolumeNotFound { .. })
+    ));
+}
+
+/// h1 attaches through `p1` and flushes; h2 is refused through `p2`, then takes the
+/// volume over: h1's client is blocklisted, its flushed bytes are h2's to read.
+fn forced_takeover(pool: &str, p1: &dyn Provider, p2: &dyn Provider) {
+    let id = VolumeId::generate();
+    p1.create_volume(
+        &id,
+        &VolumeSource::Blank { size: 4 * MIB },
+        "test",
+        &NoProgress,
+    )
+    .unwrap();
     let old = p1.attach(&id, "h1", false).unwrap();
     old.device.write_at(b"flushed by h1", 0).unwrap();
     old.device.flush().unwrap();
+    // The holder keeps its lock from a client that asks for it (managed mode): a writer
+    // that bypasses cvol is refused, not handed the image.
+    let image = format!("{pool}/{id}");
+    let outsider = ceph().try_rbd(&[
+        "bench",
+        "--io-type",
+        "write",
+        "--io-size",
+        "4096",
+        "--io-total",
+        "4096",
+        &image,
+    ]);
+    assert!(outsider.is_err(), "{outsider:?}");
+    assert_eq!(
+        &ceph().image_bytes(pool, id.as_str())[..13],
+        b"flushed by h1"
+    );
     match p2.attach(&id, "h2", false) {
         Err(ProviderError::AttachedElsewhere { holder, .. }) => assert_eq!(holder, "h1"),
         other => panic!("a second holder: {other:?}"),
@@ -167,7 +250,7 @@ fn a_forced_takeover_blocklists_the_old_holder_and_keeps_its_flushed_writes() {
     new.device.write_at(b"h2", 0).unwrap();
     new.device.flush().unwrap();
     assert_eq!(
-        &ceph().image_bytes(&pool, id.as_str())[..13],
+        &ceph().image_bytes(pool, id.as_str())[..13],
         b"h2ushed by h1"
     );
     // A standby reads the holder's writes and writes nothing.

@@ -666,6 +666,94 @@ impl Provider for RbdProvider {
     }
 }
 
+/// How a host reaches the Ceph cluster of the `rbd` pools a provider service manages:
+/// with a client of its own (the service hands out no Ceph credentials).
+#[derive(Debug, Clone)]
+pub struct CephClient {
+    /// `ceph.conf`; librados' default search (`$CEPH_CONF`, `/etc/ceph/ceph.conf`)
+    /// when `None`.
+    pub conf: Option<PathBuf>,
+    /// The client's name without `client.`.
+    pub client: String,
+    /// Its keyring, if not the conf's.
+    pub keyring: Option<PathBuf>,
+    /// How long a monitor or OSD call, or the connection, may take.
+    pub timeout: Duration,
+}
+
+/// The device of attachment `generation` of `volume` to `host` in `pool`, which a
+/// provider service made: the image opened with this host's own client, which takes the
+/// exclusive lock (the service took over from any earlier holder and let go of it). A
+/// standby opens the image read-only, with no lock (the caller makes it a standby).
+///
+/// The volume's metadata is read again under the lock: if it was attached anew since the
+/// service answered, this attachment is already fenced and fails `AttachedElsewhere`.
+pub fn open_attached(
+    provider: &ProviderId,
+    ceph: &CephClient,
+    pool: &str,
+    volume: &VolumeId,
+    host: &str,
+    generation: u64,
+    standby: bool,
+) -> Result<Arc<dyn BlockDevice>, ProviderError> {
+    let target = Target {
+        conf: ceph.conf.clone(),
+        client: ceph.client.clone(),
+        keyring: ceph.keyring.clone(),
+        timeout: ceph.timeout,
+        pool: pool.to_string(),
+    };
+    let store_error = |e: CephError| ProviderError::Store {
+        provider: provider.to_string(),
+        location: format!("rbd:{pool}"),
+        message: e.to_string(),
+    };
+    let own = Arc::new(Cluster::connect(&target).map_err(store_error)?);
+    let image = own
+        .open(volume.as_str(), standby)
+        .map_err(|e| match e.errno {
+            ENOENT => ProviderError::VolumeNotFound {
+                provider: provider.to_string(),
+                volume: volume.to_string(),
+            },
+            _ => store_error(e),
+        })?;
+    if standby {
+        return Ok(Arc::new(RbdDevice::new(image, generation)));
+    }
+    let elsewhere = |holder: String| ProviderError::AttachedElsewhere {
+        provider: provider.to_string(),
+        volume: volume.to_string(),
+        holder,
+    };
+    match image.lock() {
+        Ok(()) => {}
+        Err(e) if e.errno == EROFS || e.errno == EBUSY => {
+            return Err(elsewhere(
+                "another Ceph client (it holds the image's lock)".into(),
+            ))
+        }
+        Err(e) => return Err(store_error(e)),
+    }
+    let holder = image.metadata(HOLDER).map_err(store_error)?;
+    let current = image
+        .metadata(GENERATION)
+        .map_err(store_error)?
+        .and_then(|g| g.parse::<u64>().ok())
+        .unwrap_or(0);
+    let holder = holder.filter(|h| !h.is_empty());
+    if holder.as_deref() != Some(host) || current != generation {
+        let _ = image.unlock();
+        return Err(elsewhere(match holder {
+            Some(other) if other != host => other,
+            Some(_) => format!("{host}, in a newer attachment (generation {current})"),
+            None => "nobody: it was detached meanwhile".into(),
+        }));
+    }
+    Ok(Arc::new(RbdDevice::new(image, generation)))
+}
+
 impl RbdProvider {
     fn access(&self, id: &VolumeId) -> DataAccess {
         DataAccess::Rbd {

@@ -23,6 +23,7 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 
 use crate::file::FileBlockDevice;
 use crate::object::ObjectSettings;
+use crate::rbd::CephClient;
 use crate::standby::StandbyDevice;
 use crate::{
     Attachment, BlockDevice, CopyProgress, DataAccess, ObjectProvider, Provider, ProviderError,
@@ -108,6 +109,8 @@ pub struct RemoteProvider {
     agent: ureq::Agent,
     /// The object pools attachments named, opened once per process and URL.
     object_pools: Mutex<HashMap<String, Arc<ObjectProvider>>>,
+    /// This host's own Ceph client, for volumes of an `rbd` pool.
+    ceph: CephClient,
 }
 
 impl std::fmt::Debug for RemoteProvider {
@@ -156,7 +159,20 @@ impl RemoteProvider {
                 body.volume, body.host_id
             )));
         }
-        let mut device = self.open_access(&body.access, id, body.generation)?;
+        let opened = self.open_access(&body.access, id, host, body.generation, standby);
+        let mut device = match opened {
+            Ok(device) => device,
+            // The service holds the volume for this host now: a host that cannot reach
+            // its bytes gives it back, unless another attachment has it already.
+            Err(e) => {
+                if !standby && !matches!(e, ProviderError::AttachedElsewhere { .. }) {
+                    if let Err(undo) = Provider::detach(self, id, host) {
+                        tracing::warn!(provider = %self.id, volume = %id, "could not detach after a failed attach: {undo}");
+                    }
+                }
+                return Err(e);
+            }
+        };
         if standby {
             device = StandbyDevice::wrap(device);
         }
@@ -175,7 +191,9 @@ impl RemoteProvider {
         &self,
         access: &DataAccess,
         volume: &VolumeId,
+        host: &str,
         generation: u64,
+        standby: bool,
     ) -> Result<Arc<dyn BlockDevice>, ProviderError> {
         match access {
             DataAccess::File { data, fence } => {
@@ -211,13 +229,16 @@ impl RemoteProvider {
                 };
                 Ok(pool.device(volume, generation)?)
             }
-            DataAccess::Rbd { pool, .. } => Err(ProviderError::Setting {
-                provider: self.id.to_string(),
-                message: format!(
-                    "the service's pool is rbd:{pool}; a host reaches rbd pools only directly \
-                     (provider kind rbd), not through a provider service"
-                ),
-            }),
+            DataAccess::Rbd { pool, image } => {
+                if image != volume.as_str() {
+                    return Err(self.service(format!(
+                        "asked to attach {volume}, answered with image {image}"
+                    )));
+                }
+                crate::rbd::open_attached(
+                    &self.id, &self.ceph, pool, volume, host, generation, standby,
+                )
+            }
         }
     }
 
@@ -258,7 +279,20 @@ impl RemoteProvider {
             timeout,
             agent,
             object_pools: Mutex::new(HashMap::new()),
+            ceph: CephClient {
+                conf: None,
+                client: "admin".into(),
+                keyring: None,
+                timeout,
+            },
         })
+    }
+
+    /// Reaches the volumes of a service's `rbd` pool with `ceph` (by default: librados'
+    /// search for `ceph.conf`, as `client.admin`).
+    pub fn with_ceph(mut self, ceph: CephClient) -> Self {
+        self.ceph = ceph;
+        self
     }
 
     /// Sends one call, retrying until it is answered or the timeout has passed.

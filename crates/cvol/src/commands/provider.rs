@@ -17,22 +17,33 @@ pub fn run(ctx: &Context, cmd: ProviderCommand) -> anyhow::Result<()> {
     match cmd {
         ProviderCommand::Serve {
             pool,
+            settings,
             listen,
             token_file,
             tls,
             metrics: _,
-        } => serve(ctx, &pool, listen, token_file, &tls),
+        } => {
+            let mut config = open_pool(&pool)?;
+            for setting in &settings {
+                let (key, value) = setting
+                    .split_once('=')
+                    .filter(|(key, _)| !key.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("invalid setting {setting:?}: expected KEY=VALUE, e.g. conf=/etc/ceph/ceph.conf"))?;
+                config.settings.insert(key.to_string(), value.to_string());
+            }
+            serve(ctx, &config, listen, token_file, &tls)
+        }
         ProviderCommand::Gc { pool, grace, apply } => gc(ctx, &pool, grace, apply),
         ProviderCommand::Stats { pool } => stats(ctx, &pool),
     }
 }
 
-/// The pool `spec` (`file:DIR` or `object:URL`) as this process opens it.
+/// The pool `spec` (`file:DIR`, `object:URL` or `rbd:POOL`) as this process opens it.
 fn open_pool(spec: &str) -> anyhow::Result<ProviderConfig> {
     let config = parse_provider(&format!("pool={spec}"))?;
-    if !matches!(config.kind.as_str(), "file" | "object") {
+    if !matches!(config.kind.as_str(), "file" | "object" | "rbd") {
         bail!(
-            "--pool {spec:?}: expected file:DIR or object:URL (a pool this process opens itself)"
+            "--pool {spec:?}: expected file:DIR, object:URL or rbd:POOL (a pool this process opens itself)"
         );
     }
     Ok(config)
@@ -127,7 +138,7 @@ fn gc(ctx: &Context, spec: &str, grace: u64, apply: bool) -> anyhow::Result<()> 
 
 fn serve(
     ctx: &Context,
-    pool: &str,
+    pool: &ProviderConfig,
     listen: std::net::SocketAddr,
     token_file: Option<std::path::PathBuf>,
     tls: &TlsServerArgs,
@@ -143,7 +154,7 @@ fn serve(
         tls.insecure,
         "the provider service",
     )?;
-    let provider = open_provider(&open_pool(pool)?)?;
+    let provider = open_provider(pool)?;
     let token = match &token_file {
         Some(path) => Some(
             cvol_provider::read_token(&path.to_string_lossy())

@@ -214,6 +214,11 @@ impl Ceph {
         run(self.rbd_command(args))
     }
 
+    /// Runs `rbd ARGS`, which may fail; its stdout, or what it said when it failed.
+    pub fn try_rbd(&self, args: &[&str]) -> Result<String, String> {
+        try_run(&mut self.rbd_command(args))
+    }
+
     /// A new RBD pool of its own for a test.
     pub fn new_pool(&self) -> String {
         let pool = format!("cvol-{}", random_hex(4));

@@ -196,8 +196,8 @@ impl Env {
     /// object pool on a `file:///` store, with a bearer token.
     pub fn datastore_on_remote_object() -> Self {
         let env = Self::empty();
-        let url = format!("file://{}", env.pool.display());
-        env.start_service(Some(url))
+        let spec = format!("object:file://{}", env.pool.display());
+        env.start_service(Some(spec))
     }
 
     /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of an
@@ -206,18 +206,32 @@ impl Env {
         let garage = garage::garage();
         let mut env = Self::empty();
         env.vars.extend(garage.vars());
-        env.start_service(Some(garage.new_pool_url()))
+        env.start_service(Some(format!("object:{}", garage.new_pool_url())))
+    }
+
+    /// A datastore with one `remote` provider `pool`: a `cvol provider serve` of an
+    /// `rbd` pool in the test Ceph cluster. The service and the host both find the
+    /// cluster's `ceph.conf` through `CEPH_CONF`, librados' own default.
+    pub fn datastore_on_remote_rbd() -> Self {
+        let ceph = ceph::ceph();
+        let mut env = Self::empty();
+        env.vars
+            .push(("CEPH_CONF".into(), ceph.conf().display().to_string()));
+        let pool = ceph.new_pool();
+        env.rbd_pool = Some(pool.clone());
+        env.start_service(Some(format!("rbd:{pool}")))
     }
 
     /// Makes the datastore with a `remote` provider: a service of a file pool in
-    /// `self.pool`, or of the object pool `object_url`.
-    fn start_service(mut self, object_url: Option<String>) -> Self {
+    /// `self.pool`, or of `spec` (an object pool's `object:URL`, or `rbd:POOL`).
+    fn start_service(mut self, spec: Option<String>) -> Self {
         let token = self.tmp.path().join("token");
         write_secret(&token, &format!("{}\n", uuid_like()));
-        let spec = match &object_url {
-            Some(url) => format!("object:{url}"),
-            None => format!("file:{}", self.pool.display()),
-        };
+        let object_url = spec
+            .as_deref()
+            .and_then(|s| s.strip_prefix("object:"))
+            .map(str::to_string);
+        let spec = spec.unwrap_or_else(|| format!("file:{}", self.pool.display()));
         let mut command = cvol();
         command.envs(self.vars.iter().map(|(k, v)| (k, v)));
         self.service = Some(ProviderServe::start_spec(
