@@ -1,5 +1,6 @@
 //! Many hosts on one datastore: host agents in network namespaces of their own, the share
-//! (`cvol nfs serve`) and a file pool behind `cvol provider serve` in a storage namespace,
+//! (`cvol nfs serve`) and a pool (file, object in Garage, or rbd in Ceph) behind `cvol
+//! provider serve` in a storage namespace,
 //! joined by veth pairs to a bridge. Real QEMU guests (TCG) write a counter to their
 //! disks while hosts are partitioned or killed.
 //!
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::ceph::Ceph;
 use common::garage::{Garage, BUCKET};
 use common::pki::{Ca, Identity};
 use common::{cvol, random_hex, spawn_tied, write_secret};
@@ -144,6 +146,9 @@ enum Pool {
     /// An object pool in Garage (S3) in the storage namespace, behind `cvol provider
     /// serve`; hosts reach the store themselves.
     S3,
+    /// An `rbd` pool of a Ceph cluster in the storage namespace, behind `cvol provider
+    /// serve`; hosts open the images with Ceph clients of their own.
+    Rbd,
 }
 
 /// Storage and `n` hosts, each in its own network namespace.
@@ -159,6 +164,8 @@ struct Cluster {
     ca: Ca,
     /// The S3 server of an object pool, and the environment that reaches it.
     garage: Option<Garage>,
+    /// The Ceph cluster of an `rbd` pool.
+    ceph: Option<Ceph>,
     env: Vec<(String, String)>,
     /// How agents give QEMU its disks: `container` or `nbd`.
     vm_disks: &'static str,
@@ -187,6 +194,7 @@ impl Cluster {
             token_file: work.join("token"),
             ca: Ca::new(&work, "cluster"),
             garage: None,
+            ceph: None,
             env: Vec::new(),
             vm_disks: "container",
         };
@@ -268,6 +276,14 @@ impl Cluster {
                 cluster.env = garage.vars();
                 cluster.garage = Some(garage);
                 format!("object:s3://{BUCKET}/{}", random_hex(8))
+            }
+            Pool::Rbd => {
+                let ceph = Ceph::start_at(Some(&storage_ns), STORAGE_IP);
+                let pool = ceph.new_pool();
+                // The service and every host find the cluster through librados' default.
+                cluster.env = vec![("CEPH_CONF".into(), ceph.conf().display().to_string())];
+                cluster.ceph = Some(ceph);
+                format!("rbd:{pool}")
             }
         };
         let token = cluster.token_file.display().to_string();
@@ -836,6 +852,11 @@ fn a_partitioned_hosts_ha_vm_on_an_object_pool_runs_elsewhere() {
 }
 
 #[test]
+fn a_partitioned_hosts_ha_vm_on_an_rbd_pool_runs_elsewhere() {
+    failover(Failure::Partition, Pool::Rbd);
+}
+
+#[test]
 fn kill_9_of_an_agent_moves_its_ha_vm() {
     failover(Failure::KillAgent, Pool::File);
 }
@@ -947,6 +968,11 @@ fn a_running_vm_moves_back_and_forth_between_two_hosts() {
 #[test]
 fn a_running_vm_on_an_object_pool_moves_between_two_hosts() {
     migrations(Pool::S3, "container", 20);
+}
+
+#[test]
+fn a_running_vm_on_an_rbd_pool_moves_between_two_hosts() {
+    migrations(Pool::Rbd, "container", 6);
 }
 
 #[test]

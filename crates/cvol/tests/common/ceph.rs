@@ -9,17 +9,20 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, random_hex, spawn_tied};
 
-/// A single-node cluster.
+/// A single-node cluster; its daemons are killed and its directory removed when it is
+/// dropped.
 pub struct Ceph {
     dir: PathBuf,
     conf: PathBuf,
-    _daemons: Vec<Child>,
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<String>,
+    daemons: Vec<Child>,
 }
 
-/// The cluster this test binary shares (started on first use).
+/// The cluster this test binary shares, on loopback (started on first use).
 pub fn ceph() -> &'static Ceph {
     static CEPH: std::sync::OnceLock<Ceph> = std::sync::OnceLock::new();
-    CEPH.get_or_init(Ceph::start)
+    CEPH.get_or_init(|| Ceph::start_at(None, "127.0.0.1"))
 }
 
 /// Runs `command` to its end; its stdout, or what it said when it failed.
@@ -45,7 +48,9 @@ fn run(mut command: Command) -> String {
 }
 
 impl Ceph {
-    fn start() -> Self {
+    /// Starts a cluster in network namespace `netns` (if any), its monitor and OSD on
+    /// `ip`, a private address of a /24 network (or loopback).
+    pub fn start_at(netns: Option<&str>, ip: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cvol-ceph")
             .tempdir()
@@ -56,6 +61,11 @@ impl Ceph {
         }
         let port = free_port();
         let fsid = uuid();
+        let network = match ip.rsplit_once('.') {
+            Some(("127.0.0", _)) => "127.0.0.0/8".to_string(),
+            Some((net, _)) => format!("{net}.0/24"),
+            None => panic!("an IPv4 address, not {ip}"),
+        };
         let conf = dir.join("ceph.conf");
         let d = dir.display();
         std::fs::write(
@@ -63,11 +73,11 @@ impl Ceph {
             format!(
                 "[global]\n\
                  fsid = {fsid}\n\
-                 mon host = v1:127.0.0.1:{port}\n\
+                 mon host = v1:{ip}:{port}\n\
                  ms bind msgr2 = false\n\
                  ms bind ipv6 = false\n\
-                 public network = 127.0.0.0/8\n\
-                 cluster network = 127.0.0.0/8\n\
+                 public network = {network}\n\
+                 cluster network = {network}\n\
                  auth cluster required = none\n\
                  auth service required = none\n\
                  auth client required = none\n\
@@ -84,11 +94,11 @@ impl Ceph {
                  log file = {d}/$name.log\n\
                  [mon.a]\n\
                  mon data = {d}/mon\n\
-                 public addr = 127.0.0.1:{port}\n\
+                 public addr = {ip}:{port}\n\
                  [osd.0]\n\
                  osd data = {d}/osd\n\
-                 public addr = 127.0.0.1\n\
-                 cluster addr = 127.0.0.1\n"
+                 public addr = {ip}\n\
+                 cluster addr = {ip}\n"
             ),
         )
         .unwrap();
@@ -96,7 +106,7 @@ impl Ceph {
         let mut command = Command::new("monmaptool");
         command
             .args(["--create", "--addv", "a"])
-            .arg(format!("[v1:127.0.0.1:{port}]"))
+            .arg(format!("[v1:{ip}:{port}]"))
             .args(["--fsid", &fsid])
             .arg(&monmap);
         run(command);
@@ -110,12 +120,14 @@ impl Ceph {
         let mut ceph = Self {
             dir,
             conf,
-            _daemons: Vec::new(),
+            netns: netns.map(str::to_string),
+            daemons: Vec::new(),
         };
-        let mut daemons = vec![ceph.daemon("ceph-mon", &["-i", "a"])];
+        let mon = ceph.daemon("ceph-mon", &["-i", "a"]);
+        ceph.daemons.push(mon);
         let osd_uuid = uuid();
         let id = ceph.cli(&["osd", "new", &osd_uuid]).trim().to_string();
-        let mut command = Command::new("ceph-osd");
+        let mut command = ceph.command("ceph-osd");
         command
             .args(["-i", &id, "--mkfs", "--osd-uuid", &osd_uuid, "-c"])
             .arg(&ceph.conf);
@@ -128,8 +140,7 @@ impl Ceph {
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(20) {
                 if ceph.cli(&["osd", "stat"]).contains("1 up") {
-                    daemons.push(osd);
-                    ceph._daemons = daemons;
+                    ceph.daemons.push(osd);
                     return ceph;
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -145,9 +156,21 @@ impl Ceph {
         unreachable!()
     }
 
+    /// `program`, run in the cluster's network namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns, program]);
+                command
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// Starts daemon `name` with `args` in the foreground, tied to this process.
     fn daemon(&self, name: &str, args: &[&str]) -> Child {
-        let mut command = Command::new(name);
+        let mut command = self.command(name);
         command
             .args(args)
             .arg("-c")
@@ -172,7 +195,7 @@ impl Ceph {
     }
 
     fn ceph(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ceph");
+        let mut command = self.command("ceph");
         command
             .arg("-c")
             .arg(&self.conf)
@@ -204,7 +227,7 @@ impl Ceph {
     }
 
     fn rbd_command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("timeout");
+        let mut command = self.command("timeout");
         command.args(["60", "rbd", "-c"]).arg(&self.conf).args(args);
         command
     }
@@ -248,6 +271,17 @@ impl Ceph {
         let bytes = std::fs::read(&out).unwrap();
         std::fs::remove_file(&out).unwrap();
         bytes
+    }
+}
+
+impl Drop for Ceph {
+    fn drop(&mut self) {
+        // The OSD before its monitor.
+        for daemon in self.daemons.iter_mut().rev() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
