@@ -792,10 +792,22 @@ fn failover(failure: Failure, pool: Pool) {
                 .as_array()
                 .is_some_and(|hs| hs.iter().any(|h| h["host"] == "h1" && h["alive"] == true))
         });
-        let seen_by_h1 = c.vm_status(0, "ha1");
-        assert!(
-            seen_by_h1["here"].is_null(),
-            "h1 runs the VM again: {seen_by_h1}"
+        // Its QEMU is gone, but may not be reaped yet: a thread of it can still wait on a
+        // disk request of the container that waits on the storage it was cut off from.
+        let mut seen_by_h1 = serde_json::Value::Null;
+        let let_go = wait_for(
+            Duration::from_secs(60),
+            "h1 to have let its fenced QEMU go",
+            || {
+                seen_by_h1 = c.vm_status(0, "ha1");
+                seen_by_h1["here"].is_null()
+            },
+        );
+        eprintln!("h1 let its fenced QEMU go {let_go:?} after it was alive again");
+        assert_eq!(
+            c.hosts[0].starts("ha1").len(),
+            1,
+            "h1 started the VM again: {seen_by_h1}"
         );
         assert_eq!(
             seen_by_h1["owner"],
