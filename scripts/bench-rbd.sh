@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # An rbd pool's data path: the same fio jobs on the same RBD image, through cvol (the
-# container's NBD export, fio's nbd engine) and straight through librbd (fio's rbd
-# engine: the path QEMU's own rbd driver takes, no cvol process in between); and the time
+# container's NBD export, fio's nbd engine), through qemu-nbd with QEMU's rbd driver (the
+# same NBD hop, no cvol), and straight through librbd (fio's rbd engine: the path QEMU's
+# own rbd driver takes, no NBD hop and no cvol process in between); and the time
 # `cvol disk snapshot` and `cvol disk clone` take on a 1 GiB and a 100 GiB disk (median of
 # 5). One single-node Ceph cluster (memstore OSD) started here on loopback.
 #
@@ -17,8 +18,9 @@ cargo build --release --quiet
 cvol=$PWD/target/release/cvol
 work=$(mktemp -d /var/tmp/cvol-bench-rbd.XXXXXX)
 sock=$work/nbd.sock
-server_pid= ceph_pids=
+server_pid= ceph_pids= qemu_pid=
 cleanup() {
+    [[ -z $qemu_pid ]] || kill "$qemu_pid" 2>/dev/null || true
     stop_mounted
     # shellcheck disable=SC2086
     [[ -z $ceph_pids ]] || kill -9 $ceph_pids 2>/dev/null || true
@@ -51,6 +53,19 @@ for job in "${jobs[@]}"; do
     # shellcheck disable=SC2086
     direct[${job%%|*}]=$(fio_job --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" ${job#*|})
 done
+# The same NBD hop without cvol: qemu-nbd serving the image through QEMU's rbd driver.
+qsock=$work/qemu-nbd.sock
+qemu-nbd --persistent --shared=8 --format=raw --cache=writeback --socket="$qsock" \
+    --export-name=bench "rbd:rbd/$image:conf=$CEPH_CONF" &
+qemu_pid=$!
+for _ in $(seq 100); do [[ -S $qsock ]] && break; sleep 0.1; done
+declare -A qemu
+for job in "${jobs[@]}"; do
+    # shellcheck disable=SC2086
+    qemu[${job%%|*}]=$(fio_job --ioengine=nbd --uri="nbd+unix:///bench?socket=$qsock" ${job#*|})
+done
+kill "$qemu_pid"
+wait "$qemu_pid" || true
 mount_nbd "$CVOL_SHARE"
 for job in "${jobs[@]}"; do
     # shellcheck disable=SC2086
@@ -58,12 +73,12 @@ for job in "${jobs[@]}"; do
 done
 stop_mounted
 
-echo "| job | cvol (NBD) | librbd (fio rbd engine) | cvol / librbd |"
-echo "|---|---:|---:|---:|"
+echo "| job | cvol (NBD) | qemu-nbd (rbd driver) | librbd (fio rbd engine) | cvol / qemu-nbd | cvol / librbd |"
+echo "|---|---:|---:|---:|---:|---:|"
 for job in "${jobs[@]}"; do
     name=${job%%|*}
-    awk -v n="$name" -v c="${nbd[$name]}" -v d="${direct[$name]}" \
-        'BEGIN { printf "| %s | %s MiB/s | %s MiB/s | %.2fx |\n", n, c, d, c / d }'
+    awk -v n="$name" -v c="${nbd[$name]}" -v q="${qemu[$name]}" -v d="${direct[$name]}" \
+        'BEGIN { printf "| %s | %s MiB/s | %s MiB/s | %s MiB/s | %.2fx | %.2fx |\n", n, c, q, d, c / q, c / d }'
 done
 
 # snapshot_and_clone SIZE: median ms of `cvol disk snapshot` and of `cvol disk clone`.

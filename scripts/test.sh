@@ -16,11 +16,12 @@ source scripts/lib.sh
 # the token in a capture of its traffic), and OpenSSL's headers (libssl-dev, pkg-config)
 # for NBD's TLS-PSK, which the tests build with `--features cvol/tls-psk`; Ceph's
 # monitor, OSD and tools (ceph-mon, ceph-osd, ceph-common, with librbd1) for the `rbd`
-# pool's tests, which start a single-node cluster. The S3 server (Garage) comes from
+# pool's tests, which start a single-node cluster, and QEMU's rbd driver
+# (qemu-block-extra), which scripts/bench-rbd.sh compares with. The S3 server (Garage) comes from
 # crates.io.
 packages=(qemu-utils qemu-system-x86 qemu-system-common fuse3 fio libnbd-bin nbdkit rpcbind nfs-ganesha nfs-ganesha-vfs libnfs-utils
     busybox-static e2fsprogs iproute2 curl tcpdump libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-    libssl-dev pkg-config ceph-mon ceph-osd ceph-common librbd1)
+    libssl-dev pkg-config ceph-mon ceph-osd ceph-common librbd1 qemu-block-extra)
 
 ensure_packages "${packages[@]}"
 ensure_garage

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use cvol_format::{ProviderId, VolumeId};
-use cvol_provider::{BlockDevice, BlockError, BlockExtent, Provider};
+use cvol_provider::{AsyncIo, BlockDevice, BlockError, BlockExtent, Provider};
 use cvol_share::SharePath;
 
 use crate::metered::MeteredDevice;
@@ -82,6 +82,14 @@ impl BlockDevice for Promotable {
 
     fn may_block(&self) -> bool {
         self.current().may_block()
+    }
+
+    fn submit(&self, io: AsyncIo) {
+        self.current().submit(io)
+    }
+
+    fn submits_async(&self) -> bool {
+        self.current().submits_async()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cvol_format::VolumeId;
-use cvol_provider::{BlockDevice, BlockError, BlockExtent};
+use cvol_provider::{AsyncIo, BlockDevice, BlockError, BlockExtent};
 use metrics::{Counter, Histogram};
 
 /// The handles of one volume's metrics, registered once at attach: recording on the
@@ -54,7 +54,7 @@ impl VolumeMetrics {
 /// A device whose calls are counted and timed.
 pub(crate) struct MeteredDevice {
     inner: Arc<dyn BlockDevice>,
-    metrics: VolumeMetrics,
+    metrics: Arc<VolumeMetrics>,
 }
 
 impl MeteredDevice {
@@ -62,12 +62,12 @@ impl MeteredDevice {
     pub(crate) fn wrap(volume: &VolumeId, inner: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
         Arc::new(Self {
             inner,
-            metrics: VolumeMetrics::new(volume),
+            metrics: Arc::new(VolumeMetrics::new(volume)),
         })
     }
 }
 
-impl MeteredDevice {
+impl VolumeMetrics {
     /// Counts a read of `len` bytes started at `started`.
     fn read_done(
         &self,
@@ -75,10 +75,25 @@ impl MeteredDevice {
         result: Result<(), BlockError>,
         len: usize,
     ) -> Result<(), BlockError> {
-        let result = self.metrics.outcome(result);
+        let result = self.outcome(result);
         if result.is_ok() {
-            self.metrics.read_seconds.record(started.elapsed());
-            self.metrics.read_bytes.increment(len as u64);
+            self.read_seconds.record(started.elapsed());
+            self.read_bytes.increment(len as u64);
+        }
+        result
+    }
+
+    /// Counts a write of `len` bytes started at `started`.
+    fn write_done(
+        &self,
+        started: Instant,
+        result: Result<(), BlockError>,
+        len: usize,
+    ) -> Result<(), BlockError> {
+        let result = self.outcome(result);
+        if result.is_ok() {
+            self.write_seconds.record(started.elapsed());
+            self.written_bytes.increment(len as u64);
         }
         result
     }
@@ -92,23 +107,36 @@ impl BlockDevice for MeteredDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
         let started = Instant::now();
         let result = self.inner.read_at(buf, offset);
-        self.read_done(started, result, buf.len())
+        self.metrics.read_done(started, result, buf.len())
     }
 
     fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
         let started = Instant::now();
         let result = self.inner.read_now(buf, offset)?;
-        Some(self.read_done(started, result, buf.len()))
+        Some(self.metrics.read_done(started, result, buf.len()))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         let started = Instant::now();
-        let result = self.metrics.outcome(self.inner.write_at(buf, offset));
-        if result.is_ok() {
-            self.metrics.write_seconds.record(started.elapsed());
-            self.metrics.written_bytes.increment(buf.len() as u64);
-        }
-        result
+        let result = self.inner.write_at(buf, offset);
+        self.metrics.write_done(started, result, buf.len())
+    }
+
+    fn submit(&self, mut io: AsyncIo) {
+        let (started, metrics) = (Instant::now(), self.metrics.clone());
+        let (write, len, done) = (io.write, io.buf.len() - io.start, io.done);
+        io.done = Box::new(move |buf, result| {
+            let result = match write {
+                true => metrics.write_done(started, result, len),
+                false => metrics.read_done(started, result, len),
+            };
+            done(buf, result)
+        });
+        self.inner.submit(io)
+    }
+
+    fn submits_async(&self) -> bool {
+        self.inner.submits_async()
     }
 
     fn flush(&self) -> Result<(), BlockError> {

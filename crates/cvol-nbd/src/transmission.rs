@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use cvol_provider::{BlockDevice, BlockError};
+use cvol_provider::{AsyncIo, BlockDevice, BlockError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::handshake::{Negotiated, ALLOCATION_CONTEXT, MIN_BLOCK};
 use crate::proto::*;
@@ -122,12 +122,45 @@ where
             .acquire_owned()
             .await
             .expect("never closed");
+        let run = match request.kind {
+            CMD_READ | CMD_WRITE if request.flags & CMD_FLAG_FUA == 0 => {
+                if let Err(errno) = check(&ctx, &request) {
+                    tracing::info!(peer, ?request, errno, "NBD request refused");
+                    let reply = failure(&ctx, &request, errno, "invalid request");
+                    drop(permit);
+                    if tx.send(reply).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                let io = async_io(&ctx, request, payload, peer, permit, tx.clone());
+                if ctx.device.submits_async() {
+                    // Started here; its completion answers.
+                    ctx.device.submit(io);
+                    continue;
+                }
+                Run::Io(io)
+            }
+            _ => Run::Request {
+                request,
+                payload,
+                permit,
+            },
+        };
+        let device = ctx.device.clone();
         let (ctx, tx) = (ctx.clone(), tx.clone());
         let peer = peer.to_string();
-        tokio::task::spawn_blocking(move || {
-            let reply = execute(&ctx, &request, &payload, &peer);
-            drop(permit);
-            let _ = tx.blocking_send(reply);
+        tokio::task::spawn_blocking(move || match run {
+            Run::Io(io) => device.submit(io),
+            Run::Request {
+                request,
+                payload,
+                permit,
+            } => {
+                let reply = execute(&ctx, &request, &payload, &peer);
+                drop(permit);
+                let _ = tx.blocking_send(reply);
+            }
         });
     }
     // Let every request already received finish and be answered, then close.
@@ -137,6 +170,58 @@ where
         tracing::info!(peer, "NBD connection: {e}");
     }
     tracing::info!(peer, export = session.name, "NBD connection closed");
+}
+
+/// A request handed to a blocking thread.
+enum Run {
+    /// A read or write, for a device that waits for it in `submit`.
+    Io(AsyncIo),
+    /// Any other request, run by [`execute`].
+    Request {
+        request: Request,
+        payload: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+/// READ or WRITE `req` (checked, no FUA) as an [`AsyncIo`] whose completion sends the
+/// reply and gives back `permit`. A completion runs on a thread of the device's, which
+/// must not block: the reply is sent by a task of this runtime.
+fn async_io(
+    ctx: &Arc<Context>,
+    req: Request,
+    payload: Vec<u8>,
+    peer: &str,
+    permit: OwnedSemaphorePermit,
+    tx: mpsc::Sender<Vec<u8>>,
+) -> AsyncIo {
+    let write = req.kind == CMD_WRITE;
+    let (buf, start) = if write {
+        (payload, 0)
+    } else {
+        let (mut reply, start) = read_reply_header(ctx, &req);
+        reply.resize(start + req.length as usize, 0);
+        (reply, start)
+    };
+    let (ctx, peer) = (ctx.clone(), peer.to_string());
+    let runtime = tokio::runtime::Handle::current();
+    AsyncIo {
+        buf,
+        start,
+        offset: req.offset,
+        write,
+        done: Box::new(move |buf, result| {
+            let reply = match result {
+                Ok(()) if write => simple_reply(req.cookie, 0, &[]),
+                Ok(()) => buf,
+                Err(e) => failure(&ctx, &req, errno_of(&e, &ctx, &peer), &e.to_string()),
+            };
+            runtime.spawn(async move {
+                let _ = tx.send(reply).await;
+                drop(permit);
+            });
+        }),
+    }
 }
 
 /// Checks a request against the export; the error is the NBD errno to answer with.

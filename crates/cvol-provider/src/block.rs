@@ -42,6 +42,39 @@ pub struct BlockExtent {
     pub hole: bool,
 }
 
+/// What an [`AsyncIo`] hands back when it ends: its buffer, and how it went.
+pub type IoDone = Box<dyn FnOnce(Vec<u8>, Result<(), BlockError>) + Send>;
+
+/// A read or a write handed to [`BlockDevice::submit`]: a device with asynchronous I/O
+/// of its own runs it with no thread waiting for it.
+pub struct AsyncIo {
+    /// A write's bytes are `buf[start..]`; a read fills `buf[start..]` (the bytes before
+    /// it are the caller's, e.g. a reply header, so that the data lands where it is sent).
+    pub buf: Vec<u8>,
+    /// Where the data starts in `buf`.
+    pub start: usize,
+    /// Where on the device.
+    pub offset: u64,
+    /// A write, or a read.
+    pub write: bool,
+    /// Called once, with `buf` and the outcome, on a thread of the device's: it must not
+    /// block.
+    pub done: IoDone,
+}
+
+impl AsyncIo {
+    /// Runs it with `device`'s blocking calls, on this thread.
+    pub fn run_on<D: BlockDevice + ?Sized>(mut self, device: &D) {
+        let data = &mut self.buf[self.start..];
+        let result = if self.write {
+            device.write_at(data, self.offset)
+        } else {
+            device.read_at(data, self.offset)
+        };
+        (self.done)(self.buf, result);
+    }
+}
+
 /// An attached volume: a fixed-size array of bytes.
 ///
 /// Writes may be cached until [`BlockDevice::flush`]; a write that returned before a
@@ -89,6 +122,19 @@ pub trait BlockDevice: Send + Sync {
     /// slow call does not hold up the others; otherwise they may run them inline.
     fn may_block(&self) -> bool {
         true
+    }
+
+    /// Runs `io`, and calls its `done`. By default with [`BlockDevice::read_at`] or
+    /// [`BlockDevice::write_at`], on this thread; see [`BlockDevice::submits_async`].
+    fn submit(&self, io: AsyncIo) {
+        io.run_on(self)
+    }
+
+    /// True when [`BlockDevice::submit`] starts the I/O and returns without waiting for
+    /// it (the device has asynchronous I/O of its own): servers then submit where a
+    /// request arrives, and many are in flight with no thread waiting on each.
+    fn submits_async(&self) -> bool {
+        false
     }
 
     /// The local file holding the device's bytes at their offsets, if there is one: the

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use cvol_format::{ProviderConfig, SnapshotName, VolumeId};
 use serde::{Deserialize, Serialize};
 
-pub use block::{BlockDevice, BlockError, BlockExtent};
+pub use block::{AsyncIo, BlockDevice, BlockError, BlockExtent, IoDone};
 pub use error::ProviderError;
 pub use file::FileProvider;
 pub use object::ObjectProvider;

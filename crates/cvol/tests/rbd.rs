@@ -12,7 +12,8 @@ use common::ceph::ceph;
 use common::ProviderServe;
 use cvol_format::{ProviderConfig, ProviderId, SnapshotName, VolumeId};
 use cvol_provider::{
-    open_provider, BlockError, NoProgress, Provider, ProviderError, RbdProvider, VolumeSource,
+    open_provider, AsyncIo, BlockDevice, BlockError, NoProgress, Provider, ProviderError,
+    RbdProvider, VolumeSource,
 };
 
 const MIB: u64 = 1 << 20;
@@ -199,6 +200,25 @@ fn through_a_provider_service_hosts_open_images_themselves_and_are_fenced_alike(
     ));
 }
 
+/// Runs a read or write through `device.submit` (librbd's aio) and waits for it: the
+/// buffer it ends with, and how it went.
+fn submitted(
+    device: &dyn BlockDevice,
+    buf: Vec<u8>,
+    offset: u64,
+    write: bool,
+) -> (Vec<u8>, Result<(), BlockError>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    device.submit(AsyncIo {
+        buf,
+        start: 0,
+        offset,
+        write,
+        done: Box::new(move |buf, result| drop(tx.send((buf, result)))),
+    });
+    rx.recv_timeout(Duration::from_secs(60)).unwrap()
+}
+
 /// h1 attaches through `p1` and flushes; h2 is refused through `p2`, then takes the
 /// volume over: h1's client is blocklisted, its flushed bytes are h2's to read.
 fn forced_takeover(pool: &str, p1: &dyn Provider, p2: &dyn Provider) {
@@ -238,7 +258,13 @@ fn forced_takeover(pool: &str, p1: &dyn Provider, p2: &dyn Provider) {
     assert_eq!(p2.volume(&id).unwrap().attached_to.as_deref(), Some("h1"));
     let new = p2.attach(&id, "h2", true).unwrap();
     assert!(new.generation > old.generation);
-    // The old holder's client is blocklisted: whatever it sends now is refused.
+    // The old holder's client is blocklisted: whatever it sends now is refused, through
+    // librbd's aio as through its blocking calls.
+    assert!(old.device.submits_async());
+    assert!(matches!(
+        submitted(old.device.as_ref(), b"late".to_vec(), 0, true).1,
+        Err(BlockError::Fenced { .. })
+    ));
     assert!(matches!(
         old.device.write_at(b"late", 0),
         Err(BlockError::Fenced { .. })
@@ -247,7 +273,11 @@ fn forced_takeover(pool: &str, p1: &dyn Provider, p2: &dyn Provider) {
     let mut seen = [0u8; 13];
     new.device.read_at(&mut seen, 0).unwrap();
     assert_eq!(&seen, b"flushed by h1");
-    new.device.write_at(b"h2", 0).unwrap();
+    let (seen, read) = submitted(new.device.as_ref(), vec![0; 13], 0, false);
+    read.unwrap();
+    assert_eq!(&seen, b"flushed by h1");
+    let (_, wrote) = submitted(new.device.as_ref(), b"h2".to_vec(), 0, true);
+    wrote.unwrap();
     new.device.flush().unwrap();
     assert_eq!(
         &ceph().image_bytes(pool, id.as_str())[..13],

@@ -32,6 +32,11 @@ pub(crate) struct Timespec {
     pub(crate) nsec: i64,
 }
 
+/// `rbd_completion_t`.
+pub(crate) type Completion = *mut c_void;
+/// `rbd_callback_t`: what librbd calls, on a thread of its own, when an aio ends.
+pub(crate) type CompletionCallback = unsafe extern "C" fn(Completion, *mut c_void);
+
 /// What `rbd_diff_iterate2` calls for each extent: offset, length, whether it holds
 /// data, and the argument given.
 pub(crate) type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
@@ -102,6 +107,11 @@ library! {
     rbd_read: fn(Image, u64, usize, *mut c_char) -> isize;
     rbd_write: fn(Image, u64, usize, *const c_char) -> isize;
     rbd_flush: fn(Image) -> c_int;
+    rbd_aio_create_completion: fn(*mut c_void, CompletionCallback, *mut Completion) -> c_int;
+    rbd_aio_read: fn(Image, u64, usize, *mut c_char, Completion) -> c_int;
+    rbd_aio_write: fn(Image, u64, usize, *const c_char, Completion) -> c_int;
+    rbd_aio_get_return_value: fn(Completion) -> isize;
+    rbd_aio_release: fn(Completion) -> ();
     rbd_discard: fn(Image, u64, u64) -> c_int;
     rbd_write_zeroes: fn(Image, u64, usize, c_int, c_int) -> c_int;
     rbd_diff_iterate2: fn(Image, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
