@@ -18,9 +18,10 @@ cargo build --release --quiet
 cvol=$PWD/target/release/cvol
 work=$(mktemp -d /var/tmp/cvol-bench-rbd.XXXXXX)
 sock=$work/nbd.sock
-server_pid= ceph_pids= qemu_pid=
+server_pid= ceph_pids= qemu_pid= service_pid=
 cleanup() {
     [[ -z $qemu_pid ]] || kill "$qemu_pid" 2>/dev/null || true
+    [[ -z $service_pid ]] || kill "$service_pid" 2>/dev/null || true
     stop_mounted
     # shellcheck disable=SC2086
     [[ -z $ceph_pids ]] || kill -9 $ceph_pids 2>/dev/null || true
@@ -97,3 +98,40 @@ for size in 1G 100G; do
     awk -v s="$size" -v a="$(median "$snaps")" -v b="$(median "$clones")" \
         'BEGIN { printf "| %s | %.1f ms | %.1f ms |\n", s, a * 1000, b * 1000 }'
 done
+
+# The control plane's own time, without a CLI's start and connection: the same calls on
+# the provider service's API (`cvol provider serve --pool rbd:rbd`), from a client that
+# stays connected as a cloud control plane does; on the default monitor, then on one that
+# proposes changes every 10 ms instead of every second (an RBD snapshot id is a monitor
+# change).
+"$cvol" provider serve --pool rbd:rbd --listen 127.0.0.1:0 >"$work/service.url" &
+service_pid=$!
+for _ in $(seq 100); do [[ -s $work/service.url ]] && break; sleep 0.1; done
+url=$(head -1 "$work/service.url")
+hex32() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
+# api PATH JSON: seconds one POST took.
+api() {
+    curl -sf -o /dev/null -w '%{time_total}' -X POST -H 'content-type: application/json' \
+        -d "$2" "$url/v1$1"
+}
+echo
+echo "| monitor | disk | snapshot via the API (median of 5) | clone via the API (median of 5) | \`rbd snap create\` (median of 5) |"
+echo "|---|---|---:|---:|---:|"
+for monitor in "default (1 s)" "10 ms"; do
+    if [[ $monitor == "10 ms" ]]; then
+        ceph tell mon.a injectargs --paxos_propose_interval=0.01 >/dev/null 2>&1
+    fi
+    for size in 1 100; do
+        id=vol-$(hex32)
+        api /volumes "{\"id\": \"$id\", \"owner\": \"bench\", \"size\": $((size << 30))}" >/dev/null
+        snaps= clones= tool=
+        for i in 1 2 3 4 5; do
+            snaps+=" $(api "/volumes/$id/snapshots" "{\"name\": \"t$i\"}")"
+            clones+=" $(api /volumes "{\"id\": \"vol-$(hex32)\", \"owner\": \"bench\", \"source\": {\"volume\": \"$id\", \"snapshot\": \"t$i\"}}")"
+            tool+=" $(seconds rbd snap create "rbd/$id@r$i")"
+        done
+        awk -v m="$monitor" -v s="$size GiB" -v a="$(median "$snaps")" -v b="$(median "$clones")" -v t="$(median "$tool")" \
+            'BEGIN { printf "| %s | %s | %.1f ms | %.1f ms | %.1f ms |\n", m, s, a * 1000, b * 1000, t * 1000 }'
+    done
+done
+kill "$service_pid"

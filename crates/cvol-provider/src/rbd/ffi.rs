@@ -37,6 +37,12 @@ pub(crate) type Completion = *mut c_void;
 /// `rbd_callback_t`: what librbd calls, on a thread of its own, when an aio ends.
 pub(crate) type CompletionCallback = unsafe extern "C" fn(Completion, *mut c_void);
 
+/// `librbd_progress_fn_t`: offset, total, the argument given.
+pub(crate) type ProgressCallback = unsafe extern "C" fn(u64, u64, *mut c_void) -> c_int;
+
+/// `RBD_SNAP_CREATE_SKIP_QUIESCE`: no quiesce round trip to the image's watchers.
+pub(crate) const SNAP_CREATE_SKIP_QUIESCE: u32 = 1;
+
 /// What `rbd_diff_iterate2` calls for each extent: offset, length, whether it holds
 /// data, and the argument given.
 pub(crate) type DiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
@@ -115,7 +121,7 @@ library! {
     rbd_discard: fn(Image, u64, u64) -> c_int;
     rbd_write_zeroes: fn(Image, u64, usize, c_int, c_int) -> c_int;
     rbd_diff_iterate2: fn(Image, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
-    rbd_snap_create: fn(Image, *const c_char) -> c_int;
+    rbd_snap_create2: fn(Image, *const c_char, u32, ProgressCallback, *mut c_void) -> c_int;
     rbd_snap_remove: fn(Image, *const c_char) -> c_int;
     rbd_snap_rollback: fn(Image, *const c_char) -> c_int;
     rbd_snap_list: fn(Image, *mut SnapInfo, *mut c_int) -> c_int;

@@ -257,12 +257,7 @@ impl RbdProvider {
             VolumeSource::Volume(parent) => {
                 let snap = format!("{CLONE_SNAPSHOT}-{id}");
                 self.with_writable(parent, |image| {
-                    image
-                        .snap_call("snapshot", &snap, |lib, raw, n| unsafe {
-                            // SAFETY: open image; C string valid for the call.
-                            (lib.rbd_snap_create)(raw, n)
-                        })
-                        .map_err(|e| self.store_error(e))?;
+                    image.snap_create(&snap).map_err(|e| self.store_error(e))?;
                     let cloned = clone(parent, &snap);
                     // With clone format 2 the snapshot moves to the trash while the clone
                     // needs it.
@@ -467,10 +462,7 @@ impl Provider for RbdProvider {
     ) -> Result<Snapshot, ProviderError> {
         self.with_writable(id, |image| {
             image
-                .snap_call("snapshot", name.as_str(), |lib, raw, n| unsafe {
-                    // SAFETY: open image; C string valid for the call.
-                    (lib.rbd_snap_create)(raw, n)
-                })
+                .snap_create(name.as_str())
                 .map_err(|e| match e.errno {
                     EEXIST => ProviderError::SnapshotExists {
                         provider: self.id.to_string(),
