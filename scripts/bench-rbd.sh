@@ -128,7 +128,7 @@ for monitor in "default (1 s)" "10 ms"; do
         for i in 1 2 3 4 5; do
             snaps+=" $(api "/volumes/$id/snapshots" "{\"name\": \"t$i\"}")"
             clones+=" $(api /volumes "{\"id\": \"vol-$(hex32)\", \"owner\": \"bench\", \"source\": {\"volume\": \"$id\", \"snapshot\": \"t$i\"}}")"
-            tool+=" $(seconds rbd snap create "rbd/$id@r$i")"
+            tool+=" $(seconds rbd snap create --no-progress "rbd/$id@r$i")"
         done
         awk -v m="$monitor" -v s="$size GiB" -v a="$(median "$snaps")" -v b="$(median "$clones")" -v t="$(median "$tool")" \
             'BEGIN { printf "| %s | %s | %.1f ms | %.1f ms | %.1f ms |\n", m, s, a * 1000, b * 1000, t * 1000 }'
