@@ -46,12 +46,36 @@ impl PoolCipher {
     /// nonce, the ciphertext, the tag.
     pub(crate) fn seal_into(&self, aad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
         let mut nonce = [0u8; NONCE];
-        ring::rand::SystemRandom::new()
-            .fill(&mut nonce)
-            .expect("the system's random numbers");
-        let (key, short) = self.subkey(&nonce);
+        random(&mut nonce);
+        self.seal_with(&nonce, aad, plain, out);
+    }
+
+    /// Appends each `block`-byte piece of `plain` sealed on its own as [`Self::seal_into`]
+    /// does, piece `i` under associated data `{aad}#{i}`: one call for the random nonces
+    /// of them all, not one per piece.
+    pub(crate) fn seal_blocks_into(
+        &self,
+        aad: &str,
+        plain: &[u8],
+        block: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let pieces = plain.len().div_ceil(block);
+        let mut nonces = vec![0u8; pieces * NONCE];
+        random(&mut nonces);
+        let mut name = String::with_capacity(aad.len() + 8);
+        for (i, (piece, nonce)) in plain.chunks(block).zip(nonces.chunks(NONCE)).enumerate() {
+            name.clear();
+            use std::fmt::Write as _;
+            let _ = write!(name, "{aad}#{i}");
+            self.seal_with(nonce, name.as_bytes(), piece, out);
+        }
+    }
+
+    fn seal_with(&self, nonce: &[u8], aad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+        let (key, short) = self.subkey(nonce);
         out.reserve(NONCE + plain.len() + TAG);
-        out.extend_from_slice(&nonce);
+        out.extend_from_slice(nonce);
         let start = out.len();
         out.extend_from_slice(plain);
         let tag = key
@@ -75,6 +99,13 @@ impl PoolCipher {
         buf.truncate(len);
         Ok(buf)
     }
+}
+
+/// Fills `buf` with the system's random bytes.
+fn random(buf: &mut [u8]) {
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .expect("the system's random numbers");
 }
 
 #[cfg(test)]
@@ -125,5 +156,30 @@ mod tests {
             }
         }
         assert!(ours.open(b"", &[0; NONCE + TAG - 1]).is_err());
+    }
+
+    /// Pieces sealed together are what sealing each on its own under `{aad}#{i}` makes:
+    /// each opens alone, only under its own number, and no two share a nonce.
+    #[test]
+    fn pieces_sealed_together_open_one_by_one() {
+        let cipher = PoolCipher::new(&[3u8; 32]);
+        let plain: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let mut out = Vec::new();
+        cipher.seal_blocks_into("vol/chunk", &plain, 4096, &mut out);
+        let mut rest = out.as_slice();
+        let mut nonces = std::collections::HashSet::new();
+        for (i, piece) in plain.chunks(4096).enumerate() {
+            let (sealed, more) = rest.split_at(NONCE + piece.len() + TAG);
+            rest = more;
+            assert!(
+                nonces.insert(sealed[..NONCE].to_vec()),
+                "nonce of piece {i} repeats"
+            );
+            let aad = format!("vol/chunk#{i}");
+            assert_eq!(cipher.open(aad.as_bytes(), sealed).unwrap(), piece);
+            let other = format!("vol/chunk#{}", i + 1);
+            assert!(cipher.open(other.as_bytes(), sealed).is_err());
+        }
+        assert!(rest.is_empty());
     }
 }

@@ -683,9 +683,10 @@ impl ObjectBlockDevice {
     fn settle(&self, taken: Taken, stored: bool, record: bool) {
         if let (Some(disk), true) = (&self.store.disk_cache, stored) {
             // Written through: a restarted host reads what it wrote from local disk.
+            // (Whole chunks were, by their puts.)
             for (_, _, _, upload) in &taken.chunks {
                 match upload {
-                    Upload::Whole(key, data) => disk.put_chunk(key, data),
+                    Upload::Whole(..) => {}
                     Upload::Patches(patches) => {
                         for p in patches {
                             let record = p.record();
@@ -726,7 +727,9 @@ impl ObjectBlockDevice {
         }
     }
 
-    /// Puts new objects (chunks, a log), several at a time.
+    /// Puts new objects (chunks, a log), several at a time. A chunk is written through to
+    /// the disk cache where it is sealed, in parallel with the other puts: its key is new,
+    /// so if its put fails, nothing ever names what the cache kept of it.
     fn put_all(&self, puts: Vec<(String, Put)>) -> Result<(), BlockError> {
         let store = self.store.inner.clone();
         let puts = puts
@@ -734,10 +737,14 @@ impl ObjectBlockDevice {
             .map(|(key, put)| {
                 let (store, path) = (store.clone(), self.layout.object(&key));
                 let (codec, timer) = (self.store.codec.clone(), self.store.clone());
+                let disk = self.store.disk_cache.clone();
                 async move {
                     let data = match put {
                         Put::Ready(bytes) => bytes,
                         Put::Chunk(plain) => tokio::task::spawn_blocking(move || {
+                            if let Some(disk) = disk {
+                                disk.put_chunk(&key, &plain);
+                            }
                             Bytes::from(codec.seal(&key, &plain))
                         })
                         .await

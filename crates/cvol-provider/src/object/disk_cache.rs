@@ -154,12 +154,10 @@ impl DiskCache {
     pub(crate) fn put_chunk(&self, name: &str, plain: &[u8]) {
         let blocks = plain.len().div_ceil(BLOCK);
         let mut entry = Vec::with_capacity(plain.len() + blocks * self.overhead());
-        for (i, block) in plain.chunks(BLOCK).enumerate() {
-            match &self.cipher {
-                Some(cipher) => {
-                    cipher.seal_into(format!("{name}#{i}").as_bytes(), block, &mut entry);
-                }
-                None => {
+        match &self.cipher {
+            Some(cipher) => cipher.seal_blocks_into(name, plain, BLOCK, &mut entry),
+            None => {
+                for block in plain.chunks(BLOCK) {
                     entry.extend_from_slice(block);
                     entry.extend_from_slice(&crc32fast::hash(block).to_le_bytes());
                 }
