@@ -3,8 +3,9 @@
 //! pieces as the store returned them.
 //!
 //! Objects in a pool are never overwritten (a new version is a new key), so an entry
-//! never goes stale: the cache holds nothing the store does not, and needs no
-//! invalidation. Each entry is one file, written to a temporary name and renamed into
+//! never goes stale and needs no invalidation. A chunk is written through while its put
+//! runs, so an entry may be of a put that then failed: nothing names such a key, so it is
+//! never read, and it ages out like any other. Each entry is one file, written to a temporary name and renamed into
 //! place, and checked when read: an entry torn by a crash or changed on disk fails the
 //! check and is deleted and fetched again, never served.
 //!
