@@ -68,32 +68,22 @@ impl MeteredDevice {
 }
 
 impl VolumeMetrics {
-    /// Counts a read of `len` bytes started at `started`.
-    fn read_done(
+    /// Counts a read (or, with `write`, a write) of `len` bytes started at `started`.
+    fn transfer_done(
         &self,
+        write: bool,
         started: Instant,
         result: Result<(), BlockError>,
         len: usize,
     ) -> Result<(), BlockError> {
         let result = self.outcome(result);
         if result.is_ok() {
-            self.read_seconds.record(started.elapsed());
-            self.read_bytes.increment(len as u64);
-        }
-        result
-    }
-
-    /// Counts a write of `len` bytes started at `started`.
-    fn write_done(
-        &self,
-        started: Instant,
-        result: Result<(), BlockError>,
-        len: usize,
-    ) -> Result<(), BlockError> {
-        let result = self.outcome(result);
-        if result.is_ok() {
-            self.write_seconds.record(started.elapsed());
-            self.written_bytes.increment(len as u64);
+            let (seconds, bytes) = match write {
+                true => (&self.write_seconds, &self.written_bytes),
+                false => (&self.read_seconds, &self.read_bytes),
+            };
+            seconds.record(started.elapsed());
+            bytes.increment(len as u64);
         }
         result
     }
@@ -107,30 +97,30 @@ impl BlockDevice for MeteredDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
         let started = Instant::now();
         let result = self.inner.read_at(buf, offset);
-        self.metrics.read_done(started, result, buf.len())
+        self.metrics
+            .transfer_done(false, started, result, buf.len())
     }
 
     fn read_now(&self, buf: &mut [u8], offset: u64) -> Option<Result<(), BlockError>> {
         let started = Instant::now();
         let result = self.inner.read_now(buf, offset)?;
-        Some(self.metrics.read_done(started, result, buf.len()))
+        Some(
+            self.metrics
+                .transfer_done(false, started, result, buf.len()),
+        )
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         let started = Instant::now();
         let result = self.inner.write_at(buf, offset);
-        self.metrics.write_done(started, result, buf.len())
+        self.metrics.transfer_done(true, started, result, buf.len())
     }
 
     fn submit(&self, mut io: AsyncIo) {
         let (started, metrics) = (Instant::now(), self.metrics.clone());
         let (write, len, done) = (io.write, io.buf.len() - io.start, io.done);
         io.done = Box::new(move |buf, result| {
-            let result = match write {
-                true => metrics.write_done(started, result, len),
-                false => metrics.read_done(started, result, len),
-            };
-            done(buf, result)
+            done(buf, metrics.transfer_done(write, started, result, len))
         });
         self.inner.submit(io)
     }
