@@ -99,6 +99,32 @@ for size in 1G 100G; do
         'BEGIN { printf "| %s | %.1f ms | %.1f ms |\n", s, a * 1000, b * 1000 }'
 done
 
+# Walks: `vm list` and `datastore fsck` of 50 VMs (one 64 MiB disk each), on the rbd
+# pool and, as the peer, on a file pool; median of 3.
+echo
+echo "| 50 VMs, median of 3 | rbd pool | file pool | rbd / file |"
+echo "|---|---:|---:|---:|"
+declare -A walk
+for kind in rbd file; do
+    export CVOL_SHARE=$work/walk-$kind
+    mkdir -p "$CVOL_SHARE" "$work/walk-pool"
+    case $kind in
+    rbd) "$cvol" datastore create --name walk --provider pool=rbd:rbd --setting "pool.conf=$CEPH_CONF" >/dev/null ;;
+    file) "$cvol" datastore create --name walk --provider "pool=file:$work/walk-pool" >/dev/null ;;
+    esac
+    for i in $(seq 50); do "$cvol" vm create "w$i" --disk 64M >/dev/null; done
+    lists= fscks=
+    for _ in 1 2 3; do
+        lists+=" $(seconds "$cvol" vm list)"
+        fscks+=" $(seconds "$cvol" datastore fsck)"
+    done
+    walk[$kind,list]=$(median "$lists") walk[$kind,fsck]=$(median "$fscks")
+done
+for op in "vm list|list" "datastore fsck|fsck"; do
+    awk -v n="${op%%|*}" -v r="${walk[rbd,${op#*|}]}" -v f="${walk[file,${op#*|}]}" \
+        'BEGIN { printf "| %s | %.3f s | %.3f s | %.1fx |\n", n, r, f, r / f }'
+done
+
 # The control plane's own time, without a CLI's start and connection: the same calls on
 # the provider service's API (`cvol provider serve --pool rbd:rbd`), from a client that
 # stays connected as a cloud control plane does; on the default monitor, then on one that

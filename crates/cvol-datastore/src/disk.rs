@@ -127,11 +127,8 @@ impl Datastore {
             problem: None,
         };
         let volume = self.provider(&cvol.provider).and_then(|p| {
-            Ok((
-                p.volume(&cvol.object)?,
-                p.list_snapshots(&cvol.object)?,
-                p.allocated(&cvol.object)?,
-            ))
+            let (volume, snapshots) = p.describe(&cvol.object)?;
+            Ok((volume, snapshots, p.allocated(&cvol.object)?))
         });
         match volume {
             Ok((volume, snapshots, allocated)) => {

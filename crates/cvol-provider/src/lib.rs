@@ -242,6 +242,13 @@ pub trait Provider: Send + Sync {
     /// The snapshots of volume `id`, oldest first.
     fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError>;
 
+    /// Volume `id` and its snapshots, oldest first: [`Provider::volume`] and
+    /// [`Provider::list_snapshots`] in one, for a pool where each of them opens the
+    /// volume (an RBD image) and one open can serve both.
+    fn describe(&self, id: &VolumeId) -> Result<(Volume, Vec<Snapshot>), ProviderError> {
+        Ok((self.volume(id)?, self.list_snapshots(id)?))
+    }
+
     /// Deletes snapshot `name` of volume `id`.
     fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError>;
 

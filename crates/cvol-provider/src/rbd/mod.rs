@@ -51,6 +51,9 @@ const GENERATION: &str = "cvol.generation";
 /// format 2 it lives on in the trash while the clone needs it).
 const CLONE_SNAPSHOT: &str = "cvol-clone-source";
 
+/// Images opened at once to list a pool.
+const LIST_PARALLEL: usize = 8;
+
 /// errnos librbd answers.
 const ENOENT: i32 = 2;
 const EBUSY: i32 = 16;
@@ -319,26 +322,32 @@ impl RbdProvider {
         }
     }
 
+    /// The snapshots of an open image, oldest first.
+    fn snapshots_of(&self, image: &Image) -> Result<Vec<Snapshot>, ProviderError> {
+        let mut snapshots = Vec::new();
+        for (id, name, size) in image.snapshots().map_err(|e| self.store_error(e))? {
+            if let Ok(name) = SnapshotName::new(&name) {
+                let taken = image.snapshot_time(id).map_err(|e| self.store_error(e))?;
+                snapshots.push(Snapshot {
+                    name,
+                    size,
+                    created: UNIX_EPOCH + Duration::from_secs(taken),
+                });
+            }
+        }
+        Ok(snapshots)
+    }
+
     /// Snapshot `name` of an open image, as a [`Snapshot`].
     fn snapshot_of(&self, image: &Image, name: &SnapshotName) -> Result<Snapshot, ProviderError> {
-        let (snap_id, _, size) = image
-            .snapshots()
-            .map_err(|e| self.store_error(e))?
+        self.snapshots_of(image)?
             .into_iter()
-            .find(|(_, n, _)| n == name.as_str())
+            .find(|s| &s.name == name)
             .ok_or_else(|| ProviderError::SnapshotNotFound {
                 provider: self.id.to_string(),
                 volume: image.name.clone(),
                 snapshot: name.to_string(),
-            })?;
-        let taken = image
-            .snapshot_time(snap_id)
-            .map_err(|e| self.store_error(e))?;
-        Ok(Snapshot {
-            name: name.clone(),
-            size,
-            created: UNIX_EPOCH + Duration::from_secs(taken),
-        })
+            })
     }
 
     /// Takes image `id`'s exclusive lock on a cluster connection of its own. Another
@@ -414,19 +423,36 @@ impl Provider for RbdProvider {
         self.volume_of(id, &image)
     }
 
+    /// Each image is opened to read its metadata: several at once, as each open waits on
+    /// OSD round trips.
     fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {
-        let mut volumes = Vec::new();
-        for name in self.cluster.list().map_err(|e| self.store_error(e))? {
-            let Ok(id) = VolumeId::new(&name) else {
-                continue;
-            };
-            match self.volume(&id) {
-                Ok(volume) => volumes.push(volume),
-                // Removed meanwhile.
-                Err(ProviderError::VolumeNotFound { .. }) => {}
-                Err(e) => return Err(e),
+        let ids: Vec<VolumeId> = self
+            .cluster
+            .list()
+            .map_err(|e| self.store_error(e))?
+            .iter()
+            .filter_map(|name| VolumeId::new(name).ok())
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let found = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..LIST_PARALLEL.min(ids.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(id) = ids.get(i) else { break };
+                    match self.volume(id) {
+                        // Removed meanwhile.
+                        Err(ProviderError::VolumeNotFound { .. }) => {}
+                        result => found.lock().expect("found lock").push(result),
+                    }
+                });
             }
-        }
+        });
+        let mut volumes = found
+            .into_inner()
+            .expect("found lock")
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         sort_volumes(&mut volumes);
         Ok(volumes)
     }
@@ -476,14 +502,13 @@ impl Provider for RbdProvider {
     }
 
     fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError> {
+        self.snapshots_of(&self.image(id, true)?)
+    }
+
+    /// One open of the image for both.
+    fn describe(&self, id: &VolumeId) -> Result<(Volume, Vec<Snapshot>), ProviderError> {
         let image = self.image(id, true)?;
-        let mut snapshots = Vec::new();
-        for (_, name, _) in image.snapshots().map_err(|e| self.store_error(e))? {
-            if let Ok(name) = SnapshotName::new(&name) {
-                snapshots.push(self.snapshot_of(&image, &name)?);
-            }
-        }
-        Ok(snapshots)
+        Ok((self.volume_of(id, &image)?, self.snapshots_of(&image)?))
     }
 
     fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError> {
