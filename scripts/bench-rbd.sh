@@ -124,6 +124,10 @@ for op in "vm list|list" "datastore fsck|fsck"; do
     awk -v n="${op%%|*}" -v r="${walk[rbd,${op#*|}]}" -v f="${walk[file,${op#*|}]}" \
         'BEGIN { printf "| %s | %.3f s | %.3f s | %.1fx |\n", n, r, f, r / f }'
 done
+# The peer on the same pool: the rbd tool's long listing opens every image too.
+lists=
+for _ in 1 2 3; do lists+=" $(seconds rbd ls -l rbd)"; done
+echo "| \`rbd ls -l\` of the pool ($(rbd ls rbd | wc -l) images) | $(median "$lists") s | | |"
 
 # The control plane's own time, without a CLI's start and connection: the same calls on
 # the provider service's API (`cvol provider serve --pool rbd:rbd`), from a client that
