@@ -346,6 +346,7 @@ mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
 mon data avail warn = 1
+mon data avail crit = 1
 osd objectstore = memstore
 memstore device bytes = 12884901888
 run dir = $dir/run

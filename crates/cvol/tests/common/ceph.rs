@@ -49,8 +49,22 @@ fn run(mut command: Command) -> String {
 
 impl Ceph {
     /// Starts a cluster in network namespace `netns` (if any), its monitor and OSD on
-    /// `ip`, a private address of a /24 network (or loopback).
+    /// `ip`, a private address of a /24 network (or loopback). A cluster that does not
+    /// come up is started once more, afresh (new directory, new port): once in CI a
+    /// monitor never answered, which a port taken meanwhile by another test's server
+    /// would explain.
     pub fn start_at(netns: Option<&str>, ip: &str) -> Self {
+        let start = || Self::try_start_at(netns, ip);
+        match std::panic::catch_unwind(start) {
+            Ok(ceph) => ceph,
+            Err(_) => {
+                eprintln!("the test Ceph cluster did not come up; starting it once more");
+                start()
+            }
+        }
+    }
+
+    fn try_start_at(netns: Option<&str>, ip: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cvol-ceph")
             .tempdir()
@@ -88,6 +102,7 @@ impl Ceph {
                  mon allow pool delete = true\n\
                  mon warn on pool no redundancy = false\n\
                  mon data avail warn = 1\n\
+                 mon data avail crit = 1\n\
                  osd objectstore = memstore\n\
                  memstore device bytes = 8589934592\n\
                  run dir = {d}/run\n\
@@ -219,7 +234,11 @@ impl Ceph {
             match try_run(&mut command()) {
                 Ok(out) => return out,
                 Err(e) if start.elapsed() > Duration::from_secs(60) => {
-                    panic!("{e}\n{}", self.log("mon.a"))
+                    panic!(
+                        "{e}\n{}\n{}",
+                        self.log("mon.a"),
+                        std::fs::read_to_string(self.dir.join("ceph-mon.out")).unwrap_or_default()
+                    )
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
