@@ -65,6 +65,38 @@ pub(crate) fn sort_volumes(volumes: &mut [Volume]) {
     volumes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
 }
 
+/// Volumes read at once by [`read_volumes`]: each read waits on a disk or a cluster.
+const LIST_PARALLEL: usize = 8;
+
+/// The volumes `ids` name, each read by `read`, several at once, as
+/// `Provider::list_volumes` lists them; one removed meanwhile is left out.
+pub(crate) fn read_volumes(
+    ids: &[VolumeId],
+    read: impl Fn(&VolumeId) -> Result<Volume, ProviderError> + Sync,
+) -> Result<Vec<Volume>, ProviderError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let found = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..LIST_PARALLEL.min(ids.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(id) = ids.get(i) else { break };
+                match read(id) {
+                    Err(ProviderError::VolumeNotFound { .. }) => {}
+                    result => found.lock().expect("found lock").push(result),
+                }
+            });
+        }
+    });
+    let mut volumes = found
+        .into_inner()
+        .expect("found lock")
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    sort_volumes(&mut volumes);
+    Ok(volumes)
+}
+
 /// Refuses a size that is zero or not a multiple of 512.
 pub(crate) fn check_sector_size(provider: &str, size: u64) -> Result<(), ProviderError> {
     if size == 0 || !size.is_multiple_of(cvol_format::SECTOR_SIZE) {
@@ -243,8 +275,8 @@ pub trait Provider: Send + Sync {
     fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError>;
 
     /// Volume `id` and its snapshots, oldest first: [`Provider::volume`] and
-    /// [`Provider::list_snapshots`] in one, for a pool where each of them opens the
-    /// volume (an RBD image) and one open can serve both.
+    /// [`Provider::list_snapshots`] in one, for pools where one look at the volume can
+    /// serve both (an RBD image opened once, a volume's directory found once).
     fn describe(&self, id: &VolumeId) -> Result<(Volume, Vec<Snapshot>), ProviderError> {
         Ok((self.volume(id)?, self.list_snapshots(id)?))
     }

@@ -42,16 +42,31 @@ pub struct Cli {
     )]
     pub attr_cache_ms: u64,
 
-    /// Connections to the NFS server, at most; calls beyond them wait for one.
+    /// Connections to the NFS server, at most; calls beyond them wait for one (each
+    /// connection carries one call at a time: the default serves a walk's 8 threads).
     #[arg(
         long,
         global = true,
         env = "CVOL_NFS_CONNECTIONS",
-        default_value_t = 4,
+        default_value_t = 8,
         value_parser = clap::value_parser!(u16).range(1..=64),
         value_name = "N"
     )]
     pub nfs_connections: u16,
+
+    /// Where the `.vmx` files and descriptors read from an NFS share are kept between
+    /// runs, so that a listing or fsck reads again only the files that changed (each is
+    /// used only if the server reports the same version of the file: id, size and times).
+    /// An empty value keeps nothing between runs [default: $XDG_CACHE_HOME/cvol, else
+    /// ~/.cache/cvol]
+    #[arg(
+        long,
+        global = true,
+        env = "CVOL_CACHE_DIR",
+        value_name = "DIR",
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), std::path::PathBuf::from)
+    )]
+    pub cache_dir: Option<std::path::PathBuf>,
 
     /// VMs read at once by listings and fsck (each read waits on the share and the
     /// pools, so several at once go faster; NFS calls also wait for a connection).

@@ -382,6 +382,99 @@ fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window(
     }
 }
 
+/// What one run read from the share is kept for the next (`--cache-dir`): a second walk
+/// of unchanged VMs reads no file again, only the folders' listings; a file changed in
+/// place between runs, even to the same size, is read again; a damaged cache file is
+/// ignored; `--cache-dir ''` keeps nothing.
+#[test]
+fn a_second_walk_reads_only_what_changed_since_the_last_run() {
+    let mut env = Env::empty();
+    let port = free_port();
+    let nfs = NfsServe::start_with(
+        &env.share,
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--no-root-squash",
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
+        Stdio::null(),
+    );
+    env.share_arg = nfs.url.clone();
+    env.server = Some(nfs);
+    env.create_datastore_with(&format!("pool=file:{}", env.pool.display()));
+    for vm in ["a", "b", "c"] {
+        env.ok(&["vm", "create", vm, "--disk", "8M", "--memory", "256"]);
+    }
+    let cache = env.tmp.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    // `vm list` with the cache: the memory of each VM, and the READs it cost the server.
+    let list = |cache_arg: &str| {
+        let reads = || {
+            value(
+                &scrape(port),
+                "cvol_nfs_server_rpc_seconds_count",
+                &["procedure=\"NFSPROC3_READ\""],
+            )
+        };
+        let before = reads();
+        let out = env.ok(&["--cache-dir", cache_arg, "--json", "vm", "list"]);
+        let vms: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let memory: Vec<u64> = vms
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|vm| vm["memory_mib"].as_u64().unwrap())
+            .collect();
+        (memory, reads() - before)
+    };
+
+    let (memory, cold) = list(cache_arg);
+    assert_eq!(memory, [256, 256, 256]);
+    assert!(cold >= 6.0, "a .vmx and a descriptor per VM: {cold} READs");
+    let saved: Vec<_> = std::fs::read_dir(cache.join("nfs")).unwrap().collect();
+    assert_eq!(saved.len(), 1, "one file for the share: {saved:?}");
+    assert_eq!(
+        list(cache_arg),
+        (vec![256, 256, 256], 0.0),
+        "nothing changed"
+    );
+
+    // Changed on the server in place, to the same size: the version's times tell.
+    let vmx = env.share.join("b/b.vmx");
+    let text = std::fs::read_to_string(&vmx).unwrap();
+    let changed = text.replace("memSize = \"256\"", "memSize = \"512\"");
+    assert_ne!(changed, text);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&vmx)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, changed.as_bytes()))
+        .unwrap();
+    assert_eq!(
+        list(cache_arg),
+        (vec![256, 512, 256], 1.0),
+        "b.vmx read again"
+    );
+
+    // A damaged cache file is no cache at all.
+    let file = saved[0].as_ref().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let (memory, reads) = list(cache_arg);
+    assert_eq!(memory, [256, 512, 256]);
+    assert_eq!(reads, cold, "every file read again");
+
+    let (memory, reads) = list("");
+    assert_eq!(
+        (memory, reads),
+        (vec![256, 512, 256], cold),
+        "no cache: all read"
+    );
+    assert_eq!(std::fs::read_dir(cache.join("nfs")).unwrap().count(), 1);
+}
+
 /// Metrics off loopback carry a host's volumes and traffic: served over HTTPS and behind
 /// a bearer token when asked, and then to nobody without them.
 #[test]

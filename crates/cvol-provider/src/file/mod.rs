@@ -124,9 +124,15 @@ impl FileProvider {
 
     /// The directory of an existing volume.
     fn existing(&self, id: &VolumeId) -> Result<PathBuf, ProviderError> {
+        self.data_metadata(id).map(|(dir, _)| dir)
+    }
+
+    /// The directory of volume `id` and its data file's metadata (whose length is the
+    /// volume's size); `VolumeNotFound` if there is no such volume.
+    fn data_metadata(&self, id: &VolumeId) -> Result<(PathBuf, fs::Metadata), ProviderError> {
         let dir = self.volume_dir(id);
         match fs::symlink_metadata(dir.join(DATA)) {
-            Ok(m) if m.is_file() => Ok(dir),
+            Ok(m) if m.is_file() => Ok((dir, m)),
             Ok(_) => Err(self.corrupt(&dir.join(DATA), "is not a regular file")),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(self.not_found(id)),
             Err(e) => Err(self.io("stat", &dir, e)),
@@ -186,23 +192,48 @@ impl FileProvider {
     }
 
     fn read_volume(&self, id: &VolumeId) -> Result<Volume, ProviderError> {
-        let dir = self.existing(id)?;
+        self.read_volume_in(id).map(|(volume, _)| volume)
+    }
+
+    /// Volume `id` and its directory. Walks read every volume of a pool: each is one
+    /// stat, one read and one look for an attachment.
+    fn read_volume_in(&self, id: &VolumeId) -> Result<(Volume, PathBuf), ProviderError> {
+        let (dir, data) = self.data_metadata(id)?;
         let record_path = dir.join(RECORD);
         let text =
             fs::read_to_string(&record_path).map_err(|e| self.io("read", &record_path, e))?;
         let record: VolumeRecord =
             toml::from_str(&text).map_err(|e| self.corrupt(&record_path, e.message()))?;
-        let data = dir.join(DATA);
-        let size = fs::metadata(&data)
-            .map_err(|e| self.io("stat", &data, e))?
-            .len();
-        Ok(Volume {
+        let volume = Volume {
             id: id.clone(),
-            size,
+            size: data.len(),
             owner: record.owner,
             created: SystemTime::UNIX_EPOCH + Duration::from_secs(record.created_unix),
             attached_to: self.attachment(&dir)?.map(|a| a.host),
-        })
+        };
+        Ok((volume, dir))
+    }
+
+    /// The snapshots in volume directory `dir`, oldest first.
+    fn snapshots_in(&self, dir: &Path) -> Result<Vec<Snapshot>, ProviderError> {
+        let dir = dir.join(SNAPSHOTS);
+        let mut snapshots = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| self.io("list", &dir, e))? {
+            let entry = entry.map_err(|e| self.io("list", &dir, e))?;
+            let Ok(name) = SnapshotName::new(&entry.file_name().to_string_lossy()) else {
+                continue; // staged work in progress, or foreign
+            };
+            let meta = entry
+                .metadata()
+                .map_err(|e| self.io("stat", &entry.path(), e))?;
+            snapshots.push(Snapshot {
+                name,
+                size: meta.len(),
+                created: system_time(&meta),
+            });
+        }
+        snapshots.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
+        Ok(snapshots)
     }
 
     /// A fresh directory under `.staging/` for work on `id`.
@@ -396,18 +427,18 @@ impl Provider for FileProvider {
 
     fn list_volumes(&self) -> Result<Vec<Volume>, ProviderError> {
         let dir = self.pool.join(VOLUMES);
-        let mut volumes = Vec::new();
+        let mut ids = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| self.io("list", &dir, e))? {
             let entry = entry.map_err(|e| self.io("list", &dir, e))?;
             let name = entry.file_name();
-            let Ok(id) = VolumeId::new(&name.to_string_lossy()) else {
-                tracing::warn!(provider = %self.id, "ignoring {}: not a volume", entry.path().display());
-                continue;
-            };
-            volumes.push(self.read_volume(&id)?);
+            match VolumeId::new(&name.to_string_lossy()) {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    tracing::warn!(provider = %self.id, "ignoring {}: not a volume", entry.path().display())
+                }
+            }
         }
-        crate::sort_volumes(&mut volumes);
-        Ok(volumes)
+        crate::read_volumes(&ids, |id| self.read_volume(id))
     }
 
     fn resize_volume(
@@ -500,24 +531,12 @@ impl Provider for FileProvider {
     }
 
     fn list_snapshots(&self, id: &VolumeId) -> Result<Vec<Snapshot>, ProviderError> {
-        let dir = self.existing(id)?.join(SNAPSHOTS);
-        let mut snapshots = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| self.io("list", &dir, e))? {
-            let entry = entry.map_err(|e| self.io("list", &dir, e))?;
-            let Ok(name) = SnapshotName::new(&entry.file_name().to_string_lossy()) else {
-                continue; // staged work in progress, or foreign
-            };
-            let meta = entry
-                .metadata()
-                .map_err(|e| self.io("stat", &entry.path(), e))?;
-            snapshots.push(Snapshot {
-                name,
-                size: meta.len(),
-                created: system_time(&meta),
-            });
-        }
-        snapshots.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
-        Ok(snapshots)
+        self.snapshots_in(&self.existing(id)?)
+    }
+
+    fn describe(&self, id: &VolumeId) -> Result<(Volume, Vec<Snapshot>), ProviderError> {
+        let (volume, dir) = self.read_volume_in(id)?;
+        Ok((volume, self.snapshots_in(&dir)?))
     }
 
     fn delete_snapshot(&self, id: &VolumeId, name: &SnapshotName) -> Result<(), ProviderError> {

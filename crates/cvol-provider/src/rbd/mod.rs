@@ -26,8 +26,8 @@ use self::device::RbdDevice;
 use crate::settings::Settings;
 use crate::standby::StandbyDevice;
 use crate::{
-    check_sector_size, check_shrink, sort_volumes, Attachment, BlockDevice, CopyProgress,
-    DataAccess, Provider, ProviderError, Snapshot, Volume, VolumeSource,
+    check_sector_size, check_shrink, Attachment, BlockDevice, CopyProgress, DataAccess, Provider,
+    ProviderError, Snapshot, Volume, VolumeSource,
 };
 
 /// Image features of new volumes: layering (clones), exclusive-lock (fencing),
@@ -50,9 +50,6 @@ const GENERATION: &str = "cvol.generation";
 /// The snapshot a clone of a live volume is made from (removed right after: with clone
 /// format 2 it lives on in the trash while the clone needs it).
 const CLONE_SNAPSHOT: &str = "cvol-clone-source";
-
-/// Images opened at once to list a pool.
-const LIST_PARALLEL: usize = 8;
 
 /// errnos librbd answers.
 const ENOENT: i32 = 2;
@@ -433,28 +430,7 @@ impl Provider for RbdProvider {
             .iter()
             .filter_map(|name| VolumeId::new(name).ok())
             .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let found = Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            for _ in 0..LIST_PARALLEL.min(ids.len()) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(id) = ids.get(i) else { break };
-                    match self.volume(id) {
-                        // Removed meanwhile.
-                        Err(ProviderError::VolumeNotFound { .. }) => {}
-                        result => found.lock().expect("found lock").push(result),
-                    }
-                });
-            }
-        });
-        let mut volumes = found
-            .into_inner()
-            .expect("found lock")
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        sort_volumes(&mut volumes);
-        Ok(volumes)
+        crate::read_volumes(&ids, |id| self.volume(id))
     }
 
     fn resize_volume(

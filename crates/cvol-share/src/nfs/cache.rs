@@ -24,11 +24,11 @@ const MAX_CONTENT_FILE: usize = 256 << 10;
 /// What tells one version of a file from another: its identity, size and times. A file
 /// cvol rewrites is replaced by a new one (a new file id), and any write moves ctime.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Version {
-    fileid: u64,
-    size: u64,
-    mtime: nfstime3,
-    ctime: nfstime3,
+pub(super) struct Version {
+    pub(super) fileid: u64,
+    pub(super) size: u64,
+    pub(super) mtime: nfstime3,
+    pub(super) ctime: nfstime3,
 }
 
 impl Version {
@@ -47,6 +47,9 @@ pub(super) fn same_version(a: &fattr3, b: &fattr3) -> bool {
     Version::of(a) == Version::of(b)
 }
 
+/// File contents by handle, with the version they are of.
+pub(super) type Contents = HashMap<Vec<u8>, (Version, Arc<[u8]>)>;
+
 /// Handles by path, attributes and listings by handle, each with the time it was learnt;
 /// contents by handle, with the version they are of.
 pub(super) struct Cache {
@@ -60,8 +63,10 @@ struct Inner {
     handles: HashMap<SharePath, (nfs_fh3, Instant)>,
     attributes: HashMap<Vec<u8>, (fattr3, Instant)>,
     listings: HashMap<Vec<u8>, (Arc<[DirEntry]>, Instant)>,
-    contents: HashMap<Vec<u8>, (Version, Arc<[u8]>)>,
+    contents: Contents,
     content_bytes: usize,
+    /// Whether contents were learnt since [`Cache::preload`] (so are worth saving).
+    contents_learnt: bool,
     changes: u64,
 }
 
@@ -80,6 +85,27 @@ impl Cache {
 
     fn fresh(&self, learnt: Instant) -> bool {
         learnt.elapsed() < self.lifetime
+    }
+
+    /// Starts with `contents` read from the server whose export's root handle is `root`
+    /// (in an earlier run): kept if the server mounted is that one.
+    pub(super) fn preload(&self, root: nfs_fh3, contents: Contents) {
+        let mut inner = self.lock();
+        inner.root = root;
+        inner.content_bytes = contents.values().map(|(_, data)| data.len()).sum();
+        inner.contents = contents;
+        if inner.content_bytes > MAX_CONTENT_BYTES {
+            inner.contents.clear();
+            inner.content_bytes = 0;
+        }
+    }
+
+    /// The root handle and the contents, if any were learnt since [`Cache::preload`].
+    pub(super) fn contents_to_save(&self) -> Option<(nfs_fh3, Contents)> {
+        let inner = self.lock();
+        inner
+            .contents_learnt
+            .then(|| (inner.root.clone(), inner.contents.clone()))
     }
 
     /// The export's root handle.
@@ -196,6 +222,7 @@ impl Cache {
             inner.content_bytes = 0;
         }
         inner.content_bytes += data.len();
+        inner.contents_learnt = true;
         let entry = (Version::of(attributes), data);
         if let Some((_, old)) = inner.contents.insert(fh.data.to_vec(), entry) {
             inner.content_bytes -= old.len();

@@ -8,14 +8,16 @@
 //! file. Symlinks are never followed: an operation on a symlink acts on the link (or
 //! fails), so nothing on the server can lead outside the export.
 //!
-//! Calls run on a pool of connections. Every call is repeated across reconnects until
-//! the share's timeout, and the server's "try later" (NFS3ERR_JUKEBOX) is waited out the
+//! Calls run on a pool of connections, each call on the calling thread over a blocking
+//! socket, which gives up on a server that sends nothing for the share's timeout. Every
+//! call is repeated across reconnects until that timeout, and the server's "try later" (NFS3ERR_JUKEBOX) is waited out the
 //! same way. A call that is not idempotent (CREATE, REMOVE, RENAME, …) whose reply was
 //! lost with its connection may have been done already: its repeat answering "exists"
 //! (or "no such file") is taken as that earlier success, as kernel clients do.
 
 mod cache;
 mod pool;
+mod saved_contents;
 mod transport;
 
 #[cfg(feature = "fuzzing")]
@@ -51,15 +53,21 @@ pub struct NfsOptions {
     pub attribute_cache: Duration,
     /// Connections to the server, at most; calls beyond them wait for one.
     pub connections: usize,
+    /// A local directory where the content of small files read (the `.vmx` and
+    /// descriptors) is kept between runs, each used only for the version of the file it
+    /// was read at (`None`: kept in memory only).
+    pub content_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for NfsOptions {
-    /// 60 s timeout, 3 s attribute cache (the kernel's `acregmin`), 4 connections.
+    /// 60 s timeout, 3 s attribute cache (the kernel's `acregmin`), 8 connections, no
+    /// content kept between runs.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(60),
             attribute_cache: Duration::from_secs(3),
-            connections: 4,
+            connections: 8,
+            content_cache_dir: None,
         }
     }
 }
@@ -68,10 +76,10 @@ impl Default for NfsOptions {
 pub struct NfsShare {
     url: NfsUrl,
     options: NfsOptions,
-    /// `None` only while dropping.
-    runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     cache: Cache,
+    /// Where the content cache is saved when the share is dropped, if it is.
+    saved_contents: Option<std::path::PathBuf>,
     /// Since when the server has not answered for a whole timeout, if it has not.
     down_since: std::sync::Mutex<Option<Instant>>,
     /// RPCs sent, repeats included.
@@ -204,7 +212,8 @@ macro_rules! rpc {
                 Ok(mut connection) => {
                     let result = {
                         let $c = &mut connection;
-                        share.block_on($r.$proc($($args)*))
+                        // Ready at once: the connection's socket blocks (see `transport`).
+                        futures::executor::block_on($r.$proc($($args)*))
                     };
                     match result {
                         Ok(Nfs3Result::Ok(ok)) => {
@@ -267,26 +276,30 @@ fn attributes_in(a: &post_op_attr) -> Option<&fattr3> {
 impl NfsShare {
     /// Mounts the share at `url`.
     pub fn open(url: &NfsUrl, options: &NfsOptions) -> Result<Self, ShareError> {
-        // Calls are driven from the callers' threads; the workers only run the I/O driver.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("nfs-client")
-            .enable_all()
-            .build()
-            .map_err(|e| ShareError::Io {
-                path: SharePath::root(),
-                op: "mount",
-                source: io::Error::other(format!("{url}: {e}")),
-            })?;
         let share = Self {
             url: url.clone(),
             options: options.clone(),
-            runtime: Some(runtime),
-            pool: Pool::new(url.clone(), options.connections),
+            pool: Pool::new(url.clone(), options.connections, options.timeout),
             cache: Cache::new(options.attribute_cache),
+            saved_contents: options
+                .content_cache_dir
+                .as_deref()
+                .map(|dir| saved_contents::file_for(dir, url)),
             down_since: std::sync::Mutex::new(None),
             sent: std::sync::atomic::AtomicU64::new(0),
         };
+        if let Some((root, contents)) = share
+            .saved_contents
+            .as_deref()
+            .and_then(saved_contents::load)
+        {
+            share.cache.preload(
+                nfs_fh3 {
+                    data: Opaque::owned(root),
+                },
+                contents,
+            );
+        }
         let connection = share
             .connection()
             .map_err(|e| share.call_error(&SharePath::root(), "mount", CallError::Transport(e)))?;
@@ -322,7 +335,7 @@ impl NfsShare {
     fn connection(&self) -> Result<Box<Connection>, String> {
         match self.pool.checkout() {
             Checkout::Idle(connection) => Ok(connection),
-            Checkout::Mount(builder) => match self.block_on(builder.mount()) {
+            Checkout::Mount(builder) => match futures::executor::block_on(builder.mount()) {
                 Ok(connection) => {
                     self.cache.set_root(connection.root_nfs_fh3());
                     Ok(Box::new(connection))
@@ -333,26 +346,6 @@ impl NfsShare {
                 }
             },
         }
-    }
-
-    /// Runs an NFS call to completion.
-    fn block_on<F>(&self, call: F) -> F::Output
-    where
-        F: std::future::Future + Send,
-        F::Output: Send,
-    {
-        let runtime = self.runtime.as_ref().expect("a runtime until dropped");
-        if tokio::runtime::Handle::try_current().is_err() {
-            return runtime.block_on(call);
-        }
-        // Called from inside another runtime (e.g. the NBD server's blocking threads),
-        // where no runtime can be entered: the call runs on a thread of its own.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| runtime.block_on(call))
-                .join()
-                .expect("NFS call thread")
-        })
     }
 
     fn call_error(&self, path: &SharePath, op: &'static str, e: CallError) -> ShareError {
@@ -743,12 +736,11 @@ impl NfsShare {
 }
 
 impl Drop for NfsShare {
-    /// The last holder of a share may be a task of another runtime (the NBD server's),
-    /// where dropping a runtime the ordinary way panics: its workers are let go instead
-    /// of waited for (they only drive this share's sockets).
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+        if let (Some(path), Some((root, contents))) =
+            (&self.saved_contents, self.cache.contents_to_save())
+        {
+            saved_contents::save(path, &root.data, &contents);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! is dropped, and the next call that needs one mounts again.
 
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -14,12 +15,13 @@ use super::transport::{RecordStream, TcpConnector};
 use crate::nfs_url::NfsUrl;
 
 /// A mounted connection.
-pub(super) type Connection = Nfs3Connection<RecordStream<tokio::net::TcpStream>>;
+pub(super) type Connection = Nfs3Connection<RecordStream<std::net::TcpStream>>;
 
 /// Up to `max` connections to one export.
 pub(super) struct Pool {
     url: NfsUrl,
     max: usize,
+    timeout: Duration,
     state: Mutex<State>,
     returned: Condvar,
 }
@@ -38,11 +40,13 @@ pub(super) enum Checkout {
 }
 
 impl Pool {
-    /// A pool of up to `max` connections to `url`.
-    pub(super) fn new(url: NfsUrl, max: usize) -> Self {
+    /// A pool of up to `max` connections to `url`, each giving up on a server that
+    /// sends nothing for `timeout`.
+    pub(super) fn new(url: NfsUrl, max: usize, timeout: Duration) -> Self {
         Self {
             url,
             max: max.max(1),
+            timeout,
             state: Mutex::new(State {
                 idle: Vec::new(),
                 open: 0,
@@ -99,9 +103,15 @@ impl Pool {
             gids: vec![],
         });
         let url = &self.url;
-        let builder = Nfs3ConnectionBuilder::new(TcpConnector, &url.host, &url.export)
-            .credential(credential)
-            .connect_from_privileged_port(false);
+        let builder = Nfs3ConnectionBuilder::new(
+            TcpConnector {
+                timeout: self.timeout,
+            },
+            &url.host,
+            &url.export,
+        )
+        .credential(credential)
+        .connect_from_privileged_port(false);
         match (url.port, url.mount_port) {
             (Some(port), mount) => builder.nfs3_port(port).mount_port(mount.unwrap_or(port)),
             (None, Some(mount)) => builder.mount_port(mount),

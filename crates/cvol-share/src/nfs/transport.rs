@@ -1,17 +1,25 @@
-//! The byte stream under `nfs3_client`, made safe against servers that close the
-//! connection or lie about lengths.
+//! The byte stream under `nfs3_client`: a blocking socket, made safe against servers
+//! that close the connection, lie about lengths or stop answering.
 //!
-//! `nfs3_client` 0.9's own tokio stream loops forever when the server closes the
-//! connection mid-reply (a read of 0 bytes is retried, not an error) and reads whatever
-//! record length a reply announces into one buffer. This stream ends a read at EOF with
-//! an error and refuses records longer than any reply cvol asks for, so a dead or hostile
-//! server costs an error, not a spinning thread or gigabytes of memory.
+//! Every call is driven to its end by the thread that makes it (a walk's threads, the
+//! container's FUSE threads), so the stream blocks in the kernel instead of going through
+//! an async runtime: a call is one send and, thanks to the read buffer, mostly one
+//! receive, with no wakeups passed between threads (through a runtime each call cost
+//! four thread switches, more CPU than the server's work on a small call).
+//! `nfs3_client`'s futures over this stream are ready when first polled.
+//!
+//! `nfs3_client` 0.9 reads whatever record length a reply announces into one buffer:
+//! this stream refuses records longer than any reply cvol asks for, ends a read at EOF
+//! with an error, and gives up on a server that sends nothing for the share's timeout,
+//! so a dead, hung or hostile server costs an error, not a stuck thread or gigabytes of
+//! memory.
 
-use std::net::SocketAddr;
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use nfs3_client::io::{AsyncRead, AsyncWrite};
 use nfs3_client::net::Connector;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The longest RPC record accepted: a 1 MiB READ or a 256 KiB READDIRPLUS reply and
 /// their headers fit with room to spare.
@@ -21,38 +29,57 @@ pub(super) const MAX_RECORD: u32 = 4 << 20;
 /// the record, the rest is the fragment's length.
 const LAST_FRAGMENT: u32 = 1 << 31;
 
+/// Bytes read from the socket at once: a walk's replies (attributes, a small file, a
+/// folder's listing) arrive whole in one receive.
+const READ_BUFFER: usize = 64 << 10;
+
 /// A stream carrying RPC records to and from a server.
-pub(super) struct RecordStream<S> {
-    stream: S,
+pub(super) struct RecordStream<S: Read> {
+    stream: BufReader<S>,
     /// True when the next exact read is a record header (`nfs3_client` reads each reply
     /// as a 4-byte header, then the body it announces).
     at_header: bool,
 }
 
-impl<S> RecordStream<S> {
-    /// Wraps a connected stream.
+impl<S: Read> RecordStream<S> {
+    /// Wraps a connected stream (whose reads time out, if they should).
     pub(super) fn new(stream: S) -> Self {
         Self {
-            stream,
+            stream: BufReader::with_capacity(READ_BUFFER, stream),
             at_header: true,
         }
     }
 }
 
-impl<S: tokio::io::AsyncRead + Unpin + Send> AsyncRead for RecordStream<S> {
+/// The errors of a read, said so that a log line explains them.
+fn read_error(e: std::io::Error) -> std::io::Error {
+    match e.kind() {
+        ErrorKind::UnexpectedEof => std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "the server closed the connection (EOF) before its reply was whole",
+        ),
+        // What a read past its timeout (SO_RCVTIMEO) fails with.
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => std::io::Error::new(
+            ErrorKind::TimedOut,
+            "the server sent no reply within the share's timeout",
+        ),
+        _ => e,
+    }
+}
+
+impl<S: Read + Write + Send> AsyncRead for RecordStream<S> {
     async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.stream.read(buf).await
+        self.stream.read(buf).map_err(read_error)
     }
 
     async fn async_read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        // tokio's read_exact fails with UnexpectedEof where the connection ends.
-        self.stream.read_exact(buf).await?;
+        self.stream.read_exact(buf).map_err(read_error)?;
         if self.at_header && buf.len() == 4 {
             let header = u32::from_be_bytes(buf.try_into().expect("4 bytes"));
             let length = header & !LAST_FRAGMENT;
             if length > MAX_RECORD {
                 return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
+                    ErrorKind::InvalidData,
                     format!("the server announced a {length}-byte reply (at most {MAX_RECORD} expected)"),
                 ));
             }
@@ -64,51 +91,57 @@ impl<S: tokio::io::AsyncRead + Unpin + Send> AsyncRead for RecordStream<S> {
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin + Send> AsyncWrite for RecordStream<S> {
+impl<S: Read + Write + Send> AsyncWrite for RecordStream<S> {
     async fn async_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.write(buf).await
+        // Writing past the read buffer is fine: a call is only sent once the previous
+        // reply has been read whole.
+        self.stream.get_mut().write(buf).map_err(read_error)
     }
 }
 
-/// Opens TCP connections as [`RecordStream`]s.
-pub(super) struct TcpConnector;
+/// Opens TCP connections as [`RecordStream`]s whose connects, reads and writes give up
+/// after `timeout`.
+pub(super) struct TcpConnector {
+    /// How long a connect, or a wait for the next bytes of a reply, may take.
+    pub(super) timeout: Duration,
+}
 
 impl Connector for TcpConnector {
-    type Connection = RecordStream<tokio::net::TcpStream>;
+    type Connection = RecordStream<TcpStream>;
 
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
+        // A zero timeout is refused by the socket calls; it means "no patience at all".
+        let timeout = self.timeout.max(Duration::from_millis(100));
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         Ok(RecordStream::new(stream))
     }
 
     async fn connect_with_port(
         &self,
-        addr: SocketAddr,
-        local_port: u16,
+        _addr: SocketAddr,
+        _local_port: u16,
     ) -> std::io::Result<Self::Connection> {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        let local = match addr {
-            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], local_port)),
-            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], local_port)),
-        };
-        socket.bind(local)?;
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(RecordStream::new(stream))
+        Err(std::io::Error::new(
+            ErrorKind::Unsupported,
+            "cvol connects from unprivileged ports (the server must allow that: ganesha's \
+             PrivilegedPort = false, the kernel server's `insecure` export option)",
+        ))
     }
 }
 
 /// Hostile replies on demand, for the tests and the `nfs_reply` fuzz target.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
     use nfs3_client::nfs3_types::nfs3::{nfs_fh3, GETATTR3args, READ3args, READDIRPLUS3args};
     use nfs3_client::nfs3_types::xdr_codec::Opaque;
     use nfs3_client::Nfs3Client;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::RecordStream;
 
@@ -116,68 +149,66 @@ pub mod fuzzing {
     /// the call's xid written over bytes 4..8, so the reply reaches the decoders) and then
     /// closes. Returns what each call made of it; panics if one hangs.
     pub fn answer_nfs_calls_with(reply: &[u8]) -> Vec<Result<(), String>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
         let fh = || nfs_fh3 {
             data: Opaque::owned(vec![1; 8]),
         };
-        runtime.block_on(async {
-            let mut outcomes = Vec::new();
-            for call in 0..3 {
-                let (client_end, server_end) = tokio::io::duplex(1 << 16);
-                let server = tokio::spawn(serve(server_end, reply.to_vec()));
-                let mut client = Nfs3Client::new(RecordStream::new(client_end));
-                let outcome = async {
-                    let e = |e: nfs3_client::RpcError| e.to_string();
-                    match call {
-                        0 => client
-                            .getattr(&GETATTR3args { object: fh() })
-                            .await
-                            .map(drop)
-                            .map_err(e),
-                        1 => client
-                            .read(&READ3args {
-                                file: fh(),
-                                offset: 0,
-                                count: 4096,
-                            })
-                            .await
-                            .map(drop)
-                            .map_err(e),
-                        _ => client
-                            .readdirplus(&READDIRPLUS3args {
-                                dir: fh(),
-                                cookie: 0,
-                                cookieverf: Default::default(),
-                                dircount: 4096,
-                                maxcount: 16384,
-                            })
-                            .await
-                            .map(drop)
-                            .map_err(e),
-                    }
-                };
-                let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), outcome)
-                    .await
-                    .expect("the client hung on a hostile reply");
-                server.await.expect("the fake server");
-                outcomes.push(outcome);
+        let mut outcomes = Vec::new();
+        for call in 0..3 {
+            let (client_end, server_end) = UnixStream::pair().expect("a socket pair");
+            client_end
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("a read timeout");
+            let reply = reply.to_vec();
+            let server = std::thread::spawn(move || serve(server_end, reply));
+            let mut client = Nfs3Client::new(RecordStream::new(client_end));
+            let outcome = futures::executor::block_on(async {
+                match call {
+                    0 => client
+                        .getattr(&GETATTR3args { object: fh() })
+                        .await
+                        .map(drop),
+                    1 => client
+                        .read(&READ3args {
+                            file: fh(),
+                            offset: 0,
+                            count: 4096,
+                        })
+                        .await
+                        .map(drop),
+                    _ => client
+                        .readdirplus(&READDIRPLUS3args {
+                            dir: fh(),
+                            cookie: 0,
+                            cookieverf: Default::default(),
+                            dircount: 4096,
+                            maxcount: 16384,
+                        })
+                        .await
+                        .map(drop),
+                }
+            });
+            if let Err(nfs3_client::RpcError::Io(e)) = &outcome {
+                assert_ne!(
+                    e.kind(),
+                    ErrorKind::TimedOut,
+                    "the client hung on a hostile reply"
+                );
             }
-            outcomes
-        })
+            server.join().expect("the fake server");
+            outcomes.push(outcome.map_err(|e| e.to_string()));
+        }
+        outcomes
     }
 
-    async fn serve(mut stream: tokio::io::DuplexStream, mut reply: Vec<u8>) {
+    fn serve(mut stream: UnixStream, mut reply: Vec<u8>) {
         let mut request = vec![0u8; 1024];
-        let Ok(n) = stream.read(&mut request).await else {
+        let Ok(n) = stream.read(&mut request) else {
             return;
         };
         if n >= 8 && reply.len() >= 8 {
             reply[4..8].copy_from_slice(&request[4..8]);
         }
-        let _ = stream.write_all(&reply).await;
+        let _ = stream.write_all(&reply);
     }
 }
 

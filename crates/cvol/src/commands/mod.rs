@@ -12,7 +12,7 @@ mod up;
 mod vm;
 mod vm_snapshot;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +99,19 @@ pub fn default_host_id() -> String {
         .into_owned()
 }
 
+/// Where NFS contents are kept between runs: `--cache-dir` (empty: nowhere), else the
+/// user's cache directory.
+fn content_cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    let dir = match flag {
+        Some(dir) => dir,
+        None => match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            Some(cache) => PathBuf::from(cache).join("cvol"),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/cvol"),
+        },
+    };
+    (!dir.as_os_str().is_empty()).then(|| dir.join("nfs"))
+}
+
 /// Runs the command `cli` asks for.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context {
@@ -107,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout: Duration::from_secs(cli.nfs_timeout),
             attribute_cache: Duration::from_millis(cli.attr_cache_ms),
             connections: usize::from(cli.nfs_connections),
+            content_cache_dir: content_cache_dir(cli.cache_dir.clone()),
         },
         host: cli.host_id.clone().unwrap_or_else(default_host_id),
         host_arg: cli.host_id,

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `cvol` binary under test.
+/// The `cvol` binary under test, keeping what it reads from NFS shares between runs
+/// under the build's scratch directory, not the user's.
 pub fn cvol() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cvol"));
-    command.env_remove("RUST_LOG").env_remove("CVOL_SHARE");
+    command.env_remove("RUST_LOG").env_remove("CVOL_SHARE").env(
+        "CVOL_CACHE_DIR",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/cvol-cache"),
+    );
     command
 }
 
