@@ -65,11 +65,7 @@ impl Ceph {
     }
 
     fn try_start_at(netns: Option<&str>, ip: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("cvol-ceph")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let dir = super::server_dir("ceph");
         for sub in ["mon", "osd", "run"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }

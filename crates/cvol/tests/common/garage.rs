@@ -38,11 +38,7 @@ impl Garage {
 
     /// The same in network namespace `netns` (if any), listening on `ip`.
     pub fn start_at(netns: Option<&str>, ip: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("cvol-garage")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let dir = super::server_dir("garage");
         let (rpc, s3_port, admin) = (free_port(), free_port(), free_port());
         let config = dir.join("garage.toml");
         std::fs::write(

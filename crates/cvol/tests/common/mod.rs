@@ -853,6 +853,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A new directory for a server of `kind` that this test process starts, named after the
+/// process. Servers shared by a test binary live as long as it and leave their directory
+/// behind: those of processes that are gone are removed here.
+pub fn server_dir(kind: &str) -> PathBuf {
+    let prefix = format!("cvol-{kind}-");
+    for entry in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next());
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir()
+        .unwrap()
+        .keep()
+}
+
 fn start_ganesha() -> Ganesha {
     // rpcbind must run first, or ganesha fails with "Cannot register NFS V3 on UDP".
     if std::net::TcpStream::connect("127.0.0.1:111").is_err() {
@@ -862,11 +883,14 @@ fn start_ganesha() -> Ganesha {
             .expect("rpcbind is needed (apt-get install rpcbind)");
         assert!(status.success(), "rpcbind failed to start");
     }
-    let dir = std::env::temp_dir().join(format!("cvol-ganesha-{}", std::process::id()));
+    let dir = server_dir("ganesha");
     let export = dir.join("export");
     std::fs::create_dir_all(&export).unwrap();
     let (port, mount_port, nlm, rquota) = (free_port(), free_port(), free_port(), free_port());
     let config = dir.join("ganesha.conf");
+    // Tests change the export's files directly, behind ganesha's back: it must report
+    // their attributes as they are (Attr_Expiration_Time = 0), as it does for changes
+    // made through it.
     std::fs::write(
         &config,
         format!(
@@ -876,7 +900,7 @@ fn start_ganesha() -> Ganesha {
              NFSV4 {{ Graceless = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = {path}; Pseudo = /export; Access_Type = RW;\n\
              Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;\n\
-             FSAL {{ Name = VFS; }} }}\n",
+             Attr_Expiration_Time = 0; FSAL {{ Name = VFS; }} }}\n",
             path = export.display()
         ),
     )
