@@ -127,7 +127,14 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
         println!("stop with Ctrl-C (or: cvol umount {mnt_arg})");
         Ok(())
     };
-    super::mount::serve(std::sync::Arc::new(ds), &mnt, &serve, ready, || {})
+    super::mount::serve(
+        std::sync::Arc::new(ds),
+        &mnt,
+        &serve,
+        ctx.nfs.attribute_cache,
+        ready,
+        || {},
+    )
 }
 
 fn print_summary(

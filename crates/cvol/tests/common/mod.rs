@@ -888,9 +888,6 @@ fn start_ganesha() -> Ganesha {
     std::fs::create_dir_all(&export).unwrap();
     let (port, mount_port, nlm, rquota) = (free_port(), free_port(), free_port(), free_port());
     let config = dir.join("ganesha.conf");
-    // Tests change the export's files directly, behind ganesha's back: it must report
-    // their attributes as they are (Attr_Expiration_Time = 0), as it does for changes
-    // made through it.
     std::fs::write(
         &config,
         format!(
@@ -900,7 +897,7 @@ fn start_ganesha() -> Ganesha {
              NFSV4 {{ Graceless = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = {path}; Pseudo = /export; Access_Type = RW;\n\
              Squash = No_Root_Squash; SecType = sys; Protocols = 3, 4; Transports = TCP;\n\
-             Attr_Expiration_Time = 0; FSAL {{ Name = VFS; }} }}\n",
+             FSAL {{ Name = VFS; }} }}\n",
             path = export.display()
         ),
     )
