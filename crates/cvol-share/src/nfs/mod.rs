@@ -10,10 +10,11 @@
 //!
 //! Calls run on a pool of connections, each call on the calling thread over a blocking
 //! socket, which gives up on a server that sends nothing for the share's timeout. Every
-//! call is repeated across reconnects until that timeout, and the server's "try later" (NFS3ERR_JUKEBOX) is waited out the
-//! same way. A call that is not idempotent (CREATE, REMOVE, RENAME, …) whose reply was
-//! lost with its connection may have been done already: its repeat answering "exists"
-//! (or "no such file") is taken as that earlier success, as kernel clients do.
+//! call is repeated across reconnects until that timeout, and the server's "try later"
+//! (NFS3ERR_JUKEBOX) is waited out the same way. A call that is not idempotent (CREATE,
+//! REMOVE, RENAME, …) whose reply was lost with its connection may have been done
+//! already: its repeat answering "exists" (or "no such file") is taken as that earlier
+//! success, as kernel clients do.
 
 mod cache;
 mod pool;

@@ -86,14 +86,7 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         );
         Ok(())
     };
-    let served = super::mount::serve(
-        ds,
-        &settings.mountpoint,
-        &serve,
-        ctx.nfs.attribute_cache,
-        ready,
-        || agent.shutdown(),
-    );
+    let served = super::mount::serve(ds, &settings.mountpoint, &serve, ready, || agent.shutdown());
     drop(api_runtime);
     let _ = std::fs::remove_file(&socket);
     served

@@ -17,7 +17,6 @@ pub fn run(ctx: &Context, args: &MountArgs) -> anyhow::Result<()> {
         Arc::new(ctx.datastore()?),
         &args.mountpoint,
         &args.serve,
-        ctx.nfs.attribute_cache,
         |_| Ok(()),
         || {},
     )
@@ -26,12 +25,11 @@ pub fn run(ctx: &Context, args: &MountArgs) -> anyhow::Result<()> {
 /// Mounts `datastore` at `mountpoint`, calls `ready` with the volumes it serves, and serves until a signal or an
 /// outside unmount; then calls `stopping` and unmounts, flushing and detaching every
 /// volume. Threads that `ready` starts block the termination signals too, so that the
-/// serving thread gets them. The kernel keeps names and attributes for `kernel_cache`.
+/// serving thread gets them.
 pub fn serve(
     datastore: Arc<Datastore>,
     mountpoint: &Path,
     args: &ServeArgs,
-    kernel_cache: Duration,
     ready: impl FnOnce(&Arc<AttachedVolumes>) -> anyhow::Result<()>,
     stopping: impl FnOnce(),
 ) -> anyhow::Result<()> {
@@ -47,7 +45,6 @@ pub fn serve(
         threads: args.threads,
         passthrough: !args.no_passthrough,
         allow_other: args.allow_other,
-        kernel_cache,
     };
     let mounted = cvol_container::mount(container, mountpoint, &settings)
         .with_context(|| format!("cannot mount the container at {}", mountpoint.display()))?;

@@ -127,14 +127,7 @@ pub fn run(ctx: &Context, args: &UpArgs) -> anyhow::Result<()> {
         println!("stop with Ctrl-C (or: cvol umount {mnt_arg})");
         Ok(())
     };
-    super::mount::serve(
-        std::sync::Arc::new(ds),
-        &mnt,
-        &serve,
-        ctx.nfs.attribute_cache,
-        ready,
-        || {},
-    )
+    super::mount::serve(std::sync::Arc::new(ds), &mnt, &serve, ready, || {})
 }
 
 fn print_summary(
