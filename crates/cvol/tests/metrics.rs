@@ -285,12 +285,9 @@ fn rpcs(port: u16) -> f64 {
     value(&scrape(port), "cvol_nfs_server_rpc_seconds_count", &[])
 }
 
-/// Within the attribute-cache window a repeated listing of unchanged folders, and their
-/// attributes, cost the server no RPC at all; a change made through the server by
-/// another host (another client) is seen once the window has passed, without a remount.
-#[test]
-fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window() {
-    const WINDOW: Duration = Duration::from_secs(5);
+/// A datastore of VMs a, b and c (an 8 MiB disk and 256 MiB of memory each) on a share
+/// served by `cvol nfs serve`, and the port of its metrics endpoint.
+fn three_vms_on_a_metered_nfs_share() -> (Env, u16) {
     let mut env = Env::empty();
     let port = free_port();
     let nfs = NfsServe::start_with(
@@ -307,8 +304,18 @@ fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window(
     env.server = Some(nfs);
     env.create_datastore_with(&format!("pool=file:{}", env.pool.display()));
     for vm in ["a", "b", "c"] {
-        env.ok(&["vm", "create", vm, "--disk", "8M"]);
+        env.ok(&["vm", "create", vm, "--disk", "8M", "--memory", "256"]);
     }
+    (env, port)
+}
+
+/// Within the attribute-cache window a repeated listing of unchanged folders, and their
+/// attributes, cost the server no RPC at all; a change made through the server by
+/// another host (another client) is seen once the window has passed, without a remount.
+#[test]
+fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window() {
+    const WINDOW: Duration = Duration::from_secs(5);
+    let (env, port) = three_vms_on_a_metered_nfs_share();
     let m = env.mount_with(&["--attr-cache-ms", &WINDOW.as_millis().to_string()]);
     // Every VM folder's entries with their sizes, and the root's: what `ls -l */` shows.
     let listing = || {
@@ -388,24 +395,7 @@ fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window(
 /// ignored; `--cache-dir ''` keeps nothing.
 #[test]
 fn a_second_walk_reads_only_what_changed_since_the_last_run() {
-    let mut env = Env::empty();
-    let port = free_port();
-    let nfs = NfsServe::start_with(
-        &env.share,
-        "127.0.0.1:0".parse().unwrap(),
-        &[
-            "--no-root-squash",
-            "--metrics",
-            &format!("127.0.0.1:{port}"),
-        ],
-        Stdio::null(),
-    );
-    env.share_arg = nfs.url.clone();
-    env.server = Some(nfs);
-    env.create_datastore_with(&format!("pool=file:{}", env.pool.display()));
-    for vm in ["a", "b", "c"] {
-        env.ok(&["vm", "create", vm, "--disk", "8M", "--memory", "256"]);
-    }
+    let (env, port) = three_vms_on_a_metered_nfs_share();
     let cache = env.tmp.path().join("cache");
     let cache_arg = cache.to_str().unwrap();
     // `vm list` with the cache: the memory of each VM, and the READs it cost the server.
