@@ -26,6 +26,10 @@ const MAGIC: &[u8; 8] = b"cvolnfc1";
 /// Files of other shares kept beside the one saved; the least recently saved go first.
 const KEEP_FILES: usize = 32;
 
+/// Age past which a file being written is taken for the leftover of a run that died
+/// while saving (a save takes milliseconds).
+const STALE_STAGED: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The file that holds what was read from `url`, in `dir`.
 pub(super) fn file_for(dir: &Path, url: &NfsUrl) -> PathBuf {
     let name: String = url
@@ -115,7 +119,8 @@ fn write(path: &Path, root: &[u8], contents: &Contents) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     // VM configurations are the user's: no one else reads them from here.
-    let staged = path.with_extension(format!("{}.tmp", std::process::id()));
+    // Unique: two shares of one server in one process may save at once.
+    let staged = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -138,11 +143,18 @@ fn prune(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".contents"))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let Some(modified) = entry.metadata().and_then(|m| m.modified()).ok() else {
+            continue;
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".contents") {
+            files.push((modified, entry.path()));
+        } else if name.ends_with(".tmp") && modified.elapsed().is_ok_and(|age| age > STALE_STAGED) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
     if files.len() > KEEP_FILES {
         files.sort();
         for (_, path) in &files[..files.len() - KEEP_FILES] {
@@ -261,5 +273,18 @@ mod tests {
             save(&file_for(dir.path(), &url), b"r", &contents);
         }
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), KEEP_FILES);
+
+        // What a run that died while saving left: removed once it is old, not before.
+        let staged = |name: &str, age: u64| {
+            let path = dir.path().join(name);
+            let file = fs::File::create(&path).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            file.set_modified(when).unwrap();
+            path
+        };
+        let old = staged("a.contents.1f.tmp", 3600);
+        let young = staged("b.contents.2f.tmp", 1);
+        save(&dir.path().join("c.contents"), b"r", &contents);
+        assert!(!old.exists() && young.exists());
     }
 }
