@@ -100,12 +100,16 @@ impl Cache {
         }
     }
 
-    /// The root handle and the contents, if any were learnt since [`Cache::preload`].
-    pub(super) fn contents_to_save(&self) -> Option<(nfs_fh3, Contents)> {
-        let inner = self.lock();
-        inner
-            .contents_learnt
-            .then(|| (inner.root.clone(), inner.contents.clone()))
+    /// The root handle and the contents, taken out of the cache, if any were learnt since
+    /// [`Cache::preload`] (for a share being dropped, which needs them no more).
+    pub(super) fn take_contents_to_save(&self) -> Option<(nfs_fh3, Contents)> {
+        let mut inner = self.lock();
+        if !inner.contents_learnt {
+            return None;
+        }
+        inner.contents_learnt = false;
+        inner.content_bytes = 0;
+        Some((inner.root.clone(), std::mem::take(&mut inner.contents)))
     }
 
     /// The export's root handle.

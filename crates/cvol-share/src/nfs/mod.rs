@@ -739,7 +739,7 @@ impl NfsShare {
 impl Drop for NfsShare {
     fn drop(&mut self) {
         if let (Some(path), Some((root, contents))) =
-            (&self.saved_contents, self.cache.contents_to_save())
+            (&self.saved_contents, self.cache.take_contents_to_save())
         {
             saved_contents::save(path, &root.data, &contents);
         }

@@ -118,7 +118,6 @@ fn write(path: &Path, root: &[u8], contents: &Contents) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    // VM configurations are the user's: no one else reads them from here.
     // Unique: two shares of one server in one process may save at once.
     let staged = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let result = (|| {
@@ -126,6 +125,7 @@ fn write(path: &Path, root: &[u8], contents: &Contents) -> std::io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
+            // VM configurations are the user's: no one else reads them from here.
             .mode(0o600)
             .open(&staged)?;
         file.write_all(MAGIC)?;
