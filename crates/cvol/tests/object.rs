@@ -94,9 +94,13 @@ fn missing_buckets_pools_and_bad_credentials_are_named_and_change_nothing() {
 fn add_setting(env: &Env, key: &str, value: &str) {
     let toml = env.share.join(".cvol/datastore.toml");
     let mut text = std::fs::read_to_string(&toml).unwrap();
-    assert!(text
-        .trim_end()
-        .ends_with(&format!("url = \"{}\"", env.object_url.as_deref().unwrap())));
+    // The last table is the object provider's settings.
+    let (_, last_table) = text.rsplit_once("\n[").unwrap();
+    assert!(
+        last_table.starts_with("providers.settings]")
+            && last_table.contains(&format!("url = \"{}\"", env.object_url.as_deref().unwrap())),
+        "{text}"
+    );
     text.push_str(&format!("{key} = \"{value}\"\n"));
     std::fs::write(toml, text).unwrap();
 }
@@ -342,6 +346,78 @@ fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_file_objects() {
 #[test]
 fn kill_9_of_the_host_daemon_keeps_every_flushed_block_on_compressed_encrypted_s3() {
     kill_9_during_writes_keeps_every_flushed_block(&Env::datastore_on_sealed_s3());
+}
+
+/// kill -9 while the disk cache is being written (every upload goes through to it, and
+/// a one-chunk memory cache makes the writer's chunks come back from it): after each
+/// remount, reads served from what the killed daemon left in the cache are exactly a
+/// completed flush, never a torn entry.
+#[test]
+fn kill_9_during_disk_cache_writes_serves_nothing_wrong_after_a_remount() {
+    let env = Env::datastore_on_sealed_object();
+    let cache = env.tmp.path().join("disk-cache");
+    add_setting(&env, "cache_mib", "4");
+    add_setting(&env, "disk_cache", cache.to_str().unwrap());
+    kill_9_during_writes_keeps_every_flushed_block(&env);
+    let entries = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|volume| std::fs::read_dir(volume.unwrap().path()).unwrap().count())
+        .sum::<usize>();
+    assert!(entries > 0, "the disk cache was used");
+}
+
+/// A disk cache on a full file system (1 MiB: no chunk entry fits) costs only speed:
+/// what does not fit is not kept, what was half written is removed, and the disk writes
+/// and reads back the same, also after a remount.
+#[test]
+fn a_full_disk_cache_keeps_the_disk_working() {
+    let env = Env::datastore_on_sealed_object();
+    let full = common::Tmpfs::mount(&env.tmp.path().join("disk-cache"), "1m");
+    add_setting(&env, "cache_mib", "4");
+    add_setting(&env, "disk_cache", full.0.to_str().unwrap());
+    env.ok(&["vm", "create", "demo", "--disk", "16M"]);
+    let mut model: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let m = env.mount(false);
+    let disk = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("demo/demo-flat.vmdk"))
+        .unwrap();
+    disk.write_all_at(&model, 0).unwrap();
+    disk.sync_all().unwrap();
+    // Small writes: patches, whose log pieces are kept until the cache fills up too.
+    for at in (0..model.len()).step_by(397 << 10) {
+        model[at..at + 100].fill(0xee);
+        disk.write_all_at(&[0xee; 100], at as u64).unwrap();
+        disk.sync_all().unwrap();
+    }
+    let mut back = vec![0u8; model.len()];
+    disk.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == model, "read back while mounted");
+    drop(disk);
+    let log = m.stop();
+    assert!(
+        log.contains("disk cache: cannot keep") && log.contains("No space left on device"),
+        "the cache filled up: {log}"
+    );
+    let m = env.mount(false);
+    assert!(
+        std::fs::read(m.path("demo/demo-flat.vmdk")).unwrap() == model,
+        "read back after a remount"
+    );
+    m.stop();
+    let mut left = vec![full.0.clone()];
+    while let Some(dir) = left.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert!(!path.to_string_lossy().ends_with(".tmp"), "{path:?} left");
+            if path.is_dir() {
+                left.push(path);
+            }
+        }
+    }
 }
 
 /// `cvol provider stats`: a small write lives in a log (the object its flush committed
