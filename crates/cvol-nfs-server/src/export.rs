@@ -116,15 +116,41 @@ impl Inner {
         }
     }
 
-    /// The names in directory `path` (handle `handle`, attributes `m`) in cookie order. A listing that
-    /// continues from `cookie` reuses the names the previous call read if the directory
-    /// has not changed since (same modification and change times), so a directory of
-    /// 10,000 entries is not read and sorted again for each of the calls that list it; a
-    /// listing from the start always reads the directory.
+    /// Directory `handle` opened, with its path and attributes: one path resolution for
+    /// a whole READDIRPLUS (the checks of [`Inner::resolve`] are made on the opened
+    /// directory).
+    fn opened_dir(&self, handle: &FileHandleU64) -> Result<(SharePath, LocalDir, Metadata)> {
+        let id = handle.as_u64();
+        let (path, inode) = self.handles.get(id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+        let opened = match self.share.open_dir(&path) {
+            Ok(opened) => opened,
+            // Gone, replaced, not a directory, or not readable by the caller: told apart
+            // as for any other call.
+            Err(e) => {
+                let (_, m) = self.resolve(handle)?;
+                return Err(match m.kind {
+                    FileKind::Dir => status_of(&e),
+                    _ => nfsstat3::NFS3ERR_NOTDIR,
+                });
+            }
+        };
+        let m = opened.own_metadata().map_err(|e| status_of(&e))?;
+        if m.inode != inode {
+            self.handles.forget(id);
+            return Err(nfsstat3::NFS3ERR_STALE);
+        }
+        Ok((path, opened, m))
+    }
+
+    /// The names in directory `opened` (handle `handle`, attributes `m`) in cookie order.
+    /// A listing that continues from `cookie` reuses the names the previous call read if
+    /// the directory has not changed since (same modification and change times), so a
+    /// directory of 10,000 entries is not read and sorted again for each of the calls
+    /// that list it; a listing from the start always reads the directory.
     fn names(
         &self,
         handle: u64,
-        path: &SharePath,
+        opened: &LocalDir,
         m: &Metadata,
         cookie: u64,
     ) -> Result<Arc<Vec<String>>> {
@@ -135,9 +161,8 @@ impl Inner {
                 return Ok(listing.names.clone());
             }
         }
-        let mut names: Vec<String> = self
-            .share
-            .read_dir(path)
+        let mut names: Vec<String> = opened
+            .entries()
             .map_err(|e| status_of(&e))?
             .into_iter()
             .map(|e| e.name)
@@ -320,19 +345,12 @@ impl NfsReadFileSystem for LocalExport {
         cookie: u64,
     ) -> Result<impl ReadDirPlusIterator<FileHandleU64>> {
         let _caller = self.enter()?;
-        let (path, m) = self.inner.resolve(dir)?;
-        if m.kind != FileKind::Dir {
-            return Err(nfsstat3::NFS3ERR_NOTDIR);
-        }
-        let names = self.inner.names(dir.as_u64(), &path, &m, cookie)?;
-        let opened = self
-            .inner
-            .share
-            .open_dir(&path)
-            .map_err(|e| status_of(&e))?;
+        let (path, opened, m) = self.inner.opened_dir(dir)?;
+        let names = self.inner.names(dir.as_u64(), &opened, &m, cookie)?;
         Ok(DirIterator {
             export: self.clone(),
             dir: path,
+            attrs: m,
             opened,
             names,
             next: usize::try_from(cookie).unwrap_or(usize::MAX),
@@ -518,6 +536,8 @@ impl NfsFileSystem for LocalExport {
 struct DirIterator {
     export: LocalExport,
     dir: SharePath,
+    /// The directory's own attributes, as opened.
+    attrs: Metadata,
     opened: LocalDir,
     names: Arc<Vec<String>>,
     next: usize,
@@ -525,28 +545,30 @@ struct DirIterator {
 
 impl DirIterator {
     fn entry(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
-        let inner = &self.export.inner;
         loop {
             let Some(name) = self.names.get(self.next) else {
                 return NextResult::Eof;
             };
             self.next += 1;
-            let path = entry_path(&self.dir, name);
-            // A name the share refuses (not UTF-8, say) or one removed since the listing
-            // is left out rather than failing the whole listing.
-            let Ok(path) = path else { continue };
             let found = match name.as_str() {
-                "." | ".." => inner.found(path),
-                _ => self
-                    .opened
-                    .metadata(name)
-                    .map(|m| inner.handed_out(&path, &m))
-                    .map_err(|e| status_of(&e)),
+                "." => Ok((self.dir.clone(), self.attrs.clone())),
+                ".." => match self.dir.split_last() {
+                    // The root's parent is the root: nothing above the export is reachable.
+                    None => Ok((self.dir.clone(), self.attrs.clone())),
+                    Some((parent, _)) => self.opened.metadata("..").map(|m| (parent, m)),
+                },
+                _ => match entry_path(&self.dir, name) {
+                    Ok(path) => self.opened.metadata(name).map(|m| (path, m)),
+                    // A name the share refuses (not UTF-8, say) is left out rather than
+                    // failing the whole listing.
+                    Err(_) => continue,
+                },
             };
             let (handle, attrs) = match found {
-                Ok(found) => found,
-                Err(nfsstat3::NFS3ERR_NOENT) => continue,
-                Err(e) => return NextResult::Err(e),
+                Ok((path, m)) => self.export.inner.handed_out(&path, &m),
+                // Removed since the listing: left out.
+                Err(ShareError::NotFound(_)) => continue,
+                Err(e) => return NextResult::Err(status_of(&e)),
             };
             return NextResult::Ok(DirEntryPlus {
                 fileid: attrs.fileid,

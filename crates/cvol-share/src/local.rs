@@ -33,13 +33,53 @@ pub struct LocalDir {
 }
 
 impl LocalDir {
-    /// Attributes of entry `name` (a name, not a path), not following a symlink.
+    /// Attributes of entry `name` (a name, not a path), not following a symlink; `..`
+    /// is the directory's parent, which may be outside the share if this is its root.
     pub fn metadata(&self, name: &str) -> Result<Metadata, ShareError> {
-        let path = self.path.join(name)?;
+        let path = self.path.join(name).unwrap_or_else(|_| self.path.clone());
         rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
             .map(|stat| metadata_of(&stat))
             .map_err(|e| ShareError::from_io(&path, "stat", e.into()))
     }
+
+    /// Attributes of the directory itself (the one opened, wherever it is now).
+    pub fn own_metadata(&self) -> Result<Metadata, ShareError> {
+        rfs::fstat(&self.fd)
+            .map(|stat| metadata_of(&stat))
+            .map_err(|e| ShareError::from_io(&self.path, "stat", e.into()))
+    }
+
+    /// The directory's entries (without `.` and `..`), in no order.
+    pub fn entries(&self) -> Result<Vec<DirEntry>, ShareError> {
+        entries_of(&self.fd, &self.path)
+    }
+}
+
+/// The entries (without `.` and `..`) of directory `fd`, which is `path`.
+fn entries_of(fd: &OwnedFd, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
+    let err = |e: rustix::io::Errno| ShareError::from_io(path, "list directory", e.into());
+    let dir = rfs::Dir::read_from(fd).map_err(err)?;
+    let mut entries = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_string_lossy();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            FileType::Unknown => {
+                rfs::statat(fd.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|s| kind_of(FileType::from_raw_mode(s.st_mode)))
+                    .map_err(err)?
+            }
+            t => kind_of(t),
+        };
+        entries.push(DirEntry {
+            name: name.into_owned(),
+            kind,
+        });
+    }
+    Ok(entries)
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
@@ -75,11 +115,15 @@ impl LocalShare {
         &self.dir
     }
 
-    /// Opens directory `path` to look its entries up one by one, without resolving
-    /// `path` again for each (a server answering READDIRPLUS).
+    /// Opens directory `path` to list it and look its entries up one by one, without
+    /// resolving `path` again for each (a server answering READDIRPLUS).
     pub fn open_dir(&self, path: &SharePath) -> Result<LocalDir, ShareError> {
+        self.open_dir_for(path, "open directory")
+    }
+
+    fn open_dir_for(&self, path: &SharePath, op: &'static str) -> Result<LocalDir, ShareError> {
         Ok(LocalDir {
-            fd: self.open_beneath(path, OFlags::PATH | OFlags::DIRECTORY, "open directory")?,
+            fd: self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, op)?,
             path: path.clone(),
         })
     }
@@ -257,30 +301,7 @@ impl Share for LocalShare {
     }
 
     fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
-        let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY, "list directory")?;
-        let dir = rfs::Dir::read_from(&fd)
-            .map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
-        let mut entries = Vec::new();
-        for entry in dir {
-            let entry = entry.map_err(|e| ShareError::from_io(path, "list directory", e.into()))?;
-            let name = entry.file_name().to_string_lossy();
-            if name == "." || name == ".." {
-                continue;
-            }
-            let kind = match entry.file_type() {
-                FileType::Unknown => {
-                    rfs::statat(fd.as_fd(), entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
-                        .map(|s| kind_of(FileType::from_raw_mode(s.st_mode)))
-                        .map_err(|e| ShareError::from_io(path, "list directory", e.into()))?
-                }
-                t => kind_of(t),
-            };
-            entries.push(DirEntry {
-                name: name.into_owned(),
-                kind,
-            });
-        }
-        Ok(entries)
+        self.open_dir_for(path, "list directory")?.entries()
     }
 
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError> {
