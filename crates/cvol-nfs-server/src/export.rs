@@ -20,12 +20,12 @@ use nfs3_server::nfs3_types::nfs3::{
     FSF3_HOMOGENEOUS, FSF3_LINK, FSF3_SYMLINK,
 };
 use nfs3_server::vfs::{
-    DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
+    DirEntryPlus, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
 };
 
 use crate::attrs::{changes_of, fattr_of, status_of};
 use crate::caller::{ActingAs, Admission};
-use crate::handles::{HandleTable, ROOT};
+use crate::handles::{Handle, HandleTable};
 
 /// A local directory served over NFSv3.
 #[derive(Clone)]
@@ -86,7 +86,7 @@ impl LocalExport {
         Ok(Self {
             inner: Arc::new(Inner {
                 share,
-                handles: HandleTable::new(root),
+                handles: HandleTable::new(root, policy.file_handles.max(1)),
                 fsid,
                 listings: Mutex::default(),
             }),
@@ -103,25 +103,47 @@ impl LocalExport {
 impl Inner {
     /// The path of `handle` and what is there now; STALE when the file is gone or moved
     /// behind the server's back.
-    fn resolve(&self, handle: &FileHandleU64) -> Result<(SharePath, Metadata)> {
-        let id = handle.as_u64();
-        let (path, inode) = self.handles.get(id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+    fn resolve(&self, handle: &Handle) -> Result<(SharePath, Metadata)> {
+        let (path, inode) = match self.handles.get(handle) {
+            Some(found) => found,
+            None => self.found_again(handle)?,
+        };
         match self.share.metadata(&path) {
             Ok(m) if m.inode == inode => Ok((path, m)),
             Ok(_) | Err(ShareError::NotFound(_)) => {
-                self.handles.forget(id);
+                self.handles.forget(handle);
                 Err(nfsstat3::NFS3ERR_STALE)
             }
             Err(e) => Err(status_of(&e)),
         }
     }
 
+    /// A file whose entry left the handle table (see [`HandleTable`]), looked for by its
+    /// inode in the directory its handle was handed out in, and taken back in.
+    fn found_again(&self, handle: &Handle) -> Result<(SharePath, u64)> {
+        let dir = self
+            .handles
+            .parent_of_evicted(handle)
+            .ok_or(nfsstat3::NFS3ERR_STALE)?;
+        let name = self
+            .share
+            .open_dir(&dir)
+            .and_then(|opened| opened.name_of(handle.inode()))
+            .map_err(|e| status_of(&e))?
+            .ok_or(nfsstat3::NFS3ERR_STALE)?;
+        let path = dir.join(&name).map_err(|_| nfsstat3::NFS3ERR_STALE)?;
+        self.handles.restore(handle, &path);
+        Ok((path, handle.inode()))
+    }
+
     /// Directory `handle` opened, with its path and attributes: one path resolution for
     /// a whole READDIRPLUS (the checks of [`Inner::resolve`] are made on the opened
     /// directory).
-    fn opened_dir(&self, handle: &FileHandleU64) -> Result<(SharePath, LocalDir, Metadata)> {
-        let id = handle.as_u64();
-        let (path, inode) = self.handles.get(id).ok_or(nfsstat3::NFS3ERR_STALE)?;
+    fn opened_dir(&self, handle: &Handle) -> Result<(SharePath, LocalDir, Metadata)> {
+        let (path, inode) = match self.handles.get(handle) {
+            Some(found) => found,
+            None => self.found_again(handle)?,
+        };
         let opened = match self.share.open_dir(&path) {
             Ok(opened) => opened,
             // Gone, replaced, not a directory, or not readable by the caller: told apart
@@ -136,7 +158,7 @@ impl Inner {
         };
         let m = opened.own_metadata().map_err(|e| status_of(&e))?;
         if m.inode != inode {
-            self.handles.forget(id);
+            self.handles.forget(handle);
             return Err(nfsstat3::NFS3ERR_STALE);
         }
         Ok((path, opened, m))
@@ -185,14 +207,14 @@ impl Inner {
         Ok(names)
     }
 
-    fn dir(&self, handle: &FileHandleU64) -> Result<SharePath> {
+    fn dir(&self, handle: &Handle) -> Result<SharePath> {
         match self.resolve(handle)? {
             (path, m) if m.kind == FileKind::Dir => Ok(path),
             _ => Err(nfsstat3::NFS3ERR_NOTDIR),
         }
     }
 
-    fn file(&self, handle: &FileHandleU64) -> Result<(SharePath, Metadata)> {
+    fn file(&self, handle: &Handle) -> Result<(SharePath, Metadata)> {
         match self.resolve(handle)? {
             (path, m) if m.kind == FileKind::File => Ok((path, m)),
             (_, m) if m.kind == FileKind::Dir => Err(nfsstat3::NFS3ERR_ISDIR),
@@ -200,25 +222,25 @@ impl Inner {
         }
     }
 
-    fn child(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<SharePath> {
+    fn child(&self, dir: &Handle, name: &filename3<'_>) -> Result<SharePath> {
         self.dir(dir)?
             .join(name_of(name)?)
             .map_err(|e| status_of(&e))
     }
 
     /// Looks `path` up and hands out its handle.
-    fn found(&self, path: SharePath) -> Result<(FileHandleU64, fattr3)> {
+    fn found(&self, path: SharePath) -> Result<(Handle, fattr3)> {
         let m = self.share.metadata(&path).map_err(|e| status_of(&e))?;
         Ok(self.handed_out(&path, &m))
     }
 
     /// The handle of what `m` describes at `path`, and its attributes.
-    fn handed_out(&self, path: &SharePath, m: &Metadata) -> (FileHandleU64, fattr3) {
-        let handle = self.handles.handle(path, m.inode);
-        (FileHandleU64::new(handle), fattr_of(m, self.fsid))
+    fn handed_out(&self, path: &SharePath, m: &Metadata) -> (Handle, fattr3) {
+        let handle = self.handles.handle(path, m.inode, m.kind == FileKind::Dir);
+        (handle, fattr_of(m, self.fsid))
     }
 
-    fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
+    fn lookup(&self, dir: &Handle, name: &filename3<'_>) -> Result<Handle> {
         let path = entry_path(&self.dir(dir)?, name_of(name)?).map_err(|e| status_of(&e))?;
         Ok(self.found(path)?.0)
     }
@@ -227,11 +249,11 @@ impl Inner {
     /// the attributes asked for, and hands out its handle.
     fn make(
         &self,
-        dir: &FileHandleU64,
+        dir: &Handle,
         name: &filename3<'_>,
         attr: &sattr3,
         make: impl FnOnce(&SharePath, u32) -> std::result::Result<(), ShareError>,
-    ) -> Result<(FileHandleU64, fattr3)> {
+    ) -> Result<(Handle, fattr3)> {
         let path = self.child(dir, name)?;
         let mut changes = changes_of(attr);
         let mode = changes.mode.take().unwrap_or(cvol_share::FILE_MODE);
@@ -251,15 +273,15 @@ impl Inner {
 }
 
 impl NfsReadFileSystem for LocalExport {
-    type Handle = FileHandleU64;
+    type Handle = Handle;
 
-    fn root_dir(&self) -> FileHandleU64 {
-        FileHandleU64::new(ROOT)
+    fn root_dir(&self) -> Handle {
+        self.inner.handles.root()
     }
 
     /// Every MOUNT comes here, the export's root included, so a refused client's MOUNT
     /// is answered MNT3ERR_ACCES.
-    async fn lookup_by_path(&self, path: &str) -> Result<FileHandleU64> {
+    async fn lookup_by_path(&self, path: &str) -> Result<Handle> {
         let _caller = self.enter()?;
         let mut handle = self.root_dir();
         for name in path.split('/').filter(|n| !n.is_empty()) {
@@ -268,12 +290,12 @@ impl NfsReadFileSystem for LocalExport {
         Ok(handle)
     }
 
-    async fn lookup(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<FileHandleU64> {
+    async fn lookup(&self, dir: &Handle, name: &filename3<'_>) -> Result<Handle> {
         let _caller = self.enter()?;
         self.inner.lookup(dir, name)
     }
 
-    async fn fsstat(&self, root: &FileHandleU64) -> Result<FSSTAT3resok> {
+    async fn fsstat(&self, root: &Handle) -> Result<FSSTAT3resok> {
         let _caller = self.enter()?;
         let (_, m) = self.inner.resolve(root)?;
         let s = self.inner.share.stats().map_err(|e| status_of(&e))?;
@@ -291,7 +313,7 @@ impl NfsReadFileSystem for LocalExport {
     }
 
     /// The crate's defaults, saying also that this export takes hard links.
-    async fn fsinfo(&self, root: &FileHandleU64) -> Result<fsinfo3> {
+    async fn fsinfo(&self, root: &Handle) -> Result<fsinfo3> {
         let _caller = self.enter()?;
         let (_, m) = self.inner.resolve(root)?;
         Ok(fsinfo3 {
@@ -312,19 +334,19 @@ impl NfsReadFileSystem for LocalExport {
         })
     }
 
-    async fn access(&self, id: &FileHandleU64, requested: u32) -> Result<(fattr3, u32)> {
+    async fn access(&self, id: &Handle, requested: u32) -> Result<(fattr3, u32)> {
         let caller = self.enter()?;
         let (_, m) = self.inner.resolve(id)?;
         Ok((fattr_of(&m, self.inner.fsid), caller.granted(&m, requested)))
     }
 
-    async fn getattr(&self, id: &FileHandleU64) -> Result<fattr3> {
+    async fn getattr(&self, id: &Handle) -> Result<fattr3> {
         let _caller = self.enter()?;
         let (_, m) = self.inner.resolve(id)?;
         Ok(fattr_of(&m, self.inner.fsid))
     }
 
-    async fn read(&self, id: &FileHandleU64, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
+    async fn read(&self, id: &Handle, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
         let _caller = self.enter()?;
         let (path, m) = self.inner.file(id)?;
         // No buffer larger than what the file holds: a client may ask a whole-file READ
@@ -341,12 +363,12 @@ impl NfsReadFileSystem for LocalExport {
 
     async fn readdirplus(
         &self,
-        dir: &FileHandleU64,
+        dir: &Handle,
         cookie: u64,
-    ) -> Result<impl ReadDirPlusIterator<FileHandleU64>> {
+    ) -> Result<impl ReadDirPlusIterator<Handle>> {
         let _caller = self.enter()?;
         let (path, opened, m) = self.inner.opened_dir(dir)?;
-        let names = self.inner.names(dir.as_u64(), &opened, &m, cookie)?;
+        let names = self.inner.names(dir.id(), &opened, &m, cookie)?;
         Ok(DirIterator {
             export: self.clone(),
             dir: path,
@@ -357,7 +379,7 @@ impl NfsReadFileSystem for LocalExport {
         })
     }
 
-    async fn readlink(&self, id: &FileHandleU64) -> Result<nfspath3<'_>> {
+    async fn readlink(&self, id: &Handle) -> Result<nfspath3<'_>> {
         let _caller = self.enter()?;
         let (path, m) = self.inner.resolve(id)?;
         if m.kind != FileKind::Symlink {
@@ -373,7 +395,7 @@ impl NfsReadFileSystem for LocalExport {
 }
 
 impl NfsFileSystem for LocalExport {
-    async fn setattr(&self, id: &FileHandleU64, setattr: sattr3) -> Result<fattr3> {
+    async fn setattr(&self, id: &Handle, setattr: sattr3) -> Result<fattr3> {
         let _caller = self.enter()?;
         let (path, _) = self.inner.resolve(id)?;
         self.inner.set_attributes(&path, &changes_of(&setattr))
@@ -381,7 +403,7 @@ impl NfsFileSystem for LocalExport {
 
     async fn write(
         &self,
-        id: &FileHandleU64,
+        id: &Handle,
         offset: u64,
         data: &[u8],
         stable: stable_how,
@@ -404,10 +426,10 @@ impl NfsFileSystem for LocalExport {
     /// UNCHECKED create of an existing name therefore answers NFS3ERR_EXIST.
     async fn create(
         &self,
-        dir: &FileHandleU64,
+        dir: &Handle,
         name: &filename3<'_>,
         attr: sattr3,
-    ) -> Result<(FileHandleU64, fattr3)> {
+    ) -> Result<(Handle, fattr3)> {
         let _caller = self.enter()?;
         self.inner.make(dir, name, &attr, |path, mode| {
             self.inner.share.create_file(path, mode)
@@ -418,19 +440,15 @@ impl NfsFileSystem for LocalExport {
     /// decline it, and clients then fall back to GUARDED.
     async fn create_exclusive(
         &self,
-        _dir: &FileHandleU64,
+        _dir: &Handle,
         _name: &filename3<'_>,
         _verf: createverf3,
-    ) -> Result<FileHandleU64> {
+    ) -> Result<Handle> {
         let _caller = self.enter()?;
         Err(nfsstat3::NFS3ERR_NOTSUPP)
     }
 
-    async fn mkdir(
-        &self,
-        dir: &FileHandleU64,
-        name: &filename3<'_>,
-    ) -> Result<(FileHandleU64, fattr3)> {
+    async fn mkdir(&self, dir: &Handle, name: &filename3<'_>) -> Result<(Handle, fattr3)> {
         let _caller = self.enter()?;
         let path = self.inner.child(dir, name)?;
         self.inner
@@ -440,7 +458,7 @@ impl NfsFileSystem for LocalExport {
         self.inner.found(path)
     }
 
-    async fn remove(&self, dir: &FileHandleU64, name: &filename3<'_>) -> Result<()> {
+    async fn remove(&self, dir: &Handle, name: &filename3<'_>) -> Result<()> {
         let _caller = self.enter()?;
         let inner = &self.inner;
         let path = inner.child(dir, name)?;
@@ -458,9 +476,9 @@ impl NfsFileSystem for LocalExport {
 
     async fn rename<'a>(
         &self,
-        from_dir: &FileHandleU64,
+        from_dir: &Handle,
         from_name: &filename3<'a>,
-        to_dir: &FileHandleU64,
+        to_dir: &Handle,
         to_name: &filename3<'a>,
     ) -> Result<()> {
         let _caller = self.enter()?;
@@ -474,11 +492,11 @@ impl NfsFileSystem for LocalExport {
 
     async fn symlink<'a>(
         &self,
-        dir: &FileHandleU64,
+        dir: &Handle,
         name: &filename3<'a>,
         target: &nfspath3<'a>,
         _attr: &sattr3,
-    ) -> Result<(FileHandleU64, fattr3)> {
+    ) -> Result<(Handle, fattr3)> {
         let _caller = self.enter()?;
         let path = self.inner.child(dir, name)?;
         let target = std::str::from_utf8(target.0.as_ref()).map_err(|_| nfsstat3::NFS3ERR_INVAL)?;
@@ -491,10 +509,10 @@ impl NfsFileSystem for LocalExport {
 
     async fn mknod(
         &self,
-        dir: &FileHandleU64,
+        dir: &Handle,
         name: &filename3<'_>,
         what: &mknoddata3,
-    ) -> Result<(FileHandleU64, fattr3)> {
+    ) -> Result<(Handle, fattr3)> {
         let _caller = self.enter()?;
         let (kind, attr, rdev) = match what {
             mknoddata3::NF3FIFO(attr) => (FileKind::Fifo, attr, 0),
@@ -508,12 +526,7 @@ impl NfsFileSystem for LocalExport {
         })
     }
 
-    async fn link(
-        &self,
-        id: &FileHandleU64,
-        dir: &FileHandleU64,
-        name: &filename3<'_>,
-    ) -> Result<()> {
+    async fn link(&self, id: &Handle, dir: &Handle, name: &filename3<'_>) -> Result<()> {
         let _caller = self.enter()?;
         let inner = &self.inner;
         let (existing, _) = inner.resolve(id)?;
@@ -524,7 +537,7 @@ impl NfsFileSystem for LocalExport {
             .map_err(|e| status_of(&e))
     }
 
-    async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<()> {
+    async fn commit(&self, id: &Handle, _offset: u64, _count: u32) -> Result<()> {
         let _caller = self.enter()?;
         let (path, _) = self.inner.file(id)?;
         self.inner.share.sync(&path).map_err(|e| status_of(&e))
@@ -544,7 +557,7 @@ struct DirIterator {
 }
 
 impl DirIterator {
-    fn entry(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
+    fn entry(&mut self) -> NextResult<DirEntryPlus<Handle>> {
         loop {
             let Some(name) = self.names.get(self.next) else {
                 return NextResult::Eof;
@@ -581,8 +594,8 @@ impl DirIterator {
     }
 }
 
-impl ReadDirPlusIterator<FileHandleU64> for DirIterator {
-    async fn next(&mut self) -> NextResult<DirEntryPlus<FileHandleU64>> {
+impl ReadDirPlusIterator<Handle> for DirIterator {
+    async fn next(&mut self) -> NextResult<DirEntryPlus<Handle>> {
         self.entry()
     }
 }

@@ -22,6 +22,7 @@ use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
 
 pub use caller::ANONYMOUS;
 pub use export::LocalExport;
+pub use handles::{Handle, DEFAULT_FILE_HANDLES};
 pub use ipnet::IpNet;
 
 /// Who the export serves, as whom, and whether it may be changed.
@@ -34,6 +35,9 @@ pub struct ExportPolicy {
     /// Calls claiming uid or gid 0 act as [`ANONYMOUS`] (the default, as on every NFS
     /// server: AUTH_SYS is the client's word).
     pub root_squash: bool,
+    /// Handles of files (not directories) kept in memory; past that, the least recently
+    /// used go, and are found again by inode in their directory when a client uses them.
+    pub file_handles: usize,
 }
 
 impl Default for ExportPolicy {
@@ -43,6 +47,7 @@ impl Default for ExportPolicy {
             allow: Vec::new(),
             read_only: false,
             root_squash: true,
+            file_handles: handles::DEFAULT_FILE_HANDLES,
         }
     }
 }

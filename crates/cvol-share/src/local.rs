@@ -49,6 +49,20 @@ impl LocalDir {
             .map_err(|e| ShareError::from_io(&self.path, "stat", e.into()))
     }
 
+    /// The name of the entry with inode `inode`, if there is one.
+    pub fn name_of(&self, inode: u64) -> Result<Option<String>, ShareError> {
+        let err =
+            |e: rustix::io::Errno| ShareError::from_io(&self.path, "list directory", e.into());
+        for entry in rfs::Dir::read_from(&self.fd).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let name = entry.file_name().to_bytes();
+            if entry.ino() == inode && name != b"." && name != b".." {
+                return Ok(Some(entry.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        Ok(None)
+    }
+
     /// The directory's entries (without `.` and `..`), in no order.
     pub fn entries(&self) -> Result<Vec<DirEntry>, ShareError> {
         entries_of(&self.fd, &self.path)

@@ -410,6 +410,11 @@ pub enum NfsCommand {
         /// hosts with this, and --allow limited to them, as ESXi needs no_root_squash.
         #[arg(long)]
         no_root_squash: bool,
+        /// Handles of files (not directories) the server keeps in memory, about 200 bytes
+        /// each. Past that, the least recently used are dropped and found again by inode
+        /// in their directory when a client uses one, so clients never see them go.
+        #[arg(long, default_value_t = cvol_nfs_server::DEFAULT_FILE_HANDLES as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        file_handles: u64,
         #[command(flatten)]
         metrics: MetricsArg,
     },

@@ -403,3 +403,53 @@ fn an_export_policy_answers_other_networks_acces_squashes_root_and_a_read_only_e
         b"displayName = \"vm1\"\n"
     );
 }
+
+/// A server keeping few file handles (`--file-handles 4`) drops the handle of a file a
+/// client holds open once listings hand out many others; the client's next write with
+/// it is served as if nothing happened (the server finds the file again by its inode in
+/// the directory the handle was handed out in), never answered NFS3ERR_STALE.
+#[test]
+fn file_handles_dropped_past_the_bound_are_found_again_by_inode() {
+    use std::os::unix::fs::FileExt;
+    let mut env = Env::empty();
+    let server = NfsServe::start_with(
+        &env.share,
+        "127.0.0.1:0".parse().unwrap(),
+        &["--no-root-squash", "--file-handles", "4"],
+        std::process::Stdio::inherit(),
+    );
+    env.share_arg = server.url.clone();
+    env.server = Some(server);
+    env.create_datastore_with(&format!("pool=file:{}", env.pool.display()));
+    env.ok(&["vm", "create", "demo", "--disk", "1M"]);
+    std::fs::create_dir(env.share.join("many")).unwrap();
+    for i in 0..50 {
+        std::fs::write(env.share.join(format!("many/f{i}")), b"x").unwrap();
+    }
+    let vmx = env.share.join("demo/demo.vmx");
+    let before = std::fs::read(&vmx).unwrap();
+
+    let m = env.mount(false);
+    let open = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("demo/demo.vmx"))
+        .unwrap();
+    let listed = std::fs::read_dir(m.path("many"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect::<Vec<_>>();
+    assert_eq!(listed, vec![1; 50]);
+    open.write_all_at(b"# edited\n", before.len() as u64)
+        .unwrap();
+    open.sync_all().unwrap();
+    drop(open);
+    let log = m.stop();
+    let mut expected = before;
+    expected.extend_from_slice(b"# edited\n");
+    assert_eq!(std::fs::read(&vmx).unwrap(), expected);
+    assert!(
+        !log.contains("stale NFS file handle"),
+        "the client was answered STALE: {log}"
+    );
+}

@@ -15,6 +15,7 @@ pub fn run(ctx: &Context, cmd: NfsCommand) -> anyhow::Result<()> {
         allow,
         read_only,
         no_root_squash,
+        file_handles,
         metrics: _,
     } = cmd;
     if !listen.ip().is_loopback() && allow.is_empty() {
@@ -29,6 +30,7 @@ pub fn run(ctx: &Context, cmd: NfsCommand) -> anyhow::Result<()> {
         allow,
         read_only,
         root_squash: !no_root_squash,
+        file_handles: usize::try_from(file_handles).unwrap_or(usize::MAX),
     };
     let server = NfsServer::start_with(&dir, listen, &policy)?;
     let url = server.url();
