@@ -1,7 +1,7 @@
 //! How an object pool stores its objects' bytes: as they are (pools made without
 //! compression or encryption, and every pool made before those existed), or sealed: each
 //! object in an envelope, zstd-compressed where that saves space, and encrypted with
-//! XChaCha20-Poly1305 under the pool's key when the pool is encrypted.
+//! XAES-256-GCM under the pool's key when the pool is encrypted.
 //!
 //! An encrypted object carries its object name (which holds its volume and generation)
 //! as associated data, so bytes copied or replayed under another name fail to decrypt:
@@ -9,14 +9,18 @@
 //! log. The key is never stored in the pool: `pool.json` holds only a check value (the
 //! sealed text [`CHECK`]), so a wrong key is told at open, before any data is read.
 //!
-//! Envelope: `cvs1`, one flags byte (1: zstd, 2: encrypted), for an encrypted object a
-//! 24-byte nonce, then the payload (ciphertext and 16-byte tag when encrypted).
+//! Envelope: `cvs1`, one flags byte (1: zstd, 2: encrypted with XChaCha20-Poly1305, as
+//! pools did before; 4: encrypted with XAES-256-GCM, see [`super::cipher`]), for an
+//! encrypted object a 24-byte nonce, then the payload (ciphertext and 16-byte tag when
+//! encrypted). A pool sealed with one cipher and written by a later cvol holds both;
+//! each object opens by its own flags.
 
 use super::cipher::PoolCipher;
 
 const MAGIC: &[u8; 4] = b"cvs1";
 const ZSTD: u8 = 1;
-const ENCRYPTED: u8 = 2;
+const XCHACHA: u8 = 2;
+const XAES: u8 = 4;
 /// zstd's level: fast, as a flush waits for it.
 const LEVEL: i32 = 1;
 
@@ -99,7 +103,7 @@ impl Codec {
         out.extend_from_slice(MAGIC);
         match &self.cipher {
             Some(cipher) => {
-                out.push(flags | ENCRYPTED);
+                out.push(flags | XAES);
                 cipher.seal_into(name.as_bytes(), payload, &mut out);
             }
             None => {
@@ -125,21 +129,24 @@ impl Codec {
             return Err(CodecError::Envelope);
         }
         let flags = stored[4];
-        if flags & !(ZSTD | ENCRYPTED) != 0 {
+        if flags & !(ZSTD | XCHACHA | XAES) != 0 {
             return Err(CodecError::Envelope);
         }
         let body = &stored[5..];
-        let payload: std::borrow::Cow<[u8]> = if flags & ENCRYPTED != 0 {
-            let cipher = self.cipher.as_ref().ok_or(CodecError::NoKey)?;
-            let decrypted = cipher
-                .open(name.as_bytes(), body)
-                .map_err(|_| CodecError::Authentication)?;
-            decrypted.into()
-        } else if self.cipher.is_some() {
+        let payload: std::borrow::Cow<[u8]> = match (flags & (XCHACHA | XAES), &self.cipher) {
+            (0, None) => body.into(),
             // An encrypted pool stores nothing in clear: this was put there by someone else.
-            return Err(CodecError::Authentication);
-        } else {
-            body.into()
+            (0, Some(_)) => return Err(CodecError::Authentication),
+            (_, None) => return Err(CodecError::NoKey),
+            (XCHACHA, Some(cipher)) => cipher
+                .open_xchacha(name.as_bytes(), body)
+                .map_err(|_| CodecError::Authentication)?
+                .into(),
+            (XAES, Some(cipher)) => cipher
+                .open(name.as_bytes(), body)
+                .map_err(|_| CodecError::Authentication)?
+                .into(),
+            (_, Some(_)) => return Err(CodecError::Envelope),
         };
         if flags & ZSTD != 0 {
             zstd::bulk::decompress(&payload, limit)
@@ -239,6 +246,43 @@ mod tests {
         // Cleartext slipped into an encrypted pool is refused too.
         let clear = keyless.seal("vol-1/00-a", &plain);
         assert!(codec.open("vol-1/00-a", &clear, plain.len()).is_err());
+    }
+
+    /// Objects that pools made before XAES-256-GCM hold (XChaCha20-Poly1305, flag 2, as
+    /// RustCrypto sealed them) open beside new ones; a flags byte naming both ciphers
+    /// is refused.
+    #[test]
+    fn objects_sealed_with_xchacha20_poly1305_before_still_open() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let codec = Codec::sealed(false, Some(&KEY));
+        let plain = b"a chunk an earlier cvol stored".to_vec();
+        let nonce = chacha20poly1305::XNonce::from([4u8; 24]);
+        let mut old = b"cvs1".to_vec();
+        old.push(XCHACHA);
+        old.extend_from_slice(&nonce);
+        let payload = Payload {
+            msg: &plain,
+            aad: b"vol-1/00-a",
+        };
+        old.extend(
+            chacha20poly1305::XChaCha20Poly1305::new(&KEY.into())
+                .encrypt(&nonce, payload)
+                .unwrap(),
+        );
+        assert_eq!(codec.open("vol-1/00-a", &old, 100).unwrap(), plain);
+        assert!(codec.open("vol-1/00-b", &old, 100).is_err());
+        let new = codec.seal("vol-1/00-a", &plain);
+        assert_eq!(new[4], XAES);
+        assert_eq!(codec.open("vol-1/00-a", &new, 100).unwrap(), plain);
+        let mut both = new.clone();
+        both[4] |= XCHACHA;
+        assert!(matches!(
+            codec.open("vol-1/00-a", &both, 100),
+            Err(CodecError::Envelope)
+        ));
+        let mut relabelled = new;
+        relabelled[4] = XCHACHA;
+        assert!(codec.open("vol-1/00-a", &relabelled, 100).is_err());
     }
 
     #[test]

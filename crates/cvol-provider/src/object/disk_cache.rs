@@ -13,8 +13,10 @@
 //! - A chunk is kept in blocks of [`BLOCK`] bytes, each checked on its own, so that a
 //!   4 KiB read after a restart reads and checks 4 KiB, not the chunk: a block is its
 //!   bytes and their CRC-32, or, for an encrypted pool, sealed under the pool's key
-//!   (XChaCha20-Poly1305, a nonce of its own, the entry's name and the block's number as
+//!   (XAES-256-GCM, a nonce of its own, the entry's name and the block's number as
 //!   associated data), so the cache keeps nothing in clear that the pool does not.
+//!   Blocks that an earlier cvol sealed with XChaCha20-Poly1305 do not open, so such an
+//!   entry is fetched again once, like a torn one.
 //!
 //! The directory is bounded by size, least recently used entries evicted first. A cache
 //! that fails (deleted, full, read-only) only costs speed: reads go to the store (or to

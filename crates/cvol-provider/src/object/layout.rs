@@ -180,11 +180,17 @@ pub(crate) struct PoolRecord {
     pub(crate) encryption: Option<EncryptionRecord>,
 }
 
+/// [`EncryptionRecord::cipher`] of a pool made since XAES-256-GCM.
+pub(crate) const XAES: &str = "xaes-256-gcm";
+/// [`EncryptionRecord::cipher`] of a pool made before.
+pub(crate) const XCHACHA: &str = "xchacha20poly1305";
+
 /// How an encrypted pool's objects are encrypted; never the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EncryptionRecord {
-    /// "xchacha20poly1305".
+    /// The cipher the pool was made with and its check sealed with ([`XAES`] or
+    /// [`XCHACHA`]).
     pub(crate) cipher: String,
     /// The check text sealed under the key (hex): a wrong key fails to open it.
     pub(crate) check: String,

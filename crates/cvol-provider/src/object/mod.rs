@@ -181,7 +181,9 @@ fn pool_codec(pool: &PoolRecord, key: Option<&[u8; 32]>, layout: &Layout) -> Res
                 .into(),
         ),
         (Some(e), Some(key)) => {
-            if e.cipher != "xchacha20poly1305" {
+            // Objects name their own cipher (see codec): a pool made with XChaCha20-Poly1305
+            // holds XAES-256-GCM objects too once a later cvol wrote to it.
+            if e.cipher != layout::XAES && e.cipher != layout::XCHACHA {
                 return Err(format!("pool.json: unknown cipher {:?}", e.cipher));
             }
             let check = hex::decode(&e.check)
@@ -348,7 +350,7 @@ impl ObjectProvider {
             }
             None => {
                 let encryption = key.map(|key| EncryptionRecord {
-                    cipher: "xchacha20poly1305".into(),
+                    cipher: layout::XAES.into(),
                     check: hex::encode(
                         Codec::sealed(false, Some(key)).seal(layout.pool().as_ref(), codec::CHECK),
                     ),

@@ -922,6 +922,67 @@ fn a_wrong_missing_or_unneeded_key_is_refused_at_open() {
     assert!(err.contains("not encrypted"), "{err}");
 }
 
+/// A pool made before XAES-256-GCM (`pool.json` names XChaCha20-Poly1305 and holds a
+/// check sealed with it) opens with its key only, reads what it holds and takes new
+/// writes (sealed with XAES-256-GCM) beside it.
+#[test]
+fn a_pool_made_with_xchacha20_poly1305_opens_and_takes_new_writes() {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let dir = tempfile::tempdir().unwrap();
+    let key = [6; 32];
+    let p = sealed_pool(dir.path(), 1 << 20, key);
+    let id = blank(&p, 2 * CHUNK);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    let mut model = vec![3u8; 2 * CHUNK as usize];
+    device.write_at(&model, 0).unwrap();
+    device.flush().unwrap();
+    drop(device);
+    p.detach(&id, "h").unwrap();
+    drop(p);
+
+    let record = dir.path().join("pool.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(json["encryption"]["cipher"], "xaes-256-gcm");
+    let nonce = chacha20poly1305::XNonce::from([8u8; 24]);
+    let payload = Payload {
+        msg: codec::CHECK,
+        aad: b"pool.json",
+    };
+    let mut check = b"cvs1\x02".to_vec();
+    check.extend_from_slice(&nonce);
+    check.extend(
+        chacha20poly1305::XChaCha20Poly1305::new(&key.into())
+            .encrypt(&nonce, payload)
+            .unwrap(),
+    );
+    json["encryption"]["cipher"] = "xchacha20poly1305".into();
+    json["encryption"]["check"] = hex::encode(check).into();
+    std::fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let url = format!("file://{}", dir.path().display());
+    let open = |key: [u8; 32]| {
+        let settings = ObjectSettings {
+            chunk_size: CHUNK,
+            cache_bytes: 1 << 20,
+            key: Some(PoolKey(key)),
+            ..Default::default()
+        };
+        ObjectProvider::open(&ProviderId::new("obj").unwrap(), &url, &settings)
+    };
+    let err = open([7; 32]).err().unwrap().to_string();
+    assert!(err.contains("wrong key"), "{err}");
+    let p = open(key).unwrap();
+    assert_eq!(content(&p, &id), model);
+    let device = p.attach(&id, "h", false).unwrap().device;
+    device.write_at(&[9; 100], 10).unwrap();
+    model[10..110].fill(9);
+    device.flush().unwrap();
+    drop(device);
+    p.detach(&id, "h").unwrap();
+    assert_eq!(content(&open(key).unwrap(), &id), model);
+}
+
 #[test]
 fn tampered_chunks_logs_and_manifests_fail_reads_naming_the_volume() {
     let dir = tempfile::tempdir().unwrap();
