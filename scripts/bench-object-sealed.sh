@@ -23,6 +23,14 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 reps=${1:-3}
 block_size=${2:-}
+# Garage keeps every run's 2 GiB (it frees deleted blocks only minutes later): a full
+# disk would make a late run fail or crawl, and its figures mean nothing.
+need_gib=$((2 * reps + 2))
+free_gib=$(df --output=avail -B1G /var/tmp | tail -1 | tr -d ' ')
+if ((free_gib < need_gib)); then
+    echo "bench-object-sealed.sh: needs ${need_gib} GiB free in /var/tmp for $reps runs, has ${free_gib} GiB" >&2
+    exit 1
+fi
 cargo build --release --quiet
 cvol=$PWD/target/release/cvol
 work=$(mktemp -d /var/tmp/cvol-bench-object-sealed.XXXXXX)
