@@ -25,6 +25,7 @@ const MAX_CONTENT_FILE: usize = 256 << 10;
 /// cvol rewrites is replaced by a new one (a new file id), and any write moves ctime.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct Version {
+    pub(super) fsid: u64,
     pub(super) fileid: u64,
     pub(super) size: u64,
     pub(super) mtime: nfstime3,
@@ -34,6 +35,7 @@ pub(super) struct Version {
 impl Version {
     fn of(a: &fattr3) -> Self {
         Self {
+            fsid: a.fsid,
             fileid: a.fileid,
             size: a.size,
             mtime: a.mtime,
@@ -47,11 +49,20 @@ pub(super) fn same_version(a: &fattr3, b: &fattr3) -> bool {
     Version::of(a) == Version::of(b)
 }
 
-/// File contents by handle, with the version they are of.
-pub(super) type Contents = HashMap<Vec<u8>, (Version, Arc<[u8]>)>;
+impl Version {
+    /// The file it is a version of: its file system and file id.
+    pub(super) fn file(&self) -> (u64, u64) {
+        (self.fsid, self.fileid)
+    }
+}
+
+/// File contents by file (see [`Version::file`]), with the version they are of. Not by
+/// handle: a file keeps its content when the server hands it out under a new handle
+/// (`cvol nfs serve` drops the handles of files unused for a while).
+pub(super) type Contents = HashMap<(u64, u64), (Version, Arc<[u8]>)>;
 
 /// Handles by path, attributes and listings by handle, each with the time it was learnt;
-/// contents by handle, with the version they are of.
+/// contents by file, with the version they are of.
 pub(super) struct Cache {
     lifetime: Duration,
     inner: Mutex<Inner>,
@@ -207,16 +218,17 @@ impl Cache {
         }
     }
 
-    /// The content of file `fh` if it is known for the version `attributes` describe.
-    pub(super) fn content(&self, fh: &nfs_fh3, attributes: &fattr3) -> Option<Arc<[u8]>> {
+    /// The content of the file `attributes` describe, if it is known for that version.
+    pub(super) fn content(&self, attributes: &fattr3) -> Option<Arc<[u8]>> {
         let inner = self.lock();
-        let (version, data) = inner.contents.get(fh.data.as_ref())?;
-        (*version == Version::of(attributes)).then(|| data.clone())
+        let version = Version::of(attributes);
+        let (known, data) = inner.contents.get(&version.file())?;
+        (*known == version).then(|| data.clone())
     }
 
-    /// Records `data` as the whole content of file `fh` in the version `attributes`
-    /// describe.
-    pub(super) fn learn_content(&self, fh: &nfs_fh3, attributes: &fattr3, data: Arc<[u8]>) {
+    /// Records `data` as the whole content of the file `attributes` describe, in that
+    /// version.
+    pub(super) fn learn_content(&self, attributes: &fattr3, data: Arc<[u8]>) {
         if data.len() > MAX_CONTENT_FILE {
             return;
         }
@@ -227,8 +239,8 @@ impl Cache {
         }
         inner.content_bytes += data.len();
         inner.contents_learnt = true;
-        let entry = (Version::of(attributes), data);
-        if let Some((_, old)) = inner.contents.insert(fh.data.to_vec(), entry) {
+        let version = Version::of(attributes);
+        if let Some((_, old)) = inner.contents.insert(version.file(), (version, data)) {
             inner.content_bytes -= old.len();
         }
     }
@@ -307,5 +319,25 @@ mod tests {
         let off = Cache::new(Duration::ZERO);
         off.learn(&path, &fh(2), Some(&attributes));
         assert_eq!(off.handle(&path), None);
+
+        // Contents go by file and version, whatever handle the file was read under.
+        cache.learn_content(&attributes, Arc::from(&b"vm1 = 1\n"[..]));
+        assert_eq!(
+            cache.content(&attributes).as_deref(),
+            Some(&b"vm1 = 1\n"[..])
+        );
+        let changed = fattr3 {
+            ctime: nfstime3 {
+                seconds: 0,
+                nseconds: 1,
+            },
+            ..attributes.clone()
+        };
+        assert!(cache.content(&changed).is_none(), "another version");
+        let elsewhere = fattr3 {
+            fsid: 7,
+            ..attributes.clone()
+        };
+        assert!(cache.content(&elsewhere).is_none(), "another file system");
     }
 }

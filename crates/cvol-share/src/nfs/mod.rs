@@ -568,7 +568,7 @@ impl NfsShare {
     /// lifetime) name a version it has read before.
     fn read_whole(&self, fh: &nfs_fh3) -> Result<Vec<u8>, CallError> {
         let before = self.getattr(fh)?;
-        if let Some(data) = self.cache.content(fh, &before) {
+        if let Some(data) = self.cache.content(&before) {
             return Ok(data.to_vec());
         }
         let (data, after) = self.read_range_attributes(fh, 0, usize::MAX)?;
@@ -576,8 +576,7 @@ impl NfsShare {
         if after.is_some_and(|a| cache::same_version(&a, &before))
             && data.len() as u64 == before.size
         {
-            self.cache
-                .learn_content(fh, &before, data.as_slice().into());
+            self.cache.learn_content(&before, data.as_slice().into());
         }
         Ok(data)
     }

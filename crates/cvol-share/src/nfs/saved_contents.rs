@@ -21,7 +21,7 @@ use super::cache::{Contents, Version};
 use crate::nfs_url::NfsUrl;
 
 /// What starts a saved file (the format's version is its last byte).
-const MAGIC: &[u8; 8] = b"cvolnfc1";
+const MAGIC: &[u8; 8] = b"cvolnfc2";
 
 /// Files of other shares kept beside the one saved; the least recently saved go first.
 const KEEP_FILES: usize = 32;
@@ -70,15 +70,15 @@ fn parse(bytes: &[u8]) -> Option<(Vec<u8>, Contents)> {
     let root = r.bytes()?.to_vec();
     let mut contents = Contents::new();
     for _ in 0..r.u32()? {
-        let handle = r.bytes()?.to_vec();
         let version = Version {
+            fsid: r.u64()?,
             fileid: r.u64()?,
             size: r.u64()?,
             mtime: r.time()?,
             ctime: r.time()?,
         };
         let data: Arc<[u8]> = r.bytes()?.into();
-        contents.insert(handle, (version, data));
+        contents.insert(version.file(), (version, data));
     }
     r.0.is_empty().then_some((root, contents))
 }
@@ -103,8 +103,8 @@ fn write(path: &Path, root: &[u8], contents: &Contents) -> std::io::Result<()> {
     let mut body = Vec::new();
     put_bytes(&mut body, root);
     body.extend((contents.len() as u32).to_le_bytes());
-    for (handle, (version, data)) in contents {
-        put_bytes(&mut body, handle);
+    for (version, data) in contents.values() {
+        body.extend(version.fsid.to_le_bytes());
         body.extend(version.fileid.to_le_bytes());
         body.extend(version.size.to_le_bytes());
         for time in [version.mtime, version.ctime] {
@@ -212,6 +212,7 @@ mod tests {
             nseconds: n as u32,
         };
         Version {
+            fsid: 0x803,
             fileid: n,
             size: n * 10,
             mtime: time,
@@ -232,16 +233,16 @@ mod tests {
 
         let mut contents = Contents::new();
         contents.insert(
-            vec![1; 8],
+            version(1).file(),
             (version(1), Arc::from(&b"displayName = \"vm1\"\n"[..])),
         );
-        contents.insert(vec![2; 16], (version(2), Arc::from(&b""[..])));
+        contents.insert(version(2).file(), (version(2), Arc::from(&b""[..])));
         save(&path, b"root", &contents);
         let (root, loaded) = load(&path).expect("saved");
         assert_eq!(root, b"root");
         assert_eq!(loaded.len(), 2);
-        for (handle, (v, data)) in &contents {
-            let (lv, ldata) = &loaded[handle];
+        for (file, (v, data)) in &contents {
+            let (lv, ldata) = &loaded[file];
             assert!(lv == v && ldata == data);
         }
         let mode = fs::metadata(&path).unwrap().permissions();
