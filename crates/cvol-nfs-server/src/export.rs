@@ -104,10 +104,7 @@ impl Inner {
     /// The path of `handle` and what is there now; STALE when the file is gone or moved
     /// behind the server's back.
     fn resolve(&self, handle: &Handle) -> Result<(SharePath, Metadata)> {
-        let (path, inode) = match self.handles.get(handle) {
-            Some(found) => found,
-            None => self.found_again(handle)?,
-        };
+        let (path, inode) = self.located(handle)?;
         match self.share.metadata(&path) {
             Ok(m) if m.inode == inode => Ok((path, m)),
             Ok(_) | Err(ShareError::NotFound(_)) => {
@@ -118,9 +115,13 @@ impl Inner {
         }
     }
 
-    /// A file whose entry left the handle table (see [`HandleTable`]), looked for by its
-    /// inode in the directory its handle was handed out in, and taken back in.
-    fn found_again(&self, handle: &Handle) -> Result<(SharePath, u64)> {
+    /// Where `handle` is (as far as the table knows) and the inode it stands for. A file
+    /// whose entry left the table (see [`HandleTable`]) is looked for by its inode in the
+    /// directory its handle was handed out in, and taken back in.
+    fn located(&self, handle: &Handle) -> Result<(SharePath, u64)> {
+        if let Some(found) = self.handles.get(handle) {
+            return Ok(found);
+        }
         let dir = self
             .handles
             .parent_of_evicted(handle)
@@ -129,7 +130,10 @@ impl Inner {
             .share
             .open_dir(&dir)
             .and_then(|opened| opened.name_of(handle.inode()))
-            .map_err(|e| status_of(&e))?
+            .map_err(|e| match e {
+                ShareError::NotFound(_) => nfsstat3::NFS3ERR_STALE,
+                e => status_of(&e),
+            })?
             .ok_or(nfsstat3::NFS3ERR_STALE)?;
         let path = dir.join(&name).map_err(|_| nfsstat3::NFS3ERR_STALE)?;
         self.handles.restore(handle, &path);
@@ -140,10 +144,7 @@ impl Inner {
     /// a whole READDIRPLUS (the checks of [`Inner::resolve`] are made on the opened
     /// directory).
     fn opened_dir(&self, handle: &Handle) -> Result<(SharePath, LocalDir, Metadata)> {
-        let (path, inode) = match self.handles.get(handle) {
-            Some(found) => found,
-            None => self.found_again(handle)?,
-        };
+        let (path, inode) = self.located(handle)?;
         let opened = match self.share.open_dir(&path) {
             Ok(opened) => opened,
             // Gone, replaced, not a directory, or not readable by the caller: told apart

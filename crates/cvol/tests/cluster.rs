@@ -870,6 +870,28 @@ fn a_partitioned_hosts_ha_vm_on_an_rbd_pool_runs_elsewhere() {
     failover(Failure::Partition, Pool::Rbd);
 }
 
+/// A lease renewal that never returns (a store that stopped answering, with the renewal
+/// holding the VM's lease) must not keep the watchdog from fencing: the VM's QEMU is
+/// killed once the lease has gone unrenewed for fence_after, before it could expire.
+#[test]
+fn a_renewal_that_never_returns_does_not_stop_self_fencing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::with_pool(1, Pool::File);
+    c.create_vm("ha1", true, true);
+    c.start_agent_failing_at(0, Some("lease-renewal:hang"));
+    let started = Instant::now();
+    let status = c.start_vm(0, "ha1");
+    let pid = status["here"]["pid"].as_u64().unwrap() as u32;
+    let gone = c.wait(EXPIRY, "h1's QEMU to be fenced", || !process_exists(pid));
+    let log = c.agent_log(0);
+    assert!(log.contains("lease-renewal:hang: hanging here"), "{log}");
+    assert!(log.contains("self-fencing"), "{log}");
+    eprintln!(
+        "QEMU fenced {gone:?} after the wait began, {:?} after the VM was started",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn kill_9_of_an_agent_moves_its_ha_vm() {
     failover(Failure::KillAgent, Pool::File);

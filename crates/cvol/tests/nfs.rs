@@ -430,11 +430,7 @@ fn file_handles_dropped_past_the_bound_are_found_again_by_inode() {
     let before = std::fs::read(&vmx).unwrap();
 
     let m = env.mount(false);
-    let open = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(m.path("demo/demo.vmx"))
-        .unwrap();
+    let open = common::open_rw(m.path("demo/demo.vmx"));
     let listed = std::fs::read_dir(m.path("many"))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())

@@ -124,11 +124,7 @@ fn a_store_that_goes_away_mid_flush_fails_it_and_a_retry_succeeds_untorn() {
     env.ok(&["vm", "create", "demo", "--disk", "256M"]);
 
     let m = env.mount(false);
-    let disk = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(m.path("demo/demo-flat.vmdk"))
-        .unwrap();
+    let disk = common::open_rw(m.path("demo/demo-flat.vmdk"));
     let first = vec![0xa1u8; 24 << 20];
     disk.write_all_at(&first, 0).unwrap();
     disk.sync_all().unwrap();
@@ -245,11 +241,7 @@ fn kill_9_during_writes(env: &Env, flushes: Flushes) {
             let mut flushes = 0;
             // What each block was written with since the last completed flush.
             let mut since: std::collections::HashMap<usize, Vec<u8>> = Default::default();
-            let disk = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
+            let disk = common::open_rw(&path);
             let mut r = rounds;
             loop {
                 for _ in 0..8 {
@@ -380,11 +372,7 @@ fn a_full_disk_cache_keeps_the_disk_working() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let m = env.mount(false);
-    let disk = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(m.path("demo/demo-flat.vmdk"))
-        .unwrap();
+    let disk = common::open_rw(m.path("demo/demo-flat.vmdk"));
     disk.write_all_at(&model, 0).unwrap();
     disk.sync_all().unwrap();
     // Small writes: patches, whose log pieces are kept until the cache fills up too.

@@ -563,21 +563,13 @@ fn two_hosts_race_for_a_disk_and_exactly_one_wins_each_time() {
 #[test]
 fn a_forced_takeover_fences_the_old_holder() {
     let (env, api, volume, a, b) = demo_on_two_hosts();
-    let old = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(a.path("demo/demo-flat.vmdk"))
-        .unwrap();
+    let old = common::open_rw(a.path("demo/demo-flat.vmdk"));
     old.write_all_at(&[b'a'; 4096], 0).unwrap();
     old.sync_all().unwrap();
 
     let taken = api.attach(&volume, "host-b", true);
     assert_eq!(taken.status, 200, "{taken:?}");
-    let new = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(b.path("demo/demo-flat.vmdk"))
-        .unwrap();
+    let new = common::open_rw(b.path("demo/demo-flat.vmdk"));
     new.write_all_at(&[b'b'; 4096], 0).unwrap();
     new.sync_all().unwrap();
 

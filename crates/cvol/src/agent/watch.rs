@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use cvol_cluster::{ClusterError, HeldLease, LeaseView};
@@ -56,6 +56,7 @@ impl Agent {
                 let Some(lease) = lease.as_mut() else {
                     continue;
                 };
+                hang_at("lease-renewal");
                 let renewed = self.leases.renew(lease);
                 let outcome = if renewed.is_ok() { "ok" } else { "failed" };
                 metrics::counter!("cvol_lease_renewals_total", "vm" => vm.name.to_string(), "outcome" => outcome)
@@ -97,7 +98,17 @@ impl Agent {
         let timing = self.settings.timing;
         while self.pause(timing.watchdog_tick()) {
             for vm in self.local_vms() {
-                if lock(&vm.lease).is_none() {
+                // A renewal holds the lease while it waits on the store, for as long as the
+                // store takes to answer or time out. Fencing is for exactly the times the
+                // store does not answer, so the watchdog never waits for it: a lease in use
+                // is a lease held, unless the VM is a migration's destination not yet
+                // promoted (which holds none).
+                let leased = match vm.lease.try_lock() {
+                    Ok(lease) => lease.is_some(),
+                    Err(TryLockError::WouldBlock) => lock(&vm.incoming).is_none(),
+                    Err(TryLockError::Poisoned(_)) => panic!("agent lock poisoned"),
+                };
+                if !leased {
                     continue;
                 }
                 let silent = lock(&vm.last_ok).elapsed();
@@ -219,5 +230,17 @@ impl Agent {
         lock(&self.view)
             .liveness
             .observe(&lease_key(&view.vm), &view.bytes, Instant::now())
+    }
+}
+
+/// Test hook: with `CVOL_FAILPOINT=STEP:hang`, step `STEP` never returns, as a call
+/// waiting on a store that stopped answering (a hung NFS server waits out `--nfs-timeout`).
+fn hang_at(step: &str) {
+    let hang = format!("{step}:hang");
+    if std::env::var(crate::commands::FAILPOINT_ENV).is_ok_and(|f| f == hang) {
+        tracing::warn!("{}={hang}: hanging here", crate::commands::FAILPOINT_ENV);
+        loop {
+            std::thread::park();
+        }
     }
 }

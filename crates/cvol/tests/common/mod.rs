@@ -961,6 +961,16 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Opens the existing file `path` to read and write (a disk, as a hypervisor does).
+pub fn open_rw(path: impl AsRef<Path>) -> std::fs::File {
+    let path = path.as_ref();
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
 /// Writes a secret (a token) to a new file only its owner can read, as cvol demands.
 pub fn write_secret(path: &Path, text: &str) {
     use std::io::Write;
