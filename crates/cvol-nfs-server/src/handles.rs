@@ -143,6 +143,10 @@ impl HandleTable {
                 e.used = clock;
                 return Handle::new(id, inode, e.parent);
             }
+            // Replaced behind the server's back: what was below it went with it.
+            if inner.by_handle.get(&id).is_some_and(|e| e.dir) {
+                inner.remove_below(path);
+            }
             inner.remove(id);
         }
         let parent = path
@@ -344,6 +348,14 @@ mod tests {
         let new = table.handle(&p("vm1.vmx"), 43, false);
         assert_ne!(new.id(), old.id(), "replaced behind the server's back");
         assert_eq!(table.get(&old), None);
+        let dir = table.handle(&p("vm2"), 50, true);
+        let below = table.handle(&p("vm2/vm2.vmx"), 51, false);
+        table.handle(&p("vm2"), 52, true);
+        assert_eq!(
+            (table.get(&dir), table.get(&below)),
+            (None, None),
+            "a directory replaced"
+        );
         table.removed(&p("vm1.vmx"));
         assert_ne!(
             table.handle(&p("vm1.vmx"), 42, false).id(),
