@@ -41,10 +41,7 @@ round() {
     rm -f "$work/url"
     "$bin" nfs serve --no-root-squash "${serve_args[@]}" "$share" >"$work/url" 2>"$work/serve.log" &
     serve_pid=$!
-    for _ in $(seq 100); do
-        [[ -s $work/url ]] && break
-        sleep 0.1
-    done
+    wait_output "$work/url"
     url=$(cat "$work/url")
     port=${url##*:}
     port=${port%/}

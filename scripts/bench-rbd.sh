@@ -136,7 +136,7 @@ echo "| \`rbd ls -l\` of the pool ($(rbd ls rbd | wc -l) images) | $(median "$li
 # change).
 "$cvol" provider serve --pool rbd:rbd --listen 127.0.0.1:0 >"$work/service.url" &
 service_pid=$!
-for _ in $(seq 100); do [[ -s $work/service.url ]] && break; sleep 0.1; done
+wait_output "$work/service.url"
 url=$(head -1 "$work/service.url")
 hex32() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
 # api PATH JSON: seconds one POST took.

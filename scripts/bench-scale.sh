@@ -42,10 +42,7 @@ done
 metrics=$(free_port)
 "$cvol" nfs serve --no-root-squash --metrics "127.0.0.1:$metrics" "$share" >"$work/url" 2>"$work/serve.log" &
 serve_pid=$!
-for _ in $(seq 100); do
-    [[ -s $work/url ]] && break
-    sleep 0.1
-done
+wait_output "$work/url"
 start_ganesha "$work" "$export_dir"
 declare -A url=(
     [cvol]=$(cat "$work/url")

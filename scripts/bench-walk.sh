@@ -9,6 +9,8 @@
 # Prints a Markdown table for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 vms=${1:-1000}
 rounds=${2:-3}
 cargo build --release --quiet --bin cvol
@@ -29,10 +31,7 @@ for i in $(seq "$vms"); do
 done
 "$cvol" nfs serve --no-root-squash "$local_share" >"$work/url" 2>"$work/server.log" &
 server=$!
-for _ in $(seq 100); do
-    [[ -s $work/url ]] && break
-    sleep 0.1
-done
+wait_output "$work/url"
 nfs_share=$(cat "$work/url")
 
 # median SHARE WALK_PARALLEL ARGS...: the median wall time of ROUNDS runs, in seconds.

@@ -91,6 +91,16 @@ wait_socket() {
     return 1
 }
 
+# wait_output FILE: waits up to 10 s for a server started in the background to print
+# something (its URL) to FILE; the caller checks what it printed.
+wait_output() {
+    local _
+    for _ in $(seq 100); do
+        [[ -s $1 ]] && return 0
+        sleep 0.1
+    done
+}
+
 # free_port: prints a TCP port nothing listens on at 127.0.0.1.
 free_port() {
     local port

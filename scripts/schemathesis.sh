@@ -29,10 +29,7 @@ mkdir "$work/pool"
 target/debug/cvol provider serve --pool "file:$work/pool" --token-file "$work/token" \
     >"$work/url" 2>"$work/service.log" &
 service_pid=$!
-for _ in $(seq 100); do
-    [[ -s $work/url ]] && break
-    sleep 0.1
-done
+wait_output "$work/url"
 url=$(cat "$work/url")
 [[ $url == http://* ]] || { echo "cvol provider serve did not start: $(cat "$work/service.log")" >&2; exit 1; }
 
