@@ -34,18 +34,14 @@ trap cleanup EXIT
 mkdir -p "$share" "$work/pool" "$mnt"
 # Made before the servers start: ganesha caches directories and does not see what
 # changes behind its back.
-"$cvol" --share "$share" datastore create --name scale --provider "pool=file:$work/pool" >/dev/null
-for i in $(seq "$vms"); do
-    "$cvol" --share "$share" vm create "vm$i" --disk 64M --memory 256 >/dev/null
-done
+vms_datastore "$cvol" "$share" "$work/pool" "$vms"
 
-metrics=$(free_port)
-"$cvol" nfs serve --no-root-squash --metrics "127.0.0.1:$metrics" "$share" >"$work/url" 2>"$work/serve.log" &
-serve_pid=$!
-wait_output "$work/url"
+serve_metered "$cvol" "$share" "$work"
 start_ganesha "$work" "$export_dir"
+cvol_url=$url
+unset url
 declare -A url=(
-    [cvol]=$(cat "$work/url")
+    [cvol]=$cvol_url
     [ganesha]="nfs://127.0.0.1:$nfs_port$share?mountport=$mount_port"
     [local]=$share
 )
@@ -55,12 +51,6 @@ declare -A libnfs=(
     [cvol]="nfs://127.0.0.1/?nfsport=$cvol_port&mountport=$cvol_port"
     [ganesha]="nfs://127.0.0.1$share?nfsport=$nfs_port&mountport=$mount_port"
 )
-
-# rpcs: what `cvol nfs serve` has answered so far.
-rpcs() {
-    curl -sf "http://127.0.0.1:$metrics/metrics" |
-        awk '/^cvol_nfs_server_rpc_seconds_count/ { n += $2 } END { print n + 0 }'
-}
 
 declare -A time calls
 # record SERVER OPERATION CMD...: runs CMD, adds its seconds (and, on cvol's server, the

@@ -57,6 +57,33 @@ wait_mounted() {
     return 1
 }
 
+# vms_datastore BIN SHARE POOL N: a datastore on SHARE (a file pool in POOL) of N VMs,
+# vm1 to vmN, with a 64 MiB thin disk and 256 MiB of memory each.
+vms_datastore() {
+    local bin=$1 share=$2 pool=$3 n=$4 i
+    "$bin" --share "$share" datastore create --name scale --provider "pool=file:$pool" >/dev/null
+    for i in $(seq "$n"); do
+        "$bin" --share "$share" vm create "vm$i" --disk 64M --memory 256 >/dev/null
+    done
+}
+
+# serve_metered BIN DIR WORK: serves DIR with `BIN nfs serve`, its metrics on a free
+# port; sets serve_pid, metrics (that port) and url (the share's URL). Logs in WORK.
+serve_metered() {
+    local bin=$1 dir=$2 work=$3
+    metrics=$(free_port)
+    "$bin" nfs serve --no-root-squash --metrics "127.0.0.1:$metrics" "$dir" >"$work/url" 2>"$work/serve.log" &
+    serve_pid=$!
+    wait_output "$work/url"
+    url=$(cat "$work/url")
+}
+
+# rpcs: the calls the server of serve_metered has answered so far.
+rpcs() {
+    curl -sf "http://127.0.0.1:$metrics/metrics" |
+        awk '/^cvol_nfs_server_rpc_seconds_count/ { n += $2 } END { print n + 0 }'
+}
+
 # bench_datastore WORK: a datastore in WORK (share, pool) with a VM "bench" whose 2 GiB
 # disk is filled, so reads read data; exports CVOL_SHARE and sets pool_file to the
 # volume's file. Needs cvol in $cvol.

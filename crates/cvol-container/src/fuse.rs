@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cvol_share::{SetAttributes, SetTime};
 use fuser::{
@@ -41,26 +41,83 @@ struct Adapter {
     backing: Mutex<Backing>,
     /// The listing each open directory is read from: the kernel reads a big directory in
     /// many small requests, which must not each list the share again.
-    listings: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
+    listings: Mutex<HashMap<u64, Listing>>,
     next_listing: AtomicU64,
+    /// When each directory's whole listing last went to the kernel with every entry's
+    /// attributes (see [`Adapter::keeps_listing`]).
+    listed: Mutex<HashMap<u64, Instant>>,
 }
+
+/// What an open directory is read from.
+struct Listing {
+    entries: Arc<Vec<Entry>>,
+    /// When the read began: the attributes sent with the entries are the kernel's for
+    /// [`TTL`] from then.
+    since: Instant,
+}
+
+/// Directories whose last whole listing is remembered, at most: past this the oldest
+/// are long expired, and all are forgotten (their next read lists them again).
+const LISTED_KEPT: usize = 100_000;
 
 impl Adapter {
     /// The entries of open directory `fh`: listed afresh when read from the start (as
     /// after `rewinddir`), else those the earlier requests of this read came from.
     fn listing(&self, fh: u64, dir: u64, offset: u64) -> Result<Arc<Vec<Entry>>, Errno> {
         if offset != 0 {
-            if let Some(entries) = self.listings.lock().expect("listings lock").get(&fh) {
-                return Ok(entries.clone());
+            if let Some(l) = self.listings.lock().expect("listings lock").get(&fh) {
+                return Ok(l.entries.clone());
             }
         }
         let entries = Arc::new(self.container.readdir(dir)?);
+        let listing = Listing {
+            entries: entries.clone(),
+            since: Instant::now(),
+        };
         self.listings
             .lock()
             .expect("listings lock")
-            .insert(fh, entries.clone());
+            .insert(fh, listing);
         Ok(entries)
     }
+
+    /// Notes that the kernel got the rest of open directory `fh`'s listing, with the
+    /// entries' attributes.
+    fn listed(&self, fh: u64, dir: u64) {
+        let Some(since) = self
+            .listings
+            .lock()
+            .expect("listings lock")
+            .get(&fh)
+            .map(|l| l.since)
+        else {
+            return;
+        };
+        let mut listed = self.listed.lock().expect("listed lock");
+        if listed.len() >= LISTED_KEPT {
+            listed.clear();
+        }
+        listed.insert(dir, since);
+    }
+
+    /// Whether the kernel may read directory `dir` from its own cache: only while the
+    /// entries (and attributes) of its last whole listing are still the kernel's. Past
+    /// that, a cached listing would make the kernel look up every entry on its own,
+    /// where listing the directory again brings them all in one request.
+    fn keeps_listing(&self, dir: u64) -> bool {
+        self.listed
+            .lock()
+            .expect("listed lock")
+            .get(&dir)
+            .is_some_and(|since| since.elapsed() < TTL)
+    }
+}
+
+/// Counts a request of the kernel's that reads metadata (`cvol_fuse_requests_total`),
+/// which tells how much the kernel's caches spare the daemon. Disk I/O is counted by
+/// volume elsewhere.
+fn count(op: &'static str) {
+    metrics::counter!("cvol_fuse_requests_total", "op" => op).increment(1);
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -181,6 +238,7 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        count("lookup");
         match self.container.lookup(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
@@ -188,6 +246,7 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        count("getattr");
         match self.container.getattr(ino.0, fh.map(|fh| fh.0)) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
@@ -432,10 +491,18 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        count("opendir");
         match self.container.getattr(ino.0, None) {
             Ok(attr) if attr.kind == NodeKind::Dir => {
                 let fh = self.next_listing.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(fh), FopenFlags::empty())
+                // The kernel keeps what it reads of a directory in its page cache; a
+                // repeated read within the entries' lifetime (and of a directory whose
+                // modification time did not change) costs no request but this one.
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if self.keeps_listing(ino.0) {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags)
             }
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),
             Err(e) => reply.error(errno(e)),
@@ -462,6 +529,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        count("readdir");
         let entries = match self.listing(fh.0, ino.0, offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(e)),
@@ -482,6 +550,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
+        count("readdirplus");
         let dir = ino.0;
         let (entries, dir_attr) = match (
             self.listing(fh.0, dir, offset),
@@ -490,6 +559,7 @@ impl Filesystem for Adapter {
             (Ok(entries), Ok(attr)) => (entries, attr),
             (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
         };
+        let mut full = false;
         for (i, (ino, _, name)) in with_dots(dir, &entries).skip(offset as usize) {
             // The kernel takes no attributes from "." and ".."; the others are looked up
             // as LOOKUP would (from what the share listing just learnt).
@@ -501,16 +571,20 @@ impl Filesystem for Adapter {
                     Err(_) => continue, // gone since the listing
                 }
             };
-            if reply.add(
+            full = reply.add(
                 INodeNo(attr.ino),
                 i + 1,
                 name,
                 &TTL,
                 &file_attr(&attr),
                 Generation(0),
-            ) {
+            );
+            if full {
                 break;
             }
+        }
+        if !full {
+            self.listed(fh.0, dir);
         }
         reply.ok();
     }
@@ -700,6 +774,7 @@ pub fn mount(
         backing: Mutex::new(Backing::default()),
         listings: Mutex::new(HashMap::new()),
         next_listing: AtomicU64::new(1),
+        listed: Mutex::new(HashMap::new()),
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     Ok(MountedContainer {

@@ -157,6 +157,9 @@ impl Datastore {
         names: &[VmName],
         read: impl Fn(&VmName) -> Result<T, DatastoreError> + Sync,
     ) -> Vec<Result<T, DatastoreError>> {
+        // Every walk lists each VM's folder first.
+        let folders: Vec<SharePath> = names.iter().map(layout::vm_dir).collect();
+        self.share().prefetch_listings(&folders);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<Mutex<Option<Result<T, DatastoreError>>>> =
             names.iter().map(|_| Mutex::new(None)).collect();

@@ -178,12 +178,13 @@ impl Inner {
         cookie: u64,
     ) -> Result<Arc<Vec<String>>> {
         let times = (m.modified, m.changed);
-        let mut listings = self.listings.lock().expect("listings lock");
         if cookie != 0 {
+            let listings = self.listings.lock().expect("listings lock");
             if let Some(listing) = listings.get(&handle).filter(|l| l.times == times) {
                 return Ok(listing.names.clone());
             }
         }
+        // Read without the lock: the listings of other directories go on meanwhile.
         let mut names: Vec<String> = opened
             .entries()
             .map_err(|e| status_of(&e))?
@@ -195,6 +196,7 @@ impl Inner {
         let mut all = vec![".".to_string(), "..".to_string()];
         all.extend(names);
         let names = Arc::new(all);
+        let mut listings = self.listings.lock().expect("listings lock");
         if listings.len() >= LISTINGS_KEPT {
             listings.clear();
         }

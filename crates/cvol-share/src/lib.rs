@@ -151,6 +151,12 @@ pub trait Share: Send + Sync {
         self.read_dir(path)
     }
 
+    /// Reads ahead the listings of `dirs`, which a walk is about to read one by one with
+    /// [`Share::read_dir_recent`], where reading them together costs less (over NFS: many
+    /// READDIRPLUS in flight at once). A hint only: what fails here is met again, and
+    /// reported, by the walk's own calls.
+    fn prefetch_listings(&self, _dirs: &[SharePath]) {}
+
     /// The whole content of file `path`, as it is now: another host's change is seen
     /// at once (as on open with close-to-open consistency).
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError>;

@@ -43,7 +43,9 @@ pub struct Cli {
     pub attr_cache_ms: u64,
 
     /// Connections to the NFS server, at most; calls beyond them wait for one (each
-    /// connection carries one call at a time: the default serves a walk's 8 threads).
+    /// connection carries one call at a time: the default serves a walk's 8 threads; a
+    /// walk also reads the VM folders' listings ahead on one more connection, with many
+    /// calls in flight).
     #[arg(
         long,
         global = true,

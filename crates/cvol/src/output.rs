@@ -45,18 +45,22 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    // The whole table in one write: a line each is 10,000 writes for 10,000 VMs.
+    let mut table = String::new();
+    let mut line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        table.push_str(padded.join("  ").trim_end());
+        table.push('\n');
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+    print!("{table}");
 }
 
 #[cfg(test)]

@@ -35,6 +35,37 @@ fn create_list_delete_a_vm(env: Env) {
     assert!(env.json(&["vm", "list"]).as_array().unwrap().is_empty());
 }
 
+/// A walk over NFS reads the VM folders' listings ahead, many calls in flight on one
+/// connection, and then reads each VM from them.
+fn a_walk_reads_the_vm_folders_ahead(env: Env) {
+    for vm in ["a", "b", "c"] {
+        env.ok(&["vm", "create", vm, "--memory", "256"]);
+    }
+    let out = env.run_with_env(
+        &["--json", "vm", "list"],
+        &[("RUST_LOG", "cvol_share=debug"), ("CVOL_CACHE_DIR", "")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("3 of 3 listings read ahead"),
+        "the folders were not read ahead: {stderr}"
+    );
+    let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vms: Vec<(&str, u64)> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| {
+            (
+                vm["name"].as_str().unwrap(),
+                vm["memory_mib"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(vms, [("a", 256), ("b", 256), ("c", 256)]);
+}
+
 fn disks_grow_snapshot_clone_and_go(env: Env) {
     env.ok(&["vm", "create", "src", "--disk", "1M"]);
     env.ok(&["vm", "create", "dst"]);
@@ -406,6 +437,16 @@ fn create_list_delete_a_vm_on_nfs() {
 #[test]
 fn create_list_delete_a_vm_on_cvol_nfs() {
     create_list_delete_a_vm(Env::datastore_on_cvol_nfs());
+}
+
+#[test]
+fn a_walk_on_nfs_reads_the_vm_folders_ahead() {
+    a_walk_reads_the_vm_folders_ahead(Env::datastore_on_nfs());
+}
+
+#[test]
+fn a_walk_on_cvol_nfs_reads_the_vm_folders_ahead() {
+    a_walk_reads_the_vm_folders_ahead(Env::datastore_on_cvol_nfs());
 }
 
 #[test]

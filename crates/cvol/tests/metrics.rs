@@ -389,6 +389,155 @@ fn warm_listings_cost_no_rpcs_and_another_hosts_change_is_seen_after_the_window(
     }
 }
 
+/// A walk through a crowded directory that outlasts the attribute cache: once what was
+/// known of its entries expired, one READDIRPLUS of the directory brings them all back,
+/// where each entry would cost a LOOKUP of its own (the kernel client's heuristic). A
+/// look at one entry long after the directory was last listed is not worth a listing.
+#[test]
+fn a_crowded_directory_walked_past_the_window_is_listed_again_not_looked_up_entry_by_entry() {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let (env, port) = three_vms_on_a_metered_nfs_share();
+    let crowd = env.share.join("crowd");
+    std::fs::create_dir(&crowd).unwrap();
+    for i in 0..100 {
+        std::fs::write(crowd.join(format!("f{i}")), "x".repeat(i)).unwrap();
+    }
+    let m = env.mount_with(&["--attr-cache-ms", &WINDOW.as_millis().to_string()]);
+    let calls = |procedure: &str| {
+        value(
+            &scrape(port),
+            "cvol_nfs_server_rpc_seconds_count",
+            &[&format!("procedure=\"NFSPROC3_{procedure}\"")],
+        )
+    };
+    let sizes = || -> Vec<u64> {
+        (0..100)
+            .map(|i| {
+                std::fs::symlink_metadata(m.path(&format!("crowd/f{i}")))
+                    .unwrap()
+                    .len()
+            })
+            .collect()
+    };
+    let expected: Vec<u64> = (0..100).collect();
+    let listed = Instant::now();
+    assert_eq!(std::fs::read_dir(m.path("crowd")).unwrap().count(), 100);
+    assert_eq!(sizes(), expected);
+
+    // Past the share's window and the kernel's 1 s, within three windows of the listing
+    // (on a machine too slow for that, only the sizes are checked).
+    std::thread::sleep(WINDOW + Duration::from_millis(200));
+    let before = (calls("READDIRPLUS"), calls("LOOKUP") + calls("GETATTR"));
+    assert_eq!(sizes(), expected);
+    let after = (calls("READDIRPLUS"), calls("LOOKUP") + calls("GETATTR"));
+    if listed.elapsed() < WINDOW * 3 {
+        assert!(after.0 > before.0, "the directory was not listed again");
+        assert!(
+            after.1 - before.1 < 10.0,
+            "{} entries looked up one by one",
+            after.1 - before.1
+        );
+    }
+
+    // Long after the last listing, one look is one call.
+    std::thread::sleep(WINDOW * 3);
+    let plus = calls("READDIRPLUS");
+    assert_eq!(
+        std::fs::symlink_metadata(m.path("crowd/f7")).unwrap().len(),
+        7
+    );
+    assert_eq!(
+        calls("READDIRPLUS"),
+        plus,
+        "a single look listed the directory"
+    );
+}
+
+/// A directory read again while the attributes its last listing gave the kernel are
+/// still the kernel's (1 s) is read from the kernel's own cache: the daemon is asked to
+/// open it, not to list it. Past that, it is listed again, entries and attributes in
+/// one request (not looked up entry by entry), and a file made behind the container's
+/// back shows up.
+#[test]
+fn a_folder_read_again_soon_is_served_from_the_kernels_cache() {
+    const KERNEL_TTL: Duration = Duration::from_secs(1);
+    let env = Env::datastore();
+    env.ok(&["vm", "create", "a", "--disk", "1M"]);
+    let port = free_port();
+    let m = env.mount_with(&["--metrics", &format!("127.0.0.1:{port}")]);
+    let requests = || {
+        let text = scrape(port);
+        let count = |op: &str| {
+            value(
+                &text,
+                "cvol_fuse_requests_total",
+                &[&format!("op=\"{op}\"")],
+            )
+        };
+        (count("readdirplus"), count("lookup"), count("opendir"))
+    };
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(m.path("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(), ["a-flat.vmdk", "a.vmdk", "a.vmx"]);
+
+    // Within the kernel's lifetime of what the last listing sent; on a machine too
+    // slow for that, the next try.
+    let mut served_from_cache = false;
+    for _ in 0..5 {
+        let listed = Instant::now();
+        let (plus, lookups, opens) = requests();
+        names();
+        let (plus_again, lookups_again, opens_again) = requests();
+        names();
+        let after = requests();
+        if listed.elapsed() >= KERNEL_TTL {
+            continue;
+        }
+        assert_eq!(opens_again, opens + 1.0, "the folder was opened");
+        assert_eq!(
+            after,
+            (plus_again, lookups_again, opens_again + 1.0),
+            "a folder read again at once was listed or looked up again"
+        );
+        assert!(plus_again <= plus + 1.0 && lookups_again == lookups);
+        served_from_cache = true;
+        break;
+    }
+    assert!(served_from_cache, "never within {KERNEL_TTL:?}");
+
+    // Past the lifetime: listed again, entries and attributes in one request, with
+    // what was made behind the container's back meanwhile.
+    std::fs::write(env.share.join("a/notes.txt"), "made on the share\n").unwrap();
+    let started = Instant::now();
+    let (plus, lookups, _) = requests();
+    loop {
+        if names().contains(&"notes.txt".to_string()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < KERNEL_TTL * 5,
+            "a file made on the share unseen after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (plus_after, lookups_after, _) = requests();
+    assert!(plus_after > plus, "listed again");
+    // The folder itself is looked up again as its own entry expires (at most about
+    // once a second); its four files one by one would be four more.
+    assert!(
+        lookups_after - lookups < 3.0,
+        "entries looked up on their own: {} lookups",
+        lookups_after - lookups
+    );
+}
+
 /// What one run read from the share is kept for the next (`--cache-dir`): a second walk
 /// of unchanged VMs reads no file again, only the folders' listings; a file changed in
 /// place between runs, even to the same size, is read again; a damaged cache file is

@@ -8,7 +8,7 @@ use nfs3_types::rpc::{
 };
 use nfs3_types::xdr_codec::{Pack, Unpack};
 use nfs3_types::{nfs3 as nfs, portmap};
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 use tracing::{error, info, trace, warn};
 
@@ -149,20 +149,15 @@ fn lock_transaction(
     }
 }
 
+/// cvol: added (was `write_fragment`, which made two writes of every reply). The record
+/// mark of a reply of `len` bytes sent as one fragment: the caller writes it with the
+/// reply, and with the other replies queued by then.
 #[allow(clippy::cast_possible_truncation)]
-pub async fn write_fragment<IO: tokio::io::AsyncWrite + Unpin>(
-    socket: &mut IO,
-    buf: CompleteRpcMessage,
-) -> Result<(), anyhow::Error> {
+pub fn record_mark(len: usize) -> [u8; 4] {
     // TODO: split into many fragments
-    let buf = buf.into_inner();
-    assert!(buf.len() < (1 << 31));
-    let fragment_header = fragment_header::new(buf.len() as u32, true);
-    let header_buf = fragment_header.into_xdr_buf();
-    socket.write_all(&header_buf).await?;
-    trace!("Writing fragment length: {}", buf.len());
-    socket.write_all(&buf).await?;
-    Ok(())
+    assert!(len < (1 << 31));
+    trace!("Writing fragment length: {len}");
+    fragment_header::new(len as u32, true).into_xdr_buf()
 }
 
 pub type SocketMessageType = Result<CompleteRpcMessage, anyhow::Error>;

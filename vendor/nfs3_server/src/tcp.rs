@@ -10,11 +10,15 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
 use crate::context::RPCContext;
-use crate::rpcwire::{SocketMessageHandler, write_fragment};
+use crate::rpcwire::{SocketMessageHandler, record_mark};
 use crate::transaction_tracker::{Cleaner, TransactionTracker};
 use crate::units::KIBIBYTE;
 use crate::vfs::adapters::ReadOnlyAdapter;
 use crate::vfs::{NfsFileSystem, NfsReadFileSystem};
+
+/// cvol: added. Bytes of queued replies gathered into one write, at most about this many
+/// (and a reply this large goes out alone).
+const REPLY_BATCH: usize = 64 * 1024;
 
 /// A NFS Tcp Connection Handler
 pub struct NFSTcpListener<T: NfsFileSystem + 'static> {
@@ -88,8 +92,42 @@ where
                         return Err(e);
                     }
                     Some(Ok(msg)) => {
-                        if let Err(e) = write_fragment(&mut socket, msg).await {
+                        // cvol: added. Replies already queued go out with this one, in one
+                        // write: a client with many calls in flight gets them in a few
+                        // receives instead of a wakeup each.
+                        let msg = msg.into_inner();
+                        let mut failed = None;
+                        let written = if msg.len() >= REPLY_BATCH {
+                            // A large reply (a READ) is written from its own buffer.
+                            match socket.write_all(&record_mark(msg.len())).await {
+                                Ok(()) => socket.write_all(&msg).await,
+                                e => e,
+                            }
+                        } else {
+                            let mut out = Vec::with_capacity(2 * REPLY_BATCH);
+                            let append = |out: &mut Vec<u8>, msg: &[u8]| {
+                                out.extend_from_slice(&record_mark(msg.len()));
+                                out.extend_from_slice(msg);
+                            };
+                            append(&mut out, &msg);
+                            while out.len() < REPLY_BATCH {
+                                match msgrecvchan.try_recv() {
+                                    Ok(Ok(msg)) => append(&mut out, &msg.into_inner()),
+                                    Ok(Err(e)) => {
+                                        failed = Some(e);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            socket.write_all(&out).await
+                        };
+                        if let Err(e) = written {
                             error!("Write error {e}");
+                        }
+                        if let Some(e) = failed {
+                            debug!("Message handling closed : {e}");
+                            return Err(e);
                         }
                     }
                     None => {

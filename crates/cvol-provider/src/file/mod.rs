@@ -630,9 +630,8 @@ impl Provider for FileProvider {
 
     fn allocated(&self, id: &VolumeId) -> Result<Option<u64>, ProviderError> {
         use std::os::unix::fs::MetadataExt;
-        let data = self.existing(id)?.join(DATA);
-        let md = fs::metadata(&data).map_err(|e| self.io("stat", &data, e))?;
-        Ok(Some(md.blocks() * 512))
+        let (_, data) = self.data_metadata(id)?;
+        Ok(Some(data.blocks() * 512))
     }
 
     fn space(&self) -> Result<Option<crate::PoolSpace>, ProviderError> {

@@ -5,7 +5,7 @@
 //! server reports the same version of the file (as the kernel's page cache is).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use nfs3_client::nfs3_types::nfs3::{fattr3, ftype3, nfs_fh3, nfstime3};
@@ -65,15 +65,17 @@ pub(super) type Contents = HashMap<(u64, u64), (Version, Arc<[u8]>)>;
 /// contents by file, with the version they are of.
 pub(super) struct Cache {
     lifetime: Duration,
-    inner: Mutex<Inner>,
+    /// Read far more often than written (a walk's threads look up what one listing
+    /// learnt), so readers do not wait for one another.
+    inner: RwLock<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
     root: nfs_fh3,
-    handles: HashMap<SharePath, (nfs_fh3, Instant)>,
-    attributes: HashMap<Vec<u8>, (fattr3, Instant)>,
-    listings: HashMap<Vec<u8>, (Arc<[DirEntry]>, Instant)>,
+    handles: foldhash::HashMap<SharePath, (nfs_fh3, Instant)>,
+    attributes: foldhash::HashMap<Vec<u8>, (fattr3, Instant)>,
+    listings: foldhash::HashMap<Vec<u8>, (Arc<[DirEntry]>, Instant)>,
     contents: Contents,
     content_bytes: usize,
     /// Whether contents were learnt since [`Cache::preload`] (so are worth saving).
@@ -86,12 +88,16 @@ impl Cache {
     pub(super) fn new(lifetime: Duration) -> Self {
         Self {
             lifetime,
-            inner: Mutex::default(),
+            inner: RwLock::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("NFS cache lock")
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().expect("NFS cache lock")
+    }
+
+    fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("NFS cache lock")
     }
 
     fn fresh(&self, learnt: Instant) -> bool {
@@ -125,7 +131,7 @@ impl Cache {
 
     /// The export's root handle.
     pub(super) fn root(&self) -> nfs_fh3 {
-        self.lock().root.clone()
+        self.read().root.clone()
     }
 
     /// Records the root handle a (re)mount returned; a different one (the server was
@@ -143,7 +149,7 @@ impl Cache {
 
     /// The handle of `path`, if looked up recently.
     pub(super) fn handle(&self, path: &SharePath) -> Option<nfs_fh3> {
-        let inner = self.lock();
+        let inner = self.read();
         let (fh, learnt) = inner.handles.get(path)?;
         self.fresh(*learnt).then(|| fh.clone())
     }
@@ -171,7 +177,7 @@ impl Cache {
     /// A file with several names (hard links) is never answered from here: a change
     /// through another of its names (a link removed, a chmod) does not reach this entry.
     pub(super) fn attributes(&self, fh: &nfs_fh3) -> Option<fattr3> {
-        let inner = self.lock();
+        let inner = self.read();
         let (a, learnt) = inner.attributes.get(fh.data.as_ref())?;
         let linked = a.nlink > 1 && a.type_ != ftype3::NF3DIR;
         (self.fresh(*learnt) && !linked).then(|| a.clone())
@@ -196,14 +202,28 @@ impl Cache {
 
     /// The entries of directory `fh`, if listed recently and not changed here since.
     pub(super) fn listing(&self, fh: &nfs_fh3) -> Option<Arc<[DirEntry]>> {
-        let inner = self.lock();
+        let inner = self.read();
         let (entries, learnt) = inner.listings.get(fh.data.as_ref())?;
         self.fresh(*learnt).then(|| entries.clone())
     }
 
+    /// How many entries directory `fh` had when last listed, and how long ago that was,
+    /// fresh or not.
+    pub(super) fn last_listing(&self, fh: &nfs_fh3) -> Option<(usize, Duration)> {
+        let inner = self.read();
+        let (entries, learnt) = inner.listings.get(fh.data.as_ref())?;
+        Some((entries.len(), learnt.elapsed()))
+    }
+
+    /// Whether the handle of `path` and its attributes are both fresh.
+    pub(super) fn knows(&self, path: &SharePath) -> bool {
+        self.handle(path)
+            .is_some_and(|fh| self.attributes(&fh).is_some())
+    }
+
     /// Counts the changes made through this share, for [`Cache::learn_listing`].
     pub(super) fn changes(&self) -> u64 {
-        self.lock().changes
+        self.read().changes
     }
 
     /// Records the entries of directory `fh`, listed from the server after
@@ -220,7 +240,7 @@ impl Cache {
 
     /// The content of the file `attributes` describe, if it is known for that version.
     pub(super) fn content(&self, attributes: &fattr3) -> Option<Arc<[u8]>> {
-        let inner = self.lock();
+        let inner = self.read();
         let version = Version::of(attributes);
         let (known, data) = inner.contents.get(&version.file())?;
         (*known == version).then(|| data.clone())

@@ -17,6 +17,7 @@
 //! success, as kernel clients do.
 
 mod cache;
+mod pipeline;
 mod pool;
 mod saved_contents;
 mod transport;
@@ -38,6 +39,10 @@ use crate::{
     DirEntry, FileKind, Metadata, OpenFile, SetAttributes, SetTime, Share, ShareError, SharePath,
     ShareStats,
 };
+
+/// Entries from which a directory is listed again rather than its entries looked up
+/// one by one once their attributes expired (see [`NfsShare::refresh_crowded_parent`]).
+const CROWDED: usize = 64;
 
 /// Bytes moved by one READ or WRITE.
 const IO_SIZE: u32 = 1 << 20;
@@ -85,6 +90,8 @@ pub struct NfsShare {
     down_since: std::sync::Mutex<Option<Instant>>,
     /// RPCs sent, repeats included.
     sent: std::sync::atomic::AtomicU64,
+    /// Held while a crowded directory is listed again.
+    relisting: std::sync::Mutex<()>,
 }
 
 /// Why a call failed.
@@ -267,6 +274,18 @@ macro_rules! rpc {
     }};
 }
 
+/// The READDIRPLUS of directory `dir` from `cookie` on: up to 64 KiB of names and
+/// 256 KiB of reply, so a VM folder, or a thousand names, come in one reply.
+fn readdirplus_from(dir: &nfs_fh3, cookie: u64, verf: cookieverf3) -> READDIRPLUS3args {
+    READDIRPLUS3args {
+        dir: dir.clone(),
+        cookie,
+        cookieverf: verf,
+        dircount: 64 << 10,
+        maxcount: 256 << 10,
+    }
+}
+
 fn attributes_in(a: &post_op_attr) -> Option<&fattr3> {
     match a {
         Nfs3Option::Some(a) => Some(a),
@@ -288,6 +307,7 @@ impl NfsShare {
                 .map(|dir| saved_contents::file_for(dir, url)),
             down_since: std::sync::Mutex::new(None),
             sent: std::sync::atomic::AtomicU64::new(0),
+            relisting: std::sync::Mutex::new(()),
         };
         if let Some((root, contents)) = share
             .saved_contents
@@ -450,27 +470,16 @@ impl NfsShare {
         let mut entries = Vec::new();
         let (mut cookie, mut verf) = (0, cookieverf3::default());
         loop {
-            let ok = rpc!(self, |c| c.readdirplus(&READDIRPLUS3args {
-                dir: dir.clone(),
-                cookie,
-                cookieverf: verf,
-                dircount: 64 << 10,
-                maxcount: 256 << 10,
-            }))?;
+            let ok = rpc!(self, |c| c
+                .readdirplus(&readdirplus_from(&dir, cookie, verf)))?;
             verf = ok.cookieverf;
             for e in &ok.reply.entries.0 {
                 cookie = e.cookie;
-                let entry_name = String::from_utf8_lossy(e.name.as_ref()).into_owned();
-                if entry_name == "." || entry_name == ".." {
+                let Some((entry_name, kind)) = self.learn_entry(path, e) else {
                     continue;
-                }
-                let attributes = attributes_in(&e.name_attributes);
-                if let (Nfs3Option::Some(fh), Ok(child)) = (&e.name_handle, path.join(&entry_name))
-                {
-                    self.cache.learn(&child, fh, attributes);
-                }
-                let kind = match attributes {
-                    Some(a) => metadata_of(a).kind,
+                };
+                let kind = match kind {
+                    Some(kind) => kind,
                     None => {
                         let child = path
                             .join(&entry_name)
@@ -493,12 +502,128 @@ impl NfsShare {
         Ok(entries)
     }
 
+    /// What entry `e` of directory `path`'s READDIRPLUS says: its name, and its kind if
+    /// the server sent its attributes; its handle and attributes are learnt. `None` for
+    /// `.` and `..`.
+    fn learn_entry(&self, path: &SharePath, e: &entryplus3) -> Option<(String, Option<FileKind>)> {
+        let entry_name = String::from_utf8_lossy(e.name.as_ref()).into_owned();
+        if entry_name == "." || entry_name == ".." {
+            return None;
+        }
+        let attributes = attributes_in(&e.name_attributes);
+        if let (Nfs3Option::Some(fh), Ok(child)) = (&e.name_handle, path.join(&entry_name)) {
+            self.cache.learn(&child, fh, attributes);
+        }
+        Some((entry_name, attributes.map(|a| metadata_of(a).kind)))
+    }
+
+    /// Lists those of `dirs` not listed within the cache lifetime, their READDIRPLUS
+    /// pipelined on a connection of their own (see [`pipeline`]), into the cache. A
+    /// directory that fails here, or whose listing is longer than one reply, is left to
+    /// be listed the usual way.
+    fn prefetch(&self, dirs: &[SharePath]) -> Result<(), String> {
+        if self.options.attribute_cache.is_zero() {
+            return Ok(());
+        }
+        let wanted: Vec<(&SharePath, nfs_fh3)> = dirs
+            .iter()
+            .filter_map(|path| Some((path, self.file_recent(path).ok()?)))
+            .filter(|(_, fh)| self.cache.listing(fh).is_none())
+            .collect();
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        let changes = self.cache.changes();
+        let mounted = self.connection()?;
+        let pipeline = self.pool.pipeline(&mounted);
+        self.pool.put(mounted);
+        let calls: Vec<READDIRPLUS3args> = wanted
+            .iter()
+            .map(|(_, fh)| readdirplus_from(fh, 0, cookieverf3::default()))
+            .collect();
+        self.sent
+            .fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let replies = pipeline
+            .and_then(|mut p| {
+                p.call_all::<_, READDIRPLUS3res>(NFS_PROGRAM::NFSPROC3_READDIRPLUS, &calls)
+            })
+            .map_err(|e| e.to_string())?;
+        let mut read_ahead = 0;
+        for ((path, fh), reply) in wanted.into_iter().zip(replies) {
+            let Some(Nfs3Result::Ok(ok)) = reply else {
+                continue;
+            };
+            if !ok.reply.eof {
+                continue;
+            }
+            let entries: Option<Vec<DirEntry>> = ok
+                .reply
+                .entries
+                .0
+                .iter()
+                .filter_map(|e| self.learn_entry(path, e))
+                .map(|(name, kind)| Some(DirEntry { name, kind: kind? }))
+                .collect();
+            if let Some(entries) = entries {
+                self.cache.learn_listing(&fh, entries.into(), changes);
+                read_ahead += 1;
+            }
+        }
+        tracing::debug!(
+            "{read_ahead} of {} listings read ahead, up to {} calls in flight",
+            calls.len(),
+            pipeline::WINDOW
+        );
+        Ok(())
+    }
+
     /// The parent's handle and the last name of `path`.
     fn parent<'p>(&self, path: &'p SharePath) -> Result<(nfs_fh3, &'p str), CallError> {
         let (parent, leaf) = path
             .split_last()
             .ok_or(CallError::Status(nfsstat3::NFS3ERR_INVAL))?;
         Ok((self.resolve(&parent)?, leaf))
+    }
+
+    /// Lists the directory of `path` again, if it is crowded and was listed not long
+    /// ago, when what is known of `path` has expired: the kernel client's READDIRPLUS
+    /// heuristic. A walk through a directory of 10,000 VM folders (`ls -l */`) outlasts
+    /// the cache lifetime; past it, one listing brings every folder's handle and
+    /// attributes again, where each folder would cost a LOOKUP or a GETATTR of its own.
+    /// A look at one name long after the last listing is not worth a listing.
+    fn refresh_crowded_parent(&self, path: &SharePath) {
+        if self.cache.knows(path) {
+            return;
+        }
+        let Some((parent, _)) = path.split_last() else {
+            return;
+        };
+        let lifetime = self.options.attribute_cache;
+        let walked = |dir: &nfs_fh3| {
+            self.cache.last_listing(dir).is_some_and(|(entries, age)| {
+                entries >= CROWDED && age >= lifetime && age < lifetime * 3
+            })
+        };
+        let Some(dir) = self
+            .cache
+            .handle(&parent)
+            .or_else(|| parent.is_root().then(|| self.cache.root()))
+        else {
+            return;
+        };
+        if !walked(&dir) {
+            return;
+        }
+        // One listing at a time (a listing that needs another goes without): a call
+        // that finds one under way asks for its own name as usual.
+        let Ok(_one) = self.relisting.try_lock() else {
+            return;
+        };
+        if walked(&dir) && !self.cache.knows(path) {
+            if let Err(CallError::Transport(e)) = self.list(&parent) {
+                tracing::debug!("{parent} not listed again: {e}");
+            }
+        }
     }
 
     fn getattr(&self, fh: &nfs_fh3) -> Result<fattr3, CallError> {
@@ -512,12 +637,14 @@ impl NfsShare {
 
     /// The handle of `path`, which must not be a symlink (they are not followed).
     fn file(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
+        self.refresh_crowded_parent(path);
         self.not_symlink(self.resolve(path)?)
     }
 
     /// The handle of `path` as [`NfsShare::file`] finds it, from
     /// [`NfsShare::resolve_recent`].
     fn file_recent(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
+        self.refresh_crowded_parent(path);
         self.not_symlink(self.resolve_recent(path)?)
     }
 
@@ -752,6 +879,7 @@ impl Share for NfsShare {
 
     fn metadata(&self, path: &SharePath) -> Result<Metadata, ShareError> {
         self.with(path, "stat", || {
+            self.refresh_crowded_parent(path);
             let fh = self.resolve(path)?;
             Ok(metadata_of(&self.getattr(&fh)?))
         })
@@ -759,6 +887,12 @@ impl Share for NfsShare {
 
     fn read_dir(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
         self.with(path, "list directory", || self.list(path))
+    }
+
+    fn prefetch_listings(&self, dirs: &[SharePath]) {
+        if let Err(e) = self.prefetch(dirs) {
+            tracing::debug!("listings not read ahead: {e}");
+        }
     }
 
     fn read_dir_recent(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {

@@ -11,6 +11,7 @@ use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
 
+use super::pipeline::Pipeline;
 use super::transport::{RecordStream, TcpConnector};
 use crate::nfs_url::NfsUrl;
 
@@ -94,28 +95,45 @@ impl Pool {
         self.returned.notify_all();
     }
 
+    /// A connection of its own for pipelined calls, to the NFS port that `mounted` (a
+    /// connection of this pool) was given.
+    pub(super) fn pipeline(&self, mounted: &Connection) -> std::io::Result<Pipeline> {
+        let host: std::net::IpAddr = mounted
+            .host
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let stream = self
+            .connector()
+            .connect_now((host, mounted.nfs3_port).into())?;
+        Ok(Pipeline::new(stream, credential()))
+    }
+
+    fn connector(&self) -> TcpConnector {
+        TcpConnector {
+            timeout: self.timeout,
+        }
+    }
+
     fn builder(&self) -> Nfs3ConnectionBuilder<TcpConnector> {
-        let credential = opaque_auth::auth_unix(&auth_unix {
-            stamp: 0,
-            machinename: Opaque::owned(b"cvol".to_vec()),
-            uid: rustix::process::getuid().as_raw(),
-            gid: rustix::process::getgid().as_raw(),
-            gids: vec![],
-        });
         let url = &self.url;
-        let builder = Nfs3ConnectionBuilder::new(
-            TcpConnector {
-                timeout: self.timeout,
-            },
-            &url.host,
-            &url.export,
-        )
-        .credential(credential)
-        .connect_from_privileged_port(false);
+        let builder = Nfs3ConnectionBuilder::new(self.connector(), &url.host, &url.export)
+            .credential(credential())
+            .connect_from_privileged_port(false);
         match (url.port, url.mount_port) {
             (Some(port), mount) => builder.nfs3_port(port).mount_port(mount.unwrap_or(port)),
             (None, Some(mount)) => builder.mount_port(mount),
             (None, None) => builder,
         }
     }
+}
+
+/// Who cvol's calls are made as: the process's user and group.
+fn credential() -> opaque_auth<'static> {
+    opaque_auth::auth_unix(&auth_unix {
+        stamp: 0,
+        machinename: Opaque::owned(b"cvol".to_vec()),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        gids: vec![],
+    })
 }

@@ -49,6 +49,40 @@ impl<S: Read> RecordStream<S> {
             at_header: true,
         }
     }
+
+    /// The next record whole, with the limits the calls of `nfs3_client` get: at most
+    /// [`MAX_RECORD`] bytes, in one fragment (as `nfs3_client` takes replies).
+    pub(super) fn read_record(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut header = [0; 4];
+        self.stream.read_exact(&mut header).map_err(read_error)?;
+        let header = u32::from_be_bytes(header);
+        let length = header & !LAST_FRAGMENT;
+        if header & LAST_FRAGMENT == 0 || length > MAX_RECORD {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("the server sent a {length}-byte fragment (one of at most {MAX_RECORD} expected)"),
+            ));
+        }
+        let mut record = vec![0; length as usize];
+        self.stream.read_exact(&mut record).map_err(read_error)?;
+        Ok(record)
+    }
+
+    /// Whether a whole record has arrived already, so that reading it will not wait.
+    pub(super) fn has_record(&self) -> bool {
+        let buffered = self.stream.buffer();
+        buffered.len() >= 4 && {
+            let header = u32::from_be_bytes(buffered[..4].try_into().expect("4 bytes"));
+            buffered.len() - 4 >= (header & !LAST_FRAGMENT) as usize
+        }
+    }
+}
+
+impl<S: Read + Write> RecordStream<S> {
+    /// Sends `bytes` (whole records) as they are.
+    pub(super) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes).map_err(read_error)
+    }
 }
 
 /// The errors of a read, said so that a log line explains them.
@@ -106,10 +140,9 @@ pub(super) struct TcpConnector {
     pub(super) timeout: Duration,
 }
 
-impl Connector for TcpConnector {
-    type Connection = RecordStream<TcpStream>;
-
-    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
+impl TcpConnector {
+    /// A connection to `addr`, made on the calling thread.
+    pub(super) fn connect_now(&self, addr: SocketAddr) -> std::io::Result<RecordStream<TcpStream>> {
         // A zero timeout is refused by the socket calls; it means "no patience at all".
         let timeout = self.timeout.max(Duration::from_millis(100));
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -117,6 +150,14 @@ impl Connector for TcpConnector {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         Ok(RecordStream::new(stream))
+    }
+}
+
+impl Connector for TcpConnector {
+    type Connection = RecordStream<TcpStream>;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
+        self.connect_now(addr)
     }
 
     async fn connect_with_port(
