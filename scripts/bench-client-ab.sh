@@ -11,8 +11,9 @@
 #
 #   ./scripts/bench-client-ab.sh OLD_BIN NEW_BIN [N] [ROUNDS]
 #
-# N defaults to 1000, ROUNDS to 3. Prints one line per client, operation and round.
-# Needs libnfs-utils.
+# N defaults to 1000, ROUNDS to 3. With LEASES=1 every VM also has a lease (a stopped
+# one, as once its VM has run), which fsck reads. Prints one line per client, operation
+# and round. Needs libnfs-utils.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -33,6 +34,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$share" "$work/pool" "$mnt"
 vms_datastore "$new" "$share" "$work/pool" "$vms"
+[[ ${LEASES:-} != 1 ]] || vm_leases "$share" "$vms"
 serve_metered "$new" "$share" "$work"
 port=${url##*:}
 port=${port%/}

@@ -67,6 +67,17 @@ vms_datastore() {
     done
 }
 
+# vm_leases SHARE N: a stopped lease (epoch 1, last held by host h1) for each of vm1 to
+# vmN, as on a datastore whose VMs have all run once.
+vm_leases() {
+    local share=$1 n=$2 i
+    for i in $(seq "$n"); do
+        mkdir -p "$share/.cvol/leases/vm$i"
+        printf 'vm = "vm%s"\nepoch = 1\nowner = "h1"\nboot_id = "bench"\nheartbeat = 0\n\n[state]\nkind = "stopped"\n' \
+            "$i" >"$share/.cvol/leases/vm$i/1"
+    done
+}
+
 # serve_metered BIN DIR WORK: serves DIR with `BIN nfs serve`, its metrics on a free
 # port; sets serve_pid, metrics (that port) and url (the share's URL). Logs in WORK.
 serve_metered() {

@@ -8,6 +8,7 @@
 //! rather than in the VM's folder: `cp -r vm1 vm2` must not copy an owner along, and the
 //! container's users must not edit them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cvol_datastore::layout;
@@ -40,6 +41,9 @@ impl HeldLease {
 pub struct Leases {
     share: Arc<dyn Share>,
 }
+
+/// Leases [`Leases::current_of`] reads at once (as many as a datastore walk).
+const READ_PARALLEL: usize = cvol_datastore::WALK_PARALLEL;
 
 /// `.cvol/leases/`
 fn leases_dir() -> SharePath {
@@ -79,6 +83,20 @@ impl Leases {
             Err(e) if e.is_not_found() => Ok(Vec::new()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The current leases of `vms` (those that have one), read from the server several
+    /// at once: a host's scan and fsck read every lease of the datastore, and one after
+    /// another that is seconds at thousands of VMs.
+    pub fn current_of(&self, vms: &[VmName]) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
+        let views = cvol_share::concurrent::map(vms, READ_PARALLEL, |vm| self.current(vm));
+        let mut current = BTreeMap::new();
+        for (vm, view) in vms.iter().zip(views) {
+            if let Some(view) = view? {
+                current.insert(vm.clone(), view);
+            }
+        }
+        Ok(current)
     }
 
     /// The epochs of `vm`'s lease files, newest last. Write-aside files (`.N.cvol-tmp-…`)

@@ -20,11 +20,11 @@ use fuser::{
 use crate::fs::{Attr, Caller, Container, Entry, NodeKind, Opened};
 use crate::Errno;
 
-/// How long the kernel may cache attributes and names. Other hosts change the share
-/// too, so this stays short, like the NFS client's default `acregmin`. (The share's 3 s
-/// attribute-cache time was tried: a repeated `ls -l` of 10,000 VM folders, longer than
-/// either, got 1.6x slower, and one of 1,000 no faster.)
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and names by default. Other hosts change
+/// the share too, so this stays short, like the NFS client's default `acregmin`. (The
+/// share's 3 s attribute-cache time was tried: a repeated `ls -l` of 10,000 VM folders,
+/// longer than either, got 1.6x slower, and one of 1,000 no faster.)
+pub const DEFAULT_KERNEL_CACHE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Backing {
@@ -46,13 +46,15 @@ struct Adapter {
     /// When each directory's whole listing last went to the kernel with every entry's
     /// attributes (see [`Adapter::keeps_listing`]).
     listed: Mutex<HashMap<u64, Instant>>,
+    /// How long the kernel keeps the names and attributes it is given.
+    ttl: Duration,
 }
 
 /// What an open directory is read from.
 struct Listing {
     entries: Arc<Vec<Entry>>,
     /// When the read began: the attributes sent with the entries are the kernel's for
-    /// [`TTL`] from then.
+    /// `ttl` from then.
     since: Instant,
 }
 
@@ -109,7 +111,7 @@ impl Adapter {
             .lock()
             .expect("listed lock")
             .get(&dir)
-            .is_some_and(|since| since.elapsed() < TTL)
+            .is_some_and(|since| since.elapsed() < self.ttl)
     }
 }
 
@@ -240,7 +242,7 @@ impl Filesystem for Adapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         count("lookup");
         match self.container.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -248,7 +250,7 @@ impl Filesystem for Adapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         count("getattr");
         match self.container.getattr(ino.0, fh.map(|fh| fh.0)) {
-            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -280,7 +282,7 @@ impl Filesystem for Adapter {
             modified: set_time(mtime),
         };
         match self.container.setattr(ino.0, fh.map(|fh| fh.0), &changes) {
-            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -305,7 +307,7 @@ impl Filesystem for Adapter {
             .container
             .mkdir(parent.0, name, mode & !umask, caller(req))
         {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -325,7 +327,7 @@ impl Filesystem for Adapter {
             .container
             .mknod(parent.0, name, mode, decode_dev(rdev), caller(req))
         {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -339,7 +341,7 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         match self.container.link(ino.0, newparent.0, newname) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -371,7 +373,7 @@ impl Filesystem for Adapter {
             .ok_or(Errno::INVAL)
             .and_then(|t| self.container.symlink(parent.0, link_name, t, caller(req)));
         match result {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -575,7 +577,7 @@ impl Filesystem for Adapter {
                 INodeNo(attr.ino),
                 i + 1,
                 name,
-                &TTL,
+                &self.ttl,
                 &file_attr(&attr),
                 Generation(0),
             );
@@ -620,7 +622,7 @@ impl Filesystem for Adapter {
             .create(parent.0, name, mode & !umask & 0o7777, caller(req))
         {
             Ok((attr, opened)) => reply.created(
-                &TTL,
+                &self.ttl,
                 &file_attr(&attr),
                 Generation(0),
                 FileHandle(opened.fh),
@@ -749,6 +751,9 @@ pub struct MountSettings {
     pub passthrough: bool,
     /// Let users other than the mounting one in (a hypervisor running as its own user).
     pub allow_other: bool,
+    /// How long the kernel keeps names, attributes and listings before asking again
+    /// ([`DEFAULT_KERNEL_CACHE`]): on top of the share's own attribute cache.
+    pub kernel_cache: Duration,
 }
 
 /// Mounts `container` at `mountpoint`, an existing directory.
@@ -775,6 +780,7 @@ pub fn mount(
         listings: Mutex::new(HashMap::new()),
         next_listing: AtomicU64::new(1),
         listed: Mutex::new(HashMap::new()),
+        ttl: settings.kernel_cache,
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
     Ok(MountedContainer {

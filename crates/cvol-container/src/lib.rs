@@ -12,4 +12,4 @@ mod inodes;
 
 pub use errno::Errno;
 pub use fs::{Attr, Caller, Changes, Container, Entry, NodeKind, Opened};
-pub use fuse::{mount, unmount, MountSettings, MountedContainer};
+pub use fuse::{mount, unmount, MountSettings, MountedContainer, DEFAULT_KERNEL_CACHE};

@@ -160,24 +160,7 @@ impl Datastore {
         // Every walk lists each VM's folder first.
         let folders: Vec<SharePath> = names.iter().map(layout::vm_dir).collect();
         self.share().prefetch_listings(&folders);
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<T, DatastoreError>>>> =
-            names.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..self.walk_parallel.min(names.len()) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(name) = names.get(i) else {
-                        break;
-                    };
-                    *results[i].lock().expect("walk lock") = Some(read(name));
-                });
-            }
-        });
-        results
-            .into_iter()
-            .map(|r| r.into_inner().expect("walk lock").expect("every name read"))
-            .collect()
+        cvol_share::concurrent::map(names, self.walk_parallel, read)
     }
 
     /// Installs a fail point (see [`FailPoint`]).

@@ -5,6 +5,7 @@
 //! Paths are [`SharePath`]s, validated when they are made, so no caller can name
 //! anything outside the share; implementations also refuse symlinks that lead out.
 
+pub mod concurrent;
 mod error;
 mod local;
 mod nfs;

@@ -435,6 +435,17 @@ pub struct ServeArgs {
     /// Let other users (e.g. a hypervisor running as its own user) use the mount.
     #[arg(long, env = "CVOL_ALLOW_OTHER")]
     pub allow_other: bool,
+    /// How long the kernel keeps the container's names, attributes and listings before
+    /// asking the daemon again, on top of --attr-cache-ms: another host's change shows in
+    /// the container after at most the sum. Longer serves repeated browsing of many
+    /// folders (a dashboard's `ls -l` of thousands of VMs) from the kernel alone.
+    #[arg(
+        long,
+        env = "CVOL_KERNEL_CACHE_MS",
+        default_value_t = cvol_container::DEFAULT_KERNEL_CACHE.as_millis() as u64,
+        value_name = "MS"
+    )]
+    pub kernel_cache_ms: u64,
     /// Also export every disk over NBD as VM/DISK, on unix:PATH or tcp:ADDR:PORT
     /// (e.g. tcp:127.0.0.1:10809). Repeatable.
     #[arg(long = "nbd", value_name = "unix:PATH|tcp:ADDR:PORT")]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -453,6 +454,50 @@ fn a_crowded_directory_walked_past_the_window_is_listed_again_not_looked_up_entr
     );
 }
 
+/// How many requests `op` of the kernel's the container's metrics `text` counted.
+fn fuse_requests(text: &str, op: &str) -> f64 {
+    value(text, "cvol_fuse_requests_total", &[&format!("op=\"{op}\"")])
+}
+
+/// The names in directory `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// With `--kernel-cache-ms 0` the kernel keeps nothing: every read of a folder is a
+/// listing by the daemon, and a file made behind the container's back shows at once.
+#[test]
+fn with_no_kernel_cache_every_read_of_a_folder_asks_the_daemon() {
+    let env = Env::datastore();
+    env.ok(&["vm", "create", "a", "--disk", "1M"]);
+    let port = free_port();
+    let m = env.mount_with(&[
+        "--kernel-cache-ms",
+        "0",
+        "--metrics",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let listings = || fuse_requests(&scrape(port), "readdirplus");
+    assert_eq!(names_in(&m.path("a")), ["a-flat.vmdk", "a.vmdk", "a.vmx"]);
+    for round in 0..3 {
+        // A read at once after another (which the default keeps for the next).
+        names_in(&m.path("a"));
+        let before = listings();
+        let note = format!("note{round}.txt");
+        std::fs::write(env.share.join("a").join(&note), "made on the share\n").unwrap();
+        assert!(
+            names_in(&m.path("a")).contains(&note),
+            "{note}, made on the share, not seen at once"
+        );
+        assert!(listings() > before, "the folder was not listed again");
+    }
+}
+
 /// A directory read again while the attributes its last listing gave the kernel are
 /// still the kernel's (1 s) is read from the kernel's own cache: the daemon is asked to
 /// open it, not to list it. Past that, it is listed again, entries and attributes in
@@ -467,23 +512,10 @@ fn a_folder_read_again_soon_is_served_from_the_kernels_cache() {
     let m = env.mount_with(&["--metrics", &format!("127.0.0.1:{port}")]);
     let requests = || {
         let text = scrape(port);
-        let count = |op: &str| {
-            value(
-                &text,
-                "cvol_fuse_requests_total",
-                &[&format!("op=\"{op}\"")],
-            )
-        };
+        let count = |op| fuse_requests(&text, op);
         (count("readdirplus"), count("lookup"), count("opendir"))
     };
-    let names = || {
-        let mut names: Vec<String> = std::fs::read_dir(m.path("a"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
-    };
+    let names = || names_in(&m.path("a"));
     assert_eq!(names(), ["a-flat.vmdk", "a.vmdk", "a.vmx"]);
 
     // Within the kernel's lifetime of what the last listing sent; on a machine too

@@ -3,7 +3,7 @@
 //! fences VMs whose leases went unrenewed, and the scan of every host and lease that
 //! judges liveness and restarts HA VMs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
@@ -159,12 +159,7 @@ impl Agent {
     /// Reads every host record and lease, and restarts expired HA VMs here.
     fn scan(self: &Arc<Self>) -> Result<(), ClusterError> {
         let hosts = self.hosts.list()?;
-        let mut leases = BTreeMap::new();
-        for vm in self.leases.vms()? {
-            if let Some(view) = self.leases.current(&vm)? {
-                leases.insert(vm, view);
-            }
-        }
+        let leases = self.leases.current_of(&self.leases.vms()?)?;
         let now = Instant::now();
         let expiry = self.settings.timing.expiry;
         for vm in self.local_vms() {

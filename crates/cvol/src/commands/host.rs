@@ -43,6 +43,7 @@ fn run_agent(ctx: &Context, args: &HostRunArgs) -> anyhow::Result<()> {
         no_passthrough: true,
         threads: 4,
         allow_other: false,
+        kernel_cache_ms: cvol_container::DEFAULT_KERNEL_CACHE.as_millis() as u64,
         nbd: settings.nbd.clone(),
         nbd_readonly: false,
         nbd_max_connections: 256,

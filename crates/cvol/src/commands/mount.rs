@@ -45,6 +45,7 @@ pub fn serve(
         threads: args.threads,
         passthrough: !args.no_passthrough,
         allow_other: args.allow_other,
+        kernel_cache: Duration::from_millis(args.kernel_cache_ms),
     };
     let mounted = cvol_container::mount(container, mountpoint, &settings)
         .with_context(|| format!("cannot mount the container at {}", mountpoint.display()))?;
