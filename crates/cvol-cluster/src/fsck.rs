@@ -42,7 +42,7 @@ pub fn check_leases(
         problems.push(LeaseProblem { what, repaired });
     }
     let corrupt: BTreeMap<VmName, LeaseView> = leases
-        .current_of(&kept)?
+        .recent_of(&kept)?
         .into_iter()
         .filter(|(_, view)| matches!(view.content, LeaseContent::Corrupt(_)))
         .collect();

@@ -45,6 +45,15 @@ pub struct Leases {
 /// Leases [`Leases::current_of`] reads at once (as many as a datastore walk).
 const READ_PARALLEL: usize = cvol_datastore::WALK_PARALLEL;
 
+/// How a lease is read.
+#[derive(Debug, Clone, Copy)]
+enum Freshness {
+    /// From the server.
+    Now,
+    /// As recent as the share's attribute cache.
+    Recent,
+}
+
 /// `.cvol/leases/`
 fn leases_dir() -> SharePath {
     layout::cvol_dir().join("leases").expect("a valid path")
@@ -86,10 +95,28 @@ impl Leases {
     }
 
     /// The current leases of `vms` (those that have one), read from the server several
-    /// at once: a host's scan and fsck read every lease of the datastore, and one after
-    /// another that is seconds at thousands of VMs.
+    /// at once: a host's scan reads every lease of the datastore, and one after another
+    /// that is seconds at thousands of VMs.
     pub fn current_of(&self, vms: &[VmName]) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
-        let views = cvol_share::concurrent::map(vms, READ_PARALLEL, |vm| self.current(vm));
+        self.read_all(vms, Freshness::Now)
+    }
+
+    /// The current leases of `vms` as [`Leases::current_of`] gives them, where another
+    /// host's change may be seen as late as the share's attribute cache allows: for
+    /// reports (fsck), which then cost one pipelined listing per lease folder and no
+    /// read of a lease file unchanged since this host last read it.
+    pub fn recent_of(&self, vms: &[VmName]) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
+        let folders: Vec<SharePath> = vms.iter().map(vm_dir).collect();
+        self.share.prefetch_listings(&folders);
+        self.read_all(vms, Freshness::Recent)
+    }
+
+    fn read_all(
+        &self,
+        vms: &[VmName],
+        freshness: Freshness,
+    ) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
+        let views = cvol_share::concurrent::map(vms, READ_PARALLEL, |vm| self.read(vm, freshness));
         let mut current = BTreeMap::new();
         for (vm, view) in vms.iter().zip(views) {
             if let Some(view) = view? {
@@ -101,8 +128,12 @@ impl Leases {
 
     /// The epochs of `vm`'s lease files, newest last. Write-aside files (`.N.cvol-tmp-…`)
     /// are not epochs.
-    fn epochs(&self, vm: &VmName) -> Result<Vec<u64>, ClusterError> {
-        let mut epochs: Vec<u64> = match self.share.read_dir(&vm_dir(vm)) {
+    fn epochs(&self, vm: &VmName, freshness: Freshness) -> Result<Vec<u64>, ClusterError> {
+        let listing = match freshness {
+            Freshness::Now => self.share.read_dir(&vm_dir(vm)),
+            Freshness::Recent => self.share.read_dir_recent(&vm_dir(vm)),
+        };
+        let mut epochs: Vec<u64> = match listing {
             Ok(entries) => entries
                 .iter()
                 .filter(|e| e.name.bytes().all(|b| b.is_ascii_digit()))
@@ -118,16 +149,26 @@ impl Leases {
     /// `vm`'s current lease, read from the server (never from a cache); `None` if it
     /// never had one.
     pub fn current(&self, vm: &VmName) -> Result<Option<LeaseView>, ClusterError> {
+        self.read(vm, Freshness::Now)
+    }
+
+    fn read(&self, vm: &VmName, freshness: Freshness) -> Result<Option<LeaseView>, ClusterError> {
         // The newest file is removed only when two newer ones exist: one retry covers a
-        // listing that raced with two takeovers.
+        // listing that raced with two takeovers. A retry asks the server, as a kept
+        // listing would name the same file again.
+        let mut freshness = freshness;
         for _ in 0..3 {
-            let Some(&epoch) = self.epochs(vm)?.last() else {
+            let Some(&epoch) = self.epochs(vm, freshness)?.last() else {
                 return Ok(None);
             };
             let file = epoch_file(vm, epoch);
-            match self.share.read(&file) {
+            let bytes = match freshness {
+                Freshness::Now => self.share.read(&file),
+                Freshness::Recent => self.share.read_recent(&file),
+            };
+            match bytes {
                 Ok(bytes) => return Ok(Some(LeaseView::parse(vm, epoch, file, bytes))),
-                Err(e) if e.is_not_found() => continue,
+                Err(e) if e.is_not_found() => freshness = Freshness::Now,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -171,7 +212,11 @@ impl Leases {
         }
         tracing::info!(%vm, epoch, %owner, "took the lease");
         // History beyond the previous owner is of no use to anyone.
-        for old in self.epochs(vm)?.into_iter().filter(|&e| e + 1 < epoch) {
+        for old in self
+            .epochs(vm, Freshness::Now)?
+            .into_iter()
+            .filter(|&e| e + 1 < epoch)
+        {
             if let Err(e) = self.share.remove_file(&epoch_file(vm, old)) {
                 tracing::debug!(%vm, old, "could not remove an old lease file: {e}");
             }
@@ -216,7 +261,7 @@ impl Leases {
 
     /// Removes every lease file of `vm` (the VM is gone).
     pub fn remove(&self, vm: &VmName) -> Result<(), ClusterError> {
-        for epoch in self.epochs(vm)? {
+        for epoch in self.epochs(vm, Freshness::Now)? {
             match self.share.remove_file(&epoch_file(vm, epoch)) {
                 Err(e) if !e.is_not_found() => return Err(e.into()),
                 _ => {}
@@ -233,7 +278,7 @@ impl Leases {
             name: held.lease.vm.clone(),
             reason: e.to_string(),
         })?;
-        match self.epochs(&vm)?.last() {
+        match self.epochs(&vm, Freshness::Now)?.last() {
             Some(&newest) if newest > held.lease.epoch => Err(ClusterError::Superseded {
                 vm: held.lease.vm.clone(),
                 held: held.lease.epoch,

@@ -721,3 +721,65 @@ fn metrics_over_https_need_the_ca_and_the_token() {
     let plain = status(&[&format!("http://127.0.0.1:{port}/metrics")]);
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 }
+
+/// `datastore fsck` reads every lease as a walk reads VM folders: the lease folders'
+/// listings together, and a lease file only when it changed since this host last read
+/// it; a lease corrupted in place is read again and reported.
+#[test]
+fn fsck_reads_a_lease_file_again_only_when_it_changed() {
+    let (env, port) = three_vms_on_a_metered_nfs_share();
+    let cache = env.tmp.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let calls = |procedure: &str| {
+        value(
+            &scrape(port),
+            "cvol_nfs_server_rpc_seconds_count",
+            &[&format!("procedure=\"NFSPROC3_{procedure}\"")],
+        )
+    };
+    // The READs and LOOKUPs of one fsck, and what it printed.
+    let fsck = || {
+        let (reads, lookups) = (calls("READ"), calls("LOOKUP"));
+        let out = env
+            .command()
+            .args(["--cache-dir", cache, "datastore", "fsck"])
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            printed,
+            calls("READ") - reads,
+            calls("LOOKUP") - lookups,
+        )
+    };
+    // What fsck looks up with no leases, once it has read the datastore before.
+    fsck();
+    let (_, _, _, lookups_without_leases) = fsck();
+    for vm in ["a", "b", "c"] {
+        let folder = env.share.join(".cvol/leases").join(vm);
+        std::fs::create_dir_all(&folder).unwrap();
+        let lease = format!(
+            "vm = \"{vm}\"\nepoch = 1\nowner = \"h1\"\nboot_id = \"b1\"\nheartbeat = 3\n\n[state]\nkind = \"stopped\"\n"
+        );
+        std::fs::write(folder.join("1"), lease).unwrap();
+    }
+    let (code, printed, cold_reads, _) = fsck();
+    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(cold_reads, 3.0, "the three leases, each read once");
+    let (code, printed, reads, lookups) = fsck();
+    assert_eq!((code, reads), (Some(0), 0.0), "nothing changed: {printed}");
+    assert_eq!(
+        lookups, lookups_without_leases,
+        "lease files looked up one by one, not taken from their folders' listings"
+    );
+
+    std::fs::write(env.share.join(".cvol/leases/b/1"), "vm = \"b\"\nepoch =").unwrap();
+    let (code, printed, reads, _) = fsck();
+    assert_eq!(code, Some(4), "{printed}");
+    assert!(
+        printed.contains(".cvol/leases/b/1: corrupt lease of VM b"),
+        "{printed}"
+    );
+    assert_eq!(reads, 1.0, "only the changed lease read again");
+}
