@@ -12,8 +12,14 @@ use nfs3_client::nfs3_types::nfs3::{fattr3, ftype3, nfs_fh3, nfstime3};
 
 use crate::{DirEntry, SharePath};
 
-/// Entries beyond which the cache starts over rather than grow without bound.
-const MAX_ENTRIES: usize = 100_000;
+/// Handles and attributes kept, at most (some 300 bytes a pair): a walk of 10,000 VMs
+/// and their leases learns about 140,000. Past it, what expired goes first (see
+/// `Inner::make_room`).
+const MAX_ENTRIES: usize = 200_000;
+
+/// Lifetimes within which a crowded directory's expired listing is worth listing again
+/// (see `NfsShare::refresh_crowded_parent`), so is kept that long.
+pub(super) const RELISTED_WITHIN: u32 = 3;
 
 /// Bytes of file content kept, at most (the `.vmx` and descriptors of some 10,000 VMs).
 const MAX_CONTENT_BYTES: usize = 32 << 20;
@@ -81,6 +87,26 @@ struct Inner {
     /// Whether contents were learnt since [`Cache::preload`] (so are worth saving).
     contents_learnt: bool,
     changes: u64,
+}
+
+impl Inner {
+    /// Forgets what expired (listings once they are too old to be listed again instead
+    /// of looked up entry by entry), and everything if most is still fresh. A walk of
+    /// thousands of VMs and their leases fills the cache within one lifetime: forgetting
+    /// all of it at once would drop the listings just read ahead for the rest of it.
+    fn make_room(&mut self, lifetime: Duration) {
+        let fresh = |learnt: &Instant, lifetimes: u32| learnt.elapsed() < lifetime * lifetimes;
+        self.handles.retain(|_, (_, learnt)| fresh(learnt, 1));
+        self.attributes.retain(|_, (_, learnt)| fresh(learnt, 1));
+        self.listings
+            .retain(|_, (_, learnt)| fresh(learnt, RELISTED_WITHIN));
+        // Past this, sweeping at every new entry would cost more than it saves.
+        if self.handles.len() + self.attributes.len() > MAX_ENTRIES / 4 * 3 {
+            self.handles.clear();
+            self.attributes.clear();
+            self.listings.clear();
+        }
+    }
 }
 
 impl Cache {
@@ -162,9 +188,7 @@ impl Cache {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.handles.len() + inner.attributes.len() > MAX_ENTRIES {
-            inner.handles.clear();
-            inner.attributes.clear();
-            inner.listings.clear();
+            inner.make_room(self.lifetime);
         }
         inner.handles.insert(path.clone(), (fh.clone(), now));
         if let Some(a) = attributes {
@@ -359,5 +383,64 @@ mod tests {
             ..attributes.clone()
         };
         assert!(cache.content(&elsewhere).is_none(), "another file system");
+    }
+
+    fn attributes(fileid: u64) -> fattr3 {
+        fattr3 {
+            type_: ftype3::NF3REG,
+            mode: 0o644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: 7,
+            used: 4096,
+            rdev: specdata3::default(),
+            fsid: 1,
+            fileid,
+            atime: nfstime3::default(),
+            mtime: nfstime3::default(),
+            ctime: nfstime3::default(),
+        }
+    }
+
+    /// Learns `n` files vm0/f0 … with handles and attributes.
+    fn fill(cache: &Cache, n: usize) {
+        for i in 0..n {
+            let path = SharePath::new(&format!("vm{}/f{i}", i % 100)).unwrap();
+            let fh = nfs_fh3 {
+                data: Opaque::owned(i.to_le_bytes().to_vec()),
+            };
+            cache.learn(&path, &fh, Some(&attributes(i as u64)));
+        }
+    }
+
+    fn size(cache: &Cache) -> usize {
+        let inner = cache.read();
+        inner.handles.len() + inner.attributes.len()
+    }
+
+    /// A full cache forgets what expired and keeps what is fresh (a listing just read
+    /// ahead); one full of fresh entries starts over, so it never grows past its bound.
+    #[test]
+    fn a_full_cache_forgets_what_expired_first_and_never_outgrows_its_bound() {
+        let lifetime = Duration::from_millis(300);
+        let cache = Cache::new(lifetime);
+        fill(&cache, MAX_ENTRIES / 2);
+        std::thread::sleep(lifetime);
+        let listing: Arc<[DirEntry]> = Vec::new().into();
+        cache.learn_listing(&fh(200), listing, cache.changes());
+        let fresh = SharePath::new("fresh").unwrap();
+        cache.learn(&fresh, &fh(201), Some(&attributes(1 << 40)));
+        cache.learn(&fresh, &fh(201), Some(&attributes(1 << 40)));
+        assert!(
+            cache.listing(&fh(200)).is_some(),
+            "a fresh listing was dropped"
+        );
+        assert_eq!(cache.handle(&fresh), Some(fh(201)));
+        assert!(size(&cache) <= 2, "expired entries kept: {}", size(&cache));
+
+        let cache = Cache::new(Duration::from_secs(600));
+        fill(&cache, MAX_ENTRIES / 2 + 2);
+        assert!(size(&cache) <= 4, "{} entries kept", size(&cache));
     }
 }

@@ -601,7 +601,7 @@ impl NfsShare {
         let lifetime = self.options.attribute_cache;
         let walked = |dir: &nfs_fh3| {
             self.cache.last_listing(dir).is_some_and(|(entries, age)| {
-                entries >= CROWDED && age >= lifetime && age < lifetime * 3
+                entries >= CROWDED && age >= lifetime && age < lifetime * cache::RELISTED_WITHIN
             })
         };
         let Some(dir) = self
