@@ -286,6 +286,16 @@ fn rpcs(port: u16) -> f64 {
     value(&scrape(port), "cvol_nfs_server_rpc_seconds_count", &[])
 }
 
+/// The calls of NFS procedure `procedure` (READ, LOOKUP…) `cvol nfs serve` has answered
+/// so far.
+fn rpcs_of(port: u16, procedure: &str) -> f64 {
+    value(
+        &scrape(port),
+        "cvol_nfs_server_rpc_seconds_count",
+        &[&format!("procedure=\"NFSPROC3_{procedure}\"")],
+    )
+}
+
 /// A datastore of VMs a, b and c (an 8 MiB disk and 256 MiB of memory each) on a share
 /// served by `cvol nfs serve`, and the port of its metrics endpoint.
 fn three_vms_on_a_metered_nfs_share() -> (Env, u16) {
@@ -404,13 +414,7 @@ fn a_crowded_directory_walked_past_the_window_is_listed_again_not_looked_up_entr
         std::fs::write(crowd.join(format!("f{i}")), "x".repeat(i)).unwrap();
     }
     let m = env.mount_with(&["--attr-cache-ms", &WINDOW.as_millis().to_string()]);
-    let calls = |procedure: &str| {
-        value(
-            &scrape(port),
-            "cvol_nfs_server_rpc_seconds_count",
-            &[&format!("procedure=\"NFSPROC3_{procedure}\"")],
-        )
-    };
+    let calls = |procedure| rpcs_of(port, procedure);
     let sizes = || -> Vec<u64> {
         (0..100)
             .map(|i| {
@@ -581,13 +585,7 @@ fn a_second_walk_reads_only_what_changed_since_the_last_run() {
     let cache_arg = cache.to_str().unwrap();
     // `vm list` with the cache: the memory of each VM, and the READs it cost the server.
     let list = |cache_arg: &str| {
-        let reads = || {
-            value(
-                &scrape(port),
-                "cvol_nfs_server_rpc_seconds_count",
-                &["procedure=\"NFSPROC3_READ\""],
-            )
-        };
+        let reads = || rpcs_of(port, "READ");
         let before = reads();
         let out = env.ok(&["--cache-dir", cache_arg, "--json", "vm", "list"]);
         let vms: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -730,13 +728,7 @@ fn fsck_reads_a_lease_file_again_only_when_it_changed() {
     let (env, port) = three_vms_on_a_metered_nfs_share();
     let cache = env.tmp.path().join("cache");
     let cache = cache.to_str().unwrap();
-    let calls = |procedure: &str| {
-        value(
-            &scrape(port),
-            "cvol_nfs_server_rpc_seconds_count",
-            &[&format!("procedure=\"NFSPROC3_{procedure}\"")],
-        )
-    };
+    let calls = |procedure| rpcs_of(port, procedure);
     // The READs and LOOKUPs of one fsck, and what it printed.
     let fsck = || {
         let (reads, lookups) = (calls("READ"), calls("LOOKUP"));
