@@ -55,12 +55,11 @@ impl<S: Read> RecordStream<S> {
     pub(super) fn read_record(&mut self) -> std::io::Result<Vec<u8>> {
         let mut header = [0; 4];
         self.stream.read_exact(&mut header).map_err(read_error)?;
-        let header = u32::from_be_bytes(header);
-        let length = header & !LAST_FRAGMENT;
-        if header & LAST_FRAGMENT == 0 || length > MAX_RECORD {
+        let length = announced_length(header)?;
+        if u32::from_be_bytes(header) & LAST_FRAGMENT == 0 {
             return Err(std::io::Error::new(
                 ErrorKind::InvalidData,
-                format!("the server sent a {length}-byte fragment (one of at most {MAX_RECORD} expected)"),
+                "the server sent a reply in several fragments (one expected)",
             ));
         }
         let mut record = vec![0; length as usize];
@@ -86,6 +85,18 @@ impl<S: Read + Write> RecordStream<S> {
 }
 
 /// The errors of a read, said so that a log line explains them.
+/// The length record-marking header `header` announces, refused past [`MAX_RECORD`].
+fn announced_length(header: [u8; 4]) -> std::io::Result<u32> {
+    let length = u32::from_be_bytes(header) & !LAST_FRAGMENT;
+    if length > MAX_RECORD {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("the server announced a {length}-byte reply (at most {MAX_RECORD} expected)"),
+        ));
+    }
+    Ok(length)
+}
+
 fn read_error(e: std::io::Error) -> std::io::Error {
     match e.kind() {
         ErrorKind::UnexpectedEof => std::io::Error::new(
@@ -109,14 +120,7 @@ impl<S: Read + Write + Send> AsyncRead for RecordStream<S> {
     async fn async_read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
         self.stream.read_exact(buf).map_err(read_error)?;
         if self.at_header && buf.len() == 4 {
-            let header = u32::from_be_bytes(buf.try_into().expect("4 bytes"));
-            let length = header & !LAST_FRAGMENT;
-            if length > MAX_RECORD {
-                return Err(std::io::Error::new(
-                    ErrorKind::InvalidData,
-                    format!("the server announced a {length}-byte reply (at most {MAX_RECORD} expected)"),
-                ));
-            }
+            announced_length(buf.try_into().expect("4 bytes"))?;
             self.at_header = false;
         } else {
             self.at_header = true;
