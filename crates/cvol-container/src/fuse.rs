@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use cvol_share::{SetAttributes, SetTime};
 use fuser::{
@@ -18,6 +18,7 @@ use fuser::{
 };
 
 use crate::fs::{Attr, Caller, Container, Entry, NodeKind, Opened};
+use crate::listings::Listings;
 use crate::Errno;
 
 /// How long the kernel may cache attributes and names by default. Other hosts change
@@ -39,80 +40,10 @@ struct Adapter {
     /// passthrough open of it lasts, so concurrent opens of an inode must share one id:
     /// handles hold it, and the inode's entry finds it while any handle does.
     backing: Mutex<Backing>,
-    /// The listing each open directory is read from: the kernel reads a big directory in
-    /// many small requests, which must not each list the share again.
-    listings: Mutex<HashMap<u64, Listing>>,
-    next_listing: AtomicU64,
-    /// When each directory's whole listing last went to the kernel with every entry's
-    /// attributes (see [`Adapter::keeps_listing`]).
-    listed: Mutex<HashMap<u64, Instant>>,
+    /// The directory reads in progress.
+    listings: Listings,
     /// How long the kernel keeps the names and attributes it is given.
     ttl: Duration,
-}
-
-/// What an open directory is read from.
-struct Listing {
-    entries: Arc<Vec<Entry>>,
-    /// When the read began: the attributes sent with the entries are the kernel's for
-    /// `ttl` from then.
-    since: Instant,
-}
-
-/// Directories whose last whole listing is remembered, at most: past this the oldest
-/// are long expired, and all are forgotten (their next read lists them again).
-const LISTED_KEPT: usize = 100_000;
-
-impl Adapter {
-    /// The entries of open directory `fh`: listed afresh when read from the start (as
-    /// after `rewinddir`), else those the earlier requests of this read came from.
-    fn listing(&self, fh: u64, dir: u64, offset: u64) -> Result<Arc<Vec<Entry>>, Errno> {
-        if offset != 0 {
-            if let Some(l) = self.listings.lock().expect("listings lock").get(&fh) {
-                return Ok(l.entries.clone());
-            }
-        }
-        let entries = Arc::new(self.container.readdir(dir)?);
-        let listing = Listing {
-            entries: entries.clone(),
-            since: Instant::now(),
-        };
-        self.listings
-            .lock()
-            .expect("listings lock")
-            .insert(fh, listing);
-        Ok(entries)
-    }
-
-    /// Notes that the kernel got the rest of open directory `fh`'s listing, with the
-    /// entries' attributes.
-    fn listed(&self, fh: u64, dir: u64) {
-        let Some(since) = self
-            .listings
-            .lock()
-            .expect("listings lock")
-            .get(&fh)
-            .map(|l| l.since)
-        else {
-            return;
-        };
-        let mut listed = self.listed.lock().expect("listed lock");
-        if listed.len() >= LISTED_KEPT {
-            listed.clear();
-        }
-        listed.insert(dir, since);
-    }
-
-    /// Whether the kernel may read directory `dir` from its own cache: only while the
-    /// entries (and attributes) of its last whole listing are still the kernel's. Past
-    /// that, a cached listing would make the kernel look up every entry on its own,
-    /// where listing the directory again brings them all in one request.
-    fn keeps_listing(&self, dir: u64) -> bool {
-        self.listed
-            .lock()
-            .expect("listed lock")
-            .get(&dir)
-            .is_some_and(|since| since.elapsed() < self.ttl)
-    }
 }
 
 /// Counts a request of the kernel's that reads metadata (`cvol_fuse_requests_total`),
@@ -232,6 +163,9 @@ impl Filesystem for Adapter {
         // READDIRPLUS requests instead of a thousand LOOKUPs.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // See `opendir`: the kernel checks a directory's times before reading it from
+        // its cache, and a file's before reading its pages.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
@@ -492,54 +426,44 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    /// Answered ENOSYS, which the kernel takes for "no OPENDIR ever": it opens and
+    /// releases directories without asking, and keeps what it read of each in its page
+    /// cache for as long as the directory's modification time stays the same (it checks
+    /// it, asking the daemon once its attributes are older than the kernel cache time,
+    /// on every read from the start: `FUSE_AUTO_INVAL_DATA`). A repeated `ls -l` of
+    /// thousands of VM folders within that time then costs no request at all, where an
+    /// OPENDIR and a RELEASEDIR per folder cost 65-80 µs each folder (BENCHMARKS.md).
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         count("opendir");
-        match self.container.getattr(ino.0, None) {
-            Ok(attr) if attr.kind == NodeKind::Dir => {
-                let fh = self.next_listing.fetch_add(1, Ordering::Relaxed);
-                // The kernel keeps what it reads of a directory in its page cache; a
-                // repeated read within the entries' lifetime (and of a directory whose
-                // modification time did not change) costs no request but this one.
-                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
-                if self.keeps_listing(ino.0) {
-                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                reply.opened(FileHandle(fh), flags)
-            }
-            Ok(_) => reply.error(fuser::Errno::ENOTDIR),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.listings.lock().expect("listings lock").remove(&fh.0);
-        reply.ok();
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         count("readdir");
-        let entries = match self.listing(fh.0, ino.0, offset) {
-            Ok(entries) => entries,
+        let dir = ino.0;
+        let (cursor, entries) = match self
+            .listings
+            .read(dir, offset, || self.container.readdir(dir))
+        {
+            Ok(read) => read,
             Err(e) => return reply.error(errno(e)),
         };
-        for (i, (ino, kind, name)) in with_dots(ino.0, &entries).skip(offset as usize) {
-            if reply.add(INodeNo(ino), i + 1, kind, name) {
+        let mut sent = false;
+        for (i, (ino, kind, name)) in with_dots(dir, &entries).skip(cursor.position as usize) {
+            if reply.add(INodeNo(ino), cursor.offset_after(i), kind, name) {
                 break;
             }
+            sent = true;
+        }
+        if !sent {
+            self.listings.done(cursor);
         }
         reply.ok();
     }
@@ -548,21 +472,23 @@ impl Filesystem for Adapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         count("readdirplus");
         let dir = ino.0;
-        let (entries, dir_attr) = match (
-            self.listing(fh.0, dir, offset),
+        let (read, dir_attr) = (
+            self.listings
+                .read(dir, offset, || self.container.readdir(dir)),
             self.container.getattr(dir, None),
-        ) {
-            (Ok(entries), Ok(attr)) => (entries, attr),
+        );
+        let ((cursor, entries), dir_attr) = match (read, dir_attr) {
+            (Ok(read), Ok(attr)) => (read, attr),
             (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
         };
-        let mut full = false;
-        for (i, (ino, _, name)) in with_dots(dir, &entries).skip(offset as usize) {
+        let mut sent = false;
+        for (i, (ino, _, name)) in with_dots(dir, &entries).skip(cursor.position as usize) {
             // The kernel takes no attributes from "." and ".."; the others are looked up
             // as LOOKUP would (from what the share listing just learnt).
             let attr = if ino == dir {
@@ -573,20 +499,20 @@ impl Filesystem for Adapter {
                     Err(_) => continue, // gone since the listing
                 }
             };
-            full = reply.add(
+            if reply.add(
                 INodeNo(attr.ino),
-                i + 1,
+                cursor.offset_after(i),
                 name,
                 &self.ttl,
                 &file_attr(&attr),
                 Generation(0),
-            );
-            if full {
+            ) {
                 break;
             }
+            sent = true;
         }
-        if !full {
-            self.listed(fh.0, dir);
+        if !sent {
+            self.listings.done(cursor);
         }
         reply.ok();
     }
@@ -777,9 +703,7 @@ pub fn mount(
         container,
         passthrough: AtomicBool::new(settings.passthrough),
         backing: Mutex::new(Backing::default()),
-        listings: Mutex::new(HashMap::new()),
-        next_listing: AtomicU64::new(1),
-        listed: Mutex::new(HashMap::new()),
+        listings: Listings::default(),
         ttl: settings.kernel_cache,
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;

@@ -9,6 +9,7 @@ mod errno;
 mod fs;
 mod fuse;
 mod inodes;
+mod listings;
 
 pub use errno::Errno;
 pub use fs::{Attr, Caller, Changes, Container, Entry, NodeKind, Opened};

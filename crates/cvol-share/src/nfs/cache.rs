@@ -17,8 +17,8 @@ use crate::{DirEntry, SharePath};
 /// `Inner::make_room`).
 const MAX_ENTRIES: usize = 200_000;
 
-/// Lifetimes within which a crowded directory's expired listing is worth listing again
-/// (see `NfsShare::refresh_crowded_parent`), so is kept that long.
+/// Lifetimes within which a directory's expired listing is worth listing again
+/// (see `NfsShare::refresh_parent`), so is kept that long.
 pub(super) const RELISTED_WITHIN: u32 = 3;
 
 /// Bytes of file content kept, at most (the `.vmx` and descriptors of some 10,000 VMs).
@@ -231,12 +231,12 @@ impl Cache {
         self.fresh(*learnt).then(|| entries.clone())
     }
 
-    /// How many entries directory `fh` had when last listed, and how long ago that was,
-    /// fresh or not.
-    pub(super) fn last_listing(&self, fh: &nfs_fh3) -> Option<(usize, Duration)> {
+    /// How long ago directory `fh` was last listed, if its listing is still kept (fresh
+    /// or not).
+    pub(super) fn last_listed(&self, fh: &nfs_fh3) -> Option<Duration> {
         let inner = self.read();
-        let (entries, learnt) = inner.listings.get(fh.data.as_ref())?;
-        Some((entries.len(), learnt.elapsed()))
+        let (_, learnt) = inner.listings.get(fh.data.as_ref())?;
+        Some(learnt.elapsed())
     }
 
     /// Whether the handle of `path` and its attributes are both fresh.

@@ -40,10 +40,6 @@ use crate::{
     ShareStats,
 };
 
-/// Entries from which a directory is listed again rather than its entries looked up
-/// one by one once their attributes expired (see [`NfsShare::refresh_crowded_parent`]).
-const CROWDED: usize = 64;
-
 /// Bytes moved by one READ or WRITE.
 const IO_SIZE: u32 = 1 << 20;
 
@@ -90,8 +86,8 @@ pub struct NfsShare {
     down_since: std::sync::Mutex<Option<Instant>>,
     /// RPCs sent, repeats included.
     sent: std::sync::atomic::AtomicU64,
-    /// Held while a crowded directory is listed again.
-    relisting: std::sync::Mutex<()>,
+    /// The handles of the directories being listed again by [`NfsShare::refresh_parent`].
+    relisting: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// Why a call failed.
@@ -307,7 +303,7 @@ impl NfsShare {
                 .map(|dir| saved_contents::file_for(dir, url)),
             down_since: std::sync::Mutex::new(None),
             sent: std::sync::atomic::AtomicU64::new(0),
-            relisting: std::sync::Mutex::new(()),
+            relisting: std::sync::Mutex::default(),
         };
         if let Some((root, contents)) = share
             .saved_contents
@@ -585,13 +581,14 @@ impl NfsShare {
         Ok((self.resolve(&parent)?, leaf))
     }
 
-    /// Lists the directory of `path` again, if it is crowded and was listed not long
-    /// ago, when what is known of `path` has expired: the kernel client's READDIRPLUS
-    /// heuristic. A walk through a directory of 10,000 VM folders (`ls -l */`) outlasts
-    /// the cache lifetime; past it, one listing brings every folder's handle and
-    /// attributes again, where each folder would cost a LOOKUP or a GETATTR of its own.
-    /// A look at one name long after the last listing is not worth a listing.
-    fn refresh_crowded_parent(&self, path: &SharePath) {
+    /// Lists the directory of `path` again, if it was listed not long ago, when what is
+    /// known of `path` has expired: the kernel client's READDIRPLUS heuristic. A walk
+    /// through a directory of 10,000 VM folders (`ls -l */`) outlasts the cache lifetime;
+    /// past it, one listing brings every folder's handle and attributes again, where
+    /// each would cost a LOOKUP or a GETATTR of its own. So does a folder of a few files
+    /// whose listing the kernel kept while their attributes expired: one listing, not a
+    /// LOOKUP per file. A look at one name long after the last listing is not worth one.
+    fn refresh_parent(&self, path: &SharePath) {
         if self.cache.knows(path) {
             return;
         }
@@ -600,9 +597,9 @@ impl NfsShare {
         };
         let lifetime = self.options.attribute_cache;
         let walked = |dir: &nfs_fh3| {
-            self.cache.last_listing(dir).is_some_and(|(entries, age)| {
-                entries >= CROWDED && age >= lifetime && age < lifetime * cache::RELISTED_WITHIN
-            })
+            self.cache
+                .last_listed(dir)
+                .is_some_and(|age| age >= lifetime && age < lifetime * cache::RELISTED_WITHIN)
         };
         let Some(dir) = self
             .cache
@@ -614,16 +611,23 @@ impl NfsShare {
         if !walked(&dir) {
             return;
         }
-        // One listing at a time (a listing that needs another goes without): a call
-        // that finds one under way asks for its own name as usual.
-        let Ok(_one) = self.relisting.try_lock() else {
+        // One listing of a directory at a time: a call that finds one under way asks
+        // for its own name as usual.
+        let key = dir.data.to_vec();
+        if !self
+            .relisting
+            .lock()
+            .expect("relisting lock")
+            .insert(key.clone())
+        {
             return;
-        };
+        }
         if walked(&dir) && !self.cache.knows(path) {
             if let Err(CallError::Transport(e)) = self.list(&parent) {
                 tracing::debug!("{parent} not listed again: {e}");
             }
         }
+        self.relisting.lock().expect("relisting lock").remove(&key);
     }
 
     fn getattr(&self, fh: &nfs_fh3) -> Result<fattr3, CallError> {
@@ -637,14 +641,14 @@ impl NfsShare {
 
     /// The handle of `path`, which must not be a symlink (they are not followed).
     fn file(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
-        self.refresh_crowded_parent(path);
+        self.refresh_parent(path);
         self.not_symlink(self.resolve(path)?)
     }
 
     /// The handle of `path` as [`NfsShare::file`] finds it, from
     /// [`NfsShare::resolve_recent`].
     fn file_recent(&self, path: &SharePath) -> Result<nfs_fh3, CallError> {
-        self.refresh_crowded_parent(path);
+        self.refresh_parent(path);
         self.not_symlink(self.resolve_recent(path)?)
     }
 
@@ -879,7 +883,7 @@ impl Share for NfsShare {
 
     fn metadata(&self, path: &SharePath) -> Result<Metadata, ShareError> {
         self.with(path, "stat", || {
-            self.refresh_crowded_parent(path);
+            self.refresh_parent(path);
             let fh = self.resolve(path)?;
             Ok(metadata_of(&self.getattr(&fh)?))
         })
