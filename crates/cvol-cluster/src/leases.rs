@@ -94,11 +94,31 @@ impl Leases {
         }
     }
 
-    /// The current leases of `vms` (those that have one), read from the server several
-    /// at once: a host's scan reads every lease of the datastore, and one after another
-    /// that is seconds at thousands of VMs.
+    /// The current leases of `vms` (those that have one), as the server holds them now: a
+    /// host's scan reads every lease of the datastore, and one after another that is
+    /// seconds at thousands of VMs. The lease folders are listed from the server all at
+    /// once, and a lease file is read only if its listing shows that it changed since
+    /// this host last read it: a renewal writes a new file (`write_atomic`), so an
+    /// unchanged listing is an unchanged lease. A folder whose listing could not be read
+    /// that way is read from the server as [`Leases::current`] does.
     pub fn current_of(&self, vms: &[VmName]) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
-        self.read_all(vms, Freshness::Now)
+        let folders: Vec<SharePath> = vms.iter().map(vm_dir).collect();
+        let listed = self.share.refresh_listings(&folders);
+        let asks: Vec<(&VmName, Freshness)> = vms
+            .iter()
+            .zip(listed)
+            .map(|(vm, listed)| {
+                (
+                    vm,
+                    if listed {
+                        Freshness::Recent
+                    } else {
+                        Freshness::Now
+                    },
+                )
+            })
+            .collect();
+        self.read_all(&asks)
     }
 
     /// The current leases of `vms` as [`Leases::current_of`] gives them, where another
@@ -108,17 +128,19 @@ impl Leases {
     pub fn recent_of(&self, vms: &[VmName]) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
         let folders: Vec<SharePath> = vms.iter().map(vm_dir).collect();
         self.share.prefetch_listings(&folders);
-        self.read_all(vms, Freshness::Recent)
+        let asks: Vec<(&VmName, Freshness)> =
+            vms.iter().map(|vm| (vm, Freshness::Recent)).collect();
+        self.read_all(&asks)
     }
 
     fn read_all(
         &self,
-        vms: &[VmName],
-        freshness: Freshness,
+        asks: &[(&VmName, Freshness)],
     ) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
-        let views = cvol_share::concurrent::map(vms, READ_PARALLEL, |vm| self.read(vm, freshness));
+        let views =
+            cvol_share::concurrent::map(asks, READ_PARALLEL, |&(vm, how)| self.read(vm, how));
         let mut current = BTreeMap::new();
-        for (vm, view) in vms.iter().zip(views) {
+        for (&(vm, _), view) in asks.iter().zip(views) {
             if let Some(view) = view? {
                 current.insert(vm.clone(), view);
             }

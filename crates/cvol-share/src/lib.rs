@@ -158,6 +158,18 @@ pub trait Share: Send + Sync {
     /// reported, by the walk's own calls.
     fn prefetch_listings(&self, _dirs: &[SharePath]) {}
 
+    /// Reads the listings of `dirs` from the server now, many at once, so that
+    /// [`Share::read_dir_recent`] of them, and [`Share::read_recent`] of the files they
+    /// list, give what the server holds now, as [`Share::read_dir`] and [`Share::read`]
+    /// would (a file is read only if the listing shows it changed since this host last
+    /// read it), for as long as the share's attribute cache lasts. For a host's scan of
+    /// every lease of the datastore. Says, for each directory, whether it was read: one
+    /// that was not must be read with [`Share::read_dir`] and [`Share::read`].
+    fn refresh_listings(&self, dirs: &[SharePath]) -> Vec<bool> {
+        // A share that keeps nothing: its recent reads are reads of what it holds now.
+        vec![true; dirs.len()]
+    }
+
     /// The whole content of file `path`, as it is now: another host's change is seen
     /// at once (as on open with close-to-open consistency).
     fn read(&self, path: &SharePath) -> Result<Vec<u8>, ShareError>;

@@ -806,3 +806,81 @@ fn fsck_reads_a_lease_file_again_only_when_it_changed() {
     );
     assert_eq!(reads, 1.0, "only the changed lease read again");
 }
+
+/// A host's scan reads every lease of the datastore from the server: the lease folders
+/// listed together on each scan, and a lease file looked up and read only when its
+/// listing shows it changed (a renewal writes a new file). Ten unchanged leases cost no
+/// LOOKUP or READ per scan (those left are of the host records); renewed ones are read.
+#[test]
+fn a_hosts_scan_reads_only_the_leases_that_changed() {
+    const LEASES: usize = 10;
+    let (env, server) = three_vms_on_a_metered_nfs_share();
+    let lease = |vm: usize, heartbeat: u32| {
+        format!(
+            "vm = \"v{vm}\"\nepoch = 1\nowner = \"h1\"\nboot_id = \"b1\"\nheartbeat = {heartbeat}\n\n[state]\nkind = \"running\"\n"
+        )
+    };
+    for vm in 0..LEASES {
+        let folder = env.share.join(format!(".cvol/leases/v{vm}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("1"), lease(vm, 0)).unwrap();
+    }
+    let dir = env.tmp.path().join("host");
+    std::fs::create_dir_all(dir.join("mnt")).unwrap();
+    let port = free_port();
+    let mut command = env.command();
+    command
+        .args(["--host-id", "h2", "host", "run", "--lease-renew-ms", "300"])
+        .arg("--mountpoint")
+        .arg(dir.join("mnt"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _host = common::Up::new(common::spawn_tied(command).unwrap(), &dir);
+    let scans = || value(&scrape(port), "cvol_cluster_scans_total", &[]);
+    let wait_scans = |n: f64| {
+        let started = Instant::now();
+        while scans() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "fewer than {n} scans"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let calls = |procedure| rpcs_of(server, procedure);
+    // Past the first scan, which reads every lease once.
+    wait_scans(2.0);
+    let (s0, reads0, listings0) = (scans(), calls("READ"), calls("READDIRPLUS"));
+    let lookups0 = calls("LOOKUP");
+    wait_scans(s0 + 4.0);
+    let (s1, reads1, listings1) = (scans(), calls("READ"), calls("READDIRPLUS"));
+    let lookups = calls("LOOKUP") - lookups0;
+    let scanned = s1 - s0;
+    assert!(
+        listings1 - listings0 >= (scanned - 1.0) * LEASES as f64,
+        "{} listings in {scanned} scans: the lease folders are not listed on each",
+        listings1 - listings0
+    );
+    assert!(
+        lookups < LEASES as f64 && reads1 - reads0 < LEASES as f64,
+        "{lookups} LOOKUPs and {} READs in {scanned} scans of {LEASES} unchanged leases",
+        reads1 - reads0
+    );
+
+    // Another host renews every lease (a new file in each one's place): each is read.
+    for vm in 0..LEASES {
+        let folder = env.share.join(format!(".cvol/leases/v{vm}"));
+        std::fs::write(folder.join(".1.tmp"), lease(vm, 1)).unwrap();
+        std::fs::rename(folder.join(".1.tmp"), folder.join("1")).unwrap();
+    }
+    let (s2, reads2) = (scans(), calls("READ"));
+    wait_scans(s2 + 2.0);
+    assert!(
+        calls("READ") - reads2 >= LEASES as f64,
+        "{} READs: the renewed leases were not read",
+        calls("READ") - reads2
+    );
+}

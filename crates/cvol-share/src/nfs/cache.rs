@@ -86,7 +86,14 @@ struct Inner {
     content_bytes: usize,
     /// Whether contents were learnt since [`Cache::preload`] (so are worth saving).
     contents_learnt: bool,
+    /// Changes made through this share, counted.
     changes: u64,
+    /// What [`Inner::changes`] was after the last change here of each directory (by
+    /// handle) since [`Inner::forgot_changes`].
+    changed: foldhash::HashMap<Vec<u8>, u64>,
+    /// What [`Inner::changes`] was when the directories' changes were last forgotten: a
+    /// listing begun before then may miss any of them.
+    forgot_changes: u64,
 }
 
 impl Inner {
@@ -165,9 +172,11 @@ impl Cache {
     pub(super) fn set_root(&self, root: nfs_fh3) {
         let mut inner = self.lock();
         if inner.root != root {
+            let changes = inner.changes + 1;
             *inner = Inner {
                 root,
-                changes: inner.changes + 1,
+                changes,
+                forgot_changes: changes,
                 ..Inner::default()
             };
         }
@@ -220,6 +229,12 @@ impl Cache {
     pub(super) fn changed(&self, fh: &nfs_fh3) {
         let mut inner = self.lock();
         inner.changes += 1;
+        let changes = inner.changes;
+        if inner.changed.len() >= MAX_ENTRIES {
+            inner.changed.clear();
+            inner.forgot_changes = changes;
+        }
+        inner.changed.insert(fh.data.to_vec(), changes);
         inner.attributes.remove(fh.data.as_ref());
         inner.listings.remove(fh.data.as_ref());
     }
@@ -251,15 +266,29 @@ impl Cache {
     }
 
     /// Records the entries of directory `fh`, listed from the server after
-    /// [`Cache::changes`] said `changes`. A change made here while the listing was under
-    /// way may be missing from it: then the listing is not kept.
-    pub(super) fn learn_listing(&self, fh: &nfs_fh3, entries: Arc<[DirEntry]>, changes: u64) {
+    /// [`Cache::changes`] said `changes`, and says whether they are kept. A change made
+    /// here to the directory while the listing was under way may be missing from it: then
+    /// the listing is not kept. (Changes elsewhere do not matter: a host renewing its
+    /// leases changes the share all the time.)
+    pub(super) fn learn_listing(
+        &self,
+        fh: &nfs_fh3,
+        entries: Arc<[DirEntry]>,
+        changes: u64,
+    ) -> bool {
         let mut inner = self.lock();
-        if !self.lifetime.is_zero() && inner.changes == changes {
+        let unchanged = changes >= inner.forgot_changes
+            && inner
+                .changed
+                .get(fh.data.as_ref())
+                .is_none_or(|&c| c <= changes);
+        let kept = !self.lifetime.is_zero() && unchanged;
+        if kept {
             inner
                 .listings
                 .insert(fh.data.to_vec(), (entries, Instant::now()));
         }
+        kept
     }
 
     /// The content of the file `attributes` describe, if it is known for that version.
@@ -430,5 +459,31 @@ mod tests {
         let cache = Cache::new(Duration::from_secs(600));
         fill(&cache, MAX_ENTRIES / 2 + 2);
         assert!(size(&cache) <= 4, "{} entries kept", size(&cache));
+    }
+
+    #[test]
+    fn a_listing_under_way_is_kept_unless_its_own_directory_changed_here_meanwhile() {
+        let cache = Cache::new(Duration::from_secs(600));
+        let entries = || -> Arc<[DirEntry]> {
+            Arc::from(vec![DirEntry {
+                name: "1".into(),
+                kind: crate::FileKind::File,
+            }])
+        };
+        let began = cache.changes();
+        cache.changed(&fh(2));
+        assert!(
+            cache.learn_listing(&fh(1), entries(), began),
+            "another directory changed"
+        );
+        assert!(!cache.learn_listing(&fh(2), entries(), began));
+        assert!(cache.listing(&fh(2)).is_none());
+        assert!(cache.learn_listing(&fh(2), entries(), cache.changes()));
+
+        // A new server forgets what changed where: what began before it is not kept.
+        let began = cache.changes();
+        cache.set_root(fh(9));
+        assert!(!cache.learn_listing(&fh(1), entries(), began));
+        assert!(cache.learn_listing(&fh(1), entries(), cache.changes()));
     }
 }

@@ -513,21 +513,25 @@ impl NfsShare {
         Some((entry_name, attributes.map(|a| metadata_of(a).kind)))
     }
 
-    /// Lists those of `dirs` not listed within the cache lifetime, their READDIRPLUS
-    /// pipelined on a connection of their own (see [`pipeline`]), into the cache. A
-    /// directory that fails here, or whose listing is longer than one reply, is left to
-    /// be listed the usual way.
-    fn prefetch(&self, dirs: &[SharePath]) -> Result<(), String> {
-        if self.options.attribute_cache.is_zero() {
-            return Ok(());
-        }
-        let wanted: Vec<(&SharePath, nfs_fh3)> = dirs
+    /// Lists `dirs` (with `again`, all of them; else those not listed within the cache
+    /// lifetime), their READDIRPLUS pipelined on a connection of their own (see
+    /// [`pipeline`]), into the cache, and says which are listed there now. A directory
+    /// that fails here, or whose listing is longer than one reply, is left to be listed
+    /// the usual way.
+    fn list_together(&self, dirs: &[SharePath], again: bool) -> Result<Vec<bool>, String> {
+        let mut listed = vec![false; dirs.len()];
+        let wanted: Vec<(usize, nfs_fh3)> = dirs
             .iter()
-            .filter_map(|path| Some((path, self.file_recent(path).ok()?)))
-            .filter(|(_, fh)| self.cache.listing(fh).is_none())
+            .enumerate()
+            .filter_map(|(i, path)| Some((i, self.file_recent(path).ok()?)))
+            .filter(|(i, fh)| {
+                let fresh = !again && self.cache.listing(fh).is_some();
+                listed[*i] = fresh;
+                !fresh
+            })
             .collect();
-        if wanted.len() < 2 {
-            return Ok(());
+        if wanted.is_empty() {
+            return Ok(listed);
         }
         let changes = self.cache.changes();
         let mounted = self.connection()?;
@@ -544,14 +548,14 @@ impl NfsShare {
                 p.call_all::<_, READDIRPLUS3res>(NFS_PROGRAM::NFSPROC3_READDIRPLUS, &calls)
             })
             .map_err(|e| e.to_string())?;
-        let mut read_ahead = 0;
-        for ((path, fh), reply) in wanted.into_iter().zip(replies) {
+        for ((i, fh), reply) in wanted.into_iter().zip(replies) {
             let Some(Nfs3Result::Ok(ok)) = reply else {
                 continue;
             };
             if !ok.reply.eof {
                 continue;
             }
+            let path = &dirs[i];
             let entries: Option<Vec<DirEntry>> = ok
                 .reply
                 .entries
@@ -561,16 +565,16 @@ impl NfsShare {
                 .map(|(name, kind)| Some(DirEntry { name, kind: kind? }))
                 .collect();
             if let Some(entries) = entries {
-                self.cache.learn_listing(&fh, entries.into(), changes);
-                read_ahead += 1;
+                listed[i] = self.cache.learn_listing(&fh, entries.into(), changes);
             }
         }
         tracing::debug!(
-            "{read_ahead} of {} listings read ahead, up to {} calls in flight",
+            "{} of {} listings read, up to {} calls in flight",
+            listed.iter().filter(|&&l| l).count(),
             calls.len(),
             pipeline::WINDOW
         );
-        Ok(())
+        Ok(listed)
     }
 
     /// The parent's handle and the last name of `path`.
@@ -894,9 +898,22 @@ impl Share for NfsShare {
     }
 
     fn prefetch_listings(&self, dirs: &[SharePath]) {
-        if let Err(e) = self.prefetch(dirs) {
+        if self.options.attribute_cache.is_zero() || dirs.len() < 2 {
+            return;
+        }
+        if let Err(e) = self.list_together(dirs, false) {
             tracing::debug!("listings not read ahead: {e}");
         }
+    }
+
+    fn refresh_listings(&self, dirs: &[SharePath]) -> Vec<bool> {
+        if self.options.attribute_cache.is_zero() {
+            return vec![false; dirs.len()];
+        }
+        self.list_together(dirs, true).unwrap_or_else(|e| {
+            tracing::debug!("listings not read together: {e}");
+            vec![false; dirs.len()]
+        })
     }
 
     fn read_dir_recent(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {

@@ -147,9 +147,12 @@ impl Agent {
 
     fn scan_loop(self: &Arc<Self>) {
         loop {
+            let started = Instant::now();
             if let Err(e) = self.scan() {
                 tracing::warn!("cannot read the cluster's records: {e}");
             }
+            metrics::counter!("cvol_cluster_scans_total").increment(1);
+            metrics::histogram!("cvol_cluster_scan_seconds").record(started.elapsed());
             if !self.pause(self.settings.timing.renew) {
                 return;
             }
