@@ -43,7 +43,6 @@ for bin in "$old" "$new"; do
     CVOL_CACHE_DIR=$work/cache-$(basename "$bin") "$bin" --share "$url" vm list >/dev/null
 done
 
-cpu_cs() { awk '{ print $14 + $15 }' "/proc/$serve_pid/stat"; }
 
 # timed NAME OP CMD...: runs CMD, prints its seconds, the server's CPU seconds and the
 # RPCs it answered.
@@ -51,9 +50,9 @@ timed() {
     local name=$1 op=$2 c0 r0 s c1 r1
     shift 2
     r0=$(rpcs)
-    c0=$(cpu_cs)
+    c0=$(cpu_cs "$serve_pid")
     s=$(seconds "$@")
-    c1=$(cpu_cs)
+    c1=$(cpu_cs "$serve_pid")
     r1=$(rpcs)
     printf '%s | %s | %s s | server CPU %s s | %s RPCs\n' "$name" "$op" "$s" \
         "$(awk -v c=$((c1 - c0)) 'BEGIN { print c / 100 }')" "$((r1 - r0))"

@@ -33,7 +33,6 @@ mkdir -p "$share" "$work/pool"
 for i in $(seq 2 "$vms"); do cp -r "$share/vm1" "$share/vm$i"; done
 export CVOL_CACHE_DIR=$work/cache
 
-cpu_cs() { awk '{ print $14 + $15 }' "/proc/$serve_pid/stat"; }
 
 # round NAME BIN: serves the tree with BIN and prints one line of figures.
 round() {
@@ -47,11 +46,11 @@ round() {
     port=${port%/}
     # Fills the kept contents (their handles are this server's).
     "$new" --share "$url" vm list >/dev/null
-    c0=$(cpu_cs)
+    c0=$(cpu_cs "$serve_pid")
     ls_s=$(seconds nfs-ls -R "nfs://127.0.0.1/?nfsport=$port&mountport=$port")
-    c1=$(cpu_cs)
+    c1=$(cpu_cs "$serve_pid")
     list_s=$(seconds "$new" --share "$url" vm list)
-    c2=$(cpu_cs)
+    c2=$(cpu_cs "$serve_pid")
     printf '%s: nfs-ls -R %s s, server CPU %s s; vm list %s s, server CPU %s s; server RSS %s MiB\n' \
         "$name" "$ls_s" "$(awk -v c=$((c1 - c0)) 'BEGIN { print c / 100 }')" \
         "$list_s" "$(awk -v c=$((c2 - c1)) 'BEGIN { print c / 100 }')" \

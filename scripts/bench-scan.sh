@@ -38,7 +38,6 @@ mkdir -p "$share" "$work/pool"
 vm_leases "$share" "$vms"
 serve_metered "$new" "$share" "$work"
 
-cpu_s() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
 agent_metric() { # NAME: the agent's value of metric NAME, 0 if it has none
     curl -sf "http://127.0.0.1:$agent_metrics/metrics" |
         awk -v m="$1" '$1 == m { v = $2 } END { print v + 0 }'
@@ -58,11 +57,11 @@ run() {
     # Past the first scan, which reads every lease (the old binary does not say when
     # it is done).
     sleep "$warmup"
-    r0=$(rpcs) s0=$(cpu_s "$serve_pid") a0=$(cpu_s "$agent_pid")
+    r0=$(rpcs) s0=$(cpu_cs "$serve_pid") a0=$(cpu_cs "$agent_pid")
     scans0=$(agent_metric cvol_cluster_scan_seconds_count)
     sum0=$(agent_metric cvol_cluster_scan_seconds_sum)
     sleep "$window"
-    r1=$(rpcs) s1=$(cpu_s "$serve_pid") a1=$(cpu_s "$agent_pid")
+    r1=$(rpcs) s1=$(cpu_cs "$serve_pid") a1=$(cpu_cs "$agent_pid")
     scans1=$(agent_metric cvol_cluster_scan_seconds_count)
     sum1=$(agent_metric cvol_cluster_scan_seconds_sum)
     kill "$agent_pid"
@@ -71,7 +70,7 @@ run() {
     "$bin" umount "$work/host/mnt" 2>/dev/null || true
     awk -v n="$name" -v r=$((r1 - r0)) -v w="$window" -v s="$s0" -v S="$s1" -v a="$a0" -v A="$a1" \
         -v c="$scans0" -v C="$scans1" -v u="$sum0" -v U="$sum1" 'BEGIN {
-            printf "%s | %.0f RPC/s | server CPU %.1f %% | agent CPU %.1f %%", n, r / w, (S - s) * 100 / w, (A - a) * 100 / w
+            printf "%s | %.0f RPC/s | server CPU %.1f %% | agent CPU %.1f %%", n, r / w, (S - s) / w, (A - a) / w
             if (C > c) printf " | %d scans, %.2f s each", C - c, (U - u) / (C - c)
             print ""
         }'

@@ -89,6 +89,9 @@ serve_metered() {
     url=$(cat "$work/url")
 }
 
+# cpu_cs PID: the CPU time process PID has used so far (user + system), in centiseconds.
+cpu_cs() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 # rpcs: the calls the server of serve_metered has answered so far.
 rpcs() {
     curl -sf "http://127.0.0.1:$metrics/metrics" |
