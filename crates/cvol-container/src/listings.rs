@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::fs::Entry;
 
-/// Snapshots kept at most: a read that stops before the end (`ls | head`) never says
-/// it is done, so the oldest are let go.
+/// Snapshots kept at most, and their entries at most (a few MiB): a read that stops
+/// before the end (`ls | head`) never says it is done, so the oldest are let go.
 const KEPT: usize = 1024;
+const KEPT_ENTRIES: usize = 100_000;
 
 /// The listings of the directory reads in progress.
 #[derive(Default)]
@@ -26,7 +27,17 @@ struct Inner {
     snapshots: HashMap<u32, (u64, Arc<Vec<Entry>>)>,
     /// Snapshot ids, oldest first.
     order: VecDeque<u32>,
+    /// The entries of all snapshots.
+    entries: usize,
     last: u32,
+}
+
+impl Inner {
+    fn remove(&mut self, id: u32) {
+        if let Some((_, entries)) = self.snapshots.remove(&id) {
+            self.entries -= entries.len();
+        }
+    }
 }
 
 /// Where a read of a directory stands: its snapshot and the position in it.
@@ -86,18 +97,19 @@ impl Listings {
     /// Lets the snapshot of a read go once the read reached the end.
     pub(crate) fn done(&self, cursor: Cursor) {
         let mut inner = self.inner.lock().expect("listings lock");
-        if inner.snapshots.remove(&cursor.snapshot).is_some() {
-            inner.order.retain(|&id| id != cursor.snapshot);
-        }
+        inner.remove(cursor.snapshot);
+        inner.order.retain(|&id| id != cursor.snapshot);
     }
 
     fn keep(&self, dir: u64, entries: Arc<Vec<Entry>>) -> u32 {
         let mut inner = self.inner.lock().expect("listings lock");
-        while inner.order.len() >= KEPT {
-            if let Some(old) = inner.order.pop_front() {
-                inner.snapshots.remove(&old);
-            }
+        while inner.order.len() >= KEPT || inner.entries + entries.len() > KEPT_ENTRIES {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            inner.remove(old);
         }
+        inner.entries += entries.len();
         // Ids never 0, so that no offset but the start is 0.
         let mut id = inner.last.wrapping_add(1).max(1);
         while inner.snapshots.contains_key(&id) {
@@ -164,13 +176,25 @@ mod tests {
     }
 
     #[test]
-    fn reads_that_never_end_are_let_go_beyond_the_bound() {
+    fn reads_that_never_end_are_let_go_beyond_the_bounds() {
         let l = Listings::default();
         let (first, _) = l.read(1, 0, || Ok::<_, ()>(entries(&["a"]))).unwrap();
         for dir in 0..KEPT as u64 {
             l.read(dir + 2, 0, || Ok::<_, ()>(entries(&["b"]))).unwrap();
         }
         assert_eq!(l.inner.lock().unwrap().snapshots.len(), KEPT);
+        let big = vec!["x"; KEPT_ENTRIES / 2];
+        for dir in 0..3 {
+            l.read(dir, 0, || Ok::<_, ()>(entries(&big))).unwrap();
+        }
+        let inner = l.inner.lock().unwrap();
+        assert!(
+            inner.entries <= KEPT_ENTRIES,
+            "{} entries kept",
+            inner.entries
+        );
+        assert_eq!(inner.snapshots.len(), 2);
+        drop(inner);
         let mut listed = false;
         l.read(1, first.offset_after(1), || {
             listed = true;
