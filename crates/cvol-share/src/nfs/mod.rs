@@ -517,8 +517,13 @@ impl NfsShare {
     /// lifetime), their READDIRPLUS pipelined on a connection of their own (see
     /// [`pipeline`]), into the cache, and says which are listed there now. A directory
     /// that fails here, or whose listing is longer than one reply, is left to be listed
-    /// the usual way.
-    fn list_together(&self, dirs: &[SharePath], again: bool) -> Result<Vec<bool>, String> {
+    /// the usual way. `why` names the reading in the log.
+    fn list_together(
+        &self,
+        dirs: &[SharePath],
+        again: bool,
+        why: &str,
+    ) -> Result<Vec<bool>, String> {
         let mut listed = vec![false; dirs.len()];
         let wanted: Vec<(usize, nfs_fh3)> = dirs
             .iter()
@@ -569,7 +574,7 @@ impl NfsShare {
             }
         }
         tracing::debug!(
-            "{} of {} listings read, up to {} calls in flight",
+            "{} of {} listings {why}, up to {} calls in flight",
             listed.iter().filter(|&&l| l).count(),
             calls.len(),
             pipeline::WINDOW
@@ -901,7 +906,7 @@ impl Share for NfsShare {
         if self.options.attribute_cache.is_zero() || dirs.len() < 2 {
             return;
         }
-        if let Err(e) = self.list_together(dirs, false) {
+        if let Err(e) = self.list_together(dirs, false, "read ahead") {
             tracing::debug!("listings not read ahead: {e}");
         }
     }
@@ -910,10 +915,11 @@ impl Share for NfsShare {
         if self.options.attribute_cache.is_zero() {
             return vec![false; dirs.len()];
         }
-        self.list_together(dirs, true).unwrap_or_else(|e| {
-            tracing::debug!("listings not read together: {e}");
-            vec![false; dirs.len()]
-        })
+        self.list_together(dirs, true, "read together")
+            .unwrap_or_else(|e| {
+                tracing::debug!("listings not read together: {e}");
+                vec![false; dirs.len()]
+            })
     }
 
     fn read_dir_recent(&self, path: &SharePath) -> Result<Vec<DirEntry>, ShareError> {
