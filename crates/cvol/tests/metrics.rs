@@ -473,8 +473,9 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// With `--kernel-cache-ms 0` the kernel keeps nothing: every read of a folder is a
-/// listing by the daemon, and a file made behind the container's back shows at once.
+/// With `--kernel-cache-ms 0` the kernel trusts nothing it was told: every read of a
+/// folder asks the daemon for the folder's attributes, an unchanged folder is read from
+/// the kernel's cache, and a file made behind the container's back shows at once.
 #[test]
 fn with_no_kernel_cache_every_read_of_a_folder_asks_the_daemon() {
     let env = Env::datastore();
@@ -486,19 +487,34 @@ fn with_no_kernel_cache_every_read_of_a_folder_asks_the_daemon() {
         "--metrics",
         &format!("127.0.0.1:{port}"),
     ]);
-    let listings = || fuse_requests(&scrape(port), "readdirplus");
+    // The daemon's listings of folders, and every request it answered about them.
+    let requests = || {
+        let text = scrape(port);
+        let listings = fuse_requests(&text, "readdirplus") + fuse_requests(&text, "readdir");
+        let asked = listings + fuse_requests(&text, "getattr") + fuse_requests(&text, "lookup");
+        (listings, asked)
+    };
     assert_eq!(names_in(&m.path("a")), ["a-flat.vmdk", "a.vmdk", "a.vmx"]);
     for round in 0..3 {
-        // A read at once after another (which the default keeps for the next).
+        // A read at once after another (which the default answers from the kernel).
+        let (listings, asked) = requests();
         names_in(&m.path("a"));
-        let before = listings();
+        let (listings_again, asked_again) = requests();
+        assert!(
+            asked_again > asked,
+            "an unchanged folder read without asking"
+        );
+        assert_eq!(listings_again, listings, "an unchanged folder listed again");
         let note = format!("note{round}.txt");
         std::fs::write(env.share.join("a").join(&note), "made on the share\n").unwrap();
         assert!(
             names_in(&m.path("a")).contains(&note),
             "{note}, made on the share, not seen at once"
         );
-        assert!(listings() > before, "the folder was not listed again");
+        assert!(
+            requests().0 > listings_again,
+            "the folder was not listed again"
+        );
     }
 }
 
