@@ -43,9 +43,15 @@ agent_metric() { # NAME: the agent's value of metric NAME, 0 if it has none
         awk -v m="$1" '$1 == m { v = $2 } END { print v + 0 }'
 }
 
+# sample: the server's RPCs and CPU, the agent's CPU, its scans and their seconds.
+sample() {
+    echo "$(rpcs) $(cpu_cs "$serve_pid") $(cpu_cs "$agent_pid")" \
+        "$(agent_metric cvol_cluster_scan_seconds_count) $(agent_metric cvol_cluster_scan_seconds_sum)"
+}
+
 # run NAME BIN: BIN's agent for the window; prints its line.
 run() {
-    local name=$1 bin=$2 r0 r1 s0 s1 a0 a1 scans0 scans1 sum0 sum1
+    local name=$1 bin=$2 before after
     rm -rf "$work/host"
     mkdir -p "$work/host/mnt"
     agent_metrics=$(free_port)
@@ -57,21 +63,18 @@ run() {
     # Past the first scan, which reads every lease (the old binary does not say when
     # it is done).
     sleep "$warmup"
-    r0=$(rpcs) s0=$(cpu_cs "$serve_pid") a0=$(cpu_cs "$agent_pid")
-    scans0=$(agent_metric cvol_cluster_scan_seconds_count)
-    sum0=$(agent_metric cvol_cluster_scan_seconds_sum)
+    before=$(sample)
     sleep "$window"
-    r1=$(rpcs) s1=$(cpu_cs "$serve_pid") a1=$(cpu_cs "$agent_pid")
-    scans1=$(agent_metric cvol_cluster_scan_seconds_count)
-    sum1=$(agent_metric cvol_cluster_scan_seconds_sum)
+    after=$(sample)
     kill "$agent_pid"
     wait "$agent_pid" 2>/dev/null || true
     agent_pid=
     "$bin" umount "$work/host/mnt" 2>/dev/null || true
-    awk -v n="$name" -v r=$((r1 - r0)) -v w="$window" -v s="$s0" -v S="$s1" -v a="$a0" -v A="$a1" \
-        -v c="$scans0" -v C="$scans1" -v u="$sum0" -v U="$sum1" 'BEGIN {
-            printf "%s | %.0f RPC/s | server CPU %.1f %% | agent CPU %.1f %%", n, r / w, (S - s) / w, (A - a) / w
-            if (C > c) printf " | %d scans, %.2f s each", C - c, (U - u) / (C - c)
+    printf '%s\n%s\n' "$before" "$after" | awk -v n="$name" -v w="$window" '
+        NR == 1 { split($0, b) }
+        NR == 2 {
+            printf "%s | %.0f RPC/s | server CPU %.1f %% | agent CPU %.1f %%", n, ($1 - b[1]) / w, ($2 - b[2]) / w, ($3 - b[3]) / w
+            if ($4 > b[4]) printf " | %d scans, %.2f s each", $4 - b[4], ($5 - b[5]) / ($4 - b[4])
             print ""
         }'
 }
