@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cvol_datastore::layout;
 use cvol_format::{HostId, VmName};
@@ -103,7 +104,7 @@ impl Leases {
     /// that way is read from the server as [`Leases::current`] does.
     pub fn current_of(&self, vms: &[VmName]) -> Result<BTreeMap<VmName, LeaseView>, ClusterError> {
         let folders: Vec<SharePath> = vms.iter().map(vm_dir).collect();
-        let listed = self.share.refresh_listings(&folders);
+        let listed = self.share.refresh_listings(&folders, Duration::ZERO);
         let asks: Vec<(&VmName, Freshness)> = vms
             .iter()
             .zip(listed)

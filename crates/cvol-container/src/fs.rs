@@ -21,7 +21,7 @@ use crate::errno::Errno;
 use crate::inodes::{Inodes, ROOT};
 
 /// What a node is, as `stat` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeKind {
     /// A regular file.
     File,
@@ -291,7 +291,8 @@ impl Container {
         &self.ds
     }
 
-    fn path_of(&self, ino: u64) -> Result<SharePath, Errno> {
+    /// The path of `ino` on the share.
+    pub(crate) fn path_of(&self, ino: u64) -> Result<SharePath, Errno> {
         self.inodes
             .lock()
             .expect("inode lock")
@@ -358,14 +359,16 @@ impl Container {
         }
     }
 
-    fn attr(&self, path: &SharePath, node: &Node) -> Attr {
+    /// The attributes of `path`; with `allocation`, a disk's blocks are what its volume
+    /// takes in its pool (which the pool is asked for), else its size.
+    fn attr(&self, path: &SharePath, node: &Node, allocation: bool) -> Attr {
         match node {
             Node::Share(md) => self.counting_set_aside(share_attr(self.share_ino(path, md), md)),
             Node::Flat(flat) => {
                 let ino = self.ino_of(path);
                 let allocated = match flat {
-                    Flat::Disk { cvol, .. } => self.allocated(cvol),
-                    Flat::Pending { .. } => None,
+                    Flat::Disk { cvol, .. } if allocation => self.allocated(cvol),
+                    _ => None,
                 };
                 let (size, md, owner) = match flat {
                     Flat::Disk {
@@ -647,7 +650,20 @@ impl Container {
 
     fn lookup_path(&self, path: &SharePath) -> Result<Attr, Errno> {
         let node = self.node(path)?;
-        Ok(self.attr(path, &node))
+        Ok(self.attr(path, &node, true))
+    }
+
+    /// The attributes of `path` as the share shows them now, but for the blocks a disk
+    /// takes in its pool (see [`Container::attr`]): for the watch of what the kernel
+    /// keeps, which must not ask the pool about every disk on every round.
+    pub(crate) fn attr_on_share(&self, path: &SharePath) -> Result<Attr, Errno> {
+        let node = self.node(path)?;
+        Ok(self.attr(path, &node, false))
+    }
+
+    /// The inode number of `path`, if it has one.
+    pub(crate) fn ino_if_known(&self, path: &SharePath) -> Option<u64> {
+        self.inodes.lock().expect("inode lock").ino_if_known(path)
     }
 
     /// Gives new entry `path` the owner a file system gives what `caller` makes: the

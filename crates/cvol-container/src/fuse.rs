@@ -19,13 +19,18 @@ use fuser::{
 
 use crate::fs::{Attr, Caller, Container, Entry, NodeKind, Opened};
 use crate::listings::Listings;
+use crate::watch::{Handed, Watch};
 use crate::Errno;
 
-/// How long the kernel may cache attributes and names by default. Other hosts change
-/// the share too, so this stays short, like the NFS client's default `acregmin`. (The
-/// share's 3 s attribute-cache time was tried: a repeated `ls -l` of 10,000 VM folders,
-/// longer than either, got 1.6x slower, and one of 1,000 no faster.)
-pub const DEFAULT_KERNEL_CACHE: Duration = Duration::from_secs(1);
+/// How long the kernel may keep names and attributes by default, while the daemon
+/// watches them on the share for it ([`crate::watch`]): a repeated pass over 10,000 VM
+/// folders within it is served by the kernel alone.
+pub const DEFAULT_KERNEL_CACHE: Duration = Duration::from_secs(10);
+
+/// The most the kernel keeps anything on a share that keeps nothing it read
+/// (`--attr-cache-ms 0`, or a local directory), where nothing is watched: short, like
+/// the NFS client's `acregmin`, as other hosts change the share too.
+const UNWATCHED_KERNEL_CACHE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Backing {
@@ -44,6 +49,8 @@ struct Adapter {
     listings: Listings,
     /// How long the kernel keeps the names and attributes it is given.
     ttl: Duration,
+    /// What the kernel was given, when the daemon watches it.
+    handed: Option<Arc<Handed>>,
 }
 
 /// Counts a request of the kernel's that reads metadata (`cvol_fuse_requests_total`),
@@ -117,6 +124,14 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 }
 
 impl Adapter {
+    /// `attr` as the kernel is given it, noted for the watch.
+    fn hand(&self, attr: &Attr) -> FileAttr {
+        if let Some(handed) = &self.handed {
+            handed.note(attr, self.ttl);
+        }
+        file_attr(attr)
+    }
+
     /// Replies to an open of `ino`, through passthrough when the container offers a
     /// backing file.
     fn reply_open(&self, ino: u64, opened: Opened, reply: ReplyOpen) {
@@ -176,7 +191,7 @@ impl Filesystem for Adapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         count("lookup");
         match self.container.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.hand(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -184,7 +199,7 @@ impl Filesystem for Adapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         count("getattr");
         match self.container.getattr(ino.0, fh.map(|fh| fh.0)) {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl, &self.hand(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -216,7 +231,7 @@ impl Filesystem for Adapter {
             modified: set_time(mtime),
         };
         match self.container.setattr(ino.0, fh.map(|fh| fh.0), &changes) {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.ttl, &self.hand(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -241,7 +256,7 @@ impl Filesystem for Adapter {
             .container
             .mkdir(parent.0, name, mode & !umask, caller(req))
         {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.hand(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -261,7 +276,7 @@ impl Filesystem for Adapter {
             .container
             .mknod(parent.0, name, mode, decode_dev(rdev), caller(req))
         {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.hand(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -275,7 +290,7 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         match self.container.link(ino.0, newparent.0, newname) {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.hand(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -307,7 +322,7 @@ impl Filesystem for Adapter {
             .ok_or(Errno::INVAL)
             .and_then(|t| self.container.symlink(parent.0, link_name, t, caller(req)));
         match result {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl, &self.hand(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -504,7 +519,7 @@ impl Filesystem for Adapter {
                 cursor.offset_after(i),
                 name,
                 &self.ttl,
-                &file_attr(&attr),
+                &self.hand(&attr),
                 Generation(0),
             ) {
                 break;
@@ -549,7 +564,7 @@ impl Filesystem for Adapter {
         {
             Ok((attr, opened)) => reply.created(
                 &self.ttl,
-                &file_attr(&attr),
+                &self.hand(&attr),
                 Generation(0),
                 FileHandle(opened.fh),
                 FopenFlags::empty(),
@@ -627,6 +642,8 @@ impl Filesystem for Adapter {
 /// A mounted container, served by background threads until unmounted.
 pub struct MountedContainer {
     session: fuser::BackgroundSession,
+    /// The watch of what the kernel keeps, if any; stopped before the unmount.
+    watch: Option<Watch>,
     mountpoint: PathBuf,
 }
 
@@ -647,7 +664,8 @@ impl MountedContainer {
     /// The unmount is the one `cvol umount` does: not lazy, and waiting a while for
     /// files still open, which a lazy detach would leave working on a daemon that is
     /// going away. Only a mount still busy after that is detached lazily.
-    pub fn unmount(self) -> io::Result<()> {
+    pub fn unmount(mut self) -> io::Result<()> {
+        drop(self.watch.take());
         if !self.is_finished() {
             match unmount(&self.mountpoint) {
                 Ok(()) => {
@@ -678,7 +696,10 @@ pub struct MountSettings {
     /// Let users other than the mounting one in (a hypervisor running as its own user).
     pub allow_other: bool,
     /// How long the kernel keeps names, attributes and listings before asking again
-    /// ([`DEFAULT_KERNEL_CACHE`]): on top of the share's own attribute cache.
+    /// ([`DEFAULT_KERNEL_CACHE`]). Where this is longer than the share keeps what it
+    /// reads, the daemon watches what the kernel keeps, a round every three quarters of
+    /// that, and makes the kernel drop what changed; where the share keeps nothing,
+    /// the kernel keeps things for 1 s at most.
     pub kernel_cache: Duration,
 }
 
@@ -699,16 +720,27 @@ pub fn mount(
     }
     config.n_threads = Some(settings.threads.max(1));
     config.clone_fd = true;
+    let every = container.datastore().share().attribute_cache();
+    let watched = !every.is_zero() && settings.kernel_cache > every;
+    let handed = watched.then(|| Arc::new(Handed::default()));
     let adapter = Adapter {
-        container,
+        container: container.clone(),
         passthrough: AtomicBool::new(settings.passthrough),
         backing: Mutex::new(Backing::default()),
         listings: Listings::default(),
-        ttl: settings.kernel_cache,
+        ttl: match every.is_zero() {
+            true => settings.kernel_cache.min(UNWATCHED_KERNEL_CACHE),
+            false => settings.kernel_cache,
+        },
+        handed: handed.clone(),
     };
     let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
+    let watch = handed
+        .map(|handed| Watch::start(container, handed, session.notifier(), every * 3 / 4))
+        .transpose()?;
     Ok(MountedContainer {
         session,
+        watch,
         mountpoint: mountpoint.to_path_buf(),
     })
 }

@@ -10,6 +10,7 @@ mod fs;
 mod fuse;
 mod inodes;
 mod listings;
+mod watch;
 
 pub use errno::Errno;
 pub use fs::{Attr, Caller, Changes, Container, Entry, NodeKind, Opened};

@@ -13,7 +13,7 @@ mod nfs_url;
 mod open_file;
 mod path;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub use error::ShareError;
 pub use local::{LocalDir, LocalShare};
@@ -152,20 +152,28 @@ pub trait Share: Send + Sync {
         self.read_dir(path)
     }
 
+    /// How late another host's change may be seen through this share: how long it
+    /// trusts the attributes and listings it read (zero: it asks the server every time).
+    fn attribute_cache(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Reads ahead the listings of `dirs`, which a walk is about to read one by one with
     /// [`Share::read_dir_recent`], where reading them together costs less (over NFS: many
     /// READDIRPLUS in flight at once). A hint only: what fails here is met again, and
     /// reported, by the walk's own calls.
     fn prefetch_listings(&self, _dirs: &[SharePath]) {}
 
-    /// Reads the listings of `dirs` from the server now, many at once, so that
-    /// [`Share::read_dir_recent`] of them, and [`Share::read_recent`] of the files they
-    /// list, give what the server holds now, as [`Share::read_dir`] and [`Share::read`]
+    /// Reads the listings of `dirs` from the server now, many at once (but for those
+    /// read from it within `listed_within`), so that [`Share::read_dir_recent`] of them,
+    /// [`Share::metadata`] of their entries and [`Share::read_recent`] of the files they
+    /// list give what the server holds now, as [`Share::read_dir`] and [`Share::read`]
     /// would (a file is read only if the listing shows it changed since this host last
     /// read it), for as long as the share's attribute cache lasts. For a host's scan of
-    /// every lease of the datastore. Says, for each directory, whether it was read: one
-    /// that was not must be read with [`Share::read_dir`] and [`Share::read`].
-    fn refresh_listings(&self, dirs: &[SharePath]) -> Vec<bool> {
+    /// every lease of the datastore, and the container's watch of what the kernel keeps.
+    /// Says, for each directory, whether it was read: one that was not must be read with
+    /// [`Share::read_dir`] and [`Share::read`].
+    fn refresh_listings(&self, dirs: &[SharePath], _listed_within: Duration) -> Vec<bool> {
         // A share that keeps nothing: its recent reads are reads of what it holds now.
         vec![true; dirs.len()]
     }

@@ -254,6 +254,12 @@ impl Cache {
         Some(learnt.elapsed())
     }
 
+    /// The last listing kept of directory `fh`, fresh or not.
+    pub(super) fn kept_listing(&self, fh: &nfs_fh3) -> Option<Arc<[DirEntry]>> {
+        let inner = self.read();
+        inner.listings.get(fh.data.as_ref()).map(|(l, _)| l.clone())
+    }
+
     /// Whether the handle of `path` and its attributes are both fresh.
     pub(super) fn knows(&self, path: &SharePath) -> bool {
         self.handle(path)

@@ -469,6 +469,8 @@ impl NfsShare {
             let ok = rpc!(self, |c| c
                 .readdirplus(&readdirplus_from(&dir, cookie, verf)))?;
             verf = ok.cookieverf;
+            self.cache
+                .learn(path, &dir, attributes_in(&ok.dir_attributes));
             for e in &ok.reply.entries.0 {
                 cookie = e.cookie;
                 let Some((entry_name, kind)) = self.learn_entry(path, e) else {
@@ -493,9 +495,26 @@ impl NfsShare {
                 break;
             }
         }
+        self.forget_vanished(path, &dir, &entries);
         self.cache
             .learn_listing(&dir, entries.as_slice().into(), changes);
         Ok(entries)
+    }
+
+    /// Forgets what is known of the entries that the last listing of directory `path`
+    /// showed and its new listing `entries` does not: another host removed them, and
+    /// their attributes, maybe still fresh, would show them on.
+    fn forget_vanished(&self, path: &SharePath, dir: &nfs_fh3, entries: &[DirEntry]) {
+        let Some(old) = self.cache.kept_listing(dir) else {
+            return;
+        };
+        let now: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.name.as_str()).collect();
+        for gone in old.iter().filter(|e| !now.contains(e.name.as_str())) {
+            if let Ok(child) = path.join(&gone.name) {
+                self.cache.forget(&child);
+            }
+        }
     }
 
     /// What entry `e` of directory `path`'s READDIRPLUS says: its name, and its kind if
@@ -513,15 +532,15 @@ impl NfsShare {
         Some((entry_name, attributes.map(|a| metadata_of(a).kind)))
     }
 
-    /// Lists `dirs` (with `again`, all of them; else those not listed within the cache
-    /// lifetime), their READDIRPLUS pipelined on a connection of their own (see
+    /// Lists `dirs` (but for those listed from the server within `listed_within`), their
+    /// READDIRPLUS pipelined on a connection of their own (see
     /// [`pipeline`]), into the cache, and says which are listed there now. A directory
     /// that fails here, or whose listing is longer than one reply, is left to be listed
     /// the usual way. `why` names the reading in the log.
     fn list_together(
         &self,
         dirs: &[SharePath],
-        again: bool,
+        listed_within: Duration,
         why: &str,
     ) -> Result<Vec<bool>, String> {
         let mut listed = vec![false; dirs.len()];
@@ -530,7 +549,11 @@ impl NfsShare {
             .enumerate()
             .filter_map(|(i, path)| Some((i, self.file_recent(path).ok()?)))
             .filter(|(i, fh)| {
-                let fresh = !again && self.cache.listing(fh).is_some();
+                let fresh = self.cache.listing(fh).is_some()
+                    && self
+                        .cache
+                        .last_listed(fh)
+                        .is_some_and(|age| age < listed_within);
                 listed[*i] = fresh;
                 !fresh
             })
@@ -557,10 +580,12 @@ impl NfsShare {
             let Some(Nfs3Result::Ok(ok)) = reply else {
                 continue;
             };
+            let path = &dirs[i];
+            self.cache
+                .learn(path, &fh, attributes_in(&ok.dir_attributes));
             if !ok.reply.eof {
                 continue;
             }
-            let path = &dirs[i];
             let entries: Option<Vec<DirEntry>> = ok
                 .reply
                 .entries
@@ -570,6 +595,7 @@ impl NfsShare {
                 .map(|(name, kind)| Some(DirEntry { name, kind: kind? }))
                 .collect();
             if let Some(entries) = entries {
+                self.forget_vanished(path, &fh, &entries);
                 listed[i] = self.cache.learn_listing(&fh, entries.into(), changes);
             }
         }
@@ -906,16 +932,20 @@ impl Share for NfsShare {
         if self.options.attribute_cache.is_zero() || dirs.len() < 2 {
             return;
         }
-        if let Err(e) = self.list_together(dirs, false, "read ahead") {
+        if let Err(e) = self.list_together(dirs, self.options.attribute_cache, "read ahead") {
             tracing::debug!("listings not read ahead: {e}");
         }
     }
 
-    fn refresh_listings(&self, dirs: &[SharePath]) -> Vec<bool> {
+    fn attribute_cache(&self) -> Duration {
+        self.options.attribute_cache
+    }
+
+    fn refresh_listings(&self, dirs: &[SharePath], listed_within: Duration) -> Vec<bool> {
         if self.options.attribute_cache.is_zero() {
             return vec![false; dirs.len()];
         }
-        self.list_together(dirs, true, "read together")
+        self.list_together(dirs, listed_within, "read together")
             .unwrap_or_else(|e| {
                 tracing::debug!("listings not read together: {e}");
                 vec![false; dirs.len()]
