@@ -5,8 +5,9 @@
 # pool). Each round and client times `vm list` and `datastore fsck` (file contents kept
 # from an earlier run, as on any host after its first), then `ls -l` of every VM folder
 # through a fresh `cvol mount` of that client (cold), again at once (warm), and a third
-# time; the server's CPU time around each (user + system, from /proc) and the RPCs it
-# answered (its --metrics) are printed beside it. `nfs-ls -R` (libnfs) of the same tree,
+# time, then 10 s of idling (what the mount daemon's watch costs); the server's CPU time
+# around each (user + system, from /proc) and the RPCs it answered (its --metrics) are
+# printed beside it, and the mount daemon's CPU time and RSS after the idling. `nfs-ls -R` (libnfs) of the same tree,
 # each round, is the anchor.
 #
 #   ./scripts/bench-client-ab.sh OLD_BIN NEW_BIN [N] [ROUNDS]
@@ -71,6 +72,13 @@ round() {
     timed "$name" "ls -l, cold" ls_folders
     timed "$name" "ls -l, warm" ls_folders
     timed "$name" "ls -l, third" ls_folders
+    local d0 d1
+    d0=$(cpu_cs "$mount_pid")
+    timed "$name" "idle, 10 s after" sleep 10
+    d1=$(cpu_cs "$mount_pid")
+    printf '%s | mount daemon | CPU %s s in those 10 s | RSS %s MiB\n' "$name" \
+        "$(awk -v c=$((d1 - d0)) 'BEGIN { print c / 100 }')" \
+        "$(awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$mount_pid/status")"
     "$bin" umount "$mnt"
     wait "$mount_pid"
     mount_pid=

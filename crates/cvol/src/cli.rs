@@ -436,9 +436,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CVOL_ALLOW_OTHER")]
     pub allow_other: bool,
     /// How long the kernel keeps the container's names, attributes and listings before
-    /// asking the daemon again, on top of --attr-cache-ms: another host's change shows in
-    /// the container after at most the sum. Longer serves repeated browsing of many
-    /// folders (a dashboard's `ls -l` of thousands of VMs) from the kernel alone.
+    /// asking the daemon again. When longer than --attr-cache-ms, the daemon watches them
+    /// on the share every 3/4 of that (a listing per folder the kernel keeps something
+    /// of) and makes the kernel drop what changed: another host's change shows within
+    /// about --attr-cache-ms. Otherwise it shows after at most the sum of both. With
+    /// --attr-cache-ms 0 the kernel keeps things for 1 s at most.
     #[arg(
         long,
         env = "CVOL_KERNEL_CACHE_MS",

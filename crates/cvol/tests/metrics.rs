@@ -606,11 +606,19 @@ fn the_kernel_keeps_what_the_daemon_watches_and_drops_what_changed() {
     assert_eq!(ls_l(), listed);
     assert_eq!(requests(), asked, "a folder read again asked the daemon");
 
-    // Changes behind the container's back, each seen long before the kernel's lifetime.
-    let limit = WINDOW * 20;
+    // Changes behind the container's back, each seen once a whole round of the watch
+    // has passed since (the round under way may have listed before the change), long
+    // before the kernel's lifetime ends.
+    let after_a_whole_round = |what: &str, seen: &dyn Fn() -> bool| {
+        let now = rounds();
+        wait_until(WINDOW * 20, "two rounds of the watch", || {
+            rounds() >= now + 2.0
+        });
+        assert!(seen(), "{what}: unseen after a whole round of the watch");
+    };
     let on_share = env.share.join("a");
     std::fs::write(on_share.join("notes.txt"), "made on the share\n").unwrap();
-    wait_until(limit, "a file made on the share", || {
+    after_a_whole_round("a file made on the share", &|| {
         names_in(&m.path("a")).contains(&"notes.txt".to_string())
     });
     let vmx = m.path("a/a.vmx");
@@ -620,11 +628,11 @@ fn the_kernel_keeps_what_the_daemon_watches_and_drops_what_changed() {
         .open(on_share.join("a.vmx"))
         .unwrap();
     std::io::Write::write_all(&mut file, b"# grown").unwrap();
-    wait_until(limit, "a file grown in place on the share", || {
+    after_a_whole_round("a file grown in place on the share", &|| {
         std::fs::metadata(&vmx).unwrap().len() == grown
     });
     std::fs::remove_file(on_share.join("notes.txt")).unwrap();
-    wait_until(limit, "a file removed on the share", || {
+    after_a_whole_round("a file removed on the share", &|| {
         std::fs::symlink_metadata(m.path("a/notes.txt")).is_err()
     });
     let dropped = value(&scrape(port), "cvol_fuse_invalidations_total", &[]);
