@@ -272,6 +272,9 @@ macro_rules! rpc {
 
 /// The READDIRPLUS of directory `dir` from `cookie` on: up to 64 KiB of names and
 /// 256 KiB of reply, so a VM folder, or a thousand names, come in one reply.
+/// How many listings read together are held at once (see [`NfsShare::list_together`]).
+const LISTED_TOGETHER_HELD: usize = 256;
+
 fn readdirplus_from(dir: &nfs_fh3, cookie: u64, verf: cookieverf3) -> READDIRPLUS3args {
     READDIRPLUS3args {
         dir: dir.clone(),
@@ -565,44 +568,47 @@ impl NfsShare {
         let mounted = self.connection()?;
         let pipeline = self.pool.pipeline(&mounted);
         self.pool.put(mounted);
-        let calls: Vec<READDIRPLUS3args> = wanted
-            .iter()
-            .map(|(_, fh)| readdirplus_from(fh, 0, cookieverf3::default()))
-            .collect();
-        self.sent
-            .fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let replies = pipeline
-            .and_then(|mut p| {
-                p.call_all::<_, READDIRPLUS3res>(NFS_PROGRAM::NFSPROC3_READDIRPLUS, &calls)
-            })
-            .map_err(|e| e.to_string())?;
-        for ((i, fh), reply) in wanted.into_iter().zip(replies) {
-            let Some(Nfs3Result::Ok(ok)) = reply else {
-                continue;
-            };
-            let path = &dirs[i];
-            self.cache
-                .learn(path, &fh, attributes_in(&ok.dir_attributes));
-            if !ok.reply.eof {
-                continue;
-            }
-            let entries: Option<Vec<DirEntry>> = ok
-                .reply
-                .entries
-                .0
+        let mut pipeline = pipeline.map_err(|e| e.to_string())?;
+        // A chunk's replies are held until all are in: chunks keep that to a few MB
+        // where 10,000 listings would hold tens (and the allocator keeps what it held).
+        for chunk in wanted.chunks(LISTED_TOGETHER_HELD) {
+            let calls: Vec<READDIRPLUS3args> = chunk
                 .iter()
-                .filter_map(|e| self.learn_entry(path, e))
-                .map(|(name, kind)| Some(DirEntry { name, kind: kind? }))
+                .map(|(_, fh)| readdirplus_from(fh, 0, cookieverf3::default()))
                 .collect();
-            if let Some(entries) = entries {
-                self.forget_vanished(path, &fh, &entries);
-                listed[i] = self.cache.learn_listing(&fh, entries.into(), changes);
+            self.sent
+                .fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let replies = pipeline
+                .call_all::<_, READDIRPLUS3res>(NFS_PROGRAM::NFSPROC3_READDIRPLUS, &calls)
+                .map_err(|e| e.to_string())?;
+            for ((i, fh), reply) in chunk.iter().zip(replies) {
+                let Some(Nfs3Result::Ok(ok)) = reply else {
+                    continue;
+                };
+                let path = &dirs[*i];
+                self.cache
+                    .learn(path, fh, attributes_in(&ok.dir_attributes));
+                if !ok.reply.eof {
+                    continue;
+                }
+                let entries: Option<Vec<DirEntry>> = ok
+                    .reply
+                    .entries
+                    .0
+                    .iter()
+                    .filter_map(|e| self.learn_entry(path, e))
+                    .map(|(name, kind)| Some(DirEntry { name, kind: kind? }))
+                    .collect();
+                if let Some(entries) = entries {
+                    self.forget_vanished(path, fh, &entries);
+                    listed[*i] = self.cache.learn_listing(fh, entries.into(), changes);
+                }
             }
         }
         tracing::debug!(
             "{} of {} listings {why}, up to {} calls in flight",
             listed.iter().filter(|&&l| l).count(),
-            calls.len(),
+            wanted.len(),
             pipeline::WINDOW
         );
         Ok(listed)
