@@ -6,9 +6,10 @@
 //! every file again on every pass: a second `ls -l` of 10,000 VM folders costs 40,000
 //! requests to the daemon, a second and a half on two cores. So where the share keeps
 //! what it reads for a while (`--attr-cache-ms`), the kernel is given long lifetimes and
-//! the daemon watches for it, as the kernel NFS client cannot: every cache lifetime it
-//! lists again, many listings in flight at once, the folders whose entries the kernel
-//! keeps, and tells the kernel to drop every name and attribute that changed. Another
+//! the daemon watches for it, as the kernel NFS client cannot: every three quarters of
+//! the cache lifetime it lists again, many listings in flight at once, the folders whose
+//! entries the kernel keeps, and tells the kernel to drop every name and attribute that
+//! changed. Another
 //! host's change is then seen as soon as through a short lifetime, and a repeated pass
 //! costs the daemon nothing; the price is one listing per watched folder per round,
 //! for as long as the kernel keeps something of it.
@@ -206,5 +207,69 @@ fn tell_kernel(
         if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::new(name)) {
             tracing::trace!("{parent}/{name}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::NodeKind;
+    use std::time::SystemTime;
+
+    fn attr(ino: u64, size: u64) -> Attr {
+        Attr {
+            ino,
+            kind: NodeKind::File,
+            size,
+            blocks: 0,
+            perm: 0o644,
+            nlink: 1,
+            rdev: 0,
+            uid: 0,
+            gid: 0,
+            atime: SystemTime::UNIX_EPOCH,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn what_the_kernel_was_told_again_since_a_round_looked_is_not_forgotten() {
+        let handed = Handed::default();
+        let hour = Duration::from_secs(3600);
+        handed.note(&attr(5, 1), hour);
+        let [(5, seen)] = handed.kept()[..] else {
+            panic!("{:?}", handed.kept());
+        };
+        handed.note(&attr(5, 2), hour);
+        handed.forget(5, seen);
+        let [(5, again)] = handed.kept()[..] else {
+            panic!("told again, forgotten: {:?}", handed.kept());
+        };
+        assert_ne!(again, seen, "a new size, the same fingerprint");
+        handed.forget(5, again);
+        assert!(handed.kept().is_empty());
+    }
+
+    #[test]
+    fn what_the_kernel_no_longer_keeps_is_not_watched() {
+        let handed = Handed::default();
+        handed.note(&attr(5, 1), Duration::ZERO);
+        handed.note(&attr(6, 1), Duration::from_secs(3600));
+        assert_eq!(
+            handed.kept().iter().map(|&(ino, _)| ino).collect::<Vec<_>>(),
+            [6]
+        );
+    }
+
+    #[test]
+    fn access_times_and_blocks_are_not_changes() {
+        let a = attr(5, 1);
+        let mut b = a.clone();
+        b.atime = SystemTime::now();
+        b.blocks = 99;
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.mtime = SystemTime::now();
+        assert_ne!(fingerprint(&a), fingerprint(&b));
     }
 }
