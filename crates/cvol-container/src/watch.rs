@@ -257,7 +257,11 @@ mod tests {
         handed.note(&attr(5, 1), Duration::ZERO);
         handed.note(&attr(6, 1), Duration::from_secs(3600));
         assert_eq!(
-            handed.kept().iter().map(|&(ino, _)| ino).collect::<Vec<_>>(),
+            handed
+                .kept()
+                .iter()
+                .map(|&(ino, _)| ino)
+                .collect::<Vec<_>>(),
             [6]
         );
     }

@@ -329,6 +329,11 @@ impl Cache {
         self.lock().handles.retain(|p, _| !p.is_within(path));
     }
 
+    /// Forgets the handle of `path` (a file: nothing lies below it).
+    pub(super) fn forget_one(&self, path: &SharePath) {
+        self.lock().handles.remove(path);
+    }
+
     /// Forgets everything but the root and what is validated by version (a handle
     /// turned out stale).
     pub(super) fn clear(&self) {

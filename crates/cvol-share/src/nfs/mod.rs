@@ -270,11 +270,11 @@ macro_rules! rpc {
     }};
 }
 
-/// The READDIRPLUS of directory `dir` from `cookie` on: up to 64 KiB of names and
-/// 256 KiB of reply, so a VM folder, or a thousand names, come in one reply.
 /// How many listings read together are held at once (see [`NfsShare::list_together`]).
 const LISTED_TOGETHER_HELD: usize = 256;
 
+/// The READDIRPLUS of directory `dir` from `cookie` on: up to 64 KiB of names and
+/// 256 KiB of reply, so a VM folder, or a thousand names, come in one reply.
 fn readdirplus_from(dir: &nfs_fh3, cookie: u64, verf: cookieverf3) -> READDIRPLUS3args {
     READDIRPLUS3args {
         dir: dir.clone(),
@@ -515,7 +515,10 @@ impl NfsShare {
             entries.iter().map(|e| e.name.as_str()).collect();
         for gone in old.iter().filter(|e| !now.contains(e.name.as_str())) {
             if let Ok(child) = path.join(&gone.name) {
-                self.cache.forget(&child);
+                match gone.kind {
+                    FileKind::Dir => self.cache.forget(&child),
+                    _ => self.cache.forget_one(&child),
+                }
             }
         }
     }
@@ -578,9 +581,15 @@ impl NfsShare {
                 .collect();
             self.sent
                 .fetch_add(calls.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            let replies = pipeline
+            let replies = match pipeline
                 .call_all::<_, READDIRPLUS3res>(NFS_PROGRAM::NFSPROC3_READDIRPLUS, &calls)
-                .map_err(|e| e.to_string())?;
+            {
+                Ok(replies) => replies,
+                Err(e) => {
+                    tracing::debug!("listings not {why} past a failure: {e}");
+                    break;
+                }
+            };
             for ((i, fh), reply) in chunk.iter().zip(replies) {
                 let Some(Nfs3Result::Ok(ok)) = reply else {
                     continue;
