@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -111,6 +111,8 @@ pub struct Container {
     /// Open files removed while open, renamed aside until their last close (on a share
     /// that forgets removed files: NFS), by inode number.
     removed_open: Mutex<HashMap<u64, SharePath>>,
+    /// Whether the VM folders' listings are being read ahead (see [`Container::readdir`]).
+    reading_ahead: Arc<AtomicBool>,
 }
 
 /// A new disk being written, and who is writing it.
@@ -256,6 +258,7 @@ impl Container {
             next_fh: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             removed_open: Mutex::new(HashMap::new()),
+            reading_ahead: Arc::default(),
         };
         container.remove_leftovers();
         container
@@ -613,6 +616,9 @@ impl Container {
                 });
             }
         }
+        if dir.is_root() {
+            self.read_ahead(&entries);
+        }
         let pending: Vec<SharePath> = self
             .pending
             .lock()
@@ -632,6 +638,31 @@ impl Container {
             }
         }
         Ok(entries)
+    }
+
+    /// Reads ahead, in the background, the listings of the VM folders among the root's
+    /// `entries`: a listing of the root is mostly followed by a read of every folder in
+    /// it (`ls -l */`, `find`), one after another, where the share reads them many at
+    /// once. Those read within the share's cache lifetime are not read again.
+    fn read_ahead(&self, entries: &[Entry]) {
+        if self.reading_ahead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let folders: Vec<SharePath> = entries
+            .iter()
+            .filter(|e| e.kind == NodeKind::Dir)
+            .filter_map(|e| SharePath::new(&e.name).ok())
+            .collect();
+        let (ds, busy) = (self.ds.clone(), self.reading_ahead.clone());
+        let started = std::thread::Builder::new()
+            .name("cvol-read-ahead".into())
+            .spawn(move || {
+                ds.share().prefetch_listings(&folders);
+                busy.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.reading_ahead.store(false, Ordering::Release);
+        }
     }
 
     /// Creates directory `name` in `parent` for `caller`.

@@ -657,6 +657,35 @@ fn the_kernel_keeps_what_the_daemon_watches_and_drops_what_changed() {
     assert!(dropped >= 3.0, "{dropped} invalidations");
 }
 
+/// A listing of the container's root reads the VM folders' listings ahead, many at
+/// once: the reads of the folders that follow (`ls -l */`) ask the server nothing more.
+#[test]
+fn a_listing_of_the_root_reads_the_vm_folders_ahead() {
+    const WINDOW: Duration = Duration::from_secs(10);
+    let (env, server) = three_vms_on_a_metered_nfs_share();
+    let m = env.mount_with(&["--attr-cache-ms", &WINDOW.as_millis().to_string()]);
+    let listings = || rpcs_of(server, "READDIRPLUS");
+    let before = listings();
+    let started = Instant::now();
+    assert_eq!(names_in(&m.path("")), ["a", "b", "c"]);
+    wait_until(WINDOW / 2, "the root and its 3 folders listed", || {
+        listings() >= before + 4.0
+    });
+    let ahead = listings();
+    for vm in ["a", "b", "c"] {
+        assert_eq!(
+            names_in(&m.path(vm)),
+            [
+                format!("{vm}-flat.vmdk"),
+                format!("{vm}.vmdk"),
+                format!("{vm}.vmx")
+            ]
+        );
+    }
+    assert!(started.elapsed() < WINDOW, "the machine is too slow");
+    assert_eq!(listings(), ahead, "a folder read ahead was listed again");
+}
+
 /// What one run read from the share is kept for the next (`--cache-dir`): a second walk
 /// of unchanged VMs reads no file again, only the folders' listings; a file changed in
 /// place between runs, even to the same size, is read again; a damaged cache file is
