@@ -111,7 +111,7 @@ pub struct Container {
     /// Open files removed while open, renamed aside until their last close (on a share
     /// that forgets removed files: NFS), by inode number.
     removed_open: Mutex<HashMap<u64, SharePath>>,
-    /// Whether the VM folders' listings are being read ahead (see [`Container::readdir`]).
+    /// Whether the VM folders' listings are being read ahead (see [`Container::read_ahead`]).
     reading_ahead: Arc<AtomicBool>,
 }
 

@@ -922,14 +922,9 @@ fn a_hosts_scan_reads_only_the_leases_that_changed() {
     let _host = common::Up::new(common::spawn_tied(command).unwrap(), &dir);
     let scans = || value(&scrape(port), "cvol_cluster_scans_total", &[]);
     let wait_scans = |n: f64| {
-        let started = Instant::now();
-        while scans() < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "fewer than {n} scans"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(Duration::from_secs(60), &format!("{n} scans"), || {
+            scans() >= n
+        })
     };
     let calls = |procedure| rpcs_of(server, procedure);
     // Past the first scan, which reads every lease once.

@@ -555,11 +555,10 @@ impl NfsShare {
             .enumerate()
             .filter_map(|(i, path)| Some((i, self.file_recent(path).ok()?)))
             .filter(|(i, fh)| {
-                let fresh = self.cache.listing(fh).is_some()
-                    && self
-                        .cache
-                        .last_listed(fh)
-                        .is_some_and(|age| age < listed_within);
+                let fresh = self
+                    .cache
+                    .last_listed(fh)
+                    .is_some_and(|age| age < listed_within.min(self.options.attribute_cache));
                 listed[*i] = fresh;
                 !fresh
             })
